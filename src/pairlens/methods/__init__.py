@@ -1,0 +1,13 @@
+"""Pair explanation methods; importing this package registers all of them."""
+
+from pairlens.methods import cam, perturbation, saliency, transforms  # noqa: F401  (registration)
+from pairlens.methods.registry import (
+    MethodInfo,
+    PairMaps,
+    get_method,
+    method_infos,
+    methods,
+    register_method,
+)
+
+__all__ = ["MethodInfo", "PairMaps", "get_method", "method_infos", "methods", "register_method"]

@@ -1,0 +1,117 @@
+"""Activation methods for pairs (seed 000, §III-C) and Deep Similarity (Stylianou et al., 2019).
+
+All three read the feature grid A (B, C, h, w) of the model's ``feature_layer`` (ViT tokens are
+reshaped to their patch grid by the model) and upsample their (h, w) map bilinearly to the input.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from pairlens.methods.common import upsample
+from pairlens.methods.registry import PairMaps, register_method
+from pairlens.models.similarity import SimilarityModel, cosine, similarity_feature_gradients
+
+Reduction = Literal["mean", "max", "attention"]
+
+
+@register_method(
+    "grad-cam",
+    section="§III-C1 (eq. 1)",
+    summary="Baseline-Grad-CAM: sum_k [dS/dA_k]_+ * A_k for each image separately",
+    family="activation",
+)
+def grad_cam(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+    """Baseline-Grad-CAM, eq. (1): E = sum_k [W^k]_+ (.) A^k with W^k = dS/dA^k (point-wise,
+    not spatially averaged, as in the paper and its code)."""
+    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
+    size = tuple(x1.shape[-2:])
+    e1 = (g1.clamp(min=0) * a1).sum(1)
+    e2 = (g2.clamp(min=0) * a2).sum(1)
+    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+
+def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
+    """Spatial reduction (B, C, h, w) -> (B, C) used for the joint activation term J."""
+    if reduction == "mean":
+        return a.mean(dim=(2, 3))
+    if reduction == "max":
+        return a.amax(dim=(2, 3))
+    if reduction == "attention":
+        # query: the average-pooled feature; keys and values: the h*w feature vectors.
+        # Unscaled dot-product attention, as in the paper's code.
+        tokens = a.flatten(2).transpose(1, 2)  # (B, hw, C)
+        query = tokens.mean(1, keepdim=True)  # (B, 1, C)
+        attn = torch.softmax(query @ tokens.transpose(1, 2), dim=-1)  # (B, 1, hw)
+        return (attn @ tokens)[:, 0]
+    raise ValueError(f"reduction must be 'mean', 'max' or 'attention'; got {reduction!r}")
+
+
+@register_method(
+    "interaction-cam",
+    section="§III-C2 (eq. 2)",
+    summary="Interaction-CAM: joint activation J and gradient interaction G weight both maps",
+    family="activation",
+)
+def interaction_cam(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    reduction: Reduction = "mean",
+    grad_interaction: bool = True,
+) -> PairMaps:
+    """Interaction-CAM, eq. (2): E_{1,2} = sum_k [j^k g^k_{1,2}]_+ A^k_{1,2}.
+
+    * J = red(A1) (.) red(A2), ``reduction`` in mean / max / attention (§III-C2).
+    * With ``grad_interaction=True``, G^{kl} = vec(dS/dA1^k)^T vec(dS/dA2^l),
+      g1^k = max_l G^{kl}, g2^l = max_k G^{kl}.
+    * With ``grad_interaction=False`` the gradient term is the point-wise gradient dS/dA^k(u)
+      (as in the paper's code, which then reduces eq. 2 to Grad-CAM weighted by J).
+
+    The rectification [.]_+ is applied to the product j^k g^k as eq. (2) writes it; for
+    non-negative activations this equals the paper code's j^k [g^k]_+.
+    """
+    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
+    j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
+    if grad_interaction:
+        gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
+        w1 = gram.amax(dim=2)[:, :, None, None]
+        w2 = gram.amax(dim=1)[:, :, None, None]
+    else:
+        w1, w2 = g1, g2
+    size = tuple(x1.shape[-2:])
+    e1 = ((j * w1).clamp(min=0) * a1).sum(1)
+    e2 = ((j * w2).clamp(min=0) * a2).sum(1)
+    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+
+@register_method(
+    "deep-similarity",
+    section="comparison method of Tables I-IV (Stylianou et al., WACV 2019)",
+    summary="Similarity decomposition: each location's features dotted with the other's pooled",
+    family="activation",
+)
+def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+    """Spatial decomposition of the cosine of the average-pooled feature-layer vectors.
+
+    With f_i = mean_u A_i(u), cos(f1, f2) = sum_u A1(u).f2 / (hw |f1| |f2|); the map of image 1
+    is the summand A1(u).f2 / (hw |f1||f2|) at each location u (and symmetrically for image 2),
+    so each map sums to the pooled-feature cosine. Like the original method it explains the
+    pooled features and ignores any head after them. No gradients are needed.
+    """
+    with torch.no_grad():
+        z, a = model.embed_with_features(torch.cat([x1, x2]))
+        grid = model.to_grid(a, tuple(x1.shape[-2:]))
+    b = x1.shape[0]
+    a1, a2 = grid[:b], grid[b:]
+    f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
+    hw = a1.shape[2] * a1.shape[3]
+    denom = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None] * hw
+    e1 = torch.einsum("bchw,bc->bhw", a1, f2) / denom
+    e2 = torch.einsum("bchw,bc->bhw", a2, f1) / denom
+    size = tuple(x1.shape[-2:])
+    return PairMaps(upsample(e1, size), upsample(e2, size), cosine(z[:b], z[b:]))

@@ -1,0 +1,85 @@
+"""Registry of pair explanation methods.
+
+A method is a small function ``fn(model, x1, x2, *, **params) -> PairMaps`` taking a
+:class:`~pairlens.models.SimilarityModel` and two (B, 3, H, W) batches in model-input space and
+returning two (B, H, W) maps at input resolution, higher meaning more important, plus the
+similarity of the unaltered pairs when the method computed it anyway. Register it with
+:func:`register_method`; its keyword parameters and their defaults are read from the signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from torch import Tensor
+
+
+class PairMaps(NamedTuple):
+    """What a method returns: two (B, H, W) maps and, when it computed it anyway, the (B,)
+    similarity of the unaltered pairs (so that :func:`pairlens.explain` need not recompute it)."""
+
+    map1: Tensor
+    map2: Tensor
+    score: Tensor | None = None
+
+
+MethodFn = Callable[..., PairMaps]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method: its name, function, paper section and one-line summary."""
+
+    name: str
+    fn: MethodFn
+    section: str
+    summary: str
+    family: str
+    deterministic: bool
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Keyword parameters with their defaults, in signature order."""
+        sig = inspect.signature(self.fn)
+        return {
+            p.name: p.default
+            for p in list(sig.parameters.values())[3:]
+            if p.kind is p.KEYWORD_ONLY
+        }
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(
+    name: str, *, section: str, summary: str, family: str, deterministic: bool = True
+) -> Callable[[MethodFn], MethodFn]:
+    """Decorator registering a pair explanation method under ``name``."""
+
+    def wrap(fn: MethodFn) -> MethodFn:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic)
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> MethodInfo:
+    """Look up a method by name (underscores and case are forgiven)."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(_METHODS)}")
+    return _METHODS[key]
+
+
+def methods() -> dict[str, str]:
+    """Names of all registered methods mapped to their one-line descriptions."""
+    return {name: info.summary for name, info in _METHODS.items()}
+
+
+def method_infos() -> list[MethodInfo]:
+    return list(_METHODS.values())

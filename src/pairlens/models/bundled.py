@@ -1,0 +1,1 @@
+"""Bundled models (filled in by the bundled-model work)."""
