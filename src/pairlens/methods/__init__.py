@@ -1,6 +1,12 @@
 """Pair explanation methods; importing this package registers all of them."""
 
-from pairlens.methods import cam, perturbation, saliency, transforms  # noqa: F401  (registration)
+from pairlens.methods import (  # noqa: F401  (registration)
+    baseline,
+    cam,
+    perturbation,
+    saliency,
+    transforms,
+)
 from pairlens.methods.registry import (
     MethodInfo,
     PairMaps,

@@ -10,18 +10,36 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import generator, scaled, upsample
+from pairlens.methods.common import generator, scaled
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.progress import track
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
     if window >= size:
         return [0]
-    starts = list(range(0, size - window + 1, stride))
-    return starts
+    return list(range(0, size - window + 1, stride))
+
+
+def windows_to_pixels(grid: Tensor, window: int, stride: int, size: tuple[int, int]) -> Tensor:
+    """Window values (B, n_h, n_w) to a (B, H, W) map, each value placed at its window's centre.
+
+    Pixels between centres are interpolated bilinearly, pixels beyond the outermost centres take
+    the nearest value. (A plain resize of the window grid to the image, as in the paper's code,
+    stretches the map towards the borders by up to half a window.)
+    """
+    b, n_h, n_w = grid.shape
+    coords = []
+    for n, side in ((n_h, size[0]), (n_w, size[1])):
+        t = (torch.arange(side, device=grid.device, dtype=grid.dtype) - (window - 1) / 2) / stride
+        coords.append(2 * t.clamp(0, n - 1) / max(n - 1, 1) - 1)
+    gy, gx = torch.meshgrid(coords[0], coords[1], indexing="ij")
+    sample = torch.stack([gx, gy], -1).expand(b, -1, -1, -1)
+    return F.grid_sample(grid[:, None], sample, mode="bilinear", align_corners=True)[:, 0]
 
 
 @register_method(
@@ -45,7 +63,8 @@ def conditional_occlusion(
 
     The value of a window position is ``s - s_occluded`` (base similarity minus the similarity of
     the occluded image with the other, unaltered image); the grid of window values is upsampled
-    bilinearly to the input size. Defaults are the paper's window 64 and stride 8 for 224-px
+    bilinearly to the input size with each value at its window's centre
+    (:func:`windows_to_pixels`). Defaults are the paper's window 64 and stride 8 for 224-px
     inputs, scaled proportionally to the shorter image side for other sizes (8 and 1 at 28 px).
     """
     b, _, h, w = x1.shape
@@ -62,12 +81,13 @@ def conditional_occlusion(
     maps = []
     for x, z_other in ((x1, z2), (x2, z1)):
         drops = torch.empty(b * n, device=x1.device)
-        for k in range(0, b * n, batch_size):  # (pair, window) flattened, in batches
+        steps = range(0, b * n, batch_size)  # (pair, window) flattened, in batches
+        for k in track(steps, desc="conditional-occlusion"):
             idx = torch.arange(k, min(k + batch_size, b * n), device=x1.device)
             pair, win = idx // n, idx % n
             occluded = x[pair].masked_fill(~masks[win], fill)
             drops[idx] = base[pair] - cosine(model.embed(occluded), z_other[pair])
-        maps.append(upsample(drops.view(b, len(rows), len(cols)), (h, w)))
+        maps.append(windows_to_pixels(drops.view(b, len(rows), len(cols)), window, stride, (h, w)))
     return PairMaps(maps[0], maps[1], base)
 
 
@@ -137,7 +157,7 @@ def pairwise_occlusion(
     m2 = random_rectangles(total, h, w, area, ratio, gen)
     sims = torch.empty(total, device=x1.device)
     norm1, norm2 = torch.empty_like(sims), torch.empty_like(sims)
-    for k in range(0, total, batch_size):
+    for k in track(range(0, total, batch_size), desc="pairwise-occlusion"):
         idx = torch.arange(k, min(k + batch_size, total), device=x1.device)
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)

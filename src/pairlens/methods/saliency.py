@@ -13,6 +13,7 @@ from torch import Tensor
 from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
+from pairlens.progress import track
 
 
 @register_method(
@@ -63,7 +64,7 @@ def smoothgrad(
     total1 = torch.zeros_like(x1)
     total2 = torch.zeros_like(x2)
     # the (sample, pair) grid is flattened; chunks of it go through the model together
-    for start in range(0, n_samples * b, batch_size):
+    for start in track(range(0, n_samples * b, batch_size), desc="smoothgrad"):
         idx = torch.arange(start, min(start + batch_size, n_samples * b), device=x1.device) % b
         a1, a2 = x1[idx], x2[idx]
         n1 = torch.randn(a1.shape, generator=gen, device=x1.device) * sig1[idx]

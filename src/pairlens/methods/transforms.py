@@ -37,6 +37,7 @@ from torch import Tensor
 from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.progress import track
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
 _LUMA = (0.299, 0.587, 0.114)
@@ -242,7 +243,7 @@ def averaged_transforms(
     eps = torch.randn((steps, *x2.shape), generator=gen, device=x1.device) if noise else None
     g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
     per_chunk = max(1, batch_size // (steps + 1))
-    for start in range(0, b, per_chunk):
+    for start in track(range(0, b, per_chunk), desc="averaged-transforms"):
         sl = slice(start, start + per_chunk)
         a = x1[sl].detach().requires_grad_(True)
         c = x2[sl].detach().requires_grad_(True)

@@ -77,8 +77,10 @@ class SimilarityModel(nn.Module):
         head: optional module applied to the pooled features (for example a projection MLP). The
             embedding whose cosine is the similarity is ``head(encoder(x))``.
         feature_layer: dotted name of the submodule whose output is the spatial feature map for
-            CAM methods (``"layer4"`` for a torchvision ResNet, ``"encoder.layers.encoder_layer_11"``
-            for a torchvision ViT, ``"blocks.11"`` for a timm ViT).
+            CAM methods (``"layer4"`` for a torchvision ResNet). For a ViT whose embedding is the
+            class token, use the *first norm of the last block* (``"blocks.11.norm1"`` in timm,
+            ``"encoder.layers.encoder_layer_11.ln_1"`` in torchvision): the patch tokens that
+            leave the last block never reach the class token, so their gradients are zero.
         input_size: (H, W) the model expects.
         mean, std: per-channel normalisation; ``mean=(0, 0, 0), std=(1, 1, 1)`` for models such as
             SimCLRv2 that take inputs in [0, 1].

@@ -1,0 +1,109 @@
+"""Pictures of explanations: map overlays and side-by-side pair figures."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless by default; figures are saved, not shown
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+if TYPE_CHECKING:
+    from pairlens.explanation import PairExplanation
+
+
+def normalize_map(m: Tensor) -> Tensor:
+    """Min-max normalise a map to [0, 1] (a constant map becomes all zeros)."""
+    m = m.detach().float()
+    lo, hi = m.min(), m.max()
+    return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+
+
+def smooth_map(m: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of an (H, W) map with standard deviation ``sigma`` pixels (display only)."""
+    if sigma <= 0:
+        return m
+    radius = max(1, int(3 * sigma))
+    r = torch.arange(-radius, radius + 1, dtype=torch.float32, device=m.device)
+    k = torch.exp(-(r**2) / (2 * sigma**2))
+    k = k / k.sum()
+    x = m.float()[None, None]
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+    return x[0, 0]
+
+
+def to_pil(image01: Tensor) -> Image.Image:
+    """(3, H, W) tensor in [0, 1] to a PIL image."""
+    arr = (image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def overlay(
+    image01: Tensor, heatmap: Tensor, alpha: float = 0.5, cmap: str = "jet", smooth: float = 0.0
+) -> Image.Image:
+    """Blend a colour-mapped, min-max normalised ``heatmap`` (H, W) over ``image01`` (3, H, W)."""
+    m = normalize_map(smooth_map(heatmap, smooth)).cpu().numpy()
+    colored = plt.get_cmap(cmap)(m)[..., :3]
+    img = image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    out = (1 - alpha) * img + alpha * colored
+    return Image.fromarray((out * 255).round().astype(np.uint8))
+
+
+def pair_figure(exp: PairExplanation, index: int = 0, smooth: float = 0.0):
+    """Figure with the two images on top and their overlays below, titled with method and score."""
+    assert exp.images is not None
+    fig, axes = plt.subplots(2, 2, figsize=(6.4, 6.6))
+    for col in range(2):
+        axes[0, col].imshow(to_pil(exp.images[col][index]))
+        axes[1, col].imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
+        axes[0, col].set_title(_source_title(exp, col), fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    params = ", ".join(
+        f"{k}={v}" for k, v in exp.params.items() if k not in ("batch_size",) and v is not None
+    )
+    fig.suptitle(
+        f"{exp.method}  ·  similarity {float(exp.score[index]):.3f}\n"
+        f"{exp.model.get('name', '')}  {params}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _source_title(exp: PairExplanation, col: int) -> str:
+    if exp.sources:
+        name = str(exp.sources[col]).replace("\\", "/").rsplit("/", 1)[-1]
+        return name[:40]
+    return f"image {col + 1}"
+
+
+def grid_figure(explanations: list[PairExplanation], index: int = 0, smooth: float = 0.0):
+    """One row per explanation (method) of the same pair: overlay 1, overlay 2 (Fig. 12 style)."""
+    n = len(explanations)
+    fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.2 * n + 0.3), squeeze=False)
+    for row, exp in enumerate(explanations):
+        assert exp.images is not None
+        for col in range(2):
+            ax = axes[row, col]
+            ax.imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(_short_name(exp), fontsize=8)
+    fig.suptitle(f"similarity {float(explanations[0].score[index]):.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _short_name(exp: PairExplanation) -> str:
+    extra = [f"{k}={v}" for k, v in exp.params.items() if isinstance(v, bool) and v]
+    if "reduction" in exp.params:
+        extra.insert(0, str(exp.params["reduction"]))
+    return exp.method + ("\n" + ",".join(extra) if extra else "")
