@@ -68,12 +68,19 @@ def tiny_vit():
 
     torch.manual_seed(0)
     vit = VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
         num_classes=16,
     )
     vit.heads = nn.Identity()  # torchvision zero-initialises the classifier head
     return SimilarityModel(
-        vit, feature_layer="encoder.layers.encoder_layer_1.ln_1", input_size=(32, 32),
+        vit,
+        feature_layer="encoder.layers.encoder_layer_1.ln_1",
+        input_size=(32, 32),
         name="tiny-vit",
     )
 

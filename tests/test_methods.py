@@ -26,8 +26,14 @@ def params(name: str) -> dict:
 
 def test_all_eight_paper_methods_are_registered():
     expected = {
-        "input-x-gradient", "smoothgrad", "averaged-transforms", "conditional-occlusion",
-        "pairwise-occlusion", "grad-cam", "interaction-cam", "deep-similarity",
+        "input-x-gradient",
+        "smoothgrad",
+        "averaged-transforms",
+        "conditional-occlusion",
+        "pairwise-occlusion",
+        "grad-cam",
+        "interaction-cam",
+        "deep-similarity",
     }
     assert expected <= set(pairlens.methods())
 
@@ -205,9 +211,7 @@ def test_deep_similarity_maps_sum_to_the_pooled_feature_cosine(square):
 
 def test_conditional_occlusion_window_value_is_the_similarity_drop(square):
     x1, x2 = pair_batch(1)
-    exp = pairlens.explain(
-        square, x1, x2, method="conditional-occlusion", window=32, stride=8
-    )
+    exp = pairlens.explain(square, x1, x2, method="conditional-occlusion", window=32, stride=8)
     # one window covering the whole image: occluded image is all zeros
     base = square.similarity(x1, x2)
     occluded = square.similarity(torch.zeros_like(x1), x2)
@@ -238,17 +242,32 @@ def test_averaged_transforms_grayscale_path_and_gradients_through_the_transform(
         rho = 1 - (z + 1) / 4
         torch.testing.assert_close(path[z], rho * x01 + (1 - rho) * gray.expand_as(x01))
     strength = transform_path("rotation", x01, 2, (0.0, 90.0), "strength", u)
-    torch.testing.assert_close(strength[1][:, :, 1:-1, 1:-1], torch.rot90(x01, 1, (2, 3))[:, :, 1:-1, 1:-1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        strength[1][:, :, 1:-1, 1:-1],
+        torch.rot90(x01, 1, (2, 3))[:, :, 1:-1, 1:-1],
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 @pytest.mark.parametrize(
     "transform",
-    ["color-jitter", "gaussian-blur", "grayscale", "solarize", "rotation", "horizontal-flip",
-     "resized-crop", "simclr"],
+    [
+        "color-jitter",
+        "gaussian-blur",
+        "grayscale",
+        "solarize",
+        "rotation",
+        "horizontal-flip",
+        "resized-crop",
+        "simclr",
+    ],
 )
 def test_every_transform_family_explains_the_square(square, transform):
     x1, x2 = pair_batch(1)
-    exp = pairlens.explain(square, x1, x2, method="averaged-transforms", transform=transform, steps=4)
+    exp = pairlens.explain(
+        square, x1, x2, method="averaged-transforms", transform=transform, steps=4
+    )
     # image 1 is never transformed: its map must sit on the square
     assert inside_fraction(exp.maps[0][0]) > 0.9
     assert torch.isfinite(exp.maps[1]).all() and exp.maps[1].sum() > 0
@@ -277,7 +296,9 @@ def test_nan_embedding_is_a_clear_error():
 
     model = pairlens.SimilarityModel(NaNEncoder(), input_size=(8, 8))
     with pytest.raises(NonFiniteError, match="similarity"):
-        pairlens.explain(model, torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), method="input-x-gradient")
+        pairlens.explain(
+            model, torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), method="input-x-gradient"
+        )
 
 
 def test_unknown_method_and_parameter_are_clear_errors(square):

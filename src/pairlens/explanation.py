@@ -82,7 +82,9 @@ class PairExplanation:
             for i in range(len(self)):
                 fig = self.figure(i, smooth=smooth)
                 suffix = "" if len(self) == 1 else f"_{i}"
-                written.append(_atomic(out / f"{stem}{suffix}.png", lambda p: fig.savefig(p, dpi=120)))
+                written.append(
+                    _atomic(out / f"{stem}{suffix}.png", lambda p, f=fig: f.savefig(p, dpi=120))
+                )
                 plt.close(fig)
         arrays = {
             "map1": self.maps[0].detach().cpu().numpy().astype(np.float32),
@@ -184,7 +186,10 @@ def explain(
         score=score.detach(),
         method=info.name,
         params=used,
-        images=(model.denormalize(x1).clamp(0, 1).detach(), model.denormalize(x2).clamp(0, 1).detach()),
+        images=(
+            model.denormalize(x1).clamp(0, 1).detach(),
+            model.denormalize(x2).clamp(0, 1).detach(),
+        ),
         model=model.describe(),
         sources=sources,
         seconds=seconds,

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Union
-
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 
 MAX_PIXELS = 20_000 * 20_000
 

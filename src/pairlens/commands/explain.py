@@ -91,6 +91,7 @@ def run_explain(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     import pairlens
+    from pairlens.io import load_image
     from pairlens.methods.registry import get_method, method_infos
     from pairlens.progress import progress_bars, track
     from pairlens.viz import grid_figure
@@ -103,8 +104,9 @@ def run_explain(args: argparse.Namespace) -> int:
     names = [info.name for info in method_infos()] if args.all_methods else [args.method]
     for name in names:
         get_method(name)  # fail early on a typo
+    images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
-    x1, x2, sources = load_pair(model, args.images)
+    x1, x2, sources = load_pair(model, images, args.images)
     out = Path(args.out)
     results = []
     with progress_bars(not args.quiet):
@@ -112,8 +114,10 @@ def run_explain(args: argparse.Namespace) -> int:
             exp = pairlens.explain(model, x1, x2, method=name, sources=sources, **params)
             exp.save(out, stem=name, smooth=args.smooth)
             results.append(exp)
-            print(f"{name:24s} similarity {float(exp.score[0]):.4f}  {exp.seconds:7.2f} s  "
-                  f"-> {out / (name + '.png')}")
+            print(
+                f"{name:24s} similarity {float(exp.score[0]):.4f}  {exp.seconds:7.2f} s  "
+                f"-> {out / (name + '.png')}"
+            )
     if len(results) > 1:
         fig = grid_figure(results, smooth=args.smooth)
         fig.savefig(out / "all-methods.png", dpi=120)
@@ -140,12 +144,12 @@ def load_cli_model(name: str | None, checkpoint: str | None, embedding: str | No
     )
 
 
-def load_pair(model, images: list[str]):
+def load_pair(model, images: list, names: list[str]):
     """Two model-input tensors and their source names; the bundled example pair when no images."""
     if images:
-        x1, x2 = (model.preprocess(path) for path in images)
-        return x1, x2, (images[0], images[1])
+        x1, x2 = (model.preprocess(image) for image in images)
+        return x1, x2, (names[0], names[1])
     from pairlens.data.bundled import example_pairs
 
-    name1, img1, name2, img2 = example_pairs()[0]
+    name1, img1, name2, img2 = example_pairs("digits" if model.name == "digits" else "photos")[0]
     return model.preprocess(img1), model.preprocess(img2), (name1, name2)

@@ -45,9 +45,7 @@ class MethodInfo:
         """Keyword parameters with their defaults, in signature order."""
         sig = inspect.signature(self.fn)
         return {
-            p.name: p.default
-            for p in list(sig.parameters.values())[3:]
-            if p.kind is p.KEYWORD_ONLY
+            p.name: p.default for p in list(sig.parameters.values())[3:] if p.kind is p.KEYWORD_ONLY
         }
 
 

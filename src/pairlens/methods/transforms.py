@@ -77,8 +77,12 @@ def gaussian_blur(x: Tensor, s: Tensor, u: Tensor, kernel: int = 11) -> Tensor:
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, kernel)
     pad = kernel // 2
     y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), k.view(n * c, 1, 1, kernel), groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), k.view(n * c, 1, kernel, 1), groups=n * c)
+    y = F.conv2d(
+        F.pad(y, (pad, pad, 0, 0), mode="reflect"), k.view(n * c, 1, 1, kernel), groups=n * c
+    )
+    y = F.conv2d(
+        F.pad(y, (0, 0, pad, pad), mode="reflect"), k.view(n * c, 1, kernel, 1), groups=n * c
+    )
     return y.view(n, c, h, w)
 
 
@@ -114,8 +118,11 @@ def rotation(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     cos, sin = torch.cos(a), torch.sin(a)
     # rotation in pixel space expressed in normalised coordinates (aspect ratio corrected)
     theta = torch.stack(
-        [torch.stack([cos, -sin * h / w, torch.zeros_like(a)], 1),
-         torch.stack([sin * w / h, cos, torch.zeros_like(a)], 1)], 1
+        [
+            torch.stack([cos, -sin * h / w, torch.zeros_like(a)], 1),
+            torch.stack([sin * w / h, cos, torch.zeros_like(a)], 1),
+        ],
+        1,
     )
     return _affine(x, theta)
 
@@ -125,9 +132,7 @@ def resized_crop(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     room = 1 - scale
     tx, ty = room * (2 * u[:, 4] - 1), room * (2 * u[:, 5] - 1)
     zero = torch.zeros_like(scale)
-    theta = torch.stack(
-        [torch.stack([scale, zero, tx], 1), torch.stack([zero, scale, ty], 1)], 1
-    )
+    theta = torch.stack([torch.stack([scale, zero, tx], 1), torch.stack([zero, scale, ty], 1)], 1)
     return _affine(x, theta)
 
 

@@ -33,7 +33,14 @@ class GuidedReLU(torch.autograd.Function):
         return grad.clamp(min=0) * (x > 0).to(grad.dtype)
 
 
-_RELU_FUNCS = {F.relu, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_, torch.nn.functional.relu_}
+_RELU_FUNCS = {
+    F.relu,
+    torch.relu,
+    torch.relu_,
+    Tensor.relu,
+    Tensor.relu_,
+    torch.nn.functional.relu_,
+}
 
 
 class _GuidedMode(TorchFunctionMode):

@@ -62,6 +62,10 @@ def list_models() -> list[str]:
 def model_info(name: str) -> ModelInfo:
     _ensure_loaded()
     key = name.strip().lower()
+    family = key.split(":", 1)[0]  # "torchvision:resnet50": a family entry taking arch=
+    if key not in _MODELS and ":" in key and _MODELS.get(family, None) is not None:
+        if _MODELS[family].extras.get("takes_arch"):
+            key = family
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _MODELS[key]
@@ -80,16 +84,21 @@ def load_model(
     from pairlens.models.similarity import resolve_device
 
     info = model_info(name)
+    if ":" in name and info.extras.get("takes_arch"):
+        kwargs.setdefault("arch", name.split(":", 1)[1].strip())
     if embedding is not None and embedding not in info.embeddings:
         raise ValueError(
             f"model {info.name!r} has no embedding {embedding!r}; choose from "
             f"{', '.join(info.embeddings)}"
         )
-    model = info.builder(checkpoint=checkpoint, embedding=embedding or info.default_embedding, **kwargs)
-    model.name = info.name
+    model = info.builder(
+        checkpoint=checkpoint, embedding=embedding or info.default_embedding, **kwargs
+    )
+    model.name = name.strip() if info.extras.get("takes_arch") else info.name
     return model.to(resolve_device(device)).eval()
 
 
 def _ensure_loaded() -> None:
     # importing the modules that hold @register_model builders fills the registry
     import pairlens.models.bundled  # noqa: F401
+    import pairlens.models.zoo  # noqa: F401  (published SSL / CLIP checkpoints)

@@ -162,7 +162,9 @@ class SimilarityModel(nn.Module):
     def check_input(self, x: Tensor, what: str = "input") -> Tensor:
         """Validate a (B, 3, H, W) batch and move it to the model's device."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"{what} must be a tensor of shape (B, 3, H, W); got {type(x).__name__}")
+            raise TypeError(
+                f"{what} must be a tensor of shape (B, 3, H, W); got {type(x).__name__}"
+            )
         if x.dim() == 3:
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != 3:
