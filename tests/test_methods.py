@@ -320,3 +320,29 @@ def test_zero_embedding_gives_zero_similarity_not_nan():
 
     model = pairlens.SimilarityModel(Zero(), input_size=(8, 8))
     assert model.similarity(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)).tolist() == [0.0, 0.0]
+
+
+@pytest.fixture(scope="module")
+def digits_pairs():
+    from pairlens.data.bundled import digits
+
+    model = pairlens.load_model("digits")
+    images, _ = digits("test")
+    x = model.normalize(images[:6].to(model.device))
+    return model, x[:3], x[3:]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_on_the_bundled_digits_model(digits_pairs, name):
+    model, x1, x2 = digits_pairs
+    batch = pairlens.explain(model, x1, x2, method=name, **params(name))
+    again = pairlens.explain(model, x1, x2, method=name, **params(name))
+    for m, m_again in zip(batch.maps, again.maps, strict=True):
+        assert m.shape == (3, *model.input_size) and m.dtype == torch.float32
+        assert torch.isfinite(m).all() and (m.flatten(1).amax(1) > m.flatten(1).amin(1)).all()
+        torch.testing.assert_close(m, m_again)  # deterministic (seeded where stochastic)
+    if get_method(name).deterministic:
+        for i in range(3):
+            one = pairlens.explain(model, x1[i : i + 1], x2[i : i + 1], method=name, **params(name))
+            for mb, ms in zip(batch.maps, one.maps, strict=True):
+                torch.testing.assert_close(mb[i : i + 1], ms, rtol=1e-4, atol=1e-6)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "pairlens.commands.explain",  # explain, methods
     "pairlens.commands.models",  # models, models info, download
     "pairlens.training.cli",  # train
+    "pairlens.training.excon_cli",  # eval-classifier, study
     "pairlens.runner.cli",  # evaluate, report
     "pairlens.corpus_cli",  # corpus
     "pairlens.demo.cli",  # demo

@@ -83,7 +83,7 @@ class PairExplanation:
                 fig = self.figure(i, smooth=smooth)
                 suffix = "" if len(self) == 1 else f"_{i}"
                 written.append(
-                    _atomic(out / f"{stem}{suffix}.png", lambda p, f=fig: f.savefig(p, dpi=120))
+                    _atomic(out / f"{stem}{suffix}.png", lambda p, f=fig: f.savefig(p, dpi=120, format="png"))
                 )
                 plt.close(fig)
         arrays = {

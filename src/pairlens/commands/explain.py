@@ -132,13 +132,10 @@ def load_cli_model(name: str | None, checkpoint: str | None, embedding: str | No
 
     if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
-    if name is None and checkpoint is not None:
-        from pairlens.models import registry
+    if name is None and checkpoint is not None:  # a checkpoint written by `pairlens train`
+        from pairlens.training.simclr import load_trained
 
-        loader = getattr(registry, "load_trained", None)
-        if loader is None:
-            raise ValueError("--checkpoint needs --model NAME to say which architecture it holds")
-        return loader(checkpoint, device=device)
+        return load_trained(checkpoint, device=device)
     return pairlens.load_model(
         name or "photos", checkpoint=checkpoint, embedding=embedding, device=device
     )

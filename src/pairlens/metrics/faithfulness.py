@@ -1,0 +1,235 @@
+"""Faithfulness metrics for pairs of explanations (seed 000, §IV-A and §IV-B).
+
+Insertion / deletion (Petsiuk et al., RISE) and average drop / increase (Grad-CAM++) adapted to
+pairs in two settings: *simultaneous* (both images altered with their own maps, similarity of the
+two altered images: SI, SD, SAD) and *conditional* (one image altered, the other whole; both
+directions averaged: CI, CD, CAD).
+
+Conventions (DESIGN.md, "Exact conventions"):
+
+* pixels are ranked by map value, descending; ties are broken by flat pixel index (row-major,
+  lower index first);
+* deletion starts from the image and sets the top ``k*L`` pixels (all channels) to 0 in
+  model-input space; insertion starts from a Gaussian blur of the image (kernel 11, sigma 5,
+  reflect padding, in model-input space) and copies the top ``k*L`` pixels from the original;
+* ``N = ceil(H*W / L)`` steps give ``N + 1`` scores ``s_0 .. s_N`` (step 0 included) and
+  ``AUC = (sum(s) - s_0/2 - s_N/2) / N`` (trapezoid rule on [0, 1]);
+* the default step ``L`` is ``max(1, round(H*W / 224))``: 224 pixels for 224x224 inputs, so about
+  224 steps for any image size;
+* average drop / increase: each map is min-max normalised to [0, 1] (a constant map becomes all
+  zeros) and multiplied into its image in model-input space; ``drop = max(0, s - s') / s`` over
+  pairs with ``s > 0`` (other pairs give NaN and are counted as skipped), ``increase = 1[s' > s]``.
+
+Speed: no autograd; every altered image goes through the model exactly once and is shared by the
+simultaneous and the conditional curves; the embedding of each unaltered image is computed once
+(the conditional metrics never re-encode the fixed image); altered images are built lazily and
+embedded ``batch_size`` at a time across steps and pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pairlens.models.similarity import SimilarityModel, cosine
+
+BLUR_KERNEL = 11
+BLUR_SIGMA = 5.0
+CURVE_METRICS = ("SI", "SD", "CI", "CD")
+DROP_METRICS = ("SAD", "CAD", "SAI", "CAI")
+
+
+def default_step(height: int, width: int) -> int:
+    """Default number of pixels ``L`` added or removed per step: ``round(H*W / 224)`` (>= 1)."""
+    return max(1, round(height * width / 224))
+
+
+def n_steps(height: int, width: int, step: int) -> int:
+    """``N = ceil(H*W / L)``."""
+    return math.ceil(height * width / step)
+
+
+def pixel_ranks(maps: Tensor) -> Tensor:
+    """Rank (B, H*W) of every pixel: 0 for the most important one.
+
+    Ranking is by map value, descending, ties broken by flat pixel index (the lower index first):
+    a stable sort of the negated values.
+    """
+    flat = maps.flatten(1).float()
+    order = torch.sort(-flat, dim=1, stable=True).indices
+    ranks = torch.empty_like(order)
+    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    ranks.scatter_(1, order, positions)
+    return ranks
+
+
+def gaussian_blur(x: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
+    """Separable Gaussian blur of (B, C, H, W) images with reflect padding.
+
+    The 1-D kernel is ``exp(-t^2 / (2 sigma^2))`` for ``t = -(k-1)/2 .. (k-1)/2``, normalised to
+    sum 1 (as torchvision's ``gaussian_blur``). Images too small for reflect padding
+    (a side <= k // 2) use replicate padding.
+    """
+    half = kernel // 2
+    t = torch.arange(kernel, dtype=x.dtype, device=x.device) - (kernel - 1) / 2
+    k1 = torch.exp(-(t**2) / (2 * sigma**2))
+    k1 = k1 / k1.sum()
+    c = x.shape[1]
+    mode = "reflect" if min(x.shape[-2:]) > half else "replicate"
+    y = F.pad(x, (half, half, half, half), mode=mode)
+    y = F.conv2d(y, k1.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
+    return F.conv2d(y, k1.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
+
+
+def auc(curves: Tensor) -> Tensor:
+    """Area under (..., N+1) curves on [0, 1]: ``(sum(s) - s_0/2 - s_N/2) / N``."""
+    n = curves.shape[-1] - 1
+    return (curves.sum(-1) - curves[..., 0] / 2 - curves[..., -1] / 2) / n
+
+
+def minmax(maps: Tensor) -> Tensor:
+    """Each (H, W) map scaled to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1).float()
+    lo = flat.amin(1, keepdim=True)
+    span = flat.amax(1, keepdim=True) - lo
+    out = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    return out.view_as(maps)
+
+
+def _altered_batches(
+    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], step: int,
+    batch_size: int,
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Yield (kind index, image index, step index, altered images) in chunks of ``batch_size``.
+
+    Only the steps that differ from an unaltered image are produced: deletion steps 1..N and
+    insertion steps 0..N-1 (deletion step 0 and insertion step N are the image itself).
+    """
+    m, _, h, w = images.shape
+    n = n_steps(h, w, step)
+    items = []
+    for kind_index, kind in enumerate(kinds):
+        ks = range(1, n + 1) if kind == "deletion" else range(0, n)
+        items.append(
+            torch.cartesian_prod(
+                torch.tensor([kind_index]), torch.arange(m), torch.tensor(list(ks))
+            )
+        )
+    grid = torch.cat(items).to(images.device)
+    for start in range(0, grid.shape[0], batch_size):
+        chunk = grid[start : start + batch_size]
+        kind_i, img_i, k = chunk[:, 0], chunk[:, 1], chunk[:, 2]
+        revealed = (ranks[img_i] < (k * step)[:, None]).view(-1, 1, h, w)  # top k*L pixels
+        orig = images[img_i]
+        is_insertion = torch.tensor([kd == "insertion" for kd in kinds], device=images.device)[
+            kind_i
+        ].view(-1, 1, 1, 1)
+        if blurred is not None:
+            base = torch.where(is_insertion, blurred[img_i], torch.zeros_like(orig))
+        else:
+            base = torch.zeros_like(orig)
+        # insertion: top pixels from the original over the blur; deletion: top pixels set to 0
+        top_value = torch.where(is_insertion, orig, torch.zeros_like(orig))
+        rest_value = torch.where(is_insertion, base, orig)
+        yield kind_i, img_i, k, torch.where(revealed, top_value, rest_value)
+
+
+@torch.no_grad()
+def insertion_deletion_curves(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    map1: Tensor,
+    map2: Tensor,
+    step: int | None = None,
+    kinds: Sequence[str] = ("insertion", "deletion"),
+    batch_size: int = 128,
+    z1: Tensor | None = None,
+    z2: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Similarity curves (B, N+1) of the insertion / deletion games (§IV-B).
+
+    Returns, for each kind in ``kinds``, ``"S<kind>"`` (simultaneous: both images altered) and
+    ``"C<kind>"`` (conditional: the mean of the two one-sided curves), keyed ``SI``, ``SD``, ``CI``,
+    ``CD``, plus ``"CI1"``/``"CI2"`` (``CD1``/``CD2``): the curves with image 1 (image 2) altered.
+    ``z1``, ``z2`` are the embeddings of the unaltered images if already known.
+    """
+    b, _, h, w = x1.shape
+    step = int(step or default_step(h, w))
+    if step < 1:
+        raise ValueError("step L must be >= 1")
+    n = n_steps(h, w, step)
+    images = torch.cat([x1, x2])
+    ranks = pixel_ranks(torch.cat([map1, map2]).to(images.device))
+    if z1 is None or z2 is None:
+        z = _embed(model, images, batch_size)
+        z1, z2 = z[:b], z[b:]
+    z_orig = torch.cat([z1, z2])
+    blurred = gaussian_blur(images) if "insertion" in kinds else None
+    emb = torch.empty(len(kinds), 2 * b, n + 1, z_orig.shape[1], device=images.device,
+                      dtype=z_orig.dtype)
+    for kind_index, kind in enumerate(kinds):
+        emb[kind_index, :, 0 if kind == "deletion" else n] = z_orig
+    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, step,
+                                                      batch_size):
+        emb[kind_i, img_i, k] = model.embed(altered).to(emb.dtype)
+    out: dict[str, Tensor] = {}
+    for kind_index, kind in enumerate(kinds):
+        letter = "I" if kind == "insertion" else "D"
+        e1, e2 = emb[kind_index, :b], emb[kind_index, b:]  # (B, N+1, D)
+        out[f"S{letter}"] = cosine(e1, e2)
+        one = cosine(e1, z2[:, None].expand_as(e2))
+        two = cosine(z1[:, None].expand_as(e1), e2)
+        out[f"C{letter}1"], out[f"C{letter}2"] = one, two
+        out[f"C{letter}"] = (one + two) / 2
+    return out
+
+
+@torch.no_grad()
+def average_drop_increase(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    map1: Tensor,
+    map2: Tensor,
+    batch_size: int = 128,
+    z1: Tensor | None = None,
+    z2: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Average drop and increase, simultaneous and conditional (§IV-B), each (B,).
+
+    ``SAD``: ``max(0, s - s') / s`` with ``s'`` the similarity of the two masked images; ``CAD``:
+    the mean over the two directions of the same quantity with one image masked and the other
+    whole. Both are NaN for pairs with ``s <= 0`` (skipped). ``SAI`` / ``CAI``: ``1[s' > s]``
+    (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every pair.
+    """
+    b = x1.shape[0]
+    images = torch.cat([x1, x2])
+    if z1 is None or z2 is None:
+        z = _embed(model, images, batch_size)
+        z1, z2 = z[:b], z[b:]
+    weights = minmax(torch.cat([map1, map2]).to(images.device)).unsqueeze(1)
+    zm = _embed(model, images * weights.to(images.dtype), batch_size)
+    m1, m2 = zm[:b], zm[b:]
+    s = cosine(z1, z2)
+    s_sim = cosine(m1, m2)
+    s_c1, s_c2 = cosine(m1, z2), cosine(z1, m2)
+
+    def drop(s_new: Tensor) -> Tensor:
+        value = (s - s_new).clamp_min(0) / s
+        return torch.where(s > 0, value, torch.full_like(value, math.nan))
+
+    return {
+        "SAD": drop(s_sim),
+        "CAD": (drop(s_c1) + drop(s_c2)) / 2,
+        "SAI": (s_sim > s).float(),
+        "CAI": ((s_c1 > s).float() + (s_c2 > s).float()) / 2,
+    }
+
+
+def _embed(model: SimilarityModel, x: Tensor, batch_size: int) -> Tensor:
+    return torch.cat([model.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

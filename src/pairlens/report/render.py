@@ -1,0 +1,345 @@
+"""``pairlens report``: tables (Markdown, CSV, HTML) and figures from one or more results stores.
+
+Files written to ``out``:
+
+* ``report.md`` / ``report.html`` (figures inline as base64 PNG, readable offline): per study a
+  table like Tables I-IV (methods x SI, SD, CI, CD, SAD, CAD and the increase rates, arrows for the
+  direction, the best value per column in bold, skipped pairs counted), Table V (MS), Table VI
+  (mean seconds per pair), the Fig. 14 heatmap, mean insertion / deletion curves and, with
+  ``downstream``, the Fig. 15 scatter with Pearson coefficients;
+* ``metrics.csv`` (study, method, metric, mean, std, n, skipped), ``timings.csv``,
+  ``heatmap.csv``, ``downstream.csv`` (with ``downstream``);
+* ``heatmap.png``, ``curves-<k>.png`` (one per study), ``downstream.png``.
+
+Every file is written to a temporary name and renamed. Numbers in ``report.md`` have three decimals;
+the CSV files keep full precision.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from pairlens.metrics import HIGHER_IS_BETTER
+from pairlens.report.tables import GROUPS, Study, build_studies, pearson
+from pairlens.runner.store import read_tables
+
+FORMATS = ("md", "csv", "html")
+
+
+def _arrow(metric: str) -> str:
+    return "↑" if HIGHER_IS_BETTER.get(metric, True) else "↓"
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _atomic_write(path: Path, data: bytes | str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------ tables
+def metric_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Header, rows and bold flags of the Tables I-IV table of a study (MS excluded)."""
+    metrics = [m for m in study.metrics() if m != "MS"]
+    header = ["method"] + [f"{m} {_arrow(m)}" for m in metrics] + ["pairs", "skipped (SAD/CAD)"]
+    best = {m: study.best(m) for m in metrics}
+    rows, bold = [], []
+    for label in study.methods:
+        cells = [study.cells.get((label, m)) for m in metrics]
+        n = max((c.n + c.skipped for c in cells if c), default=0)
+        skipped = [study.cells[(label, m)].skipped for m in ("SAD", "CAD")
+                   if (label, m) in study.cells]
+        rows.append([label] + [_fmt(study.value(label, m)) for m in metrics]
+                    + [str(n), "/".join(map(str, skipped)) or "–"])
+        bold.append([False] + [best[m] == label for m in metrics] + [False, False])
+    return header, rows, bold
+
+
+def sensitivity_table(studies: Sequence[Study]) -> tuple[list[str], list[list[str]], list]:
+    """Table V: methods x studies, MS (lower is better)."""
+    with_ms = [s for s in studies if any(m == "MS" for _, m in s.cells)]
+    if not with_ms:
+        return [], [], []
+    labels: list[str] = []
+    for s in with_ms:
+        labels += [lab for lab in s.methods if (lab, "MS") in s.cells and lab not in labels]
+    header = ["method"] + [f"{s.title} MS ↓" for s in with_ms]
+    best = [s.best("MS") for s in with_ms]
+    rows = [[lab] + [_fmt(s.value(lab, "MS")) for s in with_ms] for lab in labels]
+    bold = [[False] + [b == lab for b in best] for lab in labels]
+    return header, rows, bold
+
+
+def timing_table(study: Study) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "explanation s/pair", "metrics s/pair", "pairs"]
+    rows = [[lab, f"{t[0]:.4f}", f"{t[1]:.4f}", str(t[2])]
+            for lab in study.methods if (t := study.seconds.get(lab))]
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]], bold: list | None = None) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for i, row in enumerate(rows):
+        cells = [f"**{c}**" if bold and bold[i][j] else c for j, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]], bold: list | None = None) -> str:
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+           + "</tr></thead><tbody>"]
+    for i, row in enumerate(rows):
+        cells = "".join(
+            f"<td><b>{html.escape(c)}</b></td>" if bold and bold[i][j] else
+            f"<td>{html.escape(c)}</td>" for j, c in enumerate(row))
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------ figures
+def heatmap_figure(studies: Sequence[Study]):
+    """Fig. 14: methods x (study, group) scores, higher is better everywhere."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels: list[str] = []
+    for s in studies:
+        labels += [lab for lab in s.methods if lab not in labels]
+    cols = [(s, g) for g in GROUPS for s in studies]
+    data = np.array([[s.group(lab, g) for s, g in cols] for lab in labels], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(cols), 1.0 + 0.38 * len(labels)))
+    masked = np.ma.masked_invalid(data)
+    im = ax.imshow(masked, cmap="viridis", aspect="auto")
+    for i in range(len(labels)):
+        for j in range(len(cols)):
+            if not math.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if data[i, j] < np.nanmean(data) else "black")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xticks(range(len(cols)), [f"{s.model}\n{g}" for s, g in cols], fontsize=7)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_title("metric groups (higher is better)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def curves_figure(study: Study):
+    """Mean insertion / deletion curves per method (SI, SD, CI, CD)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], ("SI", "SD", "CI", "CD"), strict=True):
+        for label in study.methods:
+            curve = study.curves.get((label, metric))
+            if curve is None:
+                continue
+            x = np.linspace(0, 1, len(curve))
+            style = "--" if label.startswith("random") else "-"
+            ax.plot(x, curve, style, lw=1.2,
+                    label=f"{label} ({study.value(label, metric):.3f})")
+        ax.set_title(f"{metric} {_arrow(metric)}", fontsize=9)
+        ax.set_xlabel("fraction of pixels " + ("inserted" if metric.endswith("I") else
+                                               "deleted"), fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ax.lines:
+            ax.legend(fontsize=5.5)
+    axes[0, 0].set_ylabel("cosine similarity", fontsize=8)
+    fig.suptitle(study.title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def downstream_figure(studies: Sequence[Study], accuracy: Mapping[str, float]):
+    """Fig. 15: group score of each method against the downstream accuracy of each model, with
+    the Pearson coefficient per method (NaN with fewer than three models)."""
+    import matplotlib.pyplot as plt
+
+    chosen = [s for s in studies if s.model in accuracy]
+    labels: list[str] = []
+    for s in chosen:
+        labels += [lab for lab in s.methods if lab not in labels]
+    groups = ("(SI, CI)", "1 - (SAD, CAD)")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
+    rows = []
+    for ax, g in zip(axes[0], groups, strict=True):
+        for label in labels:
+            xs = [s.group(label, g) for s in chosen]
+            ys = [float(accuracy[s.model]) for s in chosen]
+            r = pearson(xs, ys)
+            rows.append([g, label, r])
+            ax.plot(xs, ys, "o", label=f"{label} (r={_fmt(r)})")
+            for x, y, s in zip(xs, ys, chosen, strict=True):
+                if math.isfinite(x):
+                    ax.annotate(s.model, (x, y), fontsize=6)
+        ax.set_xlabel(f"explanation score {g}", fontsize=8)
+        ax.set_ylabel("downstream accuracy", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig, rows
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------ report
+def parse_downstream(text: str | None) -> dict[str, float]:
+    """``model=acc,model=acc`` to a dict."""
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"--downstream expects MODEL=ACCURACY items, got {item!r}")
+        name, value = item.rsplit("=", 1)
+        try:
+            out[name.strip()] = float(value)
+        except ValueError as err:
+            raise ValueError(f"--downstream: {value!r} is not a number") from err
+    return out
+
+
+def write_report(
+    stores: Iterable[str | Path],
+    out: str | Path,
+    formats: Sequence[str] = FORMATS,
+    downstream: Mapping[str, float] | None = None,
+) -> list[Path]:
+    """Read the stores and write the report files; returns the paths written."""
+    formats = [f.strip().lower() for f in formats if f.strip()]
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad:
+        raise ValueError(f"unknown report format {', '.join(bad)}; choose from md, csv, html")
+    studies = build_studies(read_tables(stores))
+    if not studies:
+        raise ValueError("the results store holds no finished results")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    figures: dict[str, bytes] = {"heatmap.png": _png(heatmap_figure(studies))}
+    for k, study in enumerate(studies):
+        if study.curves:
+            figures[f"curves-{k}.png"] = _png(curves_figure(study))
+    downstream_rows: list[list] = []
+    if downstream:
+        missing = sorted(set(downstream) - {s.model for s in studies})
+        if missing:
+            raise ValueError(f"--downstream names model(s) not in the store: {', '.join(missing)}")
+        fig, downstream_rows = downstream_figure(studies, downstream)
+        figures["downstream.png"] = _png(fig)
+    for name, data in figures.items():
+        written.append(_atomic_write(out / name, data))
+
+    if "csv" in formats:
+        written += _write_csvs(out, studies, downstream_rows)
+    sections = _sections(studies, downstream_rows)
+    if "md" in formats:
+        md = ["# PairLens evaluation report", ""]
+        for title, kind, payload, fig in sections:
+            md += [f"## {title}", ""]
+            if kind == "table":
+                md += [_md_table(*payload), ""]
+            elif kind == "text":
+                md += [payload, ""]
+            if fig:
+                md += [f"![{title}]({fig})", ""]
+        written.append(_atomic_write(out / "report.md", "\n".join(md)))
+    if "html" in formats:
+        body = ["<h1>PairLens evaluation report</h1>"]
+        for title, kind, payload, fig in sections:
+            body.append(f"<h2>{html.escape(title)}</h2>")
+            if kind == "table":
+                body.append(_html_table(*payload))
+            elif kind == "text":
+                body.append(f"<p>{html.escape(payload)}</p>")
+            if fig:
+                data = base64.b64encode(figures[fig]).decode()
+                body.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+        page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>PairLens report</title>"
+                "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
+                "margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+                "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>"
+                "</head><body>" + "\n".join(body) + "</body></html>")
+        written.append(_atomic_write(out / "report.html", page))
+    return written
+
+
+def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tuple]:
+    """(title, kind, payload, figure file) in report order."""
+    out: list[tuple] = []
+    for k, study in enumerate(studies):
+        header, rows, bold = metric_table(study)
+        out.append((f"Metrics: {study.title}", "table", (header, rows, bold),
+                    f"curves-{k}.png" if study.curves else None))
+    header, rows, bold = sensitivity_table(studies)
+    if rows:
+        out.append(("Maximum sensitivity (Table V)", "table", (header, rows, bold), None))
+    labels: list[str] = []
+    for s in studies:
+        labels += [lab for lab in s.methods if lab not in labels]
+    group_header = ["method"] + [f"{s.model} {g}" for g in GROUPS for s in studies]
+    group_rows = [[lab] + [_fmt(s.group(lab, g)) for g in GROUPS for s in studies]
+                  for lab in labels]
+    out.append(("Metric groups (Fig. 14)", "table", (group_header, group_rows, None),
+                "heatmap.png"))
+    if downstream_rows:
+        rows = [[g, lab, _fmt(r)] for g, lab, r in downstream_rows]
+        out.append(("Relationship to downstream accuracy (Fig. 15)", "table",
+                    (["group", "method", "Pearson r"], rows, None), "downstream.png"))
+    for study in studies:
+        out.append((f"Time per method (Table VI): {study.title}", "table",
+                    (*timing_table(study), None), None))
+    return out
+
+
+def _write_csvs(out: Path, studies: Sequence[Study], downstream_rows: list[list]) -> list[Path]:
+    def write(name: str, header: list[str], rows: list[list]) -> Path:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+        return _atomic_write(out / name, buf.getvalue())
+
+    metric_rows, timing_rows, group_rows = [], [], []
+    for s in studies:
+        for lab in s.methods:
+            for m in s.metrics():
+                c = s.cells.get((lab, m))
+                if c:
+                    metric_rows.append([s.model, s.setting, lab, m, repr(c.mean), repr(c.std),
+                                        c.n, c.skipped])
+            if lab in s.seconds:
+                t = s.seconds[lab]
+                timing_rows.append([s.model, s.setting, lab, repr(t[0]), repr(t[1]), t[2]])
+            group_rows.append([s.model, s.setting, lab] + [repr(s.group(lab, g)) for g in GROUPS])
+    paths = [
+        write("metrics.csv", ["model", "setting", "method", "metric", "mean", "std", "n",
+                              "skipped"], metric_rows),
+        write("timings.csv", ["model", "setting", "method", "explain_seconds", "metric_seconds",
+                              "pairs"], timing_rows),
+        write("heatmap.csv", ["model", "setting", "method", *GROUPS], group_rows),
+    ]
+    if downstream_rows:
+        paths.append(write("downstream.csv", ["group", "method", "pearson_r"],
+                           [[g, lab, repr(r)] for g, lab, r in downstream_rows]))
+    return paths

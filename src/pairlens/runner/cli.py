@@ -1,0 +1,168 @@
+"""``pairlens evaluate`` and ``pairlens report``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+EVALUATE_EXAMPLES = """examples:
+  pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db
+  pairlens evaluate --model photos --data photos --pairs 34 --methods \\
+      "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
+      --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db
+  pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
+      --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda
+  torchrun --nproc_per_node 4 -m pairlens evaluate ... (same arguments; pairs are sharded)
+
+Re-running the same command resumes: finished pairs are skipped.
+"""
+
+REPORT_EXAMPLES = """examples:
+  pairlens report digits.db --out report/
+  pairlens report digits.db photos.db --out report/ --format md,html
+  pairlens report all.db --out report/ --downstream simclr=0.717,simsiam=0.683,barlow=0.730
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate explanation methods with the pair metrics (resumable, shardable)",
+        description="Run explanation methods on N image pairs, score them with the pair metrics "
+        "of seed 000 §IV (SI, SD, CI, CD, SAD, CAD, the increase rates SAI/CAI and max "
+        "sensitivity MS) and store every result in an SQLite file as it is produced. Re-running "
+        "the same command resumes; under torchrun the pairs are sharded across processes.",
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="registered model name (default: digits)")
+    p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
+    p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
+    p.add_argument("--data", default="digits",
+                   help="digits[:split] | photos | image folder | list file (default: digits)")
+    p.add_argument("--pairs", type=int, default=None, metavar="N",
+                   help="number of pairs (default: every image once / every listed pair)")
+    p.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"))
+    p.add_argument("--methods", default="all",
+                   help="all | comma-separated names, variants as name[key=value;key=value]")
+    p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
+    p.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
+                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
+    p.add_argument("--step", type=int, default=None, metavar="L",
+                   help="pixels per insertion/deletion step (default: round(H*W/224))")
+    p.add_argument("--ms-samples", type=int, default=10, help="max-sensitivity noise samples")
+    p.add_argument("--seed", type=int, default=0, help="selects images and augmentations")
+    p.add_argument("--store", default="results.db",
+                   help="SQLite results file (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="pairs explained and stored together (default: %(default)s)")
+    p.add_argument("--forward-batch", type=int, default=256,
+                   help="images per forward pass in the metrics (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_evaluate)
+
+    r = sub.add_parser(
+        "report",
+        help="tables and figures (md/csv/html) from evaluation results",
+        description="Write the tables (like Tables I-VI of seed 000) and figures (Fig. 14 "
+        "heatmap, insertion/deletion curves, Fig. 15 scatter with --downstream) of one or more "
+        "results stores. Several stores are merged.",
+        epilog=REPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("stores", nargs="+", metavar="STORE",
+                   help="results file(s) of pairlens evaluate")
+    r.add_argument("--out", default="pairlens-report", help="output directory")
+    r.add_argument("--format", default="md,csv,html", help="comma-separated: md,csv,html")
+    r.add_argument("--downstream", default=None, metavar="MODEL=ACC,...",
+                   help="downstream accuracy per model for the Fig. 15 scatter")
+    r.set_defaults(func=run_report)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from pairlens.commands.explain import load_cli_model
+    from pairlens.runner.loop import Shard, parse_methods, parse_metrics, run_evaluation
+    from pairlens.runner.pairs import PairSet
+    from pairlens.runner.store import ResultStore
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.pairs is not None and args.pairs < 1:
+        raise ValueError("--pairs must be >= 1")
+    if args.batch_size < 1 or args.forward_batch < 1:
+        raise ValueError("--batch-size and --forward-batch must be >= 1")
+    if args.step is not None and args.step < 1:
+        raise ValueError("--step must be >= 1")
+    specs = parse_methods(args.methods, args.param)
+    metrics = parse_metrics(args.metrics)
+    shard = Shard.from_env()
+    dist = _init_distributed(shard)
+    device = args.device
+    if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model = load_cli_model(args.model or "digits", args.checkpoint, args.embedding, device)
+    model_key = args.model or "digits"
+    if args.checkpoint:
+        model_key += f"@{Path(args.checkpoint).name}"
+    if args.embedding:
+        model_key += f"#{args.embedding}"
+    pairs = PairSet(model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
+    if shard.rank == 0:  # create the schema once before the other ranks open the file
+        ResultStore(args.store).close()
+    _barrier(dist)
+    try:
+        with ResultStore(args.store) as store:
+            summary = run_evaluation(
+                model, model_key, pairs, specs, metrics, store, step=args.step,
+                pairs_per_batch=args.batch_size, forward_batch=args.forward_batch, shard=shard,
+                progress=not args.quiet, ms_samples=args.ms_samples,
+            )
+        _barrier(dist)
+    finally:
+        if dist:
+            torch.distributed.destroy_process_group()
+    who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
+    print(f"{who}{summary.computed_pairs} pair evaluations computed, {summary.skipped_pairs} "
+          f"already in {args.store}; {summary.seconds:.1f} s")
+    for label, seconds in summary.per_method.items():
+        print(f"{who}  {label:40s} explanation {seconds:8.2f} s")
+    if shard.rank == 0:
+        print(f"report: pairlens report {args.store} --out pairlens-report")
+    return 0
+
+
+def _init_distributed(shard) -> bool:
+    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when there are several ranks."""
+    if shard.world <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def _barrier(active: bool) -> None:
+    if active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pairlens.report import parse_downstream, write_report
+
+    written = write_report(args.stores, args.out, formats=args.format.split(","),
+                           downstream=parse_downstream(args.downstream))
+    main = [p for p in written if p.suffix in (".md", ".html")]
+    print(f"wrote {len(written)} files to {args.out}: "
+          + ", ".join(p.name for p in main or written[:3]))
+    return 0

@@ -1,0 +1,235 @@
+"""The evaluation loop of ``pairlens evaluate``: methods x pairs -> metrics -> results store.
+
+Work is cut into *units*: the pairs ``[j*B, (j+1)*B)`` (``B`` = pairs per batch) for one method
+variant. Unit ``j`` belongs to rank ``j mod world_size``, so a ``torchrun`` run computes exactly
+the same batches as a single process, and a resumed run computes the same batches as an
+uninterrupted one (a unit is stored in one transaction, so it is either complete or absent). Per
+unit: the explanation (timed), :func:`pairlens.evaluate` with the curves, one store transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pairlens.methods.registry import get_method, method_infos
+from pairlens.metrics import ALL_METRICS, evaluate
+from pairlens.models.similarity import SimilarityModel
+from pairlens.runner.pairs import PairSet
+from pairlens.runner.store import PairResult, ResultStore, canonical_params
+
+EXCLUDED_FAMILIES = ("corpus",)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method variant: registered name, the parameters given explicitly, and all parameters
+    (defaults filled in)."""
+
+    name: str
+    given: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**get_method(self.name).params, **self.given}
+
+    @property
+    def label(self) -> str:
+        """``name`` or ``name[key=value,...]`` with the parameters differing from the defaults."""
+        defaults = get_method(self.name).params
+        diff = {k: v for k, v in self.given.items() if defaults.get(k, object()) != v}
+        if not diff:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={_show(v)}' for k, v in sorted(diff.items()))}]"
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return ",".join(map(str, v))
+    return str(v)
+
+
+def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
+    """Parse ``--methods`` and ``--param method.key=value`` into method variants.
+
+    ``text`` is ``all`` (every registered pair method) or comma-separated items ``name`` or
+    ``name[key=value;key=value]`` (a variant; ``,`` also separates parameters inside brackets).
+    ``--param method.key=value`` sets ``key`` for every variant of ``method``; a value given inside
+    brackets wins. Values are Python literals (``true``/``false``/``none`` accepted).
+    """
+    from pairlens.commands.explain import parse_params
+
+    items, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    items.append(cur)
+    items = [i.strip() for i in items if i.strip()]
+    specs: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        if item.lower() == "all":
+            specs += [(info.name, {}) for info in method_infos()
+                      if info.family not in EXCLUDED_FAMILIES]
+            continue
+        name, _, rest = item.partition("[")
+        given = {}
+        if rest:
+            if not rest.endswith("]"):
+                raise ValueError(f"--methods: unbalanced brackets in {item!r}")
+            given = parse_params([p for p in rest[:-1].replace(";", ",").split(",") if p])
+        specs.append((get_method(name.strip()).name, given))
+    by_method: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        if "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--param expects METHOD.KEY=VALUE, got {item!r}")
+        method, _, kv = item.partition(".")
+        name = get_method(method).name
+        by_method.setdefault(name, {}).update(parse_params([kv]))
+    out: list[MethodSpec] = []
+    for name, given in specs:
+        params = {**by_method.get(name, {}), **given}
+        unknown = sorted(set(params) - set(get_method(name).params))
+        if unknown:
+            raise ValueError(f"method {name!r} has no parameter {', '.join(unknown)}; its "
+                             f"parameters: {', '.join(get_method(name).params) or '(none)'}")
+        spec = MethodSpec(name, params)
+        if spec not in out:
+            out.append(spec)
+    unused = sorted(set(by_method) - {s.name for s in out})
+    if unused:
+        raise ValueError(f"--param given for {', '.join(unused)}, which is not in --methods")
+    if not out:
+        raise ValueError("--methods selects no method")
+    return out
+
+
+def parse_metrics(text: str) -> list[str]:
+    names = [m.strip().upper() for m in text.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(ALL_METRICS))
+    if unknown or not names:
+        raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from "
+                         f"{', '.join(ALL_METRICS)}")
+    return names
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the work: rank ``rank`` of ``world`` processes."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """Rank and world size from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+@dataclass
+class RunSummary:
+    computed_pairs: int = 0
+    skipped_pairs: int = 0
+    seconds: float = 0.0
+    per_method: dict[str, float] = field(default_factory=dict)
+
+
+def setting_key(pairs: PairSet, step: int | None, ms: Mapping[str, Any]) -> str:
+    """What, besides the model and method, determines a metric value."""
+    extra = f"|step={step or 'default'}"
+    if ms:
+        extra += "|ms=" + ",".join(f"{k}={v}" for k, v in sorted(ms.items()))
+    return pairs.key + extra
+
+
+def run_evaluation(
+    model: SimilarityModel,
+    model_key: str,
+    pairs: PairSet,
+    specs: Sequence[MethodSpec],
+    metrics: Sequence[str],
+    store: ResultStore,
+    step: int | None = None,
+    pairs_per_batch: int = 8,
+    forward_batch: int = 256,
+    shard: Shard = Shard(),
+    progress: bool = True,
+    on_unit: Callable[[str, list[int]], None] | None = None,
+    ms_samples: int = 10,
+) -> RunSummary:
+    """Evaluate every method variant on every pair of this shard, skipping finished pairs."""
+    from tqdm.auto import tqdm
+
+    ms = {"samples": ms_samples} if "MS" in metrics else {}
+    setting = setting_key(pairs, step, ms)
+    units: list[tuple[MethodSpec, str, list[int]]] = []
+    summary = RunSummary()
+    n = len(pairs)
+    for spec in specs:
+        params_key = canonical_params(spec.params)
+        done = store.done_pairs(model_key, setting, spec.name, params_key)
+        for j, start in enumerate(range(0, n, pairs_per_batch)):
+            if j % shard.world != shard.rank:
+                continue
+            ids = [i for i in range(start, min(start + pairs_per_batch, n)) if i not in done]
+            summary.skipped_pairs += min(start + pairs_per_batch, n) - start - len(ids)
+            if ids:
+                units.append((spec, params_key, ids))
+    total = sum(len(ids) for _, _, ids in units)
+    bar = tqdm(total=total, disable=not progress, unit="pair", dynamic_ncols=True,
+               desc=f"rank {shard.rank}" if shard.world > 1 else "evaluate",
+               position=shard.rank if shard.world > 1 else None)
+    start_all = time.perf_counter()
+    try:
+        for spec, params_key, ids in units:
+            bar.set_postfix_str(spec.label[:40])
+            x1, x2 = pairs.batch(ids)
+            t0 = time.perf_counter()
+            exp = _explain(model, x1, x2, spec)
+            t1 = time.perf_counter()
+            scores = evaluate(model, x1, x2, exp, metrics=metrics, step=step,
+                              batch_size=forward_batch, return_curves=True,
+                              ms_samples=ms_samples, seed=0)
+            t2 = time.perf_counter()
+            k = len(ids)
+            results = []
+            for row, pid in enumerate(ids):
+                results.append(PairResult(
+                    pair_id=pid,
+                    metrics={m: float(scores[m][row]) for m in metrics},
+                    curves={name[:-6]: scores[name][row].float().cpu().numpy()
+                            for name in scores if name.endswith("_curve")},
+                    explain_seconds=(t1 - t0) / k,
+                    metric_seconds=(t2 - t1) / k,
+                ))
+            store.add_batch(model_key, setting, spec.name, params_key, spec.label, results,
+                            rank=shard.rank)
+            summary.computed_pairs += k
+            summary.per_method[spec.label] = summary.per_method.get(spec.label, 0.0) + (t1 - t0)
+            bar.update(k)
+            if on_unit is not None:
+                on_unit(spec.label, ids)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start_all
+    return summary
+
+
+def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec):
+    from pairlens.explanation import explain
+
+    exp = explain(model, x1, x2, method=spec.name, **spec.given)
+    if model.device.type == "cuda":  # honest timings on GPU
+        torch.cuda.synchronize(model.device)
+    return exp

@@ -1,0 +1,232 @@
+"""Pairs of images to evaluate explanations on (seed 000, §V-A: the paper uses an image and an
+augmentation of it).
+
+Image sources (``--data``):
+
+* ``digits`` (the test split of :func:`pairlens.data.bundled.digits`, 270 images),
+  ``digits:train|val|test|all``; labels are the digit classes;
+* ``photos``: the bundled photographs (:func:`pairlens.data.bundled.photos`), no labels;
+* a directory: ImageNet style class sub-folders (labels = folder names) or a flat folder of
+  images (no labels), searched recursively for ``.jpg .jpeg .png .bmp .webp .tif .tiff`` files,
+  sorted by relative path;
+* a text file listing one image path per line, optionally followed by whitespace and a label
+  (relative paths are relative to the list file; ``#`` starts a comment).
+
+Pair modes (``--pair-mode``):
+
+* ``augmented``: image ``order[i mod M]`` (``order`` a seeded permutation of the M images) and a
+  SimCLR-style augmentation of it (:class:`pairlens.training.augment.SimCLRAugment`, the digits
+  preset for digits, the photos preset otherwise) drawn with a generator seeded by
+  ``seed * 1_000_003 + i``, applied in [0, 1] pixel space at the model's input size;
+* ``same-class``: pair ``i`` takes image ``order[i mod M]`` as the first image and a different
+  image of the same label, drawn with a seeded generator (images whose label has no other image are
+  skipped);
+* ``list``: ``--data`` is a file of pairs, one ``path1 path2`` per line (whitespace or a comma in
+  between), used in file order.
+
+Pair ``i`` never depends on how many pairs are requested (asking for more pairs later extends the
+list), nor on which process or batch materialises it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pairlens.models.similarity import SimilarityModel
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+PAIR_MODES = ("augmented", "same-class", "list")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of a source: something :meth:`SimilarityModel.preprocess` accepts (or a
+    (3, H, W) tensor in [0, 1]), its label (or None) and a name for reports."""
+
+    image: Any
+    label: str | None
+    name: str
+
+
+def load_images(data: str) -> tuple[list[ImageItem], str]:
+    """The images of ``data`` and the augmentation preset suiting them (``digits``/``photos``)."""
+    from pairlens.data import bundled
+
+    key, _, option = data.partition(":")
+    if key == "digits" and not Path(data).exists():
+        split = option or "test"
+        x, y = bundled.digits(split=split, seed=0)
+        items = [ImageItem(x[i], str(int(y[i])), f"digits:{split}:{i}") for i in range(len(y))]
+        return items, "digits"
+    if key == "photos" and not Path(data).exists():
+        photos = bundled.photos()
+        return [ImageItem(img, None, f"photos:{n}") for n, img in photos.items()], "photos"
+    path = Path(data).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"{path}: no image files found")
+        labelled = all(f.parent != path for f in files)
+        items = [
+            ImageItem(str(f), f.relative_to(path).parts[0] if labelled else None,
+                      str(f.relative_to(path)))
+            for f in files
+        ]
+        return items, "photos"
+    if path.is_file():
+        items = []
+        for line in _lines(path):
+            parts = line.split(maxsplit=1)
+            img = _resolve(parts[0], path.parent)
+            items.append(ImageItem(str(img), parts[1].strip() if len(parts) > 1 else None,
+                                   parts[0]))
+        if not items:
+            raise ValueError(f"{path}: the list holds no images")
+        return items, "photos"
+    raise ValueError(f"--data {data!r} is neither digits, photos, a directory nor a list file")
+
+
+def _lines(path: Path) -> list[str]:
+    out = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+def _resolve(name: str, base: Path) -> Path:
+    p = Path(name).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _seed_of(*parts: Any) -> int:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class PairSet:
+    """``n`` pairs of images for one model, materialised on demand by pair id (0 .. n-1).
+
+    Args:
+        model: the model whose ``preprocess`` / ``input_size`` the images are prepared for.
+        data: the image source (see the module docstring); the pair list file for ``list``.
+        mode: ``augmented``, ``same-class`` or ``list``.
+        n: number of pairs (None: all images once, or all listed pairs).
+        seed: selects the images and the augmentations.
+    """
+
+    def __init__(self, model: SimilarityModel, data: str, mode: str = "augmented",
+                 n: int | None = None, seed: int = 0) -> None:
+        if mode not in PAIR_MODES:
+            raise ValueError(f"unknown pair mode {mode!r}; choose from {', '.join(PAIR_MODES)}")
+        self.model, self.data, self.mode, self.seed = model, data, mode, int(seed)
+        self.preset = "photos"
+        if mode == "list":
+            path = Path(data).expanduser()
+            if not path.is_file():
+                raise ValueError(f"{data}: pair mode 'list' needs a file of image pairs")
+            self._pairs = []
+            for line in _lines(path):
+                parts = line.replace(",", " ").split()
+                if len(parts) != 2:
+                    raise ValueError(f"{path}: expected 'image1 image2' per line, got {line!r}")
+                self._pairs.append(tuple(str(_resolve(p, path.parent)) for p in parts))
+            total = len(self._pairs)
+            if n is not None:
+                if n > total:
+                    raise ValueError(f"{path} lists {total} pairs; --pairs {n} asks for more")
+                total = n
+            self._items: list[ImageItem] = []
+            self._index: list[tuple[int, int]] = []
+            self.n = total
+            return
+        self._items, self.preset = load_images(data)
+        m = len(self._items)
+        order = np.random.default_rng(self.seed).permutation(m)
+        self.n = int(n) if n is not None else m
+        if self.n < 1:
+            raise ValueError("the number of pairs must be >= 1")
+        if mode == "augmented":
+            self._index = [(int(order[i % m]), -1) for i in range(self.n)]
+        else:
+            self._index = self._same_class(order)
+
+    def _same_class(self, order: np.ndarray) -> list[tuple[int, int]]:
+        labels = [it.label for it in self._items]
+        if any(lab is None for lab in labels):
+            raise ValueError(f"{self.data}: pair mode 'same-class' needs labelled images "
+                             "(class sub-folders, a list with labels, or digits)")
+        by_label: dict[str, list[int]] = {}
+        for i, lab in enumerate(labels):
+            by_label.setdefault(lab, []).append(i)  # type: ignore[arg-type]
+        anchors = [int(i) for i in order if len(by_label[labels[i]]) > 1]  # type: ignore[index]
+        if not anchors:
+            raise ValueError(f"{self.data}: no label has two images")
+        rng = np.random.default_rng(_seed_of("same-class", self.seed))
+        out = []
+        for i in range(self.n):
+            a = anchors[i % len(anchors)]
+            others = [j for j in by_label[labels[a]] if j != a]  # type: ignore[index]
+            out.append((a, int(others[rng.integers(len(others))])))
+        return out
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def key(self) -> str:
+        """Identity of the pair list (data, mode, seed) used as part of the results key."""
+        return f"{self.data}|{self.mode}|seed={self.seed}"
+
+    def describe(self, pair_id: int) -> tuple[str, str]:
+        """Names of the two images of pair ``pair_id``."""
+        if self.mode == "list":
+            return self._pairs[pair_id]  # type: ignore[return-value]
+        a, b = self._index[pair_id]
+        name = self._items[a].name
+        return name, (f"{name} (augmented #{pair_id})" if b < 0 else self._items[b].name)
+
+    def _prepare(self, image: Any) -> Tensor:
+        model = self.model
+        if isinstance(image, Tensor):
+            x01 = image.float().unsqueeze(0) if image.dim() == 3 else image.float()
+            if tuple(x01.shape[-2:]) != tuple(model.input_size):
+                arr = (x01[0].permute(1, 2, 0).clamp(0, 1).numpy())
+                return model.preprocess(arr)
+            return model.normalize(x01.to(model.device))
+        return model.preprocess(image)
+
+    def batch(self, ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Model-input tensors (len(ids), 3, H, W) of the first and second images."""
+        firsts, seconds = [], []
+        for pid in ids:
+            if not 0 <= pid < self.n:
+                raise IndexError(f"pair id {pid} out of range 0..{self.n - 1}")
+            if self.mode == "list":
+                a, b = self._pairs[pid]
+                firsts.append(self._prepare(a))
+                seconds.append(self._prepare(b))
+                continue
+            a, b = self._index[pid]
+            x1 = self._prepare(self._items[a].image)
+            firsts.append(x1)
+            seconds.append(self._augment(x1, pid) if b < 0 else self._prepare(self._items[b].image))
+        return torch.cat(firsts), torch.cat(seconds)
+
+    def _augment(self, x1: Tensor, pair_id: int) -> Tensor:
+        from pairlens.training.augment import AugmentConfig, SimCLRAugment
+
+        config = AugmentConfig.digits() if self.preset == "digits" else AugmentConfig.photos()
+        aug = SimCLRAugment(config, out_size=tuple(self.model.input_size))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + pair_id)
+        x01 = self.model.denormalize(x1).clamp(0, 1)
+        return self.model.normalize(aug(x01, gen))

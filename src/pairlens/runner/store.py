@@ -1,0 +1,188 @@
+"""SQLite results store of ``pairlens evaluate``.
+
+Layout (one row per fact, every table keyed so that a fact can be stored only once):
+
+* ``results(model, setting, method, params, pair_id, metric, value)``: one metric value of one
+  pair; ``value`` is NULL for a skipped pair (average drop with a non-positive similarity);
+* ``pairs_done(model, setting, method, params, pair_id, label, explain_seconds, metric_seconds,
+  rank, finished)``: the pair is complete for that method; its time taken (Table VI);
+* ``curves(model, setting, method, params, pair_id, metric, curve)``: insertion / deletion curves
+  (float32 bytes) for the report's curve plots.
+
+``setting`` identifies the pairs and the metric settings (data, pair mode, seed, step), ``params``
+is the canonical JSON of the method's parameters (defaults filled in). All rows of a batch of pairs
+are written in **one transaction**, so a process killed at any moment (SIGKILL included) leaves
+either the whole batch or none of it, and work is resumed by skipping pairs present in
+``pairs_done``. Inserts use ``INSERT OR IGNORE`` on the primary keys, so nothing is ever stored
+twice. The database runs in WAL mode with a busy timeout, so several processes (``torchrun`` ranks)
+can write to one file on a local file system.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    model TEXT NOT NULL, setting TEXT NOT NULL, method TEXT NOT NULL, params TEXT NOT NULL,
+    pair_id INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
+    PRIMARY KEY (model, setting, method, params, pair_id, metric)
+);
+CREATE TABLE IF NOT EXISTS pairs_done (
+    model TEXT NOT NULL, setting TEXT NOT NULL, method TEXT NOT NULL, params TEXT NOT NULL,
+    pair_id INTEGER NOT NULL, label TEXT NOT NULL, explain_seconds REAL, metric_seconds REAL,
+    rank INTEGER, finished REAL,
+    PRIMARY KEY (model, setting, method, params, pair_id)
+);
+CREATE TABLE IF NOT EXISTS curves (
+    model TEXT NOT NULL, setting TEXT NOT NULL, method TEXT NOT NULL, params TEXT NOT NULL,
+    pair_id INTEGER NOT NULL, metric TEXT NOT NULL, curve BLOB NOT NULL,
+    PRIMARY KEY (model, setting, method, params, pair_id, metric)
+);
+"""
+
+
+def canonical_params(params: Mapping[str, Any]) -> str:
+    """Canonical JSON of method parameters (sorted keys; tuples become lists)."""
+    return json.dumps(_plain(dict(params)), sort_keys=True, separators=(",", ":"))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return repr(v)
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """Everything produced for one pair by one method."""
+
+    pair_id: int
+    metrics: dict[str, float]
+    curves: dict[str, np.ndarray]
+    explain_seconds: float
+    metric_seconds: float
+
+
+class ResultStore:
+    """An open results database (see the module docstring)."""
+
+    def __init__(self, path: str | Path, timeout: float = 600.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"{self.path}: could not switch the database to WAL mode")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self._write("".join(SCHEMA), script=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _write(self, sql: str, script: bool = False) -> None:
+        for attempt in range(20):
+            try:
+                if script:
+                    self.conn.executescript(sql)
+                else:
+                    self.conn.execute(sql)
+                return
+            except sqlite3.OperationalError as err:  # pragma: no cover - contention only
+                if "locked" not in str(err) or attempt == 19:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def done_pairs(self, model: str, setting: str, method: str, params: str) -> set[int]:
+        """Pair ids already complete for this model, setting and method variant."""
+        rows = self.conn.execute(
+            "SELECT pair_id FROM pairs_done WHERE model=? AND setting=? AND method=? AND params=?",
+            (model, setting, method, params),
+        )
+        return {int(r[0]) for r in rows}
+
+    def add_batch(self, model: str, setting: str, method: str, params: str, label: str,
+                  results: Iterable[PairResult], rank: int = 0) -> None:
+        """Store the results of a batch of pairs in one transaction (all or nothing)."""
+        results = list(results)
+        now = time.time()
+        rows, curve_rows, done_rows = [], [], []
+        for r in results:
+            key = (model, setting, method, params, int(r.pair_id))
+            for name, value in r.metrics.items():
+                v = None if value is None or (isinstance(value, float) and math.isnan(value)) \
+                    else float(value)
+                rows.append(key + (name, v))
+            for name, curve in r.curves.items():
+                curve_rows.append(key + (name, np.asarray(curve, dtype="<f4").tobytes()))
+            done_rows.append(key + (label, r.explain_seconds, r.metric_seconds, rank, now))
+        cur = self.conn.cursor()
+        for attempt in range(20):
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as err:  # pragma: no cover - contention only
+                if "locked" not in str(err) or attempt == 19:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        try:
+            cur.executemany("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?)", rows)
+            cur.executemany("INSERT OR IGNORE INTO curves VALUES (?,?,?,?,?,?,?)", curve_rows)
+            cur.executemany("INSERT OR IGNORE INTO pairs_done VALUES (?,?,?,?,?,?,?,?,?,?)",
+                            done_rows)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+
+def read_tables(paths: Iterable[str | Path]) -> dict[str, list[tuple]]:
+    """All rows of ``results``, ``pairs_done`` and ``curves`` from one or more stores (merged;
+    a row present in several stores is kept once)."""
+    out: dict[str, set[tuple]] = {"results": set(), "pairs_done": set(), "curves": set()}
+    columns = {
+        "results": "model, setting, method, params, pair_id, metric, value",
+        "pairs_done": "model, setting, method, params, pair_id, label, explain_seconds, "
+        "metric_seconds",
+        "curves": "model, setting, method, params, pair_id, metric, curve",
+    }
+    seen_keys: dict[str, set[tuple]] = {k: set() for k in out}
+    key_len = {"results": 6, "pairs_done": 5, "curves": 6}
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: no such results store")
+        conn = sqlite3.connect(str(p), timeout=60)
+        try:
+            for table, cols in columns.items():
+                for row in conn.execute(f"SELECT {cols} FROM {table}"):
+                    k = row[: key_len[table]]
+                    if k in seen_keys[table]:
+                        continue
+                    seen_keys[table].add(k)
+                    out[table].add(row)
+        except sqlite3.DatabaseError as err:
+            raise ValueError(f"{p}: not a PairLens results store ({err})") from err
+        finally:
+            conn.close()
+    return {k: sorted(v, key=lambda r: tuple(str(x) for x in r[:6])) for k, v in out.items()}

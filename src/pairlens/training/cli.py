@@ -1,0 +1,233 @@
+"""``pairlens train MODE``: contrastive training from the command line.
+
+``train`` has one sub-command per training mode (a positional ``MODE``); this module registers
+``simclr``. Further modes (``supcon``, ``supcon-ori``, ``excon``, ``exconb``: issue 5) register
+theirs with :func:`add_mode`, reusing :func:`add_common_arguments` and :func:`load_training_data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TRAIN_EXAMPLES = """examples:
+  pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits
+  pairlens train simclr --data photos --arch resnet-mini --epochs 40 --steps-per-epoch 25 \\
+      --batch-size 32 --out runs/photos
+  pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda --out runs/mine
+  pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits --resume
+"""
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+_train_sub: argparse._SubParsersAction | None = None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``pairlens train`` and its ``simclr`` mode."""
+    global _train_sub
+    p = sub.add_parser(
+        "train",
+        help="train a contrastive encoder (simclr; more modes may be installed)",
+        description="Train a contrastive image encoder with PairLens's resumable trainer. "
+        "Checkpoints (every epoch), a per-epoch CSV log and the final model.pt go to --out.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _train_sub = p.add_subparsers(dest="mode", metavar="MODE")
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    add_mode(
+        "simclr",
+        run_simclr,
+        help="SimCLR: NT-Xent on two augmented views per image (no labels)",
+        description="Self-supervised SimCLR training (Chen et al. 2020): two SimCLR-augmented "
+        "views per image, NT-Xent loss on the projection head. With labelled data (digits, or a "
+        "folder with one sub-folder per class) a k-NN validation accuracy is logged every epoch "
+        "and a linear probe on the backbone features is fitted at the end and stored in model.pt.",
+    )
+
+
+def add_mode(
+    name: str, func: Callable[[argparse.Namespace], int], help: str, description: str
+) -> argparse.ArgumentParser:
+    """Add ``pairlens train NAME`` with the common arguments; returns its parser."""
+    if _train_sub is None:
+        raise RuntimeError("pairlens.training.cli.add_parser must run first")
+    p = _train_sub.add_parser(
+        name, help=help, description=description, epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_arguments(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True,
+                   help="digits | photos | DIR (images, optionally one sub-folder per class)")
+    p.add_argument("--arch", default=None,
+                   help="architecture: digits-cnn | resnet-mini | resnet18 "
+                   "(default: digits-cnn for digits, resnet-mini otherwise)")
+    p.add_argument("--epochs", type=int, default=30, help="epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="source images per step; each gives two views (default: %(default)s)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="steps per epoch (default: one pass over the data)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear warm-up, then cosine decay (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.5, help="τ (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out exactly where it stopped")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="side of the square images held in memory for photos / DIR "
+                   "(default: input size / 0.7)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_training_data(data: str, load_size: int, split: str = "train", seed: int = 0):
+    """``(images, labels or None, description)`` for ``--data``.
+
+    ``digits``: the ``split`` of :func:`pairlens.data.bundled.digits` (float, 32 px).
+    ``photos``: :data:`~pairlens.data.bundled.TRAIN_PHOTOS` as ``load_size`` squares (labels =
+    photo index). ``DIR``: every image under DIR (recursively), shorter side resized to
+    ``load_size`` and centre-cropped, stored as uint8 in memory; labels from the first-level
+    sub-folder names when every image is in one, else None.
+    """
+    import torch
+
+    from pairlens.data import bundled
+
+    if data == "digits":
+        x, y = bundled.digits(split, seed=seed)
+        return x, y, f"digits ({split} split, seed {seed})"
+    if data == "photos":
+        x, names = bundled.photos_tensor(load_size, bundled.TRAIN_PHOTOS)
+        return x, torch.arange(len(names)), f"{len(names)} bundled photos"
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{data}: not digits, photos or an existing directory")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"{data}: no image files found")
+    from pairlens.io import load_image
+
+    imgs = [
+        (bundled.square_tensor(load_image(f), load_size) * 255).round().to(torch.uint8)
+        for f in files
+    ]
+    parts = [f.relative_to(root).parts for f in files]
+    classes = sorted({p[0] for p in parts if len(p) > 1})
+    labels = None
+    if classes and all(len(p) > 1 for p in parts):
+        index = {c: i for i, c in enumerate(classes)}
+        labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in files])
+    return torch.stack(imgs), labels, f"{len(files)} images from {root}"
+
+
+def run_simclr(args: argparse.Namespace) -> int:
+    import torch
+
+    from pairlens.models.bundled import get_architecture
+    from pairlens.training.augment import AugmentConfig
+    from pairlens.training.simclr import TrainConfig, train_simclr
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arch_name = args.arch or ("digits-cnn" if args.data == "digits" else "resnet-mini")
+    arch = get_architecture(arch_name)
+    load_size = args.image_size or round(arch.input_size[0] / 0.7)
+    images, labels, described = load_training_data(args.data, load_size, "train", args.seed)
+    augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, temperature=args.temperature,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+        data=args.data,
+    )
+    hooks = []
+    val = None
+    if args.data == "digits":
+        val = load_training_data("digits", load_size, "val", args.seed)[:2]
+        hooks.append(knn_hook(images, labels, *val, arch.mean, arch.std))
+    print(f"training {arch_name} with SimCLR on {described}; output in {args.out}")
+    net, log = train_simclr(images, arch_name, config, augment=augment, labels=labels, hooks=hooks)
+    summary: dict[str, Any] = {"epochs": len(log), "final_loss": log[-1]["loss"] if log else None}
+    if labels is not None and args.data != "photos":
+        summary.update(attach_probe(Path(args.out) / "model.pt", net, arch, images, labels, val,
+                                    args.data, args.seed))
+    else:
+        summary.update(attach_view_cosines(Path(args.out) / "model.pt", images, augment))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def knn_hook(train_x, train_y, val_x, val_y, mean, std):
+    """Epoch hook logging ``val_knn_accuracy`` (cosine 20-NN on backbone features)."""
+    from pairlens.training.simclr import knn_accuracy, pooled_features
+
+    def hook(trainer, epoch: int, row: dict) -> None:
+        ft = pooled_features(trainer.net, train_x, mean, std)
+        fv = pooled_features(trainer.net, val_x, mean, std)
+        row["val_knn_accuracy"] = knn_accuracy(ft, train_y, fv, val_y)
+
+    return hook
+
+
+def attach_probe(model_path: Path, net, arch, images, labels, val, data: str, seed: int) -> dict:
+    """Fit the linear probe on backbone features, store it in ``model_path``; test accuracy for
+    digits (the test split is never used for training or model selection)."""
+    import torch
+
+    from pairlens.models.bundled import bundle_state
+    from pairlens.training.simclr import _atomic_torch_save, fit_linear_probe, pooled_features
+
+    net = net.cpu().eval()
+    ft = pooled_features(net, images.float() / 255 if images.dtype == torch.uint8 else images,
+                         arch.mean, arch.std)
+    if val is None:  # folder data: hold out nothing, select C on the training set itself
+        fv, yv = ft, labels
+    else:
+        fv, yv = pooled_features(net, val[0], arch.mean, arch.std), val[1]
+    probe, info = fit_linear_probe(ft, labels, fv, yv, seed=seed)
+    out: dict[str, Any] = dict(info)
+    if data == "digits":
+        xt, yt = load_training_data("digits", 0, "test", seed)[:2]
+        with torch.no_grad():
+            pred = probe(pooled_features(net, xt, arch.mean, arch.std)).argmax(1)
+        out["probe_test_accuracy"] = float((pred == yt).float().mean())
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    meta = dict(state.get("meta", {}))
+    meta.update(out)
+    _atomic_torch_save(bundle_state(net, arch.name, classifier=probe, **meta), model_path)
+    return out
+
+
+def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64) -> dict:
+    """Mean cosine of two augmented views of the same image vs of different images (first
+    ``max_images`` training images, 8 views each, seed 0; projector and backbone embeddings),
+    stored in the ``meta`` of ``model_path``."""
+    import torch
+
+    from pairlens.training.simclr import _atomic_torch_save, augmented_view_cosines, load_trained
+
+    x = images[:max_images]
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    out: dict[str, Any] = {}
+    for embedding in ("projector", "backbone"):
+        cos = augmented_view_cosines(load_trained(model_path, embedding), x, augment, 8, seed=0)
+        out.update({f"view_cosine_{k}_{embedding}": v for k, v in cos.items()})
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state.setdefault("meta", {}).update(out)
+    _atomic_torch_save(state, model_path)
+    return out

@@ -1,0 +1,151 @@
+"""The bundled data and the shipped ``digits`` / ``photos`` models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+import pairlens
+from pairlens.data import bundled as data
+from pairlens.models.bundled import backbone_features, weights_path
+from pairlens.training.augment import AugmentConfig
+from pairlens.training.simclr import augmented_view_cosines
+
+torch.set_num_threads(2)
+
+
+# ---------------------------------------------------------------------- data
+def test_digits_splits_are_disjoint_stratified_and_fixed():
+    parts = {s: data.digits(s) for s in ("train", "val", "test")}
+    x_all, y_all = data.digits("all")
+    assert x_all.shape == (1797, 3, 32, 32) and x_all.dtype == torch.float32
+    assert 0.0 <= float(x_all.min()) and float(x_all.max()) <= 1.0
+    assert torch.equal(x_all[:, 0], x_all[:, 1]) and torch.equal(x_all[:, 0], x_all[:, 2])
+    sizes = {s: len(y) for s, (_, y) in parts.items()}
+    assert sum(sizes.values()) == 1797
+    assert abs(sizes["train"] - 0.7 * 1797) <= 1 and abs(sizes["test"] - 0.15 * 1797) <= 2
+    # disjoint: no image of the test split appears in train (compare flattened pixels)
+    train_keys = {tuple(v.tolist()) for v in parts["train"][0][:, 0, ::4, ::4].flatten(1)}
+    test_x = parts["test"][0][:, 0, ::4, ::4].flatten(1)
+    overlap = sum(tuple(v.tolist()) in train_keys for v in test_x)
+    assert overlap <= 3  # sklearn digits has a few exact duplicate images, not shared indices
+    for _, y in parts.values():  # stratified: every class present in proportion
+        counts = torch.bincount(y, minlength=10).float()
+        assert counts.min() >= 0.8 * counts.mean()
+    again = data.digits("test")
+    assert torch.equal(again[0], parts["test"][0])
+    assert not torch.equal(data.digits("test", seed=1)[1], parts["test"][1])
+    with pytest.raises(ValueError):
+        data.digits("validation")
+
+
+def test_photos_offline_rgb():
+    imgs = data.photos()
+    assert set(imgs) == set(data.ALL_PHOTOS) and "motorcycle_right" not in data.TRAIN_PHOTOS
+    for img in imgs.values():
+        assert img.mode == "RGB" and min(img.size) >= 100
+    x, names = data.photos_tensor(64)
+    assert x.shape == (len(data.TRAIN_PHOTOS), 3, 64, 64) and names == list(data.TRAIN_PHOTOS)
+
+
+def test_example_pairs_and_files():
+    pairs = data.example_pairs()
+    assert len(pairs) == 3
+    for name1, img1, name2, _img2 in pairs:
+        assert isinstance(img1, Image.Image) and img1.mode == "RGB" and name1 != name2
+        assert pairlens.io.load_image(name1).size == img1.size  # names are readable paths
+    paths = data.example_image_paths()
+    assert all(p.is_file() for p in paths)
+    assert sum(p.stat().st_size for p in paths) <= 300_000
+    digit_pairs = data.example_pairs("digits")
+    assert digit_pairs[0].image1.size == (32, 32)
+
+
+# ---------------------------------------------------------------------- digits model
+@pytest.fixture(scope="module")
+def digits_model():
+    return pairlens.load_model("digits")
+
+
+def test_digits_probe_accuracy_on_held_out_test_split(digits_model):
+    x, y = data.digits("test", seed=0)
+    with torch.no_grad():
+        logits = digits_model.classifier(backbone_features(digits_model, digits_model.normalize(x)))
+    accuracy = float((logits.argmax(1) == y).float().mean())
+    assert accuracy >= 0.95
+    # the same probe through embedding="backbone"
+    backbone = pairlens.load_model("digits", embedding="backbone")
+    with torch.no_grad():
+        again = backbone.classifier(backbone.embed(backbone.normalize(x)))
+    assert torch.allclose(again, logits, atol=1e-5)
+
+
+def test_digits_model_shapes_finite_deterministic(digits_model):
+    x, _ = data.digits("val")
+    xs = digits_model.normalize(x[:3])
+    with torch.no_grad():
+        z = digits_model.embed(xs)
+        z_again = digits_model.embed(xs)
+        singles = torch.cat([digits_model.embed(xs[i : i + 1]) for i in range(3)])
+        _, features = digits_model.embed_with_features(xs)
+    assert z.shape == (3, 64) and torch.isfinite(z).all()
+    assert torch.equal(z, z_again)
+    assert torch.allclose(z, singles, atol=1e-5)  # eval mode: no batch dependence
+    assert features.shape == (3, 128, 8, 8)
+    assert digits_model.input_size == (32, 32) and digits_model.crop_fraction == 1.0
+    # preprocess of a bundled example file reproduces the digits tensor scale
+    img = data.example_pairs("digits")[0].image1
+    assert digits_model.preprocess(img).shape == (1, 3, 32, 32)
+
+
+def test_digits_same_class_more_similar(digits_model):
+    x, y = data.digits("test")
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(digits_model.embed(digits_model.normalize(x)), dim=1)
+    sim = z @ z.T
+    same = y[:, None] == y[None, :]
+    eye = torch.eye(len(y), dtype=torch.bool)
+    assert sim[same & ~eye].mean() > sim[~same].mean() + 0.1
+
+
+# ---------------------------------------------------------------------- photos model
+@pytest.fixture(scope="module")
+def photos_model():
+    return pairlens.load_model("photos")
+
+
+def test_photos_weights_small_and_default():
+    assert weights_path("photos").stat().st_size <= 25 * 2**20
+    info = pairlens.model_info("photos")
+    assert info.bundled and info.input_size[0] >= 96
+
+
+def test_photos_same_vs_different_views(photos_model):
+    x, _ = data.photos_tensor(160)
+    cos = augmented_view_cosines(photos_model, x, AugmentConfig.photos(), views=4, seed=1)
+    assert cos["same"] > cos["different"] + 0.3
+
+
+def test_photos_example_pairs(photos_model):
+    (c1, cat, c2, cat_view), (m1, left, m2, right), (_, cat2, _, coffee) = data.example_pairs()
+    with torch.no_grad():
+        s_view = photos_model.similarity(photos_model.preprocess(cat),
+                                         photos_model.preprocess(cat_view))
+        s_stereo = photos_model.similarity(photos_model.preprocess(left),
+                                           photos_model.preprocess(right))
+        s_diff = photos_model.similarity(photos_model.preprocess(cat2),
+                                         photos_model.preprocess(coffee))
+    assert float(s_view) > float(s_diff) and float(s_stereo) > float(s_diff)
+
+
+def test_photos_model_finite_deterministic(photos_model):
+    img = data.example_pairs()[0].image1
+    x = photos_model.preprocess(img)
+    with torch.no_grad():
+        z1, feats = photos_model.embed_with_features(x)
+        z2 = photos_model.embed(x)
+    assert torch.isfinite(z1).all() and torch.equal(z1, z2)
+    assert z1.shape == (1, 128) and feats.shape == (1, 256, 7, 7)
+    backbone = pairlens.load_model("photos", embedding="backbone")
+    assert backbone.embed(x).shape == (1, 256)
