@@ -99,25 +99,26 @@ def test_blur_baseline_matches_torchvision():
 
 
 def test_rise_localises_the_seen_square():
+    """5000 masks (the paper's count): the most important pixels are the ones the encoder sees."""
     model = SimilarityModel(SquareEncoder(), input_size=(32, 32), mean=(0,) * 3, std=(1,) * 3)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, 32, 32, generator=g)
+    x = torch.randn(1, 3, 32, 32, generator=g)
     inside = torch.zeros(32, 32, dtype=torch.bool)
     inside[SquareEncoder.rows, SquareEncoder.cols] = True
-    for target in (
-        targets.LabelFree(model, x),
-        targets.ContrastiveCorpus(model, x, torch.rand(20, 3, 32, 32, generator=g)),
-    ):
-        m = pairlens.attribute(target, x, "rise", n_masks=4000)[0]
-        top = torch.zeros(32 * 32, dtype=torch.bool)
-        top[m.flatten().argsort(descending=True)[: int(inside.sum())]] = True
-        overlap = float((top & inside.flatten()).sum() / inside.sum())
-        assert overlap >= 0.75, overlap
-        assert float(m[inside].mean()) > float(m[~inside].max())
+    n_inside = int(inside.sum())
+    foil = torch.randn(20, 3, 32, 32, generator=g)
+    for target in (targets.LabelFree(model, x), targets.ContrastiveCorpus(model, x, foil)):
+        m = pairlens.attribute(target, x, "rise", n_masks=5000)[0]
+        top = m.flatten().argsort(descending=True)[:n_inside]
+        overlap = float(inside.flatten()[top].float().mean())
+        assert overlap >= 0.7, overlap
+        rows, cols = top // 32, top % 32
+        assert 4 <= float(rows.float().mean()) < 12 and 18 <= float(cols.float().mean()) < 26
+        assert float(m[inside].mean()) > float(m[~inside].mean()) + 0.03
     # RELAX on the label-free (cosine) target localises the square too
-    importance, uncertainty = relax(targets.LabelFree(model, x), x, n_masks=2000)
+    importance, uncertainty = relax(targets.LabelFree(model, x), x, n_masks=3000)
     assert importance.shape == uncertainty.shape == (1, 32, 32)
-    assert float(importance[0][inside].mean()) > float(importance[0][~inside].mean())
+    assert float(importance[0][inside].mean()) > float(importance[0][~inside].mean()) + 0.03
 
 
 def test_rise_maps_equal_the_rise_formula_with_the_same_masks(cocoa_setup):
@@ -170,7 +171,7 @@ def test_relax_equals_weighted_mean_and_variance(cocoa_setup):
         base,
         n_masks=n,
         grid=4,
-        batch_size=64,
+        batch_size=n,  # one batch: the same random stream as rise_masks above
         generator=torch.Generator().manual_seed(2),
     )
     torch.testing.assert_close(imp.double(), mean, rtol=1e-4, atol=1e-6)
@@ -186,8 +187,9 @@ def test_rise_masks_properties():
     assert masks.shape == (2000, 32, 32)
     assert float(masks.min()) >= 0 and float(masks.max()) <= 1
     assert abs(float(masks.mean()) - 0.5) < 0.02
-    # random shifts: the masks are not all aligned to the same cell boundaries
-    assert len({tuple(m[0, :8].round(decimals=3).tolist()) for m in masks[:50]}) > 40
+    # smooth (bilinear) masks with a uniform keep rate over the image
+    assert float(((masks > 0.01) & (masks < 0.99)).float().mean()) > 0.3
+    assert float((masks.mean(0) - 0.5).abs().max()) < 0.06
     assert default_grid(32, 32) == 4 and default_grid(224, 224) == 7
     kept = rise_masks(4000, (16, 16), 4, 0.2, g).mean()
     assert abs(float(kept) - 0.2) < 0.02
@@ -196,7 +198,12 @@ def test_rise_masks_properties():
 def test_reduce_seed_and_methods(cocoa_setup):
     _, target, x = cocoa_setup
     for method in ("integrated-gradients", "gradient-shap", "rise", "relax", "random"):
-        params = {"n_masks": 200} if method in ("rise", "relax") else {}
+        params = {
+            "rise": {"n_masks": 200},
+            "relax": {"n_masks": 200},
+            "integrated-gradients": {"n_steps": 10},
+            "gradient-shap": {"n_samples": 10},
+        }.get(method, {})
         raw = pairlens.attribute(target, x, method, reduce=None, seed=3, **params)
         maps = pairlens.attribute(target, x, method, seed=3, **params)
         assert raw.shape == (2, 3, 16, 16) and maps.shape == (2, 16, 16)

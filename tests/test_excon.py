@@ -150,7 +150,7 @@ def test_exconb_background_rows_reach_the_loss_only_as_negatives(monkeypatch):
     assert metrics["background_rows"] == n_bg
     # the loss is eq. 3: background rows never anchors or positives, always in the denominators
     z, lab, bg = seen["features"], seen["labels"], seen["background"]
-    assert float(value) == pytest.approx(float(brute_force_eq3(z, lab, bg, 0.2)), rel=1e-5)
+    assert float(value.detach()) == pytest.approx(float(brute_force_eq3(z, lab, bg, 0.2)), rel=1e-5)
     # relabelling the background rows (even with a foreground label) changes nothing...
     same = supcon_mod_loss(z, torch.where(bg, torch.zeros_like(lab), lab), 0.2, background=bg)
     assert float(same) == pytest.approx(float(value), rel=1e-6)
@@ -397,8 +397,9 @@ def test_eval_classifier_metrics_match_brute_force():
                 with torch.no_grad():
                     d_list.append(float(probs(xb[b : b + 1])[0, pb[b]]
                                         - probs((xb[b] - eps)[None])[0, pb[b]]))
-            beta = sum(a * d for a, d in zip(a_list, d_list)) / sum(a * a for a in a_list)
-            infid.append(sum((beta * a - d) ** 2 for a, d in zip(a_list, d_list)) / 4)
+            pairs = list(zip(a_list, d_list, strict=True))
+            beta = sum(a * d for a, d in pairs) / sum(a * a for a in a_list)
+            infid.append(sum((beta * a - d) ** 2 for a, d in pairs) / 4)
     assert out["infidelity"] == pytest.approx(sum(infid) / 5, rel=1e-4)
     # keep_top_fraction: ties go to the lower flat index
     flat = torch.tensor([[[1.0, 2.0], [2.0, 0.0]]])

@@ -17,6 +17,7 @@ FAST = {  # smaller settings of the costly methods, same code paths
     "smoothgrad": {"n_samples": 8},
     "pairwise-occlusion": {"n_samples": 40},
     "averaged-transforms": {"steps": 5},
+    "conditional-occlusion": {"stride": 2},
 }
 
 

@@ -413,7 +413,7 @@ def check_mocov3_vit(name: str, ref, path: Path, all_embeddings: bool) -> None:
         close(model.embed(x), z)
         # CAM layer: last block tokens, class token dropped, 14x14 grid at 224 px
         _, a = model.embed_with_features(x)
-        assert model.feature_layer == "blocks.11" and a.shape[1] == 197
+        assert model.feature_layer == "blocks.11.norm1" and a.shape[1] == 197
         grid = model.to_grid(a, (224, 224))
         assert grid.shape == (1, ref.base_encoder.embed_dim, 14, 14)
         close(grid[:, :, 0, 1], a[:, 2])
@@ -471,7 +471,7 @@ def test_dino_vit_backbones(files, name, dim, heads, patch):
     torch.manual_seed(4)
     ref = randomize(timm_vit(dim, heads, patch), seed=12)
     path = files / f"{model_info(name).checkpoint_name}"
-    torch.save(ref.state_dict(), path)  # DINO's keys: cls_token, pos_embed, patch_embed, blocks, norm
+    torch.save(ref.state_dict(), path)  # DINO keys: cls_token, pos_embed, patch_embed, blocks, norm
     x = images(1, 224)
     with torch.no_grad():
         model = pairlens.load_model(name, checkpoint=path)
@@ -505,16 +505,31 @@ def test_clip_vit_b32_image_and_text_towers(files):
 
 
 def test_clip_any_open_clip_architecture(files):
+    """A small ResNet-tower open_clip configuration (same layout as RN50), from an open_clip
+    training checkpoint ({'epoch', 'name', 'state_dict': module.*})."""
+    import json
+
     open_clip = pytest.importorskip("open_clip")
+    cfg = files / "pairlens-tiny-rn.json"
+    cfg.write_text(json.dumps({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                     "layers": 1},
+    }))  # fmt: skip
+    open_clip.add_model_config(cfg)
     torch.manual_seed(6)
-    ref = open_clip.create_model("RN50", pretrained=None).eval()
-    path = files / "rn50_training.pt"
-    torch.save({"epoch": 3, "name": "rn50", "state_dict": ddp(ref.state_dict(), "")}, path)
-    x = images(1, 224)
+    ref = open_clip.create_model("pairlens-tiny-rn", pretrained=None).eval()
+    path = files / "tiny_rn_training.pt"
+    torch.save({"epoch": 3, "name": "tiny", "state_dict": ddp(ref.state_dict(), "")}, path)
+    x = images(2, 64)
     with torch.no_grad():
-        model = pairlens.load_model("clip:RN50", checkpoint=path)
+        model = pairlens.load_model("clip:pairlens-tiny-rn", checkpoint=path)
         close(model.embed(x), ref.encode_image(x))
-    assert model.feature_layer == "visual.layer4" and model.name == "clip:RN50"
+        tokens = open_clip.get_tokenizer("pairlens-tiny-rn")(["a cat"])
+        close(model.embed_text("a cat"), ref.encode_text(tokens))
+    assert model.feature_layer == "visual.layer4" and model.name == "clip:pairlens-tiny-rn"
+    assert model.input_size == (64, 64)
     path.unlink()
 
 
@@ -549,7 +564,7 @@ def test_timm_architecture_from_a_state_dict(files):
             "timm:vit_tiny_patch16_224", checkpoint=path, embedding="logits"
         )
         close(logits.embed(x), ref(x))
-    assert model.feature_layer == "blocks.11"
+    assert model.feature_layer == "blocks.11.norm1"
 
 
 def test_any_module_through_similarity_model():
@@ -586,9 +601,11 @@ def _needs(name: str) -> None:
         pytest.importorskip("timm")
 
 
+ARCH = {"clip": "ViT-B-32", "timm": "vit_tiny_patch16_224", "torchvision": "resnet50"}
+
+
 def _arch_kw(name: str) -> dict:
-    return {"arch": {"clip": "ViT-B-32", "timm": "vit_tiny_patch16_224", "torchvision": "resnet50"}[name]} \
-        if model_info(name).extras.get("takes_arch") else {}  # fmt: skip
+    return {"arch": ARCH[name]} if model_info(name).extras.get("takes_arch") else {}
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -649,12 +666,11 @@ def test_cli_explain_mocov3_vit_b_interaction_cam(mocov3_vit_b, tmp_path, capsys
     assert pngs, list(out.iterdir())
     import numpy as np
 
-    npz = list(out.glob("*.npz"))
-    if npz:
-        maps = np.load(npz[0])
-        arrays = [maps[k] for k in maps.files]
-        assert any(a.shape[-2:] == (224, 224) and np.isfinite(a).all() and a.std() > 0
-                   for a in arrays)  # fmt: skip
+    (npz,) = out.glob("*.npz")
+    maps = np.load(npz)
+    arrays = [maps[k] for k in maps.files]
+    assert any(a.shape[-2:] == (224, 224) and np.isfinite(a).all() and a.std() > 0
+               for a in arrays)  # fmt: skip
     bad = truncate(path, tmp_path / "bad.pth.tar")
     code = main(["explain", str(paths[0]), str(paths[1]), "--model", "mocov3-vit-b",
                  "--checkpoint", str(bad), "--out", str(out), "--quiet"])  # fmt: skip
@@ -674,3 +690,14 @@ def test_cli_models_list_and_info(capsys):
     out = capsys.readouterr().out
     assert "checkpoint_0099.pth.tar" in out and "projector, predictor, backbone" in out
     assert "layer4" in out and "ImageNet" in out
+
+
+def test_models_page_has_one_row_per_entry():
+    page = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    for name in ZOO:
+        info = model_info(name)
+        label = f"`{name}:ARCH`" if info.extras.get("takes_arch") else f"`{name}`"
+        (row,) = [line for line in page.splitlines() if line.startswith(f"| {label} |")]
+        assert (info.download_url or info.extras.get("source") or "your own file") in row
+        assert f"**{info.default_embedding}**" in row
+        assert info.feature_layer in row

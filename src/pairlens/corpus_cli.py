@@ -347,13 +347,22 @@ def run_corpus_eval_cli(args: argparse.Namespace) -> int:
         similarity=args.similarity,
         methods=tuple(args.methods) if args.methods else CE.METHOD_NAMES,
     )
+    import dataclasses
+
     model, classifier, data = CE.digits_eval_setup(cfg, device=args.device)
     start = time.perf_counter()
-    records = CE.run_corpus_eval(
-        model, classifier, data, cfg, progress=lambda m: print(m, file=sys.stderr, flush=True)
-    )
     run_id = args.run_id or time.strftime("corpus-%Y%m%d-%H%M%S", time.gmtime())
-    CE.save_results(args.db, records, cfg, run_id)
+    records: list[dict[str, Any]] = []
+    for seed in cfg.seeds:  # saved seed by seed, so an interrupted run keeps finished seeds
+        part = CE.run_corpus_eval(
+            model,
+            classifier,
+            data,
+            dataclasses.replace(cfg, seeds=(seed,)),
+            progress=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+        CE.save_results(args.db, part, cfg, run_id)
+        records.extend(part)
     print(f"run {run_id}: {len(records)} rows in {args.db} ({time.perf_counter() - start:.0f}s)")
     _print_tables(records, args.out)
     return 0

@@ -418,7 +418,7 @@ def save_results(
     db_path = Path(db_path)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with sqlite3.connect(db_path) as con:
+    with sqlite3.connect(db_path, timeout=600) as con:
         con.execute(SCHEMA)
         con.executemany(
             f"INSERT OR REPLACE INTO {TABLE} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -557,7 +557,7 @@ def verdicts(records: Sequence[dict[str, Any]], measure: str = "corpus-majority-
                 best = better(r[kind][0] for r in rivals)  # type: ignore[index]
                 best_ci = next(r[kind][1] for r in rivals if r[kind][0] == best)  # type: ignore[index]
                 wins = c_mean > best if kind == "insertion" else c_mean < best
-                separated = abs(c_mean - best) > c_ci + best_ci
+                separated = cocoa[kind][2] > 1 and abs(c_mean - best) > c_ci + best_ci
                 overlap = "CIs separated" if separated else "CIs overlap"
                 parts.append(
                     f"{kind} {'beats' if wins else 'does not beat'} the best label-free "

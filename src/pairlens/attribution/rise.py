@@ -59,7 +59,7 @@ def rise_masks(
     rows = dy[:, None] + torch.arange(h, device=device)
     cols = dx[:, None] + torch.arange(w, device=device)
     index = torch.arange(n, device=device)[:, None, None]
-    return up[index, rows[:, :, None], cols[:, None, :]]
+    return up[index, rows[:, :, None], cols[:, None, :]].clamp_(0.0, 1.0)
 
 
 @torch.no_grad()

@@ -36,6 +36,8 @@ IMAGE_SIZE = 32
 DIGIT_SIZE = 16
 PHOTO_SIDE = 128
 CROP_SIDES = (32, 96)
+#: contrast of the photo background around mid-grey (1 = the photo as is)
+BACKGROUND_CONTRAST = 1.0
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2, "all": 3}
 
 
@@ -59,12 +61,12 @@ def background_photos() -> tuple[tuple[str, ...], tuple[Tensor, ...]]:
 
 def photo_crop(photo: int, top: int, left: int, side: int) -> Tensor:
     """The background of step 2: crop ``side`` px at (top, left) of background photo ``photo``,
-    resized to 32 px; (3, 32, 32)."""
+    resized to 32 px, contrast scaled by :data:`BACKGROUND_CONTRAST` around 0.5; (3, 32, 32)."""
     img = background_photos()[1][photo]
     crop = img[:, top : top + side, left : left + side].unsqueeze(0)
     out = F.interpolate(crop, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
                         align_corners=False, antialias=True)
-    return out[0].clamp(0.0, 1.0)
+    return (0.5 + BACKGROUND_CONTRAST * (out[0].clamp(0.0, 1.0) - 0.5)).clamp(0.0, 1.0)
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,6 +23,7 @@ import html
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import traceback
@@ -39,8 +40,7 @@ TITLE = "PairLens: why are these two images similar?"
 MODE_PAIR = "two images"
 MODE_AUG = "image 2 = augmentation of image 1"
 DEFAULT_METHOD = "interaction-cam"
-DEFAULT_COMPARE = ("input-x-gradient", "smoothgrad", "grad-cam", "interaction-cam",
-                   "conditional-occlusion")
+DEFAULT_COMPARE = ("input-x-gradient", "smoothgrad", "grad-cam", "interaction-cam")
 CSS = """
 #pl-status .pl-error {color: #b00020; background: #fdecee; border: 1px solid #f5c2c7;
   border-radius: 6px; padding: 8px 12px; font-weight: 600;}
@@ -248,7 +248,7 @@ def build_app(
                     [str(p) for p in paths],
                 )
             except Exception as err:  # noqa: BLE001 - every error goes to the page
-                message = _user_message(err)
+                message = f"could not explain: {_user_message(err)}"
                 gr.Warning(message)
                 return (_status("error", message), None, None, "",
                         gr.update(value="", visible=False), gr.update(value=None, visible=False),
@@ -272,7 +272,7 @@ def build_app(
                 return (_status("ok", f"Done: {len(runs)} methods in {total:.2f} s."),
                         picture, str(path))
             except Exception as err:  # noqa: BLE001 - every error goes to the page
-                message = _user_message(err)
+                message = f"could not compare: {_user_message(err)}"
                 gr.Warning(message)
                 return _status("error", message), None, None
 
@@ -351,6 +351,10 @@ def _user_message(err: BaseException) -> str:
     return f"the model or method failed ({type(err).__name__}: {text})"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(
     choices: Sequence[ModelChoice],
     host: str = "127.0.0.1",
@@ -364,6 +368,8 @@ def serve(
 ):
     """Build and launch the page; blocks until interrupted unless ``block=False`` (then returns
     the running app; call ``app.close()``). The temporary folder is removed when it stops."""
+    if block and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # stop cleanly (and clean up) on SIGTERM
     own_tmp = tmp_root is None
     root = Path(tempfile.mkdtemp(prefix="pairlens-demo-")) if own_tmp else Path(tmp_root)
     max_bytes = int(max_upload_mb * 1024 * 1024)

@@ -153,10 +153,11 @@ def model_choices(
         except Exception as err:  # noqa: BLE001 - start-up error with the reason
             raise DemoError(f"--checkpoint {name}={path}: {_one_line(err)}") from err
         choices.append(ModelChoice(f"{name} ({path.name})", _constant(model), str(path)))
-    labels = [c.label for c in choices]
-    for c in choices:  # make labels unique
-        if labels.count(c.label) > 1:
-            c.label = f"{c.label} #{sum(1 for x in choices[: choices.index(c)] if x.label == c.label) + 1}"
+    seen: dict[str, int] = {}
+    for c in choices:  # make labels unique: "name", "name #2", ...
+        seen[c.label] = seen.get(c.label, 0) + 1
+        if seen[c.label] > 1:
+            c.label = f"{c.label} #{seen[c.label]}"
     if not choices:
         raise DemoError(
             "no model to show: no bundled model loads here; "
@@ -306,7 +307,8 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
             raise DemoError(f"{what} must be one of {', '.join(map(str, spec.choices))}")
         return value
     if spec.kind == "pair":
-        parts = value if isinstance(value, (list, tuple)) else str(value).replace(";", ",").split(",")
+        text = str(value).replace(";", ",")
+        parts = value if isinstance(value, (list, tuple)) else text.split(",")
         try:
             pair = tuple(float(p) for p in parts)
         except (TypeError, ValueError):
@@ -561,7 +563,8 @@ def curves_image(f: Faithfulness, title: str = "") -> Image.Image:
 
     fig = Figure(figsize=(7.0, 3.0), dpi=100)
     axes = fig.subplots(1, 2)
-    for ax, kind, keys in ((axes[0], "insertion", ("SI", "CI")), (axes[1], "deletion", ("SD", "CD"))):
+    panels = ((axes[0], "insertion", ("SI", "CI")), (axes[1], "deletion", ("SD", "CD")))
+    for ax, kind, keys in panels:
         for k in keys:
             if k in f.curves:
                 c = f.curves[k]
@@ -597,7 +600,7 @@ def compare_grid(runs: Sequence[PairRun], model_label: str = "") -> Image.Image:
     if not runs:
         raise DemoError("choose at least one method to compare")
     cols = len(runs) + 1
-    fig = Figure(figsize=(2.0 * cols, 4.5), dpi=100)
+    fig = Figure(figsize=(2.0 * cols, 4.8), dpi=100)
     axes = fig.subplots(2, cols, squeeze=False)
     first = runs[0].explanation
     assert first.images is not None

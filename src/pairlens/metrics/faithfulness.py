@@ -107,35 +107,52 @@ def _altered_batches(
     """Yield (kind index, image index, step index, altered images) in chunks of ``batch_size``.
 
     Only the steps that differ from an unaltered image are produced: deletion steps 1..N and
-    insertion steps 0..N-1 (deletion step 0 and insertion step N are the image itself).
+    insertion steps 0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk
+    is made of segments (one image, consecutive steps) built by broadcasting, without gathers.
     """
     m, _, h, w = images.shape
     n = n_steps(h, w, step)
-    items = []
+    device = images.device
+    segments: list[tuple[int, int, int, int]] = []  # (kind index, image, first step, last step)
     for kind_index, kind in enumerate(kinds):
-        ks = range(1, n + 1) if kind == "deletion" else range(0, n)
-        items.append(
-            torch.cartesian_prod(
-                torch.tensor([kind_index]), torch.arange(m), torch.tensor(list(ks))
-            )
-        )
-    grid = torch.cat(items).to(images.device)
-    for start in range(0, grid.shape[0], batch_size):
-        chunk = grid[start : start + batch_size]
-        kind_i, img_i, k = chunk[:, 0], chunk[:, 1], chunk[:, 2]
-        revealed = (ranks[img_i] < (k * step)[:, None]).view(-1, 1, h, w)  # top k*L pixels
-        orig = images[img_i]
-        is_insertion = torch.tensor([kd == "insertion" for kd in kinds], device=images.device)[
-            kind_i
-        ].view(-1, 1, 1, 1)
-        if blurred is not None:
-            base = torch.where(is_insertion, blurred[img_i], torch.zeros_like(orig))
-        else:
-            base = torch.zeros_like(orig)
-        # insertion: top pixels from the original over the blur; deletion: top pixels set to 0
-        top_value = torch.where(is_insertion, orig, torch.zeros_like(orig))
-        rest_value = torch.where(is_insertion, base, orig)
-        yield kind_i, img_i, k, torch.where(revealed, top_value, rest_value)
+        first, last = (1, n) if kind == "deletion" else (0, n - 1)
+        for img in range(m):
+            segments.append((kind_index, img, first, last))
+
+    def build(kind_index: int, img: int, k0: int, k1: int) -> Tensor:
+        ks = torch.arange(k0, k1 + 1, device=device)
+        revealed = (ranks[img][None] < (ks * step)[:, None]).view(-1, 1, h, w)  # top k*L pixels
+        orig = images[img][None]
+        if kinds[kind_index] == "insertion":  # top pixels from the original over the blur
+            return torch.where(revealed, orig, blurred[img][None])  # type: ignore[index]
+        return orig.masked_fill(revealed, 0.0)  # deletion: top pixels set to 0
+
+    pending: list[tuple[int, int, int, int]] = []
+    room = batch_size
+    for kind_index, img, k0, k1 in segments:
+        while k0 <= k1:
+            take = min(room, k1 - k0 + 1)
+            pending.append((kind_index, img, k0, k0 + take - 1))
+            k0 += take
+            room -= take
+            if room == 0:
+                yield _assemble(pending, build, device)
+                pending, room = [], batch_size
+    if pending:
+        yield _assemble(pending, build, device)
+
+
+def _assemble(pending, build, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    kind_i, img_i, k = [], [], []
+    for kind_index, img, k0, k1 in pending:
+        count = k1 - k0 + 1
+        kind_i.append(torch.full((count,), kind_index, dtype=torch.long))
+        img_i.append(torch.full((count,), img, dtype=torch.long))
+        k.append(torch.arange(k0, k1 + 1))
+    parts = [build(*seg) for seg in pending]
+    altered = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return (torch.cat(kind_i).to(device), torch.cat(img_i).to(device), torch.cat(k).to(device),
+            altered)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ given, and renamed into place only when complete (and verified).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -77,7 +78,13 @@ def download_file(
     with response:
         status = getattr(response, "status", 200)
         if offset and status != 206:
-            offset = 0  # the server sent the whole file
+            offset = 0  # the server ignored the range and sends the whole file
+        elif offset and not _range_starts_at(response.headers.get("Content-Range"), offset):
+            raise DownloadError(
+                f"{url}: the server resumed at the wrong position "
+                f"({response.headers.get('Content-Range')!r}, expected byte {offset}); "
+                f"delete {part} and try again"
+            )
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         done = offset
@@ -91,7 +98,7 @@ def download_file(
                     done += len(block)
                     if progress:
                         progress(done, total)
-        except (OSError, urllib.error.URLError) as err:
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as err:
             raise DownloadError(
                 f"{url}: download interrupted after {done} bytes ({err}); run the same command "
                 "again to resume"
@@ -102,6 +109,14 @@ def download_file(
             "again to resume"
         )
     return _finish(part, dest, expected)
+
+
+def _range_starts_at(content_range: str | None, offset: int) -> bool:
+    # "bytes 1000-4999/5000"
+    if not content_range or not content_range.startswith("bytes "):
+        return False
+    first = content_range[6:].split("-", 1)[0].strip()
+    return first.isdigit() and int(first) == offset
 
 
 def _finish(part: Path, dest: Path, expected: str | None) -> Path:

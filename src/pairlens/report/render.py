@@ -121,18 +121,21 @@ def heatmap_figure(studies: Sequence[Study]):
         labels += [lab for lab in s.methods if lab not in labels]
     cols = [(s, g) for g in GROUPS for s in studies]
     data = np.array([[s.group(lab, g) for s, g in cols] for lab in labels], dtype=float)
+    # colours are scaled per column (differences between methods of one model and group are what
+    # the figure is for); the numbers are the scores themselves
+    lo, hi = np.nanmin(data, axis=0, initial=np.inf), np.nanmax(data, axis=0, initial=-np.inf)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    shade = (data - lo) / span
     fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(cols), 1.0 + 0.38 * len(labels)))
-    masked = np.ma.masked_invalid(data)
-    im = ax.imshow(masked, cmap="viridis", aspect="auto")
+    ax.imshow(np.ma.masked_invalid(shade), cmap="viridis", aspect="auto", vmin=0, vmax=1)
     for i in range(len(labels)):
         for j in range(len(cols)):
             if not math.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if data[i, j] < np.nanmean(data) else "black")
+                ax.text(j, i, f"{data[i, j]:.3f}", ha="center", va="center", fontsize=7,
+                        color="white" if shade[i, j] < 0.5 else "black")
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
     ax.set_xticks(range(len(cols)), [f"{s.model}\n{g}" for s, g in cols], fontsize=7)
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    ax.set_title("metric groups (higher is better)", fontsize=9)
+    ax.set_title("higher is better (colour per column)", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -142,6 +142,6 @@ def pearson(x: list[float], y: list[float]) -> float:
     if len(pts) < 3:
         return math.nan
     xa, ya = np.array(pts).T
-    if xa.std() == 0 or ya.std() == 0:
+    if np.ptp(xa) == 0 or np.ptp(ya) == 0:
         return math.nan
     return float(np.corrcoef(xa, ya)[0, 1])

@@ -13,7 +13,7 @@ EVALUATE_EXAMPLES = """examples:
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda
-  torchrun --nproc_per_node 4 -m pairlens evaluate ... (same arguments; pairs are sharded)
+  torchrun --standalone --nproc_per_node 4 $(which pairlens) evaluate ...  (pairs are sharded)
 
 Re-running the same command resumes: finished pairs are skipped.
 """

@@ -139,7 +139,7 @@ def add_supervised_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5,
                    help="Grad-CAM threshold τ: pixels at or below it are masked "
                    "(default: %(default)s)")
-    p.add_argument("--classifier-lr", type=float, default=1e-2,
+    p.add_argument("--classifier-lr", type=float, default=5e-2,
                    help="Adam learning rate of the linear classifier (default: %(default)s)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the train / val / test split (default: %(default)s)")
@@ -251,7 +251,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--epochs", type=int, default=8, help="(default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
     s.add_argument("--lr", type=float, default=3e-3, help="(default: %(default)s)")
-    s.add_argument("--classifier-lr", type=float, default=1e-2, help="(default: %(default)s)")
+    s.add_argument("--classifier-lr", type=float, default=5e-2, help="(default: %(default)s)")
     s.add_argument("--temperature", type=float, default=0.1, help="(default: %(default)s)")
     s.add_argument("--start-epoch", type=int, default=2, help="(default: %(default)s)")
     s.add_argument("--threshold", type=float, default=0.5, help="(default: %(default)s)")

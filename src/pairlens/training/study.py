@@ -45,7 +45,7 @@ class StudyConfig:
     epochs: int = 8
     batch_size: int = 64
     lr: float = 3e-3
-    classifier_lr: float = 1e-2
+    classifier_lr: float = 5e-2
     temperature: float = 0.1
     start_epoch: int = 2
     threshold: float = 0.5
@@ -166,7 +166,8 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     for key, title, scale, digits in metrics:
         cells = []
         for m in modes:
-            vals = [float(r[key]) * scale for r in rows if r["mode"] == m and r.get(key) is not None]
+            vals = [float(r[key]) * scale for r in rows
+                    if r["mode"] == m and r.get(key) is not None]
             if not vals:
                 cells.append("–")
                 continue

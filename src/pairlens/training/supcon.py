@@ -35,9 +35,9 @@ of a batch:
 The linear-classifier epoch (Algorithm 1, step 2) runs over the **un-augmented** training images
 (encoder frozen, eval mode; features computed once per epoch), minibatches of ``batch_size`` in a
 seeded random order, cross-entropy, Adam with ``classifier_lr``. After it the epoch's row gets
-``classifier_loss``, ``train_accuracy`` (C on the training images), ``val_accuracy`` and ``val_loss``
-(on the validation split); whenever ``val_accuracy`` improves, ``best.pt`` is written (the paper
-evaluates the best-validation model of each run).
+``classifier_loss``, ``train_accuracy`` (C on the training images), ``val_accuracy`` and
+``val_loss`` (on the validation split); whenever ``val_accuracy`` improves, ``best.pt`` is
+written (the paper evaluates the best-validation model of each run).
 
 Outputs in ``OUT`` besides the trainer's (``checkpoint.pt``, ``log.csv``, ``config.json``):
 ``model.pt`` (final network + classifier, bundled format: load with
@@ -312,7 +312,7 @@ class SupervisedSettings:
     mode: str = "supcon"
     start_epoch: int = 0
     threshold: float = 0.5
-    classifier_lr: float = 1e-3
+    classifier_lr: float = 5e-2
     background_copies: int = 2
     n_classes: int = 10
 

@@ -12,8 +12,9 @@ The pair-explanation model is the image tower: embedding ``image`` (default) is
 pooled image token before the projection (ViT towers only). The text tower is kept on the model
 for text corpora: :meth:`ClipSimilarityModel.embed_text` gives caption embeddings in the same
 space. OpenAI normalisation, bicubic resize of the shorter side to the input size and centre crop.
-CAM layer: the last residual block of the image transformer
-(``visual.transformer.resblocks.{L-1}``, tokens (B, 1 + N, C), grid inferred from the patch size)
+CAM layer: the tokens entering the last residual block of the image transformer
+(``visual.transformer.resblocks.{L-1}.ln_1``, (B, 1 + N, C), grid inferred from the patch size;
+the pooled class token does not depend on the last block's output patch tokens)
 or ``visual.layer4`` for the ResNet (RN50) towers.
 
 OpenAI's released weights were trained with QuickGELU: the ``clip-*`` entries use it (``quick_gelu``
@@ -44,11 +45,11 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 EMBEDDINGS = ("image", "backbone")
 HF = "https://huggingface.co/timm/{repo}/resolve/main/open_clip_pytorch_model.bin"
 ARCHS = {
-    # name: (open_clip architecture, Hugging Face repository of the OpenAI weights)
-    "clip-vit-b32": ("ViT-B-32", "vit_base_patch32_clip_224.openai"),
-    "clip-vit-b16": ("ViT-B-16", "vit_base_patch16_clip_224.openai"),
-    "clip-vit-l14": ("ViT-L-14", "vit_large_patch14_clip_224.openai"),
-    "clip-rn50": ("RN50", "resnet50_clip.openai"),
+    # name: (open_clip architecture, Hugging Face repository of the OpenAI weights, CAM layer)
+    "clip-vit-b32": ("ViT-B-32", "vit_base_patch32_clip_224.openai", "resblocks.11.ln_1"),
+    "clip-vit-b16": ("ViT-B-16", "vit_base_patch16_clip_224.openai", "resblocks.11.ln_1"),
+    "clip-vit-l14": ("ViT-L-14", "vit_large_patch14_clip_224.openai", "resblocks.23.ln_1"),
+    "clip-rn50": ("RN50", "resnet50_clip.openai", "layer4"),
 }
 # just below 1: SimilarityModel resizes the shorter side to input/crop_fraction and centre-crops;
 # exactly 1.0 would squash the whole image instead (open_clip's "shortest" resize mode is this one)
@@ -153,7 +154,7 @@ def build_clip(
     if transformer is not None:
         if not getattr(transformer, "batch_first", True):
             raise ImportError("PairLens needs open_clip_torch >= 2.24 (batch-first transformers)")
-        layer = f"visual.transformer.resblocks.{len(transformer.resblocks) - 1}"
+        layer = f"visual.transformer.resblocks.{len(transformer.resblocks) - 1}.ln_1"
     else:
         layer = "visual.layer4"
     if embedding == "backbone":
@@ -202,8 +203,9 @@ def _is_torchscript(path) -> bool:
 
 
 def _register(name: str) -> None:
-    arch, repo = ARCHS[name]
+    arch, repo, cam = ARCHS[name]
     url = HF.format(repo=repo)
+    vit = arch.startswith("ViT")
 
     @register_model(
         name,
@@ -211,11 +213,9 @@ def _register(name: str) -> None:
         architecture=f"open_clip {arch} (QuickGELU): image tower for pairs, text tower for "
         "text corpora",
         normalization="OpenAI CLIP mean/std",
-        embeddings=EMBEDDINGS,
+        embeddings=EMBEDDINGS if vit else ("image",),
         default_embedding="image",
-        feature_layer="visual.layer4"
-        if arch.startswith("RN")
-        else "visual.transformer.resblocks.{last}",
+        feature_layer=f"visual.transformer.{cam}" if vit else f"visual.{cam}",
         checkpoint_format="open_clip state dict (OpenAI weights converted by open_clip / timm)",
         checkpoint_name="open_clip_pytorch_model.bin",
         download_url=url,
@@ -244,7 +244,7 @@ for _name in ARCHS:
     normalization="OpenAI CLIP mean/std",
     embeddings=EMBEDDINGS,
     default_embedding="image",
-    feature_layer="visual.transformer.resblocks.{last} / visual.layer4",
+    feature_layer="visual.transformer.resblocks.{last}.ln_1 / visual.layer4",
     checkpoint_format="open_clip state dict or open_clip training checkpoint",
     checkpoint_name="open_clip_pytorch_model.bin",
     extras={"requires": "open_clip_torch", "takes_arch": True},

@@ -9,7 +9,8 @@
 
 The released files hold no projection head, so the only embedding is ``backbone``: the pooled
 ResNet features, or the ViT class token after the final norm (DINO's k-NN / linear features).
-ImageNet mean/std, 224 px. CAM layer ``layer4`` / ``blocks.11`` (last block's patch tokens).
+ImageNet mean/std, 224 px. CAM layer ``layer4`` / ``blocks.11.norm1`` (the tokens entering the
+last block: see :class:`pairlens.models.zoo.vit.VisionTransformer`).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def build_dino(
         trunk = build_and_load(
             lambda: vit_from_state_dict(sd, patch, kind), sd, checkpoint, expected
         )
-        layer = trunk.last_block
+        layer = trunk.cam_layer
     return similarity_model(trunk, None, layer, name)
 
 
@@ -75,7 +76,7 @@ def _register(name: str) -> None:
         normalization="ImageNet mean/std",
         embeddings=EMBEDDINGS,
         default_embedding="backbone",
-        feature_layer="layer4" if kind == "resnet50" else "blocks.11",
+        feature_layer="layer4" if kind == "resnet50" else "blocks.11.norm1",
         checkpoint_format="backbone state dict (torchvision ResNet keys)"
         if kind == "resnet50"
         else "backbone state dict (DINO vision_transformer keys, no head)",

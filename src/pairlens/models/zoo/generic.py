@@ -8,7 +8,9 @@ file's classifier, and a file without a classifier (a headless backbone) is acce
 
 Embeddings: ``backbone`` (default; the input of the last Linear classifier: pooled features) or
 ``logits`` (the classifier output). CAM layer: ``layer4`` for ResNets, the last encoder block for
-torchvision ViTs (``encoder.layers.encoder_layer_{L-1}``), ``blocks.{L-1}`` for timm ViTs, the last
+torchvision ViTs (``encoder.layers.encoder_layer_{L-1}.ln_1``), ``blocks.{L-1}.norm1`` for timm ViTs
+(the tokens entering the last block: the class-token embedding does not depend on the last
+block's output patch tokens, so their gradients are zero), the last
 stage from timm's ``feature_info`` otherwise, or ``feature_layer=`` given by the caller. Any other
 ``nn.Module`` can be wrapped directly: ``pairlens.SimilarityModel(module, feature_layer=...)``.
 """
@@ -43,10 +45,14 @@ def _guess_feature_layer(model: nn.Module) -> str | None:
         return "layer4"
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks):
-        return f"blocks.{len(blocks) - 1}"
+        return (
+            f"blocks.{len(blocks) - 1}.norm1"
+            if hasattr(blocks[-1], "norm1")
+            else (f"blocks.{len(blocks) - 1}")
+        )
     layers = getattr(getattr(model, "encoder", None), "layers", None)
     if isinstance(layers, nn.Sequential) and len(layers):
-        return f"encoder.layers.{list(dict(layers.named_children()))[-1]}"
+        return f"encoder.layers.{list(dict(layers.named_children()))[-1]}.ln_1"
     info = getattr(model, "feature_info", None)
     if info is not None:
         try:
@@ -66,7 +72,7 @@ def _guess_feature_layer(model: nn.Module) -> str | None:
     normalization="ImageNet mean/std",
     embeddings=EMBEDDINGS,
     default_embedding="backbone",
-    feature_layer="layer4 / encoder.layers.encoder_layer_{last} / features / feature_layer=",
+    feature_layer="layer4 / encoder.layers.encoder_layer_{last}.ln_1 / features / feature_layer=",
     checkpoint_format="state dict (optionally under 'state_dict' or 'model', 'module.' prefix)",
     extras={"takes_arch": True},
 )
@@ -115,7 +121,7 @@ def torchvision_any(
     normalization="the architecture's timm pretrained_cfg mean/std",
     embeddings=EMBEDDINGS,
     default_embedding="backbone",
-    feature_layer="blocks.{last} for ViTs, last feature_info stage otherwise, or feature_layer=",
+    feature_layer="blocks.{last}.norm1 for ViTs, last feature_info stage, or feature_layer=",
     checkpoint_format="state dict (optionally under 'state_dict' or 'model', 'module.' prefix)",
     extras={"takes_arch": True, "requires": "timm"},
 )

@@ -17,8 +17,8 @@ Embeddings: ``projector`` (default; the base encoder's projector output, the con
 used by the paper), ``predictor`` (the query q = predictor(projector)), ``backbone`` (pooled
 ResNet features / the ViT class token after the final norm). ``encoder="momentum"`` uses the
 momentum encoder instead of the base encoder (``backbone`` and ``projector`` only). ImageNet
-mean/std, 224 px. CAM layer: ``layer4`` (ResNet) / ``blocks.11`` (ViT: the last block's tokens,
-14x14 grid at 224 px after dropping the class token).
+mean/std, 224 px. CAM layer: ``layer4`` (ResNet) / ``blocks.11.norm1`` (ViT: the tokens entering
+the last block, 14x14 grid at 224 px after dropping the class token).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def build_mocov3(
     projector = getattr(trunk, attr)
     delattr(trunk, attr)
     head = {"projector": projector, "predictor": Chain(projector, tree.predictor)}.get(embedding)
-    layer = "layer4" if kind == "resnet50" else trunk.last_block
+    layer = "layer4" if kind == "resnet50" else trunk.cam_layer
     return similarity_model(trunk, head, layer, name)
 
 
@@ -129,7 +129,7 @@ def _register(name: str) -> None:
         normalization="ImageNet mean/std",
         embeddings=EMBEDDINGS,
         default_embedding="projector",
-        feature_layer="blocks.11" if vit else "layer4",
+        feature_layer="blocks.11.norm1" if vit else "layer4",
         checkpoint_format="{'epoch', 'arch', 'state_dict': {module.base_encoder.*, "
         "module.momentum_encoder.*, module.predictor.*}, 'optimizer', 'scaler'}",
         checkpoint_name=f"{tag}.pth.tar",

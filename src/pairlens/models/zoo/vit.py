@@ -80,7 +80,11 @@ class Block(nn.Module):
 class VisionTransformer(nn.Module):
     """ViT trunk (no classification head): (B, 3, H, W) -> tokens (B, 1 + N, C) after ``norm``.
 
-    The CAM feature layer is ``blocks.{depth-1}`` (the last block's tokens, before ``norm``).
+    The CAM feature layer is ``blocks.{depth-1}.norm1``: the tokens entering the last block
+    (normalised). The embedding is the class token after the last block, and the last block's
+    *output* patch tokens do not reach it (every later operation is per token), so their
+    gradients are exactly zero; the last block's input tokens reach the class token through its
+    attention (the layer pytorch-grad-cam recommends for ViTs).
     """
 
     def __init__(
@@ -109,8 +113,8 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
 
     @property
-    def last_block(self) -> str:
-        return f"blocks.{len(self.blocks) - 1}"
+    def cam_layer(self) -> str:
+        return f"blocks.{len(self.blocks) - 1}.norm1"
 
     def position_embedding(self, gh: int, gw: int) -> Tensor:
         """(1, 1 + gh*gw, C) position embedding for a gh x gw patch grid."""

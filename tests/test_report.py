@@ -1,0 +1,88 @@
+"""`pairlens report`: aggregation against hand-computed values, best marks, groups, Pearson."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from pairlens.report import build_studies, parse_downstream, pearson, write_report
+from pairlens.runner.store import PairResult, ResultStore, read_tables
+
+METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
+
+
+def fill(path, model: str, values: dict[str, list[dict[str, float]]], seconds: float = 0.5):
+    """Store hand-made per-pair metric values: ``values[label][pair] = {metric: value}``."""
+    with ResultStore(path) as store:
+        for label, per_pair in values.items():
+            results = [PairResult(i, m, {"SI": np.linspace(0, 1, 5) * (i + 1)}, seconds, 0.1)
+                       for i, m in enumerate(per_pair)]
+            store.add_batch(model, "set", label.split("[")[0], f'{{"v":"{label}"}}', label,
+                            results)
+
+
+def test_report_tables_hand_computed(tmp_path):
+    db = tmp_path / "r.db"
+    good = [dict(zip(METRICS, (0.8, 0.2, 0.7, 0.1, 0.1, 0.2), strict=True)),
+            dict(zip(METRICS, (0.6, 0.4, 0.5, 0.3, math.nan, 0.4), strict=True))]
+    bad = [dict(zip(METRICS, (0.5, 0.6, 0.4, 0.5, 0.5, 0.6), strict=True))] * 2
+    fill(db, "alpha", {"grad-cam": good, "random": bad})
+    fill(tmp_path / "b.db", "beta", {"grad-cam": bad, "random": good})
+    studies = build_studies(read_tables([db, tmp_path / "b.db"]))
+    assert [s.model for s in studies] == ["alpha", "beta"]
+    alpha = studies[0]
+    assert alpha.methods == ["grad-cam", "random"]  # the baseline comes last
+    assert alpha.value("grad-cam", "SI") == pytest.approx(0.7)
+    cell = alpha.cells[("grad-cam", "SAD")]
+    assert cell.mean == pytest.approx(0.1) and cell.n == 1 and cell.skipped == 1
+    assert alpha.best("SI") == "grad-cam" and alpha.best("SD") == "grad-cam"
+    assert alpha.group("grad-cam", "(SI, CI)") == pytest.approx((0.7 + 0.6) / 2)
+    assert alpha.group("grad-cam", "1 - (SD, CD)") == pytest.approx(1 - (0.3 + 0.2) / 2)
+    assert alpha.group("random", "1 - (SAD, CAD)") == pytest.approx(1 - 0.55)
+    assert np.allclose(alpha.curves[("grad-cam", "SI")], np.linspace(0, 1, 5) * 1.5)
+
+    out = tmp_path / "rep"
+    written = write_report([db, tmp_path / "b.db"], out,
+                           downstream=parse_downstream("alpha=0.9,beta=0.5"))
+    names = {p.name for p in written}
+    assert {"report.md", "report.html", "metrics.csv", "timings.csv", "heatmap.csv",
+            "heatmap.png", "curves-0.png", "downstream.png", "downstream.csv"} <= names
+    md = (out / "report.md").read_text()
+    assert "| grad-cam | **0.700** | **0.300** | **0.600** | **0.200** | **0.100** | **0.300** " \
+           "| 2 | 1/0 |" in md
+    assert "SI ↑" in md and "SD ↓" in md
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    sad = [r for r in rows if r["model"] == "alpha" and r["method"] == "grad-cam"
+           and r["metric"] == "SAD"][0]
+    assert float(sad["mean"]) == pytest.approx(0.1) and sad["skipped"] == "1"
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert "http://" not in html and "https://" not in html  # readable offline
+    timings = list(csv.DictReader((out / "timings.csv").open()))
+    assert float(timings[0]["explain_seconds"]) == pytest.approx(0.5)
+
+
+def test_pearson_and_downstream_parsing():
+    x, y = [0.1, 0.4, 0.2, 0.9], [0.5, 0.7, 0.55, 0.8]
+    assert pearson(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert math.isnan(pearson([0.1, 0.2], [0.3, 0.4]))  # fewer than three models
+    assert math.isnan(pearson([0.1, 0.1, 0.1], [0.3, 0.4, 0.5]))
+    assert parse_downstream("a=0.5, b=1") == {"a": 0.5, "b": 1.0}
+    with pytest.raises(ValueError, match="MODEL=ACCURACY"):
+        parse_downstream("a0.5")
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such results store"):
+        write_report([tmp_path / "missing.db"], tmp_path / "out")
+    ResultStore(tmp_path / "empty.db").close()
+    with pytest.raises(ValueError, match="no finished results"):
+        write_report([tmp_path / "empty.db"], tmp_path / "out")
+    fill(tmp_path / "r.db", "alpha", {"random": [{"SI": 0.5}]})
+    with pytest.raises(ValueError, match="not in the store"):
+        write_report([tmp_path / "r.db"], tmp_path / "out", downstream={"gamma": 0.1})
+    with pytest.raises(ValueError, match="unknown report format"):
+        write_report([tmp_path / "r.db"], tmp_path / "out", formats=["pdf"])
