@@ -25,11 +25,10 @@ def test_digits_splits_are_disjoint_stratified_and_fixed():
     sizes = {s: len(y) for s, (_, y) in parts.items()}
     assert sum(sizes.values()) == 1797
     assert abs(sizes["train"] - 0.7 * 1797) <= 1 and abs(sizes["test"] - 0.15 * 1797) <= 2
-    # disjoint: no image of the test split appears in train (compare flattened pixels)
-    train_keys = {tuple(v.tolist()) for v in parts["train"][0][:, 0, ::4, ::4].flatten(1)}
-    test_x = parts["test"][0][:, 0, ::4, ::4].flatten(1)
-    overlap = sum(tuple(v.tolist()) in train_keys for v in test_x)
-    assert overlap <= 3  # sklearn digits has a few exact duplicate images, not shared indices
+    index = data._digits_split_indices(0)
+    train, val, test = (set(index[s].tolist()) for s in ("train", "val", "test"))
+    assert not train & test and not train & val and not val & test
+    assert torch.equal(parts["test"][0], x_all[torch.from_numpy(index["test"])])
     for _, y in parts.values():  # stratified: every class present in proportion
         counts = torch.bincount(y, minlength=10).float()
         assert counts.min() >= 0.8 * counts.mean()

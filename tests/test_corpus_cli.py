@@ -294,6 +294,8 @@ def test_summary_statistics_and_storage_roundtrip(tmp_path):
 
 def test_run_corpus_eval_on_a_tiny_budget():
     """The whole protocol end to end on the bundled digits model with a tiny budget."""
+    from pairlens import load_model
+
     cfg = CE.CorpusEvalConfig(
         seeds=(0,),
         classes=(3,),
@@ -304,13 +306,13 @@ def test_run_corpus_eval_on_a_tiny_budget():
         foil_size=30,
         ablation_steps=10,
     )
-    model, classifier, data = CE.digits_eval_setup(cfg)
-    data = CE.EvalData(  # a subset keeps the test fast: the corpus class and some others
-        data.train_images[:400], data.train_labels[:400], data.test_images[:40],
-        data.test_labels[:40],
+    model = load_model("digits", embedding="backbone")
+    (x_train, y_train), (x_test, y_test) = bundled.digits("train"), bundled.digits("test")
+    data = CE.EvalData(  # a subset keeps the test fast
+        model.normalize(x_train[:300]), y_train[:300], model.normalize(x_test[:30]), y_test[:30]
     )
     assert int((data.train_labels == 3).sum()) >= 20 and int((data.test_labels == 3).sum()) >= 1
-    records = CE.run_corpus_eval(model, classifier, data, cfg)
+    records = CE.run_corpus_eval(model, model.classifier, data, cfg)
     keys = {(r["setting"], r["method"], r["target"], r["measure"]) for r in records}
     assert len(keys) == 2 * (3 * 4 + 1) * 2  # settings x (methods x targets + random) x measures
     for r in records:

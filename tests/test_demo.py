@@ -301,7 +301,9 @@ def page(demo_server):
 
 
 def _status(page, which: str = "#pl-status") -> str:
-    return page.locator(which).inner_text().strip()
+    # the message element only (Gradio may overlay its own "processing" text on the component)
+    message = page.locator(f"{which} .pl-ok, {which} .pl-error, {which} .pl-info")
+    return message.first.inner_text().strip() if message.count() else ""
 
 
 def _wait_status(page, pattern: str, timeout_s: float = 90.0) -> str:
@@ -330,10 +332,12 @@ def test_demo_explains_two_bundled_images_with_interaction_cam(page, demo_server
     assert status.startswith("Done"), status
 
     for which in ("#pl-overlay1 img", "#pl-overlay2 img"):
-        img = page.locator(which).first
-        img.wait_for(state="visible")
-        page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=img.element_handle())
-        width = img.evaluate("el => el.naturalWidth")
+        page.wait_for_function(
+            "sel => { const i = document.querySelector(sel);"
+            " return i !== null && i.complete && i.naturalWidth > 0; }",
+            arg=which,
+        )
+        width = page.locator(which).first.evaluate("el => el.naturalWidth")
         assert width >= 256  # 32 px maps enlarged for display
     summary = page.locator("#pl-summary").inner_text()
     match = re.search(r"Similarity \(cosine\): (-?\d+\.\d+)", summary)

@@ -212,7 +212,7 @@ def _train(out, mode="exconb", epochs=3, resume=False):
                          out=str(out), resume=resume, device="cpu", progress=False,
                          warmup_epochs=0.5)
     settings = SupervisedSettings(mode=mode, start_epoch=1, n_classes=3, classifier_lr=1e-2)
-    return train_supervised(x, y, xv, yv, "digits-cnn", config, settings)
+    return train_supervised(x, y, xv, yv, "digits-cnn", config, settings, plot=False)
 
 
 @pytest.mark.parametrize("mode", ["exconb", "supcon-ori"])
@@ -256,7 +256,7 @@ def test_resume_after_interruption_reproduces_the_run(tmp_path, monkeypatch, mod
                              progress=False, warmup_epochs=0.5)
         train_supervised(x, y, x, y, "digits-cnn", config,
                          SupervisedSettings(mode=mode, start_epoch=2, n_classes=3,
-                                            classifier_lr=1e-2))
+                                            classifier_lr=1e-2), plot=False)
 
 
 @pytest.fixture(scope="module")

@@ -484,23 +484,37 @@ def test_dino_vit_backbones(files, name, dim, heads, patch):
 
 
 # ---------------------------------------------------------------- CLIP
-def test_clip_vit_b32_image_and_text_towers(files):
+@pytest.mark.parametrize(
+    "name,grid",
+    [
+        ("clip-vit-b32", 7),
+        pytest.param("clip-vit-b16", 14, marks=pytest.mark.slow),
+        pytest.param("clip-vit-l14", 16, marks=pytest.mark.slow),
+        pytest.param("clip-rn50", 7, marks=pytest.mark.slow),
+    ],
+)
+def test_clip_openai_entries_image_and_text_towers(files, name, grid):
     open_clip = pytest.importorskip("open_clip")
+    arch = model_info(name).extras["open_clip_arch"]
     torch.manual_seed(5)
-    ref = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True).eval()
+    ref = open_clip.create_model(arch, pretrained=None, force_quick_gelu=True).eval()
     path = files / "open_clip_pytorch_model.bin"
     torch.save(ref.state_dict(), path)
-    x = images(2, 224)
+    x = images(1, 224)
     texts = ["a photo of a dog", "a zebra"]
     with torch.no_grad():
-        model = pairlens.load_model("clip-vit-b32", checkpoint=path)
+        model = pairlens.load_model(name, checkpoint=path)
         close(model.embed(x), ref.encode_image(x))
-        tokens = open_clip.get_tokenizer("ViT-B-32")(texts)
+        tokens = open_clip.get_tokenizer(arch)(texts)
         close(model.embed_text(texts), ref.encode_text(tokens))
         z, a = model.embed_with_features(x)
-        assert model.to_grid(a).shape == (2, 768, 7, 7)
-    msg = one_line_error("clip-vit-b16", path)
-    assert "shape mismatch" in msg
+        assert model.to_grid(a, (224, 224)).shape[-2:] == (grid, grid)
+        if "backbone" in model_info(name).embeddings:
+            pre = pairlens.load_model(name, checkpoint=path, embedding="backbone").embed(x)
+            close(pre @ ref.visual.proj, ref.encode_image(x))
+    if name == "clip-vit-b32":
+        msg = one_line_error("clip-vit-b16", path)
+        assert "shape mismatch" in msg
     path.unlink()
 
 
@@ -701,3 +715,40 @@ def test_models_page_has_one_row_per_entry():
         assert (info.download_url or info.extras.get("source") or "your own file") in row
         assert f"**{info.default_embedding}**" in row
         assert info.feature_layer in row
+
+
+def test_torchvision_headless_backbone_file(files):
+    torch.manual_seed(9)
+    ref = randomize(torchvision.models.resnet18(), seed=15)
+    ref.fc = nn.Identity()
+    path = files / "resnet18_backbone.pth"
+    torch.save(ref.state_dict(), path)  # no fc.* keys
+    x = images()
+    with torch.no_grad():
+        close(pairlens.load_model("torchvision:resnet18", checkpoint=path).embed(x), ref(x))
+    assert "no classifier" in one_line_error("torchvision:resnet18", path, embedding="logits")
+
+
+def test_every_method_and_metric_runs_on_a_vit_entry():
+    """Issue 6, item 3: the pair methods and metrics work with the ViT entries (grid inferred).
+    A random-weight DINO ViT-S/16 at 96 px (6x6 patch grid, interpolated positions)."""
+    model = pairlens.load_model("dino-vit-s16", random_weights=True)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = (torch.rand(1, 3, 96, 96, generator=g) for _ in range(2))
+    x1, x2 = model.normalize(x1), model.normalize(x2)
+    fast = {"smoothgrad": {"samples": 4}, "averaged-transforms": {"samples": 4},
+            "pairwise-occlusion": {"samples": 8}}  # fmt: skip
+    for name in pairlens.methods():
+        params = fast.get(name, {})
+        try:
+            exp = pairlens.explain(model, x1, x2, method=name, **params)
+        except TypeError:  # the method names its sample count differently
+            exp = pairlens.explain(model, x1, x2, method=name)
+        for m in exp.maps:
+            assert m.shape == (1, 96, 96) and torch.isfinite(m).all(), name
+        if name in ("grad-cam", "interaction-cam", "deep-similarity", "input-x-gradient"):
+            assert exp.maps[0].abs().sum() > 0, name  # CAM layer gradients reach the embedding
+    exp = pairlens.explain(model, x1, x2, method="interaction-cam")
+    scores = pairlens.evaluate(model, x1, x2, exp, metrics=("SI", "SD", "CI", "CD", "SAD", "CAD"))
+    for k, v in scores.items():
+        assert v.shape == (1,) and (torch.isfinite(v).all() or k in ("SAD", "CAD")), k

@@ -371,12 +371,7 @@ def run_corpus_eval_cli(args: argparse.Namespace) -> int:
 def _print_tables(records: list[dict[str, Any]], out: str | None) -> None:
     from pairlens import corpus_eval as CE
 
-    text = []
-    for measure in CE.MEASURES:
-        text.append(f"## {CE.MEASURE_LABELS[measure].capitalize()}\n")
-        text.append(CE.corpus_tables(records, measure))
-        text.append("\n".join(f"- {line}" for line in CE.verdicts(records, measure)) + "\n")
-    report = "\n".join(text)
+    report = CE.report_markdown(records)
     print(report)
     if out:
         path = Path(out)

@@ -565,3 +565,23 @@ def verdicts(records: Sequence[dict[str, Any]], measure: str = "corpus-majority-
                 )
             lines.append(f"{setting}, {METHOD_LABELS[method]}: COCOA " + "; ".join(parts))
     return lines
+
+
+def report_markdown(records: Sequence[dict[str, Any]]) -> str:
+    """Tables 1-4 and the COCOA-vs-label-free verdicts as one markdown text (for ``pairlens
+    report`` and ``pairlens corpus-eval --report``)."""
+    text = []
+    for measure in MEASURES:
+        text.append(f"## Insertion / deletion of {MEASURE_LABELS[measure]}\n")
+        text.append(corpus_tables(records, measure))
+        text.append("\n".join(f"- {line}" for line in verdicts(records, measure)) + "\n")
+    return "\n".join(text)
+
+
+def has_corpus_results(db_path: str | Path) -> bool:
+    """Whether a results database holds a non-empty ``corpus_results`` table."""
+    try:
+        with sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True) as con:
+            return con.execute(f"SELECT 1 FROM {TABLE} LIMIT 1").fetchone() is not None
+    except sqlite3.Error:
+        return False

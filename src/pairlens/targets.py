@@ -451,6 +451,15 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _CLIP_CROP_FRACTION = 1 - 1e-6
 
 
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
 def load_open_clip(
     checkpoint: str | Path, arch: str = "ViT-B-32", device: str = "cpu"
 ) -> tuple[SimilarityModel, Callable[[list[str]], Tensor]]:
@@ -459,7 +468,8 @@ def load_open_clip(
     ``arch`` is an open_clip architecture name (``ViT-B-32``; use ``ViT-B-32-quickgelu`` for the
     OpenAI weights) or the path of an open_clip model-config JSON file (its file name without
     ``.json`` becomes the architecture name). ``checkpoint`` is a local state-dict file
-    (``.pt``/``.pth``/``.bin``/``.safetensors``, open_clip or OpenAI layout). Nothing is
+    (``.pt``/``.pth``/``.bin``/``.safetensors`` open_clip state dict, or an original OpenAI
+    TorchScript ``.pt``, rebuilt by open_clip without JIT). Nothing is
     downloaded: pretrained tags are refused. Needs the extra ``pairlens[clip]``.
     """
     try:
@@ -486,9 +496,12 @@ def load_open_clip(
             f"{', '.join(open_clip.list_models()[:8])}, ..."
         )
     try:
-        clip = open_clip.create_model(
-            name, pretrained=str(path), device=device, pretrained_text=False, load_weights=True
-        )
+        if _is_torchscript(path):  # an original OpenAI CLIP file (a TorchScript archive)
+            clip = open_clip.load_openai_model(str(path), precision="fp32", device=device)
+        else:
+            clip = open_clip.create_model(
+                name, pretrained=str(path), device=device, pretrained_text=False
+            )
     except Exception as err:  # noqa: BLE001 - one readable line for any loading failure
         reason = " ".join(str(err).split())[:300]
         raise ValueError(f"{path}: cannot load as open_clip {name!r} weights ({reason})") from None

@@ -14,6 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# input values per forward/backward batch when not given: 1365 images at 32 px, 27 at 224 px
+AUTO_BATCH_VALUES = 2**22
+
+
+def _auto_batch(x: Tensor) -> int:
+    return max(1, AUTO_BATCH_VALUES // (3 * x.shape[-2] * x.shape[-1]))
+
 
 def _captum() -> Any:
     try:
@@ -41,7 +48,8 @@ def integrated_gradients(
             baselines=baseline.detach(),
             n_steps=int(n_steps),
             method=method,
-            internal_batch_size=internal_batch_size or max(1, int(n_steps)) * len(x),
+            internal_batch_size=internal_batch_size
+            or max(len(x), min(int(n_steps) * len(x), _auto_batch(x))),
         )
     return out.detach()
 
@@ -52,14 +60,27 @@ def gradient_shap(
     baseline: Tensor,
     n_samples: int = 50,
     stdevs: float = 0.2,
+    samples_batch_size: int | None = None,
 ) -> Tensor:
     """Raw GradientSHAP attributions (1, 3, H, W) of one explicand against its own baseline(s).
 
     captum draws each sample's baseline at random from the given baseline tensor, so one explicand
-    is attributed at a time (a batch would mix the explicands' blurred baselines)."""
+    is attributed at a time (a batch would mix the explicands' blurred baselines). The estimate is
+    a mean over samples, so samples are processed ``samples_batch_size`` at a time (default: as
+    many as fit the automatic batch budget) and the chunk means averaged with their sizes."""
     gs = _captum().GradientShap(target)
+    n_samples = int(n_samples)
+    chunk = max(1, int(samples_batch_size or _auto_batch(x)))
+    total: Tensor | None = None
     with torch.enable_grad():
-        out = gs.attribute(
-            x.detach(), baselines=baseline.detach(), n_samples=int(n_samples), stdevs=float(stdevs)
-        )
-    return out.detach()
+        for start in range(0, n_samples, chunk):
+            n = min(chunk, n_samples - start)
+            part = (
+                gs.attribute(
+                    x.detach(), baselines=baseline.detach(), n_samples=n, stdevs=float(stdevs)
+                ).detach()
+                * n
+            )
+            total = part if total is None else total + part
+    assert total is not None
+    return total / n_samples

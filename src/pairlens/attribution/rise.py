@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# pixels (3 * H * W values) per forward batch when batch_size is not given: 32 px -> 5461 masks,
-# 224 px -> 111 masks
-AUTO_BATCH_VALUES = 2**24
+# input values (3 * H * W per image) per forward batch when batch_size is not given: 1365 masks
+# at 32 px (5000 masks in 4 batches), 27 at 224 px; bounded so activations fit in a few GB
+AUTO_BATCH_VALUES = 2**22
 
 
 def default_grid(height: int, width: int) -> int:

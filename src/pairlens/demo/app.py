@@ -150,7 +150,7 @@ def build_app(
                     for a, b, kind in example_rows]
             gr.Examples(rows, inputs=[img1, img2, model_dd],
                         label="Bundled example pairs (with their model)",
-                        examples_per_page=8)
+                        examples_per_page=8, elem_id="pl-examples")
 
         # one column of parameter widgets per method, shown when that method is picked
         param_groups = {}

@@ -326,6 +326,7 @@ def train_supervised(
     config: TrainConfig,
     settings: SupervisedSettings,
     augment: AugmentConfig | None = None,
+    plot: bool = True,
 ) -> tuple[ContrastiveNet, nn.Linear, list[dict[str, Any]]]:
     """Train one of :data:`MODES` (see the module docstring).
 
@@ -337,6 +338,7 @@ def train_supervised(
             logs, ``model.pt``, ``best.pt``, ``curves.png``).
         settings: :class:`SupervisedSettings` (mode, start epoch, τ threshold, ...).
         augment: random-view augmentation (default :meth:`AugmentConfig.digits`).
+        plot: write ``curves.png`` at the end (when ``config.out`` is set).
 
     Returns:
         The trained network (eval mode), the linear classifier and the per-epoch log rows
@@ -383,7 +385,8 @@ def train_supervised(
         meta.update(epochs_done=trainer.epoch)
         _atomic_torch_save(bundle_state(net, arch, classifier=classifier, **meta),
                            out / "model.pt")
-        plot_training_curves(log, out / "curves.png", title=f"{mode} ({arch})")
+        if plot:
+            plot_training_curves(log, out / "curves.png", title=f"{mode} ({arch})")
     return net, classifier, log
 
 

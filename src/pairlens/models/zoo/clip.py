@@ -135,20 +135,22 @@ def build_clip(
             raise err from None
         sd = unwrap_module(find_state_dict(obj, checkpoint, expected))
     if sd is not None:
-        # check keys and shapes on a meta-device model first: a foreign file costs no allocation
+        # keys and shapes are checked on a meta-device model, whose weights then become the
+        # file's tensors: a foreign file costs no allocation, a good one no random init
         with torch.device("meta"):
-            skeleton = _create(open_clip, arch, quick_gelu, device="meta")
-        sd = dict(sd)
+            clip = _create(open_clip, arch, quick_gelu, device="meta")
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
         sd.pop("text.transformer.embeddings.position_ids", None)
-        own = skeleton.state_dict()
+        own = clip.state_dict()
         for k in ("logit_scale", "logit_bias"):
             if k in sd and k in own and sd[k].shape != own[k].shape:
                 sd[k] = sd[k].reshape(own[k].shape)
-        load_strict(skeleton, sd, checkpoint, expected, assign=True)
-        del skeleton
-    clip = _create(open_clip, arch, quick_gelu)
-    if sd is not None:
-        load_strict(clip, sd, checkpoint, expected)
+        load_strict(clip, sd, checkpoint, expected, assign=True)
+        if not _fill_computed_buffers(clip):
+            clip = _create(open_clip, arch, quick_gelu)
+            load_strict(clip, sd, checkpoint, expected)
+    else:
+        clip = _create(open_clip, arch, quick_gelu)
     visual = clip.visual
     transformer = getattr(visual, "transformer", None)
     if transformer is not None:
@@ -190,6 +192,20 @@ def _create(open_clip, arch: str, quick_gelu: bool, device: str = "cpu") -> nn.M
         raise ValueError(f"open_clip has no architecture {arch!r} ({err})") from None
     finally:
         logger.setLevel(level)
+
+
+def _fill_computed_buffers(model: nn.Module) -> bool:
+    """Give the non-persistent buffers left on the meta device their values: CLIP's causal text
+    attention mask (-inf above the diagonal). False if anything else is left."""
+    for module in model.modules():
+        for key, buf in list(module._buffers.items()):
+            if buf is None or not buf.is_meta:
+                continue
+            if key == "attn_mask" and buf.dim() == 2 and buf.shape[0] == buf.shape[1]:
+                module._buffers[key] = torch.full(tuple(buf.shape), float("-inf")).triu_(1)
+            else:
+                return False
+    return not any(p.is_meta for p in model.parameters())
 
 
 def _is_torchscript(path) -> bool:

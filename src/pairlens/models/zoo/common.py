@@ -181,7 +181,9 @@ def build_and_load(
     :func:`load_strict`'s key / shape report without allocating or initialising anything; the
     file's tensors are then assigned as the parameters (float32), so loading costs no random
     initialisation. Every parameter and buffer of the published layout must be in the file (an
-    ``optional`` key may be absent only if the module does not have it).
+    ``optional`` key absent from the file stays on the meta device: the caller replaces it).
+    Modules with non-persistent buffers (computed, never saved) are then built for real and
+    loaded normally.
     """
     if sd is None:
         return build()
@@ -189,7 +191,12 @@ def build_and_load(
         tree = build()
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     load_strict(tree, sd, path, expected, optional=optional, assign=True)
-    left = [n for n, t in list(tree.named_parameters()) + list(tree.named_buffers()) if t.is_meta]
+    tensors = list(tree.named_parameters()) + list(tree.named_buffers())
+    left = [n for n, t in tensors if t.is_meta and n not in optional]
     if left:
-        raise CheckpointError(f"{path}: does not hold {', '.join(left[:4])} ({expected})")
+        saved = tree.state_dict()
+        if any(n in saved for n in left):
+            raise CheckpointError(f"{path}: does not hold {', '.join(left[:4])} ({expected})")
+        tree = build()  # only non-persistent buffers are missing: they need the real constructor
+        load_strict(tree, sd, path, expected, optional=optional)
     return tree

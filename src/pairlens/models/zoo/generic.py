@@ -17,12 +17,18 @@ stage from timm's ``feature_info`` otherwise, or ``feature_layer=`` given by the
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from pairlens.models.checkpoint import load_strict
+from pairlens.models.checkpoint import CheckpointError
 from pairlens.models.registry import register_model
 from pairlens.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
-from pairlens.models.zoo.common import check_embedding, open_state_dict, unwrap_module
+from pairlens.models.zoo.common import (
+    build_and_load,
+    check_embedding,
+    open_state_dict,
+    unwrap_module,
+)
 
 EMBEDDINGS = ("backbone", "logits")
 
@@ -96,17 +102,22 @@ def torchvision_any(
     expected = f"a torchvision {arch} state dict"
     sd = open_state_dict(checkpoint, name, expected, random_weights)
     sd = unwrap_module(sd) if sd else sd
-    model = builder(weights=None)
-    cls = _last_linear(model)
+    with torch.device("meta"):
+        skeleton = builder(weights=None)
+    cls = _last_linear(skeleton)
     optional: tuple[str, ...] = ()
+    kw = {}
     if sd is not None and cls is not None:
         key = f"{cls}.weight"
-        if key in sd and sd[key].shape[0] != model.get_submodule(cls).out_features:
-            model = builder(weights=None, num_classes=int(sd[key].shape[0]))
+        if key in sd and sd[key].shape[0] != skeleton.get_submodule(cls).out_features:
+            kw = {"num_classes": int(sd[key].shape[0])}
         elif key not in sd:
             optional = (key, f"{cls}.bias")  # headless backbone file
-    if sd is not None:
-        load_strict(model, sd, checkpoint, expected, optional=optional)
+    if optional and embedding == "logits":
+        raise CheckpointError(
+            f"{checkpoint}: has no classifier ({cls}.weight); use embedding='backbone'"
+        )
+    model = build_and_load(lambda: builder(weights=None, **kw), sd, checkpoint, expected, optional)
     if embedding == "backbone" and cls is not None:
         _set_submodule(model, cls, nn.Identity())
     layer = feature_layer or _guess_feature_layer(model)
@@ -144,19 +155,22 @@ def timm_any(
     sd = open_state_dict(checkpoint, name, expected, random_weights)
     sd = unwrap_module(sd) if sd else sd
     try:
-        model = timm.create_model(arch, pretrained=False)
+        with torch.device("meta"):
+            skeleton = timm.create_model(arch, pretrained=False)
     except RuntimeError as err:
         raise ValueError(f"timm has no model {arch!r}") from err
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg = dict(getattr(skeleton, "pretrained_cfg", None) or {})
     cls = cfg.get("classifier")
     cls = cls[0] if isinstance(cls, (list, tuple)) else cls
+    kw = {}
     if sd is not None and cls:
         key = f"{cls}.weight"
         n = int(sd[key].shape[0]) if key in sd else 0
-        if n != model.num_classes:
-            model = timm.create_model(arch, pretrained=False, num_classes=n)
-    if sd is not None:
-        load_strict(model, sd, checkpoint, expected)
+        if n != skeleton.num_classes:
+            kw = {"num_classes": n}
+    model = build_and_load(
+        lambda: timm.create_model(arch, pretrained=False, **kw), sd, checkpoint, expected
+    )
     if embedding == "backbone":
         model.reset_classifier(0)
     layer = feature_layer or _guess_feature_layer(model)
