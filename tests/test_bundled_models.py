@@ -148,3 +148,26 @@ def test_photos_model_finite_deterministic(photos_model):
     assert z1.shape == (1, 128) and feats.shape == (1, 256, 7, 7)
     backbone = pairlens.load_model("photos", embedding="backbone")
     assert backbone.embed(x).shape == (1, 256)
+
+
+@pytest.mark.parametrize(
+    "name, size, grid",
+    [("digits-cnn", 32, (8, 8)), ("resnet-mini", 112, (7, 7)), ("resnet18", 112, (4, 4))],
+)
+def test_architectures_build_with_documented_shapes(name, size, grid):
+    from pairlens.models.bundled import get_architecture, similarity_model_from_net
+
+    arch = get_architecture(name)
+    torch.manual_seed(0)
+    net = arch.build().eval()
+    x = torch.rand(2, 3, size, size)  # resnet18 (224 px) is checked at 112 px to stay fast
+    with torch.no_grad():
+        h, z = net(x)
+    assert h.shape == (2, arch.backbone_dim) and z.shape == (2, arch.projector_dim)
+    model = similarity_model_from_net(net, arch)
+    with torch.no_grad():
+        emb, feats = model.embed_with_features(x)
+    assert torch.allclose(emb, z, atol=1e-5)
+    assert tuple(feats.shape[2:]) == grid
+    with pytest.raises(ValueError):
+        similarity_model_from_net(net, arch, embedding="pooled")

@@ -8,7 +8,7 @@ at a random shift in [0, cell) per mask and axis (the original RISE recipe). COC
 grid (4 x 4 for 32-pixel inputs), ``p_keep = 0.5``, 5000 masks and the blurred explicand as ``b``.
 
 Masks are generated on the model's device, ``batch_size`` at a time, and each batch of masked
-images goes through the target in one call: 5000 masks at 32 px are one or two forward passes.
+images goes through the target in one call: 5000 masks at 32 px are four forward passes.
 """
 
 from __future__ import annotations

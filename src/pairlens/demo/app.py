@@ -296,8 +296,8 @@ def build_app(
                     concurrency_limit=concurrency, api_visibility="private")
         img2.upload(lambda p: on_upload(p, "image 2"), img2, status, preprocess=False,
                     concurrency_limit=concurrency, api_visibility="private")
-        mode.change(lambda m: gr.update(visible=m == MODE_AUG), mode, aug_row, queue=False,
-                    api_visibility="private")
+        mode.change(lambda m: (gr.update(visible=m == MODE_AUG), gr.update(visible=m != MODE_AUG)),
+                    mode, [aug_row, img2], queue=False, api_visibility="private")
 
         def on_family(fam):
             lo, hi = core.FAMILIES.get(fam, core.FAMILIES[families[0]])[1]
