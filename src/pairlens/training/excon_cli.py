@@ -60,8 +60,8 @@ EVAL_EXAMPLES = """examples:
 """
 
 STUDY_EXAMPLES = """examples:
-  pairlens study excon --data cluttered-digits --seeds 3 --epochs 8 --batch-size 64 \\
-      --start-epoch 2 --out runs/study
+  pairlens study excon --data cluttered-digits --seeds 3 --epochs 6 --batch-size 32 \\
+      --lr 1e-3 --start-epoch 2 --threads 1 --out runs/study
   pairlens study excon --out runs/study --report-only
 """
 
@@ -248,9 +248,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--modes", default="supcon,supcon-ori,excon,exconb",
                    help="comma-separated (default: %(default)s)")
     s.add_argument("--arch", default=None, help="(default: digits-cnn for the digits data sets)")
-    s.add_argument("--epochs", type=int, default=8, help="(default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    s.add_argument("--lr", type=float, default=3e-3, help="(default: %(default)s)")
+    s.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
+    s.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    s.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
     s.add_argument("--classifier-lr", type=float, default=5e-2, help="(default: %(default)s)")
     s.add_argument("--temperature", type=float, default=0.1, help="(default: %(default)s)")
     s.add_argument("--start-epoch", type=int, default=2, help="(default: %(default)s)")

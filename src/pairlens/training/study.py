@@ -42,9 +42,9 @@ class StudyConfig:
     seeds: int = 3
     modes: tuple[str, ...] = ("supcon", "supcon-ori", "excon", "exconb")
     arch: str = "digits-cnn"
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3
     classifier_lr: float = 5e-2
     temperature: float = 0.1
     start_epoch: int = 2
