@@ -84,9 +84,9 @@ class SimilarityModel(nn.Module):
         input_size: (H, W) the model expects.
         mean, std: per-channel normalisation; ``mean=(0, 0, 0), std=(1, 1, 1)`` for models such as
             SimCLRv2 that take inputs in [0, 1].
-        crop_fraction: ``preprocess`` resizes the shorter side to ``input / crop_fraction`` and
-            centre-crops ``input_size`` (0.875 is the ImageNet 256 -> 224 convention; 1.0 resizes
-            the whole image to ``input_size``).
+        crop_fraction: ``preprocess`` resizes the image (keeping its aspect ratio) so that it
+            just covers ``input_size / crop_fraction`` and centre-crops ``input_size`` (0.875 is
+            the ImageNet 256 -> 224 convention; 1.0 keeps as much of the image as fits).
         patch_size: ViT patch size; inferred from a ``patch_size`` attribute when omitted.
         name: a short name used in figures and saved metadata.
     """
@@ -132,21 +132,19 @@ class SimilarityModel(nn.Module):
         """Image(s) to a model-input tensor (B, 3, H, W) on the model's device.
 
         Accepts a PIL image, a path, an (H, W) or (H, W, C) array (uint8, uint16 or float in
-        [0, 1]), or a list of them. Converts to RGB, resizes the shorter side to
-        ``input / crop_fraction``, centre-crops ``input_size``, scales to [0, 1] and normalises.
+        [0, 1]), or a list of them. Converts to RGB, resizes (aspect ratio kept) to cover
+        ``input_size / crop_fraction``, centre-crops ``input_size``, scales to [0, 1] and
+        normalises.
         """
         if isinstance(image, (list, tuple)):
             return torch.cat([self.preprocess(im) for im in image])
         pil = load_image(image)
         h, w = self.input_size
-        if self.crop_fraction >= 1.0:
-            pil = pil.resize((w, h), Image.BICUBIC)
-        else:
-            scale = max(h, w) / self.crop_fraction / min(pil.size)
-            new = (max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale)))
-            pil = pil.resize(new, Image.BICUBIC)
-            left, top = (new[0] - w) // 2, (new[1] - h) // 2
-            pil = pil.crop((left, top, left + w, top + h))
+        scale = max(h / self.crop_fraction / pil.size[1], w / self.crop_fraction / pil.size[0])
+        new = (max(w, round(pil.size[0] * scale)), max(h, round(pil.size[1] * scale)))
+        pil = pil.resize(new, Image.BICUBIC)
+        left, top = (new[0] - w) // 2, (new[1] - h) // 2
+        pil = pil.crop((left, top, left + w, top + h))
         arr = np.asarray(pil, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).to(self.device)
         return self.normalize(x)
