@@ -114,9 +114,9 @@ def bench_model(name: str, model: SimilarityModel, pairs: int, forward_batch: in
         report_naive(ours, naive, t_ours, t_naive, model, x1, x2, maps, step)
     t_explain, exp = timed(lambda: pairlens.explain(model, x1, x2, method="grad-cam"))
     t_metrics, _ = timed(lambda: pairlens.evaluate(model, x1, x2, exp, batch_size=forward_batch))
-    print(f"six metrics (SI,SD,CI,CD,SAD,CAD) of grad-cam: {pairs / t_metrics:8.3f} pairs/s "
-          f"(metrics only), {pairs / (t_metrics + t_explain):8.3f} pairs/s (explanation + "
-          f"metrics)")
+    print(f"six metrics (SI,SD,CI,CD,SAD,CAD) of grad-cam: {pairs / t_metrics:.4g} pairs/s "
+          f"= {t_metrics / pairs:.3g} s/pair (metrics only), "
+          f"{pairs / (t_metrics + t_explain):.4g} pairs/s (explanation + metrics)")
 
 
 def report_naive(ours, naive, t_ours, t_naive, model, x1, x2, maps, step) -> None:
