@@ -27,6 +27,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -197,12 +198,14 @@ def _check_params(fn: Callable, params: dict[str, Any], name: str) -> None:
 
 
 class _seeded:
-    """Context: a generator seeded with ``seed`` on ``device`` for masks, and the global RNG
-    forked and seeded for captum's noise; ``seed=None`` leaves the global RNG alone."""
+    """Context: a generator seeded with ``seed`` on ``device`` for masks, and the global torch and
+    NumPy RNGs (captum draws GradientSHAP's noise with torch and its baselines / interpolation
+    points with NumPy) seeded and restored afterwards; ``seed=None`` leaves them alone."""
 
     def __init__(self, seed: int | None, device: torch.device) -> None:
         self.seed, self.device = seed, torch.device(device)
         self._fork: Any = None
+        self._np_state: Any = None
 
     def __enter__(self) -> torch.Generator | None:
         if self.seed is None:
@@ -211,9 +214,13 @@ class _seeded:
         self._fork = torch.random.fork_rng(devices=devices)
         self._fork.__enter__()
         torch.manual_seed(int(self.seed))
+        self._np_state = np.random.get_state()
+        np.random.seed(int(self.seed) % 2**32)
         return torch.Generator(device=self.device).manual_seed(int(self.seed))
 
     def __exit__(self, *exc: Any) -> None:
+        if self._np_state is not None:
+            np.random.set_state(self._np_state)
         if self._fork is not None:
             self._fork.__exit__(*exc)
 
