@@ -281,6 +281,10 @@ def run_eval(args: argparse.Namespace) -> int:
     size = model.input_size
     images, labels = load_labelled_data(args.data, args.split, args.data_seed,
                                         round(size[0] / 0.7))
+    n_classes = model.classifier.out_features
+    if int(labels.max()) >= n_classes:
+        raise ValueError(f"{args.data} has {int(labels.max()) + 1} classes but the classifier of "
+                         f"{args.checkpoint} has {n_classes}")
     if tuple(images.shape[-2:]) != tuple(size):
         import torch.nn.functional as F
 

@@ -189,7 +189,9 @@ def tsne_embeddings(
         z = F.normalize(model.embed(torch.cat([x, masked])), dim=1).cpu().numpy()
         accepted = (_logits(model, masked).argmax(1) == y).cpu()
     perplexity = float(min(30, max(2, (len(z) - 1) // 3)))
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z)
+    method = "exact" if len(z) <= 1000 else "barnes_hut"  # exact is faster for a few hundred
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
+              random_state=seed).fit_transform(z)
     return {"xy": xy, "labels": labels[idx].clone(), "classes": classes, "accepted": accepted,
             "originals": images[idx]}
 
