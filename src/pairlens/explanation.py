@@ -82,9 +82,8 @@ class PairExplanation:
             for i in range(len(self)):
                 fig = self.figure(i, smooth=smooth)
                 suffix = "" if len(self) == 1 else f"_{i}"
-                written.append(
-                    _atomic(out / f"{stem}{suffix}.png", lambda p, f=fig: f.savefig(p, dpi=120, format="png"))
-                )
+                png = out / f"{stem}{suffix}.png"
+                written.append(_atomic(png, lambda p, f=fig: f.savefig(p, dpi=120, format="png")))
                 plt.close(fig)
         arrays = {
             "map1": self.maps[0].detach().cpu().numpy().astype(np.float32),

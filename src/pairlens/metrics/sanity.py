@@ -74,7 +74,7 @@ class SanityResult:
             shown.append(len(self.steps) - 1)
         shown = shown[: max(0, max_columns - 2)]
         cols = 2 + len(shown)
-        fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.6), squeeze=False)
+        fig, axes = plt.subplots(2, cols, figsize=(1.6 * cols, 3.9), squeeze=False)
         for row in range(2):
             img = self.images[row][index].permute(1, 2, 0).clamp(0, 1).numpy()
             axes[row, 0].imshow(img)
@@ -85,7 +85,7 @@ class SanityResult:
                 ax = axes[row, c + 2]
                 ax.imshow(self.maps[j + 1][row][index].numpy(), cmap="jet")
                 if row == 0:
-                    ax.set_title(f"{j + 1}: {self.steps[j][-1]}"[:18], fontsize=6)
+                    ax.set_title(f"{j + 1}: …{self.steps[j][-1][-14:]}", fontsize=6)
                 rho = float(self.spearman[j, index, row])
                 ax.set_xlabel(f"ρ={rho:.2f}", fontsize=6)
         for ax in axes.flat:
