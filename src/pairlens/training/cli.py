@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "folder with one sub-folder per class) a k-NN validation accuracy is logged every epoch "
         "and a linear probe on the backbone features is fitted at the end and stored in model.pt.",
     )
+    from pairlens.training.excon_cli import add_modes  # supcon, supcon-ori, excon, exconb
+
+    add_modes(_train_sub)
 
 
 def add_mode(
