@@ -233,13 +233,18 @@ def write_report(
     bad = sorted(set(formats) - set(FORMATS))
     if bad:
         raise ValueError(f"unknown report format {', '.join(bad)}; choose from md, csv, html")
-    studies = build_studies(read_tables(stores))
-    if not studies:
+    stores = list(stores)
+    from pairlens import corpus_eval
+
+    pair_stores = [db for db in stores if not corpus_eval.has_corpus_results(db) or _has_results(db)]
+    studies = build_studies(read_tables(pair_stores)) if pair_stores else []
+    corpus = _corpus_markdown(stores)
+    if not studies and not corpus:
         raise ValueError("the results store holds no finished results")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    figures: dict[str, bytes] = {"heatmap.png": _png(heatmap_figure(studies))}
+    figures: dict[str, bytes] = {"heatmap.png": _png(heatmap_figure(studies))} if studies else {}
     for k, study in enumerate(studies):
         if study.curves:
             figures[f"curves-{k}.png"] = _png(curves_figure(study))
@@ -255,7 +260,9 @@ def write_report(
 
     if "csv" in formats:
         written += _write_csvs(out, studies, downstream_rows)
-    sections = _sections(studies, downstream_rows)
+    sections = _sections(studies, downstream_rows) if studies else []
+    if corpus:
+        sections.append(("Corpus explanations (COCOA, seed 002 Tables 1-4)", "markdown", corpus, None))
     if "md" in formats:
         md = ["# PairLens evaluation report", ""]
         for title, kind, payload, fig in sections:
@@ -264,6 +271,8 @@ def write_report(
                 md += [_md_table(*payload), ""]
             elif kind == "text":
                 md += [payload, ""]
+            elif kind == "markdown":
+                md += [payload.replace("\n## ", "\n### ").replace("## ", "### ", 1), ""]
             if fig:
                 md += [f"![{title}]({fig})", ""]
         written.append(_atomic_write(out / "report.md", "\n".join(md)))
@@ -275,6 +284,8 @@ def write_report(
                 body.append(_html_table(*payload))
             elif kind == "text":
                 body.append(f"<p>{html.escape(payload)}</p>")
+            elif kind == "markdown":
+                body.append(_markdown_to_html(payload))
             if fig:
                 data = base64.b64encode(figures[fig]).decode()
                 body.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
@@ -285,6 +296,53 @@ def write_report(
                 "</head><body>" + "\n".join(body) + "</body></html>")
         written.append(_atomic_write(out / "report.html", page))
     return written
+
+
+def _has_results(db: str | Path) -> bool:
+    import sqlite3
+
+    with sqlite3.connect(f"file:{Path(db)}?mode=ro", uri=True) as con:
+        row = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'results'").fetchone()
+    return row is not None
+
+
+def _corpus_markdown(stores: Sequence[str | Path]) -> str:
+    """The COCOA tables of every store that holds corpus results (seed 002, §4.1)."""
+    from pairlens import corpus_eval
+
+    parts = [
+        corpus_eval.report_markdown(corpus_eval.load_results(db))
+        for db in stores
+        if corpus_eval.has_corpus_results(db)
+    ]
+    return "\n".join(parts)
+
+
+def _markdown_to_html(text: str) -> str:
+    """The small markdown subset of the corpus tables: headings, pipe tables, bullets, text."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            rows = [r for r in table if not set("".join(r)) <= set("-: ")]
+            out.append(_html_table(rows[0], rows[1:]))
+            table.clear()
+
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("|"):
+            table.append([c.strip() for c in stripped.strip("|").split("|")])
+            continue
+        flush()
+        if stripped.startswith("#"):
+            out.append(f"<h3>{html.escape(stripped.lstrip('#').strip())}</h3>")
+        elif stripped.startswith("- "):
+            out.append(f"<li>{html.escape(stripped[2:])}</li>")
+        elif stripped:
+            out.append(f"<p>{html.escape(stripped)}</p>")
+    flush()
+    return "\n".join(out)
 
 
 def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tuple]:
