@@ -37,13 +37,18 @@ def resnet50_model() -> pairlens.SimilarityModel:
     )
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, min_total: float = 2.0) -> float:
+    """Best of ``repeats`` timed calls after a warm-up; fast functions are repeated until
+    ``min_total`` seconds have been spent, so that millisecond timings are not one noisy shot."""
+    start = time.perf_counter()
     fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
+    fast = time.perf_counter() - start < min_total / 20
+    best, spent, runs = math.inf, 0.0, 0
+    while runs < repeats or (fast and spent < min_total):
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
     return best
 
 

@@ -236,7 +236,9 @@ def write_report(
     stores = list(stores)
     from pairlens import corpus_eval
 
-    pair_stores = [db for db in stores if not corpus_eval.has_corpus_results(db) or _has_results(db)]
+    pair_stores = [
+        db for db in stores if not corpus_eval.has_corpus_results(db) or _has_results(db)
+    ]
     studies = build_studies(read_tables(pair_stores)) if pair_stores else []
     corpus = _corpus_markdown(stores)
     if not studies and not corpus:
@@ -262,7 +264,8 @@ def write_report(
         written += _write_csvs(out, studies, downstream_rows)
     sections = _sections(studies, downstream_rows) if studies else []
     if corpus:
-        sections.append(("Corpus explanations (COCOA, seed 002 Tables 1-4)", "markdown", corpus, None))
+        title = "Corpus explanations (COCOA, seed 002 Tables 1-4)"
+        sections.append((title, "markdown", corpus, None))
     if "md" in formats:
         md = ["# PairLens evaluation report", ""]
         for title, kind, payload, fig in sections:
