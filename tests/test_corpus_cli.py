@@ -320,3 +320,24 @@ def test_run_corpus_eval_on_a_tiny_budget():
         assert math.isfinite(r["insertion"]) and math.isfinite(r["deletion"])
         if r["measure"] == "corpus-majority-prob":
             assert 0.0 <= r["insertion"] <= 1.0 and 0.0 <= r["deletion"] <= 1.0
+
+
+def test_pairlens_report_shows_the_corpus_tables(tmp_path):
+    """Corpus results stored in a results database appear in ``pairlens report`` (md and html)."""
+    from pairlens.cli import main
+
+    records = [
+        {"seed": seed, "setting": "same-class", "method": "rise", "target": target,
+         "measure": measure, "insertion": ins + 0.01 * seed, "deletion": 1 - ins,
+         "n_explicands": 10}
+        for seed in range(5)
+        for target, ins in (("label-free", 0.5), ("contrastive-label-free", 0.6),
+                            ("corpus", 0.55), ("cocoa", 0.8))
+        for measure in ("contrastive-corpus-similarity", "corpus-majority-prob")
+    ]
+    db = tmp_path / "results.db"
+    CE.save_results(db, records, CE.CorpusEvalConfig(seeds=tuple(range(5))), "r")
+    assert main(["report", str(db), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "COCOA" in md and "| COCOA | 0.820" in md  # mean over seeds 0..4 of 0.8 + 0.01 s
+    assert "<table>" in (tmp_path / "rep" / "report.html").read_text()
