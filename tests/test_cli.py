@@ -134,8 +134,23 @@ def test_methods_lists_all_methods_with_parameters(capsys):
 
 
 def test_help_everywhere_has_examples(capsys):
-    for args in (["--help"], ["explain", "--help"], ["methods", "--help"]):
+    import argparse
+
+    from pairlens.cli import build_parser
+
+    commands: list[list[str]] = [[]]
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    commands.append(path + [name])
+                    walk(sub, path + [name])
+
+    walk(build_parser(), [])
+    assert len(commands) > 15
+    for args in commands:
         with pytest.raises(SystemExit) as info:
-            main(args)
+            main(args + ["--help"])
         assert info.value.code == 0
-        assert "example" in capsys.readouterr().out
+        assert "example" in capsys.readouterr().out, args

@@ -13,9 +13,18 @@ def add_parser(subparsers) -> None:
         description="List the registered models (bundled ones first). 'pairlens models info NAME' "
         "shows architecture, input size, normalisation, embeddings, CAM layer, checkpoint format "
         "and where to download it.",
+        epilog="examples:\n  pairlens models\n  pairlens models info mocov3-vit-b",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="models_command", metavar="info")
-    info = sub.add_parser("info", help="details of one model")
+    info = sub.add_parser(
+        "info",
+        help="details of one model",
+        description="Architecture, input size, normalisation, embeddings, CAM layer, checkpoint "
+        "format, expected file name and download address of one registered model.",
+        epilog="example:\n  pairlens models info simsiam-r50",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     info.add_argument("name", help="model name, e.g. mocov3-vit-b")
     info.set_defaults(func=_info)
     p.set_defaults(func=_list)
@@ -26,6 +35,9 @@ def add_parser(subparsers) -> None:
         description="Download the published checkpoint of NAME into CACHE/NAME/FILE, resuming a "
         "partial download and verifying its SHA-256 checksum when known or given. Prints the "
         "path to pass to --checkpoint.",
+        epilog="examples:\n  pairlens download simsiam-r50\n"
+        "  pairlens download dino-vit-s16 --cache /data/weights --sha256 <64 hex digits>",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("name", help="model name, e.g. simsiam-r50")
     d.add_argument("--sha256", help="expected SHA-256 of the file (64 hex digits)")

@@ -229,6 +229,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     study = sub.add_parser(
         "study", help="comparison studies (excon: SupCon / SupConOri / ExCon / ExConB)",
         description="Reproducible comparison studies.",
+        epilog="example:\n"
+        "  pairlens study excon --data cluttered-digits --seeds 3 --out runs/study",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     study_sub = study.add_subparsers(dest="study", metavar="STUDY")
     study.set_defaults(func=lambda args: (study.print_help(), 0)[1])
