@@ -90,3 +90,19 @@ def test_bad_files_give_one_line_errors_naming_the_file(tmp_path):
             load_image(path)
         message = str(info.value)
         assert str(path) in message and "\n" not in message
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from pairlens.io import atomic_write
+
+    path = tmp_path / "result.json"
+    atomic_write(path, lambda f: f.write(b"old"))
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary left

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from pairlens.io import atomic_write
 
 CORPUS_EXAMPLES = """examples:
   pairlens corpus digit.png --corpus threes/ --foil-from digits:1060 --out out/
@@ -302,22 +302,11 @@ def _save(
     fig.tight_layout()
     base = out_dir / f"{stem}_{method}"
     png, npz, js = base.with_suffix(".png"), base.with_suffix(".npz"), base.with_suffix(".json")
-    _atomic(png, lambda f: fig.savefig(f, format="png", dpi=120))
+    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    _atomic(npz, lambda f: np.savez_compressed(f, attribution=amap.cpu().numpy()))
-    _atomic(js, lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
+    atomic_write(npz, lambda f: np.savez_compressed(f, attribution=amap.cpu().numpy()))
+    atomic_write(js, lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
     return [png, npz, js]
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- corpus-eval
@@ -376,4 +365,4 @@ def _print_tables(records: list[dict[str, Any]], out: str | None) -> None:
     if out:
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(path, lambda f: f.write(report.encode()))
+        atomic_write(path, lambda f: f.write(report.encode()))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pairlens.io import atomic_write
 from pairlens.methods.registry import get_method
 from pairlens.models.similarity import SimilarityModel, check_finite
 
@@ -83,14 +84,18 @@ class PairExplanation:
                 fig = self.figure(i, smooth=smooth)
                 suffix = "" if len(self) == 1 else f"_{i}"
                 png = out / f"{stem}{suffix}.png"
-                written.append(_atomic(png, lambda p, f=fig: f.savefig(p, dpi=120, format="png")))
+                written.append(
+                    atomic_write(png, lambda f, fig=fig: fig.savefig(f, dpi=120, format="png"))
+                )
                 plt.close(fig)
         arrays = {
             "map1": self.maps[0].detach().cpu().numpy().astype(np.float32),
             "map2": self.maps[1].detach().cpu().numpy().astype(np.float32),
             "score": self.score.detach().cpu().numpy().astype(np.float32),
         }
-        written.append(_atomic(out / f"{stem}.npz", lambda p: _savez(p, arrays)))
+        written.append(
+            atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
+        )
         meta = {
             "method": self.method,
             "params": _jsonable(self.params),
@@ -101,21 +106,11 @@ class PairExplanation:
             "map_shape": list(self.maps[0].shape),
         }
         written.append(
-            _atomic(out / f"{stem}.json", lambda p: p.write_text(json.dumps(meta, indent=2)))
+            atomic_write(
+                out / f"{stem}.json", lambda f: f.write(json.dumps(meta, indent=2).encode())
+            )
         )
         return written
-
-
-def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
-
-
-def _atomic(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    tmp.replace(path)
-    return path
 
 
 def _jsonable(v: Any) -> Any:

@@ -8,8 +8,12 @@ model's ``preprocess`` resizes them); very large images are accepted up to ``MAX
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +21,22 @@ from PIL import Image, UnidentifiedImageError
 ImageLike = str | Path | Image.Image | np.ndarray
 
 MAX_PIXELS = 20_000 * 20_000
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` through ``write(binary_file)`` into a unique temporary file in the same
+    folder, then rename it into place: readers never see a half-written file, and a failed or
+    killed write leaves the previous file (and no temporary file on failure) behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class ImageError(ValueError):

@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pairlens.io import atomic_write
 from pairlens.metrics import HIGHER_IS_BETTER
 from pairlens.report.tables import GROUPS, Study, build_studies, pearson
 from pairlens.runner.store import read_tables
@@ -41,13 +42,8 @@ def _fmt(v: float) -> str:
 
 
 def _atomic_write(path: Path, data: bytes | str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    return atomic_write(path, lambda f: f.write(payload))
 
 
 # ------------------------------------------------------------------------------ tables

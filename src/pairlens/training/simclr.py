@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pairlens.io import atomic_write
 from pairlens.models.bundled import (
     ContrastiveNet,
     bundle_state,
@@ -301,16 +301,11 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_log_csv(path: Path, rows: list[dict[str, Any]]) -> None:
