@@ -14,15 +14,10 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from pairlens.metrics.faithfulness import minmax  # noqa: E402
+
 if TYPE_CHECKING:
     from pairlens.explanation import PairExplanation
-
-
-def normalize_map(m: Tensor) -> Tensor:
-    """Min-max normalise a map to [0, 1] (a constant map becomes all zeros)."""
-    m = m.detach().float()
-    lo, hi = m.min(), m.max()
-    return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
 
 
 def smooth_map(m: Tensor, sigma: float) -> Tensor:
@@ -49,7 +44,7 @@ def overlay(
     image01: Tensor, heatmap: Tensor, alpha: float = 0.5, cmap: str = "jet", smooth: float = 0.0
 ) -> Image.Image:
     """Blend a colour-mapped, min-max normalised ``heatmap`` (H, W) over ``image01`` (3, H, W)."""
-    m = normalize_map(smooth_map(heatmap, smooth)).cpu().numpy()
+    m = minmax(smooth_map(heatmap.detach(), smooth)[None])[0].cpu().numpy()
     colored = plt.get_cmap(cmap)(m)[..., :3]
     img = image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
     out = (1 - alpha) * img + alpha * colored

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pairlens.training.supcon import class_gradcam, explanation_masked, minmax_normalize
+from pairlens.metrics.faithfulness import minmax
+from pairlens.training.supcon import class_gradcam, explanation_masked
 
 DROP_FRACTIONS = (0.15, 0.30, 0.45)
 
@@ -100,7 +101,7 @@ def gradcam_infidelity(
         noise = (torch.randn(inp.shape, generator=g) * noise_std).to(inp.device, inp.dtype)
         return noise, inp - noise
 
-    attributions = minmax_normalize(maps).unsqueeze(1).expand_as(x).contiguous()
+    attributions = minmax(maps).unsqueeze(1).expand_as(x).contiguous()
     with torch.no_grad():
         out = infidelity(forward, perturb, x, attributions, target=target.tolist(),
                          n_perturb_samples=n_samples, normalize=True)

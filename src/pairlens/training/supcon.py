@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pairlens.metrics.faithfulness import minmax
 from pairlens.models.bundled import ContrastiveNet, bundle_state, get_architecture
 from pairlens.training import losses
 from pairlens.training.augment import AugmentConfig, SimCLRAugment
@@ -99,18 +100,9 @@ def class_gradcam(backbone: nn.Module, classifier: nn.Module, x: Tensor, target:
     return cam[:, 0]
 
 
-def minmax_normalize(maps: Tensor) -> Tensor:
-    """Per-image min-max normalisation of (B, H, W) maps to [0, 1]; constant maps become 0."""
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
-    return out.view_as(maps)
-
-
 def explanation_mask(maps: Tensor, threshold: float = 0.5) -> Tensor:
     """Boolean (B, H, W) keep-mask: min-max normalised map strictly above ``threshold``."""
-    return minmax_normalize(maps) > threshold
+    return minmax(maps) > threshold
 
 
 def mask_images(x: Tensor, keep: Tensor) -> Tensor:
