@@ -47,7 +47,8 @@ def _col(s: Tensor) -> Tensor:
     return s.view(-1, 1, 1, 1)
 
 
-def _gray(x: Tensor) -> Tensor:
+def luma(x: Tensor) -> Tensor:
+    """ITU-R 601 luma (N, 1, H, W) of RGB images (N, 3, H, W)."""
     r, g, b = x.unbind(1)
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
@@ -58,7 +59,7 @@ def blend(x: Tensor, y: Tensor, s: Tensor) -> Tensor:
 
 
 def grayscale(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
-    return blend(x, _gray(x).expand_as(x), s)
+    return blend(x, luma(x).expand_as(x), s)
 
 
 def horizontal_flip(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
@@ -69,9 +70,11 @@ def solarize(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     return torch.where(x > 1 - _col(s), 1 - x, x)
 
 
-def gaussian_blur(x: Tensor, s: Tensor, u: Tensor, kernel: int = 11) -> Tensor:
+def blur_per_image(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, image i with standard deviation
+    ``sigma[i]`` (> 0), an odd ``kernel`` and reflect padding; one grouped convolution per axis."""
     n, c, h, w = x.shape
-    sigma = s.clamp(min=1e-3).view(-1, 1)
+    sigma = sigma.view(-1, 1).to(x.device, x.dtype)
     r = torch.arange(kernel, device=x.device, dtype=x.dtype) - kernel // 2
     k = torch.exp(-(r**2) / (2 * sigma**2))
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n*c, kernel)
@@ -84,6 +87,10 @@ def gaussian_blur(x: Tensor, s: Tensor, u: Tensor, kernel: int = 11) -> Tensor:
         F.pad(y, (0, 0, pad, pad), mode="reflect"), k.view(n * c, 1, kernel, 1), groups=n * c
     )
     return y.view(n, c, h, w)
+
+
+def gaussian_blur(x: Tensor, s: Tensor, u: Tensor, kernel: int = 11) -> Tensor:
+    return blur_per_image(x, s.clamp(min=1e-3), kernel)
 
 
 def _hue_rotate(x: Tensor, turns: Tensor) -> Tensor:
@@ -100,9 +107,9 @@ def _hue_rotate(x: Tensor, turns: Tensor) -> Tensor:
 def color_jitter(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     d = 2 * u[:, :4] - 1  # fixed random direction per image in [-1, 1]^4
     x = (x * _col(1 + s * d[:, 0])).clamp(0, 1)
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+    mean = luma(x).mean(dim=(1, 2, 3), keepdim=True)
     x = ((x - mean) * _col(1 + s * d[:, 1]) + mean).clamp(0, 1)
-    g = _gray(x)
+    g = luma(x)
     x = ((x - g) * _col(1 + s * d[:, 2]) + g).clamp(0, 1)
     return _hue_rotate(x, s * d[:, 3] / 2).clamp(0, 1)
 

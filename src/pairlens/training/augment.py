@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LUMA = (0.299, 0.587, 0.114)
+from pairlens.methods.transforms import blur_per_image, luma
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class SimCLRAugment:
         v = _resized_crop(x, p, out_hw)
         v = _color_jitter(v, p, dev)
         gray = p.grayscale.to(dev).view(b, 1, 1, 1)
-        v = torch.where(gray, _to_gray(v).expand_as(v), v)
+        v = torch.where(gray, luma(v).expand_as(v), v)
         v = _blur(v, p, cfg.blur_sigma[1])
         return v.clamp(0.0, 1.0)
 
@@ -138,11 +138,6 @@ def _resized_crop(x: Tensor, p: _Params, out_hw: tuple[int, int]) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _to_gray(x: Tensor) -> Tensor:
-    w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
-
-
 # RGB <-> YIQ (NTSC) matrices
 _RGB2YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
@@ -159,9 +154,9 @@ def _color_jitter(x: Tensor, p: _Params, dev: torch.device) -> Tensor:
         return torch.where(p.jitter, f, one).to(dev, x.dtype).view(b, 1, 1, 1)
 
     y = (x * factor(p.brightness)).clamp(0, 1)
-    mean = _to_gray(y).mean(dim=(1, 2, 3), keepdim=True)
+    mean = luma(y).mean(dim=(1, 2, 3), keepdim=True)
     y = ((y - mean) * factor(p.contrast) + mean).clamp(0, 1)
-    gray = _to_gray(y)
+    gray = luma(y)
     y = ((y - gray) * factor(p.saturation) + gray).clamp(0, 1)
     # hue: rotate the chroma plane (I, Q) by 2*pi*hue; M = YIQ2RGB @ R @ RGB2YIQ per image
     angle = torch.where(p.jitter, p.hue, torch.zeros(b)).double() * 2 * math.pi
@@ -175,22 +170,12 @@ def _color_jitter(x: Tensor, p: _Params, dev: torch.device) -> Tensor:
 
 
 def _blur(x: Tensor, p: _Params, sigma_max: float) -> Tensor:
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     if not bool(p.blur.any()):
         return x
     radius = max(1, math.ceil(3 * sigma_max))
     radius = min(radius, (min(h, w) - 1) // 2)
     if radius < 1:
         return x
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    sigma = p.sigma.view(b, 1)
-    k = torch.exp(-(offsets.view(1, -1) ** 2) / (2 * sigma**2))
-    k = (k / k.sum(dim=1, keepdim=True)).to(x.device, x.dtype)  # (B, K)
-    k = k.repeat_interleave(c, dim=0)  # (B*C, K)
-    size = 2 * radius + 1
-    y = x.reshape(1, b * c, h, w)
-    y = F.pad(y, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(b * c, 1, 1, size), groups=b * c)
-    y = F.conv2d(y, k.view(b * c, 1, size, 1), groups=b * c)
-    y = y.view(b, c, h, w)
+    y = blur_per_image(x, p.sigma, 2 * radius + 1)
     return torch.where(p.blur.to(x.device).view(b, 1, 1, 1), y, x)
