@@ -104,7 +104,7 @@ def test_bad_files_give_one_line_error_and_nonzero_exit(tmp_path, capsys, kind):
 def test_no_traceback_from_the_installed_command(tmp_path):
     _, bad = bad_files(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-m", "pairlens.cli", "explain", str(bad["truncated"]),
+        [sys.executable, "-m", "pairlens", "explain", str(bad["truncated"]),
          str(bad["empty"])],
         capture_output=True, text=True,
     )

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pairlens import corpus_eval as CE
 from pairlens import targets
 from pairlens.cli import main
+from pairlens.corpus import evaluation as CE
 from pairlens.data import bundled
 
 

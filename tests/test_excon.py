@@ -42,15 +42,10 @@ def tiny_net(seed: int = 0) -> ContrastiveNet:
 
 
 def run_cli(argv: list[str]) -> int:
-    """``pairlens ARGV`` with the supervised train modes added (until training/cli wires them)."""
-    from pairlens import cli
-    from pairlens.training import cli as train_cli
-    from pairlens.training.excon_cli import add_modes
+    """``pairlens ARGV``."""
+    from pairlens.cli import main
 
-    parser = cli.build_parser()
-    add_modes(train_cli._train_sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return main(argv)
 
 
 def brute_force_eq3(z: torch.Tensor, labels: torch.Tensor, background: torch.Tensor,

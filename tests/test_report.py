@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pairlens.report import build_studies, parse_downstream, pearson, write_report
-from pairlens.runner.store import PairResult, ResultStore, read_tables
+from pairlens.study.store import PairResult, ResultStore, read_tables
 
 METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from pairlens.models.similarity import SimilarityModel
-from pairlens.runner import PairSet, ResultStore, parse_methods, parse_metrics
-from pairlens.runner.store import PairResult
+from pairlens.study import PairSet, ResultStore, parse_methods, parse_metrics
+from pairlens.study.store import PairResult
 
 TOY_SCRIPT = '''
 """A registered toy model (random seeded weights, 32 px) and the pairlens CLI."""

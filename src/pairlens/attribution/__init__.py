@@ -1,8 +1,8 @@
 """Attribution methods on any scalar target: ``pairlens.attribute(target, x, method=...)``.
 
 Seed 002 (COCOA) §3.2: a feature attribution method explains a scalar explanation target; the
-targets of :mod:`pairlens.targets` (label-free, contrastive label-free, corpus, COCOA, CLIP text
-corpora) work with every method here, and so does any callable (N, 3, H, W) -> (N,).
+targets of :mod:`pairlens.corpus.targets` (label-free, contrastive label-free, corpus, COCOA,
+CLIP text corpora) work with every method here, and so does any callable (N, 3, H, W) -> (N,).
 
 ==========================  =============================================================
 method                      parameters (defaults follow the paper, Appendix H.3)

@@ -8,7 +8,8 @@ s_n = target(x * M_n + b * (1 - M_n)):
     uncertainty(p) = sum_n M_n(p) (s_n - importance(p))^2 / sum_n M_n(p)   (weighted variance)
 
 which is what the reference implementation's running (Welford) estimator converges to, with the
-variance divided by the total weight. With :class:`pairlens.targets.LabelFree` (cosine) as the
+variance divided by the total weight. With :class:`pairlens.corpus.targets.LabelFree` (cosine) as
+the
 target this is RELAX itself; with a corpus target it is "RELAX for COCOA". RELAX's own choices are
 3000 masks on a 7 x 7 grid with p_keep 0.5 and a zero baseline; PairLens defaults to the same
 masks and, like its other methods, the blurred explicand as baseline (``baseline=0`` for RELAX's).

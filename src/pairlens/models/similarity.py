@@ -14,7 +14,7 @@ read module internals themselves. Conventions (DESIGN.md, "Exact conventions"):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +31,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COSINE_EPS = 1e-8
 
 
+SimilarityFn = Callable[[Tensor, Tensor], Tensor]
+
+
 class NonFiniteError(ValueError):
     """Raised when an input or an embedding holds NaN or infinite values."""
 
@@ -38,6 +41,35 @@ class NonFiniteError(ValueError):
 def cosine(z1: Tensor, z2: Tensor) -> Tensor:
     """Row-wise cosine similarity of two (B, D) tensors; a zero row gives 0, never NaN."""
     return F.cosine_similarity(z1, z2, dim=-1, eps=COSINE_EPS)
+
+
+def dot(z1: Tensor, z2: Tensor) -> Tensor:
+    """Row-wise dot product of two (B, D) tensors."""
+    return (z1 * z2).sum(dim=-1)
+
+
+def neg_l2(z1: Tensor, z2: Tensor) -> Tensor:
+    """Row-wise negative Euclidean distance -||z1 - z2||_2 of two (B, D) tensors (metric learning,
+    face verification). Its gradient at z1 == z2 is taken as 0."""
+    d = z1 - z2
+    return -torch.sqrt((d * d).sum(dim=-1) + 1e-12)
+
+
+SIMILARITIES: dict[str, SimilarityFn] = {"cosine": cosine, "dot": dot, "neg-l2": neg_l2}
+
+
+def resolve_similarity(similarity: str | SimilarityFn) -> tuple[str, SimilarityFn]:
+    """A similarity name or callable to ``(name, fn)``; ``fn(z1, z2)`` maps two (B, D) embeddings
+    to (B,) scores."""
+    if callable(similarity):
+        return getattr(similarity, "__name__", "custom"), similarity
+    key = str(similarity).strip().lower().replace("_", "-")
+    if key not in SIMILARITIES:
+        raise ValueError(
+            f"unknown similarity {similarity!r}; use one of {', '.join(SIMILARITIES)} "
+            "or a callable (z1, z2) -> (B,)"
+        )
+    return key, SIMILARITIES[key]
 
 
 def check_finite(t: Tensor, what: str) -> Tensor:
@@ -89,6 +121,9 @@ class SimilarityModel(nn.Module):
             the ImageNet 256 -> 224 convention; 1.0 keeps as much of the image as fits).
         patch_size: ViT patch size; inferred from a ``patch_size`` attribute when omitted.
         name: a short name used in figures and saved metadata.
+        similarity: how two embeddings are compared: ``"cosine"`` (default, the papers'),
+            ``"dot"``, ``"neg-l2"`` (-||z1 - z2||) or a callable ``(z1, z2) -> (B,)``. Use
+            :meth:`embedding_similarity` wherever two embeddings are compared.
     """
 
     def __init__(
@@ -102,6 +137,7 @@ class SimilarityModel(nn.Module):
         crop_fraction: float = 0.875,
         patch_size: int | None = None,
         name: str = "custom",
+        similarity: str | SimilarityFn = "cosine",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -117,6 +153,7 @@ class SimilarityModel(nn.Module):
         self.crop_fraction = crop_fraction
         self.patch_size = patch_size or _find_patch_size(encoder)
         self.name = name
+        self.similarity_name, self._similarity_fn = resolve_similarity(similarity)
         self.classifier: nn.Module | None = None  # optional (B, D) -> logits probe
         self.eval()
 
@@ -178,9 +215,13 @@ class SimilarityModel(nn.Module):
         """Embedding (B, D) whose cosine is the similarity. Keeps autograd if enabled."""
         return self.head(pool_features(self.encoder(x)))
 
+    def embedding_similarity(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """The model's similarity (B,) of two (B, D) embeddings (cosine unless configured)."""
+        return self._similarity_fn(z1, z2)
+
     def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """Cosine similarity (B,) of the embeddings of two batches of images."""
-        return cosine(self.embed(x1), self.embed(x2))
+        """The model's similarity (B,) of the embeddings of two batches of images."""
+        return self.embedding_similarity(self.embed(x1), self.embed(x2))
 
     @torch.no_grad()
     def embed_batched(self, x: Tensor, batch_size: int = 64) -> Tensor:
@@ -251,6 +292,7 @@ class SimilarityModel(nn.Module):
             "mean": [round(v, 6) for v in self.mean.flatten().tolist()],
             "std": [round(v, 6) for v in self.std.flatten().tolist()],
             "feature_layer": self.feature_layer,
+            "similarity": self.similarity_name,
         }
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from pairlens.io import atomic_write
 from pairlens.metrics import HIGHER_IS_BETTER
 from pairlens.report.tables import GROUPS, Study, build_studies, pearson
-from pairlens.runner.store import read_tables
+from pairlens.study.store import read_tables
 
 FORMATS = ("md", "csv", "html")
 
@@ -230,7 +230,7 @@ def write_report(
     if bad:
         raise ValueError(f"unknown report format {', '.join(bad)}; choose from md, csv, html")
     stores = list(stores)
-    from pairlens import corpus_eval
+    from pairlens.corpus import evaluation as corpus_eval
 
     pair_stores = [
         db for db in stores if not corpus_eval.has_corpus_results(db) or _has_results(db)
@@ -307,7 +307,7 @@ def _has_results(db: str | Path) -> bool:
 
 def _corpus_markdown(stores: Sequence[str | Path]) -> str:
     """The COCOA tables of every store that holds corpus results (seed 002, §4.1)."""
-    from pairlens import corpus_eval
+    from pairlens.corpus import evaluation as corpus_eval
 
     parts = [
         corpus_eval.report_markdown(corpus_eval.load_results(db))

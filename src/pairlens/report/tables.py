@@ -78,7 +78,7 @@ class Study:
 
 
 def build_studies(tables: dict[str, list[tuple]]) -> list[Study]:
-    """Group stored rows (from :func:`pairlens.runner.store.read_tables`) into studies."""
+    """Group stored rows (from :func:`pairlens.study.store.read_tables`) into studies."""
     labels: dict[tuple, str] = {}
     order: dict[tuple[str, str], list[str]] = defaultdict(list)
     seconds: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)

@@ -77,8 +77,8 @@ def run_excon_study(config: StudyConfig, report_only: bool = False) -> str:
 
 
 def _load(config: StudyConfig) -> dict[str, Any]:
+    from pairlens.cli.excon import load_labelled_data
     from pairlens.models.bundled import get_architecture
-    from pairlens.training.excon_cli import load_labelled_data
 
     size = round(get_architecture(config.arch).input_size[0] / 0.7)
     return {split: load_labelled_data(config.data, split, config.data_seed, size)

@@ -15,13 +15,13 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "pairlens.commands.explain",  # explain, methods
-    "pairlens.commands.models",  # models, models info, download
-    "pairlens.training.cli",  # train
-    "pairlens.training.excon_cli",  # eval-classifier, study
-    "pairlens.runner.cli",  # evaluate, report
-    "pairlens.corpus_cli",  # corpus
-    "pairlens.demo.cli",  # demo
+    "pairlens.cli.explain",  # explain, methods
+    "pairlens.cli.models",  # models, models info, download
+    "pairlens.cli.train",  # train
+    "pairlens.cli.excon",  # eval-classifier, study
+    "pairlens.cli.evaluate",  # evaluate, report
+    "pairlens.cli.corpus",  # corpus
+    "pairlens.cli.demo",  # demo
 )
 
 

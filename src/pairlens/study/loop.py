@@ -20,8 +20,8 @@ import torch
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.metrics import ALL_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
-from pairlens.runner.pairs import PairSet
-from pairlens.runner.store import PairResult, ResultStore, canonical_params
+from pairlens.study.pairs import PairSet
+from pairlens.study.store import PairResult, ResultStore, canonical_params
 
 EXCLUDED_FAMILIES = ("corpus",)
 
@@ -64,7 +64,7 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
     ``--param method.key=value`` sets ``key`` for every variant of ``method``; a value given inside
     brackets wins. Values are Python literals (``true``/``false``/``none`` accepted).
     """
-    from pairlens.commands.explain import parse_params
+    from pairlens.cli.explain import parse_params
 
     items, depth, cur = [], 0, ""
     for ch in text:

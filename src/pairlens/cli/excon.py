@@ -1,7 +1,7 @@
 """CLI of the supervised contrastive modes (issue 5, seed 003).
 
 * :func:`add_modes` adds ``supcon``, ``supcon-ori``, ``excon`` and ``exconb`` to ``pairlens train``
-  (the sub-parsers of :mod:`pairlens.training.cli`, reusing its common arguments);
+  (the sub-parsers of :mod:`pairlens.cli.train`, reusing its common arguments);
 * :func:`add_parser` registers ``pairlens eval-classifier CHECKPOINT --data ...`` and
   ``pairlens study excon ...`` (:mod:`pairlens.training.study`).
 
@@ -79,7 +79,7 @@ def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int
         from pairlens.data.cluttered import cluttered_digits
 
         return cluttered_digits(split, seed=data_seed)
-    from pairlens.training.cli import load_training_data
+    from pairlens.cli.train import load_training_data
 
     if data == "photos" or not Path(data).expanduser().is_dir():
         raise ValueError(f"{data}: not digits, cluttered-digits or a directory of class "
@@ -113,7 +113,7 @@ def default_arch(data: str) -> str:
 # ---------------------------------------------------------------------- pairlens train MODE
 def add_modes(train_sub: argparse._SubParsersAction) -> None:
     """Add the supervised modes to the ``pairlens train`` sub-parsers ``train_sub``."""
-    from pairlens.training.cli import add_common_arguments
+    from pairlens.cli.train import add_common_arguments
 
     existing = set(train_sub.choices)
     for name, (help_text, description) in SUPERVISED_MODES.items():

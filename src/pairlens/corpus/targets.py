@@ -345,7 +345,7 @@ CAPTION_TEMPLATE = "This is a photo of a {}"  # §4.3
 
 def cifar100_classes() -> list[str]:
     """The 100 CIFAR-100 class names (shipped with PairLens; no dataset download)."""
-    path = Path(__file__).parent / "data" / "cifar100_classes.txt"
+    path = Path(__file__).parents[1] / "data" / "cifar100_classes.txt"
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(names) != 100:
         raise RuntimeError(f"{path}: expected 100 class names, found {len(names)}")

@@ -2,8 +2,9 @@
 
 Protocol (following the paper and its reference code):
 
-* **Targets**: label-free, contrastive label-free, corpus and COCOA (:mod:`pairlens.targets`),
-  cosine similarity by default; **methods**: Integrated Gradients (50 steps), GradientSHAP
+* **Targets**: label-free, contrastive label-free, corpus and COCOA
+  (:mod:`pairlens.corpus.targets`), cosine similarity by default; **methods**: Integrated
+  Gradients (50 steps), GradientSHAP
   (50 samples, sd 0.2), RISE (5000 masks, 4 x 4 grid for 32 px inputs, else 7 x 7, p 0.5), all
   with the blurred explicand (kernel 21, sigma 5) as baseline, plus random attributions
   (standard normal noise) as the benchmark. Attributions are averaged over channels.
@@ -49,8 +50,7 @@ from torch import Tensor
 from pairlens.attribution import attribute
 from pairlens.attribution.baselines import blur
 from pairlens.attribution.rise import rise_maps
-from pairlens.models.similarity import pool_features
-from pairlens.targets import (
+from pairlens.corpus.targets import (
     ContrastiveCorpus,
     ContrastiveLabelFree,
     Corpus,
@@ -59,6 +59,7 @@ from pairlens.targets import (
     embed_images,
     foil_size,
 )
+from pairlens.models.similarity import pool_features
 
 TARGET_NAMES = ("label-free", "contrastive-label-free", "corpus", "cocoa")
 TARGET_LABELS = {

@@ -140,8 +140,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_corpus(args: argparse.Namespace) -> int:
     import torch
 
-    from pairlens import targets as T
     from pairlens.attribution import attribute
+    from pairlens.corpus import targets as T
     from pairlens.models.similarity import resolve_device
 
     device = str(resolve_device(args.device))
@@ -232,7 +232,7 @@ def run_corpus(args: argparse.Namespace) -> int:
 
 
 def _foil(model: Any, args: argparse.Namespace) -> Any:
-    from pairlens import targets as T
+    from pairlens.corpus import targets as T
 
     if args.foil:
         return args.foil
@@ -311,7 +311,7 @@ def _save(
 
 # ----------------------------------------------------------------------------- corpus-eval
 def run_corpus_eval_cli(args: argparse.Namespace) -> int:
-    from pairlens import corpus_eval as CE
+    from pairlens.corpus import evaluation as CE
 
     if args.report:
         records = CE.load_results(args.db, args.run_id)
@@ -358,7 +358,7 @@ def run_corpus_eval_cli(args: argparse.Namespace) -> int:
 
 
 def _print_tables(records: list[dict[str, Any]], out: str | None) -> None:
-    from pairlens import corpus_eval as CE
+    from pairlens.corpus import evaluation as CE
 
     report = CE.report_markdown(records)
     print(report)

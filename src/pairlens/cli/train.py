@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "folder with one sub-folder per class) a k-NN validation accuracy is logged every epoch "
         "and a linear probe on the backbone features is fitted at the end and stored in model.pt.",
     )
-    from pairlens.training.excon_cli import add_modes  # supcon, supcon-ori, excon, exconb
+    from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
 
     add_modes(_train_sub)
 
@@ -58,7 +58,7 @@ def add_mode(
 ) -> argparse.ArgumentParser:
     """Add ``pairlens train NAME`` with the common arguments; returns its parser."""
     if _train_sub is None:
-        raise RuntimeError("pairlens.training.cli.add_parser must run first")
+        raise RuntimeError("pairlens.cli.train.add_parser must run first")
     p = _train_sub.add_parser(
         name, help=help, description=description, epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,

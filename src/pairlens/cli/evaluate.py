@@ -86,10 +86,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from pairlens.commands.explain import load_cli_model
-    from pairlens.runner.loop import Shard, parse_methods, parse_metrics, run_evaluation
-    from pairlens.runner.pairs import PairSet
-    from pairlens.runner.store import ResultStore
+    from pairlens.cli.explain import load_cli_model
+    from pairlens.study.loop import Shard, parse_methods, parse_metrics, run_evaluation
+    from pairlens.study.pairs import PairSet
+    from pairlens.study.store import ResultStore
 
     if args.threads:
         torch.set_num_threads(args.threads)
