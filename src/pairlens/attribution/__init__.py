@@ -183,12 +183,31 @@ def _one(target: Any, i: int, per_explicand: bool) -> Any:
     return target.select(i) if per_explicand else target
 
 
+_METHOD_FNS: dict[str, Callable] = {
+    "integrated-gradients": integrated_gradients,
+    "gradient-shap": gradient_shap,
+    "rise": rise_maps,
+    "relax": relax_maps,
+    "random": lambda: None,
+}
+
+
+def _param_defaults(fn: Callable) -> dict[str, Any]:
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.name not in ("target", "score_fn", "x", "baseline", "generator")
+    }
+
+
+def attribution_params() -> dict[str, dict[str, Any]]:
+    """Each attribution method's keyword parameters with their defaults (as ``pairlens
+    methods`` shows for pair methods)."""
+    return {name: _param_defaults(fn) for name, fn in _METHOD_FNS.items()}
+
+
 def _check_params(fn: Callable, params: dict[str, Any], name: str) -> None:
-    allowed = [
-        p
-        for p in inspect.signature(fn).parameters
-        if p not in ("target", "score_fn", "x", "baseline", "generator")
-    ]
+    allowed = list(_param_defaults(fn))
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(
@@ -229,6 +248,7 @@ __all__ = [
     "ATTRIBUTION_METHODS",
     "attribute",
     "attribution_methods",
+    "attribution_params",
     "blur",
     "default_grid",
     "gradient_shap",

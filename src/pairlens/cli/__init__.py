@@ -1,9 +1,14 @@
 """The ``pairlens`` command line.
 
-Each subsystem contributes its sub-commands through a function ``add_parser(subparsers)`` in the
-module listed in :data:`COMMAND_MODULES`; it registers its parsers and sets ``func`` (called with
-the parsed arguments, returning an exit code). Errors reach the user as one line, never a traceback
-(set ``PAIRLENS_DEBUG=1`` to see the traceback).
+Each command module listed in :data:`COMMAND_MODULES` has a function ``add_parser(subparsers)``
+that registers its parsers, built from the shared option groups of :mod:`pairlens.cli.options`,
+and sets ``func`` (called with the parsed arguments, returning an exit code). Command modules
+import nothing heavy at module level: torch is imported inside ``func`` only, so ``--help`` is
+fast.
+
+Exit codes: 0 success, 1 runtime error, 2 usage error (a bad command line), 130 interrupted
+(Ctrl-C), 141 closed output pipe (``pairlens methods | head``: silent, like other Unix tools).
+Errors reach the user as one line, never a traceback (``PAIRLENS_DEBUG=1`` shows it).
 """
 
 from __future__ import annotations
@@ -23,10 +28,6 @@ COMMAND_MODULES = (
     "pairlens.cli.corpus",  # corpus
     "pairlens.cli.demo",  # demo
 )
-
-
-class CLIError(Exception):
-    """An error whose message is shown to the CLI user as is."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,23 +58,50 @@ def _version() -> str:
     return f"pairlens {__version__}"
 
 
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    """Run ``pairlens ARGS``; returns the exit code (argparse exits with 2 on a bad command line
+    and 0 after ``--help``)."""
+    from pairlens.cli.options import UsageError
+
     try:
-        return int(args.func(args) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_OK
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
+    except UsageError as err:
+        return _error(err, EXIT_USAGE)
     except KeyboardInterrupt:
         print("pairlens: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
     except Exception as err:  # noqa: BLE001 - the CLI promises one line, not a traceback
-        if os.environ.get("PAIRLENS_DEBUG"):
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"pairlens: error: {message}", file=sys.stderr)
-        return 2
+        return _error(err, EXIT_RUNTIME)
+
+
+def _error(err: BaseException, code: int) -> int:
+    if os.environ.get("PAIRLENS_DEBUG"):
+        raise err
+    message = " ".join(str(err).split()) or type(err).__name__
+    print(f"pairlens: error: {message}", file=sys.stderr)
+    return code
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the final flush at exit stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass  # stdout is not a real file (captured in tests)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.metrics import ALL_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
+from pairlens.params import parse_method_list
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
 
@@ -57,62 +58,17 @@ def _show(v: Any) -> str:
 
 
 def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
-    """Parse ``--methods`` and ``--param method.key=value`` into method variants.
+    """Parse ``--methods`` and ``--param [method.]key=value`` into method variants.
 
     ``text`` is ``all`` (every registered pair method) or comma-separated items ``name`` or
-    ``name[key=value;key=value]`` (a variant; ``,`` also separates parameters inside brackets).
-    ``--param method.key=value`` sets ``key`` for every variant of ``method``; a value given inside
-    brackets wins. Values are Python literals (``true``/``false``/``none`` accepted).
+    ``name[key=value;key=value]`` (a variant); see :mod:`pairlens.params` for the syntax. A value
+    given inside brackets wins over ``--param``. Raises ValueError on unknown names.
     """
-    from pairlens.cli.explain import parse_params
-
-    items, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            items.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    items.append(cur)
-    items = [i.strip() for i in items if i.strip()]
-    specs: list[tuple[str, dict[str, Any]]] = []
-    for item in items:
-        if item.lower() == "all":
-            specs += [(info.name, {}) for info in method_infos()
-                      if info.family not in EXCLUDED_FAMILIES]
-            continue
-        name, _, rest = item.partition("[")
-        given = {}
-        if rest:
-            if not rest.endswith("]"):
-                raise ValueError(f"--methods: unbalanced brackets in {item!r}")
-            given = parse_params([p for p in rest[:-1].replace(";", ",").split(",") if p])
-        specs.append((get_method(name.strip()).name, given))
-    by_method: dict[str, dict[str, Any]] = {}
-    for item in overrides:
-        if "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--param expects METHOD.KEY=VALUE, got {item!r}")
-        method, _, kv = item.partition(".")
-        name = get_method(method).name
-        by_method.setdefault(name, {}).update(parse_params([kv]))
-    out: list[MethodSpec] = []
-    for name, given in specs:
-        params = {**by_method.get(name, {}), **given}
-        unknown = sorted(set(params) - set(get_method(name).params))
-        if unknown:
-            raise ValueError(f"method {name!r} has no parameter {', '.join(unknown)}; its "
-                             f"parameters: {', '.join(get_method(name).params) or '(none)'}")
-        spec = MethodSpec(name, params)
-        if spec not in out:
-            out.append(spec)
-    unused = sorted(set(by_method) - {s.name for s in out})
-    if unused:
-        raise ValueError(f"--param given for {', '.join(unused)}, which is not in --methods")
-    if not out:
-        raise ValueError("--methods selects no method")
-    return out
+    known = {info.name: info.params for info in method_infos()}
+    everything = [info.name for info in method_infos() if info.family not in EXCLUDED_FAMILIES]
+    variants = parse_method_list(text, known, overrides, resolve=lambda n: get_method(n).name,
+                                 all_names=everything)
+    return [MethodSpec(name, given) for name, given in variants]
 
 
 def parse_metrics(text: str) -> list[str]:
