@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -45,35 +46,84 @@ class PairExplanation:
     def __len__(self) -> int:
         return int(self.score.shape[0])
 
+    def __repr__(self) -> str:
+        shape = "x".join(str(d) for d in self.maps[0].shape[1:])
+        scores = ", ".join(f"{float(v):.3f}" for v in self.score[:4].detach().cpu())
+        more = ", ..." if len(self) > 4 else ""
+        return (f"PairExplanation(method={self.method!r}, pairs={len(self)}, maps={shape}, "
+                f"score=[{scores}{more}], model={self.model.get('name', '?')!r})")
+
+    def select(self, index: int) -> PairExplanation:
+        """The explanation of pair ``index`` alone (a batch of one)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"pair {index} of an explanation of {len(self)} pairs")
+        one = slice(index, index + 1) if index >= 0 else slice(index, index + 1 or None)
+        return dataclasses.replace(
+            self,
+            maps=(self.maps[0][one], self.maps[1][one]),
+            score=self.score[one],
+            images=None if self.images is None else (self.images[0][one], self.images[1][one]),
+        )
+
     def overlay(
-        self, index: int = 0, alpha: float = 0.5, cmap: str = "jet", smooth: float = 0.0
+        self, index: int = 0, alpha: float = 0.5, cmap: str = "jet", smooth: float = 0.0,
+        clip: float = 99.0,
     ) -> tuple[Any, Any]:
         """PIL images of the two maps of pair ``index`` over their images.
 
-        ``smooth`` is the sigma (in pixels) of a Gaussian blur applied for display only.
+        For display only: ``smooth`` is the sigma (pixels) of a Gaussian blur, and values above
+        the ``clip`` percentile of each map are clipped before min-max normalisation
+        (:func:`pairlens.viz.display_map`).
         """
         from pairlens.viz import overlay
 
         if self.images is None:
             raise ValueError("this explanation carries no images to overlay on")
         return tuple(
-            overlay(img[index], m[index], alpha=alpha, cmap=cmap, smooth=smooth)
+            overlay(img[index], m[index], alpha=alpha, cmap=cmap, smooth=smooth, clip=clip)
             for img, m in zip(self.images, self.maps, strict=True)
         )
 
-    def figure(self, index: int = 0, smooth: float = 0.0):
-        """Matplotlib figure: both images with their maps, the score and the method name."""
+    def figure(self, index: int = 0, smooth: float = 0.0, clip: float = 99.0):
+        """Matplotlib figure of pair ``index``: both images, their overlays with a colour bar,
+        the similarity, the method and its parameters (:func:`pairlens.viz.pair_figure`)."""
         from pairlens.viz import pair_figure
 
-        return pair_figure(self, index=index, smooth=smooth)
+        return pair_figure(self, index=index, smooth=smooth, clip=clip)
 
-    def save(self, out_dir: str | Path, stem: str | None = None, smooth: float = 0.0) -> list[Path]:
-        """Write a PNG figure per pair, the raw maps (.npz) and JSON metadata into ``out_dir``.
+    def _repr_png_(self) -> bytes | None:
+        """Notebook display: the figure of the first pair as PNG."""
+        if self.images is None:
+            return None
+        from pairlens.viz import figure_png
+
+        return figure_png(self.figure(0))
+
+    def _repr_html_(self) -> str:
+        """Notebook display: the figures of the first pairs (at most four) and a summary line."""
+        import base64
+        import html
+
+        parts = [f"<p><code>{html.escape(repr(self))}</code></p>"]
+        if self.images is not None:
+            from pairlens.viz import figure_png
+
+            for i in range(min(len(self), 4)):
+                data = base64.b64encode(figure_png(self.figure(i))).decode()
+                parts.append(f'<img src="data:image/png;base64,{data}" '
+                             f'alt="{html.escape(self.method)} pair {i}"/>')
+        return "\n".join(parts)
+
+    def save(
+        self, out_dir: str | Path, stem: str | None = None, smooth: float = 0.0, clip: float = 99.0
+    ) -> list[Path]:
+        """Write a PNG figure per pair (``smooth`` / ``clip`` as in :meth:`overlay`), the raw
+        maps (.npz, unaltered) and JSON metadata into ``out_dir``.
 
         Files are written to a temporary name and renamed, so an interrupted save never leaves a
         half-written file under the final name. Returns the paths written.
         """
-        import matplotlib.pyplot as plt
+        from pairlens.viz import DPI
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -81,13 +131,12 @@ class PairExplanation:
         written: list[Path] = []
         if self.images is not None:
             for i in range(len(self)):
-                fig = self.figure(i, smooth=smooth)
+                fig = self.figure(i, smooth=smooth, clip=clip)
                 suffix = "" if len(self) == 1 else f"_{i}"
                 png = out / f"{stem}{suffix}.png"
                 written.append(
-                    atomic_write(png, lambda f, fig=fig: fig.savefig(f, dpi=120, format="png"))
+                    atomic_write(png, lambda f, fig=fig: fig.savefig(f, dpi=DPI, format="png"))
                 )
-                plt.close(fig)
         arrays = {
             "map1": self.maps[0].detach().cpu().numpy().astype(np.float32),
             "map2": self.maps[1].detach().cpu().numpy().astype(np.float32),

@@ -31,6 +31,20 @@ def parse_value(raw: str) -> Any:
         return text
 
 
+def format_value(value: Any) -> str:
+    """A parameter value as typed on the command line: ``true``, ``0.1,0.3``, ``max``; ``None``
+    (a default chosen from the input) is shown as ``auto``."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(format_value(v) for v in value)
+    return str(value)
+
+
 def parse_assignment(item: str, allow_method: bool = True) -> tuple[str | None, str, Any]:
     """``"[method.]key=value"`` to ``(method or None, key, value)``; dashes in ``key`` become
     underscores. Raises ValueError naming the expected form."""

@@ -1,37 +1,61 @@
-"""Pictures of explanations: map overlays and side-by-side pair figures."""
+"""Pictures of explanations: map overlays, the pair figure and the all-methods grid.
+
+Display conventions (for display only; saved ``.npz`` maps are never altered):
+
+* each map is optionally smoothed (``smooth``: Gaussian sigma in pixels), then values above its
+  ``clip`` percentile (default :data:`DISPLAY_CLIP` = 99) are clipped, then it is min-max
+  normalised to [0, 1] on its own. The clip keeps a handful of extreme pixels (typical of
+  gradient saliency maps) from compressing everything else into the bottom colour;
+  ``clip=100`` shows the plain min-max normalised map;
+* every figure carries a colour bar labelled :data:`COLORBAR_LABEL`.
+
+Figures are :class:`matplotlib.figure.Figure` objects built without pyplot, so importing or using
+this module never changes the matplotlib backend (notebooks keep theirs) and needs no display.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import textwrap
+from collections.abc import Sequence
+from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
 
-matplotlib.use("Agg")  # headless by default; figures are saved, not shown
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import Tensor  # noqa: E402
+from pairlens.metrics.faithfulness import minmax
+from pairlens.params import format_value
 
-from pairlens.metrics.faithfulness import minmax  # noqa: E402
-
-if TYPE_CHECKING:
-    from pairlens.explanation import PairExplanation
+COLORBAR_LABEL = "importance (min-max normalised per image)"
+#: percentile above which map values are clipped for display
+DISPLAY_CLIP = 99.0
+#: resolution figures are saved at; panels are sized to be readable at 100 % zoom
+DPI = 100
+_PANEL = 1.9  # inches per image panel
 
 
 def smooth_map(m: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur of an (H, W) map with standard deviation ``sigma`` pixels (display only)."""
+    """Gaussian blur of an (H, W) map with standard deviation ``sigma`` pixels (display only;
+    torchvision's ``gaussian_blur``, kernel ``2 * ceil(3 sigma) + 1``, reflect padding)."""
     if sigma <= 0:
         return m
-    radius = max(1, int(3 * sigma))
-    r = torch.arange(-radius, radius + 1, dtype=torch.float32, device=m.device)
-    k = torch.exp(-(r**2) / (2 * sigma**2))
-    k = k / k.sum()
-    x = m.float()[None, None]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    return x[0, 0]
+    from torchvision.transforms.functional import gaussian_blur
+
+    k = 2 * int(np.ceil(3 * sigma)) + 1
+    k = min(k, 2 * min(m.shape[-2:]) - 1)  # reflect padding needs pad < side
+    return gaussian_blur(m.float()[None, None], [k, k], [float(sigma)] * 2)[0, 0]
+
+
+def display_map(heatmap: Tensor, smooth: float = 0.0, clip: float = DISPLAY_CLIP) -> np.ndarray:
+    """An (H, W) map as shown: smoothed, clipped at its ``clip`` percentile, min-max normalised
+    to [0, 1] (float32 array). A constant map becomes all zeros."""
+    if not 0 < clip <= 100:
+        raise ValueError(f"clip must be a percentile in (0, 100], got {clip}")
+    m = smooth_map(heatmap.detach().float().cpu(), smooth)
+    if clip < 100:
+        m = m.clamp(max=float(torch.quantile(m.flatten(), clip / 100)))
+    return minmax(m[None])[0].numpy().astype(np.float32)
 
 
 def to_pil(image01: Tensor) -> Image.Image:
@@ -41,64 +65,164 @@ def to_pil(image01: Tensor) -> Image.Image:
 
 
 def overlay(
-    image01: Tensor, heatmap: Tensor, alpha: float = 0.5, cmap: str = "jet", smooth: float = 0.0
+    image01: Tensor,
+    heatmap: Tensor,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+    smooth: float = 0.0,
+    clip: float = DISPLAY_CLIP,
 ) -> Image.Image:
-    """Blend a colour-mapped, min-max normalised ``heatmap`` (H, W) over ``image01`` (3, H, W)."""
-    m = minmax(smooth_map(heatmap.detach(), smooth)[None])[0].cpu().numpy()
-    colored = plt.get_cmap(cmap)(m)[..., :3]
+    """Blend the colour-mapped display map (:func:`display_map`) of ``heatmap`` (H, W) over
+    ``image01`` (3, H, W, values in [0, 1]); ``alpha`` is the weight of the colours."""
+    import matplotlib
+
+    m = display_map(heatmap, smooth, clip)
+    colored = matplotlib.colormaps[cmap](m)[..., :3]
     img = image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
     out = (1 - alpha) * img + alpha * colored
     return Image.fromarray((out * 255).round().astype(np.uint8))
 
 
-def pair_figure(exp: PairExplanation, index: int = 0, smooth: float = 0.0):
-    """Figure with the two images on top and their overlays below, titled with method and score."""
-    assert exp.images is not None
-    fig, axes = plt.subplots(2, 2, figsize=(6.4, 6.6))
+def add_colorbar(fig: Any, axes: Any, cmap: str = "jet", orientation: str = "vertical") -> Any:
+    """A colour bar for maps in [0, 1] beside ``axes``, labelled :data:`COLORBAR_LABEL`."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    mappable = ScalarMappable(Normalize(0.0, 1.0), matplotlib.colormaps[cmap])
+    bar = fig.colorbar(mappable, ax=axes, orientation=orientation, fraction=0.05, shrink=0.9,
+                       aspect=25)
+    bar.set_label(COLORBAR_LABEL, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return bar
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _image_axes(ax: Any) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+def pair_figure(exp: Any, index: int = 0, smooth: float = 0.0, clip: float = DISPLAY_CLIP) -> Any:
+    """Pair ``index`` of a :class:`~pairlens.PairExplanation`: the two images on top, their
+    overlays below, a colour bar, and a title with method, similarity, model and parameters."""
+    if exp.images is None:
+        raise ValueError("this explanation carries no images to draw")
+    fig = _figure(2 * _PANEL + 1.0, 2 * _PANEL + 1.0)
+    axes = fig.subplots(2, 2, squeeze=False)
     for col in range(2):
         axes[0, col].imshow(to_pil(exp.images[col][index]))
-        axes[1, col].imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
-        axes[0, col].set_title(_source_title(exp, col), fontsize=9)
+        axes[0, col].set_title(source_name(exp, col), fontsize=8)
+        axes[1, col].imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth,
+                                    clip=clip))
     for ax in axes.flat:
-        ax.axis("off")
-    params = ", ".join(
-        f"{k}={v}" for k, v in exp.params.items() if k not in ("batch_size",) and v is not None
-    )
-    fig.suptitle(
-        f"{exp.method}  ·  similarity {float(exp.score[index]):.3f}\n"
-        f"{exp.model.get('name', '')}  {params}",
-        fontsize=9,
-    )
-    fig.tight_layout()
+        _image_axes(ax)
+    add_colorbar(fig, axes[1, :], orientation="horizontal")
+    params = ", ".join(f"{k}={format_value(v)}" for k, v in exp.params.items() if k != "batch_size")
+    title = f"{exp.method} · similarity {float(exp.score[index]):.3f} · {exp.model.get('name', '')}"
+    fig.suptitle("\n".join([title, *textwrap.wrap(params, 62)]), fontsize=8)
     return fig
 
 
-def _source_title(exp: PairExplanation, col: int) -> str:
+def grid_figure(
+    explanations: Sequence[Any],
+    index: int = 0,
+    smooth: float = 0.0,
+    clip: float = DISPLAY_CLIP,
+    blocks: int | None = None,
+) -> Any:
+    """Several methods on the same pair: one row per method, its name as the row header, the
+    overlays on image 1 and image 2 side by side; the first row shows the images. More than
+    four methods are laid out in two blocks of rows side by side (Fig. 12 style)."""
+    if not explanations:
+        raise ValueError("grid_figure needs at least one explanation")
+    first = explanations[0]
+    if first.images is None:
+        raise ValueError("these explanations carry no images to draw")
+    n = len(explanations)
+    blocks = blocks or (1 if n <= 4 else 2)
+    per_block = -(-n // blocks)
+    rows = per_block + 1
+    header = 1.5
+    fig = _figure(blocks * (header + 2 * _PANEL), rows * _PANEL + 0.8)
+    grid = fig.add_gridspec(rows, 3 * blocks, width_ratios=[header / _PANEL, 1, 1] * blocks)
+
+    def header_cell(r: int, b: int, text: str) -> None:
+        ax = fig.add_subplot(grid[r, 3 * b])
+        ax.axis("off")
+        ax.text(1.0, 0.5, text, ha="right", va="center", fontsize=9, transform=ax.transAxes)
+
+    header_cell(0, 0, "images")
+    for col in range(2):
+        ax = fig.add_subplot(grid[0, 1 + col])
+        ax.imshow(to_pil(first.images[col][index]))
+        ax.set_title(source_name(first, col), fontsize=8)
+        _image_axes(ax)
+    image_axes = []
+    for k, exp in enumerate(explanations):
+        b, r = divmod(k, per_block)
+        header_cell(r + 1, b, method_label(exp))
+        for col in range(2):
+            ax = fig.add_subplot(grid[r + 1, 3 * b + 1 + col])
+            ax.imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth,
+                              clip=clip))
+            _image_axes(ax)
+            image_axes.append(ax)
+    if blocks > 1:  # the free top-right cell holds the colour bar
+        _bar_into(fig, fig.add_subplot(grid[0, 3 * blocks - 2 : 3 * blocks]))
+    else:
+        add_colorbar(fig, image_axes, orientation="horizontal")
+    fig.suptitle(
+        f"similarity {float(first.score[index]):.3f} · {first.model.get('name', '')}", fontsize=9
+    )
+    return fig
+
+
+def _bar_into(fig: Any, cax: Any) -> None:
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cax.set_box_aspect(0.08)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), matplotlib.colormaps["jet"]), cax=cax,
+                       orientation="horizontal")
+    bar.set_label(COLORBAR_LABEL, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def source_name(exp: Any, col: int) -> str:
+    """Short name of image ``col`` (0 or 1) of an explanation: the file name, else "image N"."""
     if exp.sources:
         name = str(exp.sources[col]).replace("\\", "/").rsplit("/", 1)[-1]
-        return name[:40]
+        return name if len(name) <= 32 else name[:31] + "…"
     return f"image {col + 1}"
 
 
-def grid_figure(explanations: list[PairExplanation], index: int = 0, smooth: float = 0.0):
-    """One row per explanation (method) of the same pair: overlay 1, overlay 2 (Fig. 12 style)."""
-    n = len(explanations)
-    fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.2 * n + 0.3), squeeze=False)
-    for row, exp in enumerate(explanations):
-        assert exp.images is not None
-        for col in range(2):
-            ax = axes[row, col]
-            ax.imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(_short_name(exp), fontsize=8)
-    fig.suptitle(f"similarity {float(explanations[0].score[index]):.3f}", fontsize=9)
-    fig.tight_layout()
-    return fig
+def method_label(exp: Any) -> str:
+    """Row header of a method: its name and, on the next lines, the parameters that differ from
+    the method's defaults."""
+    try:
+        from pairlens.methods.registry import get_method
+
+        defaults = get_method(exp.method).params
+    except ValueError:
+        defaults = {}
+    diff = [f"{k}={format_value(v)}" for k, v in exp.params.items()
+            if k not in ("batch_size",) and defaults.get(k, object()) != v]
+    return "\n".join([exp.method, *textwrap.wrap(", ".join(diff), 22)])
 
 
-def _short_name(exp: PairExplanation) -> str:
-    extra = [f"{k}={v}" for k, v in exp.params.items() if isinstance(v, bool) and v]
-    if "reduction" in exp.params:
-        extra.insert(0, str(exp.params["reduction"]))
-    return exp.method + ("\n" + ",".join(extra) if extra else "")
+def figure_png(fig: Any, dpi: int = DPI) -> bytes:
+    """The PNG bytes of a figure."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()

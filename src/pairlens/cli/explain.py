@@ -1,152 +1,357 @@
-"""``pairlens explain`` and ``pairlens methods``."""
+"""``pairlens explain`` (one pair, or many with ``--pairs``) and ``pairlens methods``."""
 
 from __future__ import annotations
 
 import argparse
-import ast
+import csv
+import html
+import io
+import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
+from pairlens.cli.options import (
+    Output,
+    UsageError,
+    add_deprecated,
+    add_method_options,
+    add_model_options,
+    add_output_options,
+    add_run_options,
+    apply_threads,
+    command_parser,
+    load_model,
+    method_list,
+    positive,
+    usage,
+)
+
 EXPLAIN_EXAMPLES = """examples:
   pairlens explain                                   # bundled example pair, bundled 'photos' model
-  pairlens explain a.jpg b.jpg --method conditional-occlusion --out out/
-  pairlens explain a.jpg b.jpg --method interaction-cam --param reduction=max
-  pairlens explain a.jpg b.jpg --method averaged-transforms --param transform=rotation \\
+  pairlens explain a.jpg b.jpg --methods conditional-occlusion --out out/
+  pairlens explain a.jpg b.jpg --methods interaction-cam --param reduction=max
+  pairlens explain a.jpg b.jpg --methods averaged-transforms --param transform=rotation \\
       --param strength=0,90 --param guided=true
-  pairlens explain a.jpg b.jpg --all-methods --out out/
+  pairlens explain a.jpg b.jpg --methods all --out out/      # every method and grid.png
+  pairlens explain --pairs pairs.txt --methods grad-cam,interaction-cam --out out/
   pairlens explain a.jpg b.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth
+
+--pairs FILE lists one 'image1 image2' per line; --pairs DIR takes each sub-folder holding two
+images as a pair (or, in a flat folder, the images sorted by name, two at a time). Each pair gets
+its own folder under --out, and index.csv / index.html list them all.
+"""
+
+METHODS_EXAMPLES = """examples:
+  pairlens methods
+  pairlens methods --json
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "explain",
-        help="explain why a model finds two images similar",
-        description="Explain the similarity of two images with a pair explanation method and "
-        "write a figure (PNG), the raw maps (.npz) and metadata (JSON). With no images, the "
-        "bundled example pair is explained with the bundled default model.",
-        epilog=EXPLAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, "explain", "explain why a model finds two images similar",
+        "Explain the similarity of two images (or of many pairs, --pairs) with pair explanation "
+        "methods and write, per method, a figure (PNG), the raw maps (.npz) and metadata (JSON). "
+        "With no images, the bundled example pair is explained with the bundled default model.",
+        EXPLAIN_EXAMPLES,
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="two image files (or none)")
-    p.add_argument("--model", default=None, help="registered model name (default: photos)")
-    p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
-    p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
-    p.add_argument("--method", default="interaction-cam", help="method name (pairlens methods)")
-    p.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method parameter, repeatable (values are Python literals: 0.5, true, 0,90, max)",
+    p.add_argument("--pairs", metavar="FILE|DIR",
+                   help="explain many pairs: a file of 'image1 image2' lines, or a folder")
+    add_model_options(p)
+    add_method_options(p)
+    add_deprecated(p, "--method", "--methods", dest="methods")
+    add_deprecated(p, "--all-methods", "--methods all", dest="methods", nargs=0,
+                   convert=lambda _: "all")
+    add_output_options(p, "pairlens-out")
+    d = p.add_argument_group("display (figures only; the saved maps are never altered)")
+    d.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian blur of the shown maps, sigma in pixels (default: 0)")
+    d.add_argument("--clip", type=float, default=99.0, metavar="PERCENTILE",
+                   help="clip each shown map above this percentile before min-max "
+                   "normalisation, so a few extreme pixels do not hide the rest "
+                   "(default: %(default)s; 100 = no clip)")
+    add_run_options(
+        p, batch_size=None,
+        batch_help="images per forward pass (default: each method's own); with --pairs, N/2 "
+        "pairs are explained together (default: 8 pairs)",
     )
-    p.add_argument("--all-methods", action="store_true", help="run every method (default params)")
-    p.add_argument("--out", default="pairlens-out", help="output directory (default: %(default)s)")
-    p.add_argument("--smooth", type=float, default=0.0, help="display-only blur sigma in pixels")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain)
 
-    m = sub.add_parser(
-        "methods",
-        help="list the explanation methods with their parameters",
-        description="List the registered pair explanation methods, their paper sections, "
-        "parameters and defaults.",
-        epilog="example:\n  pairlens methods",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    m = command_parser(
+        sub, "methods", "list the explanation methods with their parameters",
+        "List the registered pair explanation methods: name, what it does, its source (paper "
+        "section) and its parameters with defaults ('auto' = chosen from the input size).",
+        METHODS_EXAMPLES,
     )
+    add_output_options(m, None, out=False)
     m.set_defaults(func=run_methods)
 
 
-def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` to a dict; values are Python literals, true/false/none accepted."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        low = raw.strip().lower()
-        if low in ("true", "false", "none"):
-            out[key] = {"true": True, "false": False, "none": None}[low]
-            continue
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
-
-
+# ----------------------------------------------------------------------------- methods
 def run_methods(args: argparse.Namespace) -> int:
+    import pairlens.methods  # noqa: F401  (registers every method)
     from pairlens.methods.registry import method_infos
+    from pairlens.params import format_value
 
-    for info in method_infos():
-        print(f"{info.name:24s} {info.section:14.14s} {info.summary}")
-        for key, default in info.params.items():
-            print(f"{'':24s}   --param {key}={default!r}")
-    return 0
+    infos = method_infos()
+    out = Output(args, "methods")
+    out.add(methods=[{"name": i.name, "family": i.family, "source": i.section,
+                      "summary": i.summary, "deterministic": i.deterministic,
+                      "params": {k: _jsonable(v) for k, v in i.params.items()}} for i in infos])
+    if out.json:
+        return out.finish()
+    lines = []
+    for info in infos:
+        where = info.family if info.section == info.family else f"{info.family}, {info.section}"
+        lines.append(f"{info.name}  ({where})")
+        lines.append(f"    {info.summary}")
+        if info.params:
+            params = "  ".join(f"{k}={format_value(v)}" for k, v in info.params.items())
+            lines += textwrap.wrap(params, 96, initial_indent="    parameters: ",
+                                   subsequent_indent=" " * 16, break_on_hyphens=False)
+    lines.append("")
+    lines.append("Set parameters with --param KEY=VALUE (pairlens explain, evaluate); 'auto' is "
+                 "chosen from the input size (docs/methods.md).")
+    return out.finish("\n".join(lines))
 
 
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return list(v)
+    return v if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+
+
+# ----------------------------------------------------------------------------- explain
 def run_explain(args: argparse.Namespace) -> int:
-    import matplotlib.pyplot as plt
-
-    import pairlens
     from pairlens.io import load_image
-    from pairlens.methods.registry import get_method, method_infos
-    from pairlens.progress import progress_bars, track
-    from pairlens.viz import grid_figure
+    from pairlens.progress import overall, progress_bars
 
+    out = Output(args, "explain")
+    if args.pairs and args.images:
+        raise UsageError("give two images or --pairs, not both")
     if len(args.images) not in (0, 2):
-        raise ValueError(f"explain takes two images or none; got {len(args.images)}")
-    params = parse_params(args.param)
-    if args.all_methods and params:
-        raise ValueError("--param cannot be combined with --all-methods")
-    names = [info.name for info in method_infos()] if args.all_methods else [args.method]
-    for name in names:
-        get_method(name)  # fail early on a typo
-    images = [load_image(path) for path in args.images]  # fail early on a bad file
-    model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
-    x1, x2, sources = load_pair(model, images, args.images)
-    out = Path(args.out)
-    results = []
+        raise UsageError(f"explain takes two images or none; got {len(args.images)}")
+    positive(args, "batch_size")
+    if not 0 < args.clip <= 100:
+        raise UsageError(f"--clip must be a percentile in (0, 100], got {args.clip}")
+    if args.smooth < 0:
+        raise UsageError(f"--smooth must be >= 0, got {args.smooth}")
+    variants = method_list(args)
+    apply_threads(args)
+    if args.pairs:
+        from pairlens.study.pairs import read_pairs
+
+        pairs: list[tuple[str, str]] | None = usage(read_pairs, args.pairs)
+    else:
+        pairs = None
+        for path in args.images:
+            load_image(path)  # fail early on a bad file, before loading the model
+    model = load_model(args)
+    variants = [(name, _with_run_params(name, given, args)) for name, given in variants]
+    root = Path(args.out)
     with progress_bars(not args.quiet):
-        for name in track(names, desc="methods"):
-            exp = pairlens.explain(model, x1, x2, method=name, sources=sources, **params)
-            exp.save(out, stem=name, smooth=args.smooth)
-            results.append(exp)
-            print(
-                f"{name:24s} similarity {float(exp.score[0]):.4f}  {exp.seconds:7.2f} s  "
-                f"-> {out / (name + '.png')}"
-            )
-    if len(results) > 1:
-        fig = grid_figure(results, smooth=args.smooth)
-        fig.savefig(out / "all-methods.png", dpi=120)
-        plt.close(fig)
-        print(f"grid of all methods -> {out / 'all-methods.png'}")
-    return 0
+        if pairs is None:
+            x1, x2, sources = _single_pair(model, args.images)
+            with overall(len(variants), "explain", unit="method") as bar:
+                results = _explain_batch(model, x1, x2, [sources], variants, [root], args, bar,
+                                         out)
+            out.add(pairs=results)
+            return out.finish()
+        pairs_per_batch = max(1, (args.batch_size or 16) // 2)
+        folders = [root / _pair_folder(i, a, b) for i, (a, b) in enumerate(pairs)]
+        rows: list[dict[str, Any]] = []
+        failed = 0
+        with overall(len(pairs) * len(variants), "explain", unit="explanation") as bar:
+            for start in range(0, len(pairs), pairs_per_batch):
+                chunk = list(range(start, min(start + pairs_per_batch, len(pairs))))
+                good, x1s, x2s = [], [], []
+                for i in chunk:
+                    try:
+                        x1s.append(model.preprocess(pairs[i][0]))
+                        x2s.append(model.preprocess(pairs[i][1]))
+                        good.append(i)
+                    except ValueError as err:  # an unreadable image: recorded, the rest goes on
+                        failed += 1
+                        del x1s[len(good):]
+                        bar.write(f"pairlens: warning: pair {i + 1} skipped: "
+                                  f"{' '.join(str(err).split())}")
+                        rows.append({"pair": i + 1, "image1": pairs[i][0], "image2": pairs[i][1],
+                                     "error": " ".join(str(err).split())})
+                        bar.update(len(variants))
+                if not good:
+                    continue
+                import torch
+
+                rows += _explain_batch(model, torch.cat(x1s), torch.cat(x2s),
+                                       [pairs[i] for i in good], variants,
+                                       [folders[i] for i in good], args, bar, out,
+                                       numbers=[i + 1 for i in good])
+        rows.sort(key=lambda r: r["pair"])
+        for path, what in _write_index(root, rows):
+            out.wrote(path, what)
+        out.add(pairs=rows, failed=failed)
+        code = out.finish()
+        if failed:
+            raise RuntimeError(f"{failed} of {len(pairs)} pairs could not be read (listed in "
+                               f"{root / 'index.csv'}); the others were explained")
+        return code
 
 
-def load_cli_model(name: str | None, checkpoint: str | None, embedding: str | None, device: str):
-    """The model a CLI command asked for: ``--model`` (default ``photos``) with ``--checkpoint``."""
-    import pairlens
+def _with_run_params(name: str, given: dict[str, Any], args: argparse.Namespace) -> dict:
+    """``--seed`` and ``--batch-size`` for the methods that take them (``--param`` wins)."""
+    from pairlens.methods.registry import get_method
 
-    if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
-    if name is None and checkpoint is not None:  # a checkpoint written by `pairlens train`
-        from pairlens.training.simclr import load_trained
-
-        return load_trained(checkpoint, device=device)
-    return pairlens.load_model(
-        name or "photos", checkpoint=checkpoint, embedding=embedding, device=device
-    )
+    params = dict(given)
+    accepted = get_method(name).params
+    if "seed" in accepted and "seed" not in params:
+        params["seed"] = args.seed
+    if "batch_size" in accepted and "batch_size" not in params and args.batch_size:
+        params["batch_size"] = args.batch_size
+    return params
 
 
-def load_pair(model, images: list, names: list[str]):
-    """Two model-input tensors and their source names; the bundled example pair when no images."""
+def _single_pair(model: Any, images: list[str]):
+    """Two model-input tensors and their source names; the bundled example pair when none."""
     if images:
-        x1, x2 = (model.preprocess(image) for image in images)
-        return x1, x2, (names[0], names[1])
+        return model.preprocess(images[0]), model.preprocess(images[1]), (images[0], images[1])
     from pairlens.data.bundled import example_pairs
 
     name1, img1, name2, img2 = example_pairs("digits" if model.name == "digits" else "photos")[0]
     return model.preprocess(img1), model.preprocess(img2), (name1, name2)
+
+
+def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, numbers=None):
+    """Explain a batch of pairs with every variant; write each pair's files into its folder.
+    Returns one record per pair."""
+    import pairlens
+    from pairlens.viz import DPI, grid_figure
+
+    records = [{"pair": (numbers or [1])[k], "image1": str(sources[k][0]),
+                "image2": str(sources[k][1]), "folder": str(folders[k]), "results": []}
+               for k in range(len(folders))]
+    per_pair: list[list[Any]] = [[] for _ in folders]
+    stems = _stems(variants)
+    for (name, params), stem in zip(variants, stems, strict=True):
+        bar.set_postfix_str(name)
+        exp = pairlens.explain(model, x1, x2, method=name, **params)
+        for k, folder in enumerate(folders):
+            one = exp.select(k)
+            one = _with_sources(one, sources[k])
+            files = one.save(folder, stem=stem, smooth=args.smooth, clip=args.clip)
+            for path in files:
+                if len(folders) == 1:
+                    out.wrote(path, _what(path))
+            per_pair[k].append(one)
+            records[k]["results"].append({
+                "method": name, "params": {k2: _plain(v) for k2, v in one.params.items()},
+                "similarity": float(one.score[0]), "seconds": exp.seconds / len(folders),
+                "figure": str(folder / f"{stem}.png"), "maps": str(folder / f"{stem}.npz"),
+                "metadata": str(folder / f"{stem}.json"),
+            })
+            if len(folders) == 1:
+                out.say(f"{stem:28s} similarity {float(one.score[0]):.4f}  {exp.seconds:7.2f} s")
+        bar.update(len(folders))
+    if len(variants) > 1:
+        from pairlens.io import atomic_write
+
+        for k, folder in enumerate(folders):
+            fig = grid_figure(per_pair[k], smooth=args.smooth, clip=args.clip)
+            path = atomic_write(folder / "grid.png",
+                                lambda f, fig=fig: fig.savefig(f, format="png", dpi=DPI))
+            records[k]["grid"] = str(path)
+            if len(folders) == 1:
+                out.wrote(path, "all the methods side by side")
+    return records
+
+
+def _with_sources(exp: Any, sources: tuple[str, str]) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(exp, sources=(str(sources[0]), str(sources[1])))
+
+
+def _stems(variants: list[tuple[str, dict]]) -> list[str]:
+    """File stems: the method name, plus the explicit parameters when a method appears twice."""
+    from pairlens.methods.registry import get_method
+
+    names = [n for n, _ in variants]
+    stems = []
+    for name, params in variants:
+        if names.count(name) == 1:
+            stems.append(name)
+            continue
+        defaults = get_method(name).params
+        diff = [f"{k}-{v}" for k, v in sorted(params.items())
+                if k not in ("seed", "batch_size") and defaults.get(k, object()) != v]
+        stems.append(re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join([name, *diff])))
+    return stems
+
+
+def _what(path: Path) -> str:
+    return {".png": "figure", ".npz": "raw maps (map1, map2, score)",
+            ".json": "metadata"}.get(path.suffix, "")
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v if isinstance(v, (str, int, float, bool, list)) or v is None else repr(v)
+
+
+def _pair_folder(i: int, a: str, b: str) -> str:
+    def clean(p: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(p).stem)[:40]
+
+    return f"{i + 1:04d}_{clean(a)}_{clean(b)}"
+
+
+def _write_index(root: Path, rows: list[dict[str, Any]]) -> list[tuple[Path, str]]:
+    """``index.csv`` (one row per pair and method) and ``index.html`` (the figures)."""
+    from pairlens.io import atomic_write
+
+    root.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["pair", "image1", "image2", "method", "similarity", "seconds", "figure", "maps",
+                "error"])
+    for row in rows:
+        for r in row.get("results") or [{}]:
+            w.writerow([row["pair"], row["image1"], row["image2"], r.get("method", ""),
+                        f"{r['similarity']:.6f}" if "similarity" in r else "",
+                        f"{r['seconds']:.3f}" if "seconds" in r else "",
+                        _rel(r.get("figure"), root), _rel(r.get("maps"), root),
+                        row.get("error", "")])
+    csv_path = atomic_write(root / "index.csv", lambda f: f.write(buf.getvalue().encode()))
+    parts = ["<!doctype html><meta charset='utf-8'><title>pairlens explain</title>",
+             "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px}</style>",
+             f"<h1>pairlens explain: {len(rows)} pairs</h1><table>"]
+    for row in rows:
+        e = html.escape
+        head = f"<b>{row['pair']}</b> {e(row['image1'])} / {e(row['image2'])}"
+        if "error" in row:
+            parts.append(f"<tr><td>{head}<br><i>{e(row['error'])}</i></td></tr>")
+            continue
+        figure = row.get("grid") or row["results"][0]["figure"]
+        scores = ", ".join(f"{e(r['method'])} {r['similarity']:.3f}" for r in row["results"][:1])
+        parts.append(f"<tr><td>{head}<br>similarity: {scores}</td><td><a href='"
+                     f"{e(_rel(figure, root))}'><img src='{e(_rel(figure, root))}' width=480>"
+                     "</a></td></tr>")
+    parts.append("</table>")
+    html_path = atomic_write(root / "index.html",
+                             lambda f: f.write("\n".join(parts).encode()))
+    folders = [r for r in rows if "folder" in r]
+    return [(csv_path, "index of the pairs: similarity and files per method"),
+            (html_path, "index with the figures"),
+            (root, f"{len(folders)} pair folders (figure, maps, metadata per method"
+                   f"{', grid.png' if any('grid' in r for r in folders) else ''})")]
+
+
+def _rel(path: str | None, root: Path) -> str:
+    if not path:
+        return ""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)

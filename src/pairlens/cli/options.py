@@ -206,13 +206,14 @@ def add_run_options(
     seeds: str | None = None,
     threads: bool = True,
     quiet: bool = True,
-    batch_size: int | None = None,
+    batch_size: int | None | bool = False,
     batch_help: str = "images per forward pass",
     yes: bool = False,
     seed_default: int = 0,
 ) -> argparse._ArgumentGroup:
     """``--seed`` (or ``--seeds LIST`` when ``seeds`` is its default text), ``--threads``,
-    ``--batch-size`` (when ``batch_size`` is its default), ``--quiet`` and ``--yes``."""
+    ``--batch-size`` (unless ``batch_size`` is False; else its default, None allowed),
+    ``--quiet`` and ``--yes``."""
     g = parser.add_argument_group("run")
     if seeds is not None:
         g.add_argument(
@@ -222,9 +223,9 @@ def add_run_options(
     elif seed:
         g.add_argument("--seed", type=int, default=seed_default, metavar="N",
                        help="random seed (default: %(default)s)")
-    if batch_size is not None:
+    if batch_size is not False:
         g.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
-                       help=f"{batch_help} (default: %(default)s)")
+                       help=batch_help + ("" if batch_size is None else " (default: %(default)s)"))
     if threads:
         g.add_argument("--threads", type=int, default=None, metavar="N",
                        help="torch CPU threads (default: torch's choice)")

@@ -79,10 +79,10 @@ def conditional_occlusion(
     base = cosine(z1, z2)
     n = len(masks)
     maps = []
-    for x, z_other in ((x1, z2), (x2, z1)):
+    for which, (x, z_other) in enumerate(((x1, z2), (x2, z1)), start=1):
         drops = torch.empty(b * n, device=x1.device)
         steps = range(0, b * n, batch_size)  # (pair, window) flattened, in batches
-        for k in track(steps, desc="conditional-occlusion"):
+        for k in track(steps, desc=f"conditional-occlusion, image {which} of 2"):
             idx = torch.arange(k, min(k + batch_size, b * n), device=x1.device)
             pair, win = idx // n, idx % n
             occluded = x[pair].masked_fill(~masks[win], fill)

@@ -108,6 +108,58 @@ def _resolve(name: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def read_pairs(source: str | Path) -> list[tuple[str, str]]:
+    """Image pairs from a list file or a folder.
+
+    * A file: one ``image1 image2`` per line (whitespace or a comma in between; ``#`` starts a
+      comment); relative paths are relative to the file's folder.
+    * A folder with sub-folders: every sub-folder holding exactly two images is a pair (in
+      sorted order); a sub-folder with another number of images is an error.
+    * A flat folder: its images sorted by name and taken two at a time (1st with 2nd, 3rd with
+      4th, ...); an odd number of images is an error.
+
+    Raises ValueError when nothing usable is found.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _folder_pairs(path)
+    if not path.is_file():
+        raise ValueError(f"{source}: no such pair list file or folder")
+    pairs = []
+    for line in _lines(path):
+        parts = line.replace(",", " ").split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}: expected 'image1 image2' per line, got {line!r}")
+        pairs.append((str(_resolve(parts[0], path.parent)), str(_resolve(parts[1], path.parent))))
+    if not pairs:
+        raise ValueError(f"{path}: the list holds no pairs")
+    return pairs
+
+
+def _folder_pairs(path: Path) -> list[tuple[str, str]]:
+    def images(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir()
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and images(p))
+    if subs:
+        pairs = []
+        for sub in subs:
+            found = images(sub)
+            if len(found) != 2:
+                raise ValueError(f"{sub}: a pair folder must hold exactly two images, "
+                                 f"found {len(found)}")
+            pairs.append((str(found[0]), str(found[1])))
+        return pairs
+    found = images(path)
+    if not found:
+        raise ValueError(f"{path}: no image files found")
+    if len(found) % 2:
+        raise ValueError(f"{path}: {len(found)} images; a flat folder of pairs needs an even "
+                         "number (sorted by name, taken two at a time)")
+    return [(str(a), str(b)) for a, b in zip(found[::2], found[1::2], strict=True)]
+
+
 def _seed_of(*parts: Any) -> int:
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -134,12 +186,7 @@ class PairSet:
             path = Path(data).expanduser()
             if not path.is_file():
                 raise ValueError(f"{data}: pair mode 'list' needs a file of image pairs")
-            self._pairs = []
-            for line in _lines(path):
-                parts = line.replace(",", " ").split()
-                if len(parts) != 2:
-                    raise ValueError(f"{path}: expected 'image1 image2' per line, got {line!r}")
-                self._pairs.append(tuple(str(_resolve(p, path.parent)) for p in parts))
+            self._pairs = read_pairs(path)
             total = len(self._pairs)
             if n is not None:
                 if n > total:
