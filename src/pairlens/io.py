@@ -22,6 +22,16 @@ ImageLike = str | Path | Image.Image | np.ndarray
 
 MAX_PIXELS = 20_000 * 20_000
 
+#: file name endings recognised as images when a folder is searched
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`, any case) in ``folder``, sorted by path."""
+    root = Path(folder).expanduser()
+    found = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Write ``path`` through ``write(binary_file)`` into a unique temporary file in the same

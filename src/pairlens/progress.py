@@ -53,11 +53,12 @@ class _Silent:
 def overall(total: int, desc: str, unit: str = "it") -> Iterator[Any]:
     """The one bar of a long piece of work: ``total`` steps, updated with ``bar.update(n)``.
 
-    Yields a tqdm bar (or a silent stand-in when bars are off or ``total`` <= 1). Inner
-    :func:`track` loops are silent while a bar of more than one step is active.
+    Yields a tqdm bar, or a silent stand-in when bars are off, ``total`` <= 1 or an overall bar
+    is already active (nested work is counted by the outer bar). Inner :func:`track` loops are
+    silent while a bar is active.
     """
-    if not _enabled.get() or total <= 1:
-        yield _Silent()
+    if not _enabled.get() or total <= 1 or _outer.get() is not None:
+        yield _Silent()  # off, trivial, or inside an outer bar that already counts this work
         return
     from tqdm.auto import tqdm
 
@@ -68,6 +69,19 @@ def overall(total: int, desc: str, unit: str = "it") -> Iterator[Any]:
     finally:
         _outer.reset(token)
         bar.close()
+
+
+def note(message: str) -> None:
+    """A progress message on stderr (above the bar, if one is shown); silent when bars are off."""
+    if not _enabled.get():
+        return
+    bar = _outer.get()
+    if bar is not None:
+        bar.write(message)
+    else:
+        import sys
+
+        print(message, file=sys.stderr, flush=True)
 
 
 def track(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterable[T]:

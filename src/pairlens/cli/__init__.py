@@ -22,8 +22,9 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "pairlens.cli.explain",  # explain, methods
     "pairlens.cli.models",  # models, models info, download
-    "pairlens.cli.train",  # train
-    "pairlens.cli.excon",  # eval-classifier, study
+    "pairlens.cli.train",  # train MODE
+    "pairlens.cli.eval_classifier",  # eval-classifier
+    "pairlens.cli.study",  # study excon
     "pairlens.cli.evaluate",  # evaluate, report
     "pairlens.cli.corpus",  # corpus
     "pairlens.cli.demo",  # demo

@@ -414,6 +414,22 @@ class Output:
             self.written.append((path, what))
         return path
 
+    def wrote_new(self, folder: str | Path, what: str = "") -> None:
+        """Record every file under ``folder`` created or changed since the command started: the
+        files directly inside one by one, each sub-folder as one entry with its count."""
+        root = Path(folder)
+        if not root.is_dir():
+            return
+        wall_start = time.time() - (time.perf_counter() - self.start) - 1.0
+        for path in sorted(root.iterdir()):
+            if path.is_file() and path.stat().st_mtime >= wall_start:
+                self.wrote(path, what)
+            elif path.is_dir():
+                n = sum(1 for f in path.rglob("*")
+                        if f.is_file() and f.stat().st_mtime >= wall_start)
+                if n:
+                    self.wrote(path, f"folder, {n} new {'file' if n == 1 else 'files'}")
+
     def add(self, **fields: Any) -> None:
         self.fields.update(fields)
 

@@ -1,82 +1,105 @@
-"""``pairlens train MODE``: contrastive training from the command line.
-
-``train`` has one sub-command per training mode (a positional ``MODE``); this module registers
-``simclr``. Further modes (``supcon``, ``supcon-ori``, ``excon``, ``exconb``: issue 5) register
-theirs with :func:`add_mode`, reusing :func:`add_common_arguments` and :func:`load_training_data`.
-"""
+"""``pairlens train MODE``: contrastive training (``simclr``; the supervised ``supcon``,
+``supcon-ori``, ``excon`` and ``exconb`` of seed 003)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pairlens.cli.options import (
+    Output,
+    add_device_option,
+    add_output_options,
+    add_run_options,
+    apply_threads,
+    command_parser,
+    positive,
+    usage,
+)
+
 TRAIN_EXAMPLES = """examples:
-  pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits
+  pairlens train simclr --data digits --epochs 30 --out runs/digits
   pairlens train simclr --data photos --arch resnet-mini --epochs 40 --steps-per-epoch 25 \\
       --batch-size 32 --out runs/photos
   pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda --out runs/mine
-  pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits --resume
+  pairlens train simclr --data digits --epochs 30 --out runs/digits --resume
+  pairlens train excon --data cluttered-digits --epochs 10 --batch-size 64 --start-epoch 3 \\
+      --out runs/excon
+  pairlens train supcon --data digits --epochs 20 --out runs/supcon
+  pairlens train exconb --data my_classes/ --arch resnet-mini --epochs 100 --device cuda \\
+      --out runs/mine
 """
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SIMCLR = (
+    "SimCLR: NT-Xent on two augmented views per image (no labels)",
+    "Self-supervised SimCLR training (Chen et al. 2020): two SimCLR-augmented views per image, "
+    "NT-Xent loss on the projection head. With labelled data (digits, or a folder with one "
+    "sub-folder per class) a k-NN validation accuracy is logged every epoch and a linear probe "
+    "on the backbone features is fitted at the end and stored in model.pt.",
+)
 
-_train_sub: argparse._SubParsersAction | None = None
+SUPERVISED_MODES = {
+    "supcon": (
+        "SupCon (Algorithm 1 with random views): per epoch one encoder epoch, then one "
+        "linear-classifier epoch",
+        "Supervised contrastive learning (Khosla et al. 2020, eq. 2 of ExCon) trained as in "
+        "ExCon's Algorithm 1: every epoch one encoder epoch on two random views per image, then "
+        "one linear-classifier epoch on the frozen encoder.",
+    ),
+    "supcon-ori": (
+        "SupConOri: encoder for all epochs first, then the linear classifier (Khosla et al.)",
+        "Supervised contrastive learning as in Khosla et al. 2020: the encoder is trained for "
+        "all epochs, then the linear classifier for as many epochs on the frozen encoder.",
+    ),
+    "excon": (
+        "ExCon: explanation-driven masked views (Grad-CAM of the true class) replace a random view",
+        "Explanation-driven supervised contrastive learning (ExCon, Algorithm 1): from "
+        "--start-epoch on, the Grad-CAM of the ground-truth class through encoder + classifier "
+        "masks each image (pixels at or below --threshold set to 0); a correctly classified masked "
+        "image replaces one random view, a misclassified one falls back to two random views.",
+    ),
+    "exconb": (
+        "ExConB: like ExCon, misclassified masked images join the batch as background negatives",
+        "ExConB (eq. 3 of ExCon): like excon, but a misclassified masked image is added to the "
+        "batch (twice, as in the paper's Fig. 5) with the background label: never an anchor, "
+        "never a positive, in every denominator.",
+    ),
+}
+
+#: what ``--batch-size`` means in training (the papers' batch size N, not images per pass)
+TRAIN_BATCH_HELP = ("source images per optimisation step, the papers' batch size N; each gives "
+                    "two views, so a forward pass holds 2N images")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``pairlens train`` and its ``simclr`` mode."""
-    global _train_sub
-    p = sub.add_parser(
-        "train",
-        help="train a contrastive encoder (simclr; more modes may be installed)",
-        description="Train a contrastive image encoder with PairLens's resumable trainer. "
-        "Checkpoints (every epoch), a per-epoch CSV log and the final model.pt go to --out.",
-        epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, "train", "train a contrastive encoder (simclr, supcon, supcon-ori, excon, exconb)",
+        "Train a contrastive image encoder with PairLens's resumable trainer. Checkpoints "
+        "(every epoch), a per-epoch CSV log and the final model.pt go to --out.",
+        TRAIN_EXAMPLES,
     )
-    _train_sub = p.add_subparsers(dest="mode", metavar="MODE")
+    modes = p.add_subparsers(dest="mode", metavar="MODE")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
-    add_mode(
-        "simclr",
-        run_simclr,
-        help="SimCLR: NT-Xent on two augmented views per image (no labels)",
-        description="Self-supervised SimCLR training (Chen et al. 2020): two SimCLR-augmented "
-        "views per image, NT-Xent loss on the projection head. With labelled data (digits, or a "
-        "folder with one sub-folder per class) a k-NN validation accuracy is logged every epoch "
-        "and a linear probe on the backbone features is fitted at the end and stored in model.pt.",
-    )
-    from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
-
-    add_modes(_train_sub)
+    simclr = command_parser(modes, "simclr", SIMCLR[0], SIMCLR[1], TRAIN_EXAMPLES)
+    add_training_options(simclr, data_help="digits | photos | DIR (images, optionally one "
+                         "sub-folder per class)", temperature=0.5)
+    simclr.set_defaults(func=run_simclr)
+    for name, (help_text, description) in SUPERVISED_MODES.items():
+        m = command_parser(modes, name, help_text, description, TRAIN_EXAMPLES)
+        add_training_options(m, data_help="digits | cluttered-digits | DIR (one sub-folder per "
+                             "class)", temperature=0.1)
+        add_supervised_options(m)
+        m.set_defaults(func=run_supervised, mode=name)
 
 
-def add_mode(
-    name: str, func: Callable[[argparse.Namespace], int], help: str, description: str
-) -> argparse.ArgumentParser:
-    """Add ``pairlens train NAME`` with the common arguments; returns its parser."""
-    if _train_sub is None:
-        raise RuntimeError("pairlens.cli.train.add_parser must run first")
-    p = _train_sub.add_parser(
-        name, help=help, description=description, epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_common_arguments(p)
-    p.set_defaults(func=func)
-    return p
-
-
-def add_common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True,
-                   help="digits | photos | DIR (images, optionally one sub-folder per class)")
+def add_training_options(p: argparse.ArgumentParser, data_help: str, temperature: float) -> None:
+    """The options every training mode shares (also used by ``pairlens study excon``)."""
+    p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--arch", default=None,
                    help="architecture: digits-cnn | resnet-mini | resnet18 "
-                   "(default: digits-cnn for digits, resnet-mini otherwise)")
+                   "(default: digits-cnn for the digits data sets, resnet-mini otherwise)")
     p.add_argument("--epochs", type=int, default=30, help="epochs (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128,
-                   help="source images per step; each gives two views (default: %(default)s)")
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="steps per epoch (default: one pass over the data)")
     p.add_argument("--lr", type=float, default=1e-3,
@@ -84,153 +107,112 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
     p.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="linear warm-up, then cosine decay (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.5, help="τ (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--temperature", type=float, default=temperature,
+                   help="τ of the contrastive loss (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out exactly where it stopped")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--image-size", type=int, default=None,
                    help="side of the square images held in memory for photos / DIR "
                    "(default: input size / 0.7)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_option(p)
+    add_output_options(p, None, required=True, out_help="output folder (checkpoints, log.csv, "
+                       "model.pt)")
+    add_run_options(p, batch_size=128, batch_help=TRAIN_BATCH_HELP)
 
 
-def load_training_data(data: str, load_size: int, split: str = "train", seed: int = 0):
-    """``(images, labels or None, description)`` for ``--data``.
-
-    ``digits``: the ``split`` of :func:`pairlens.data.bundled.digits` (float, 32 px).
-    ``photos``: :data:`~pairlens.data.bundled.TRAIN_PHOTOS` as ``load_size`` squares (labels =
-    photo index). ``DIR``: every image under DIR (recursively), shorter side resized to
-    ``load_size`` and centre-cropped, stored as uint8 in memory; labels from the first-level
-    sub-folder names when every image is in one, else None.
-    """
-    import torch
-
-    from pairlens.data import bundled
-
-    if data == "digits":
-        x, y = bundled.digits(split, seed=seed)
-        return x, y, f"digits ({split} split, seed {seed})"
-    if data == "photos":
-        x, names = bundled.photos_tensor(load_size, bundled.TRAIN_PHOTOS)
-        return x, torch.arange(len(names)), f"{len(names)} bundled photos"
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{data}: not digits, photos or an existing directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"{data}: no image files found")
-    from pairlens.io import load_image
-
-    imgs = [
-        (bundled.square_tensor(load_image(f), load_size) * 255).round().to(torch.uint8)
-        for f in files
-    ]
-    parts = [f.relative_to(root).parts for f in files]
-    classes = sorted({p[0] for p in parts if len(p) > 1})
-    labels = None
-    if classes and all(len(p) > 1 for p in parts):
-        index = {c: i for i, c in enumerate(classes)}
-        labels = torch.tensor([index[f.relative_to(root).parts[0]] for f in files])
-    return torch.stack(imgs), labels, f"{len(files)} images from {root}"
+def add_supervised_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start-epoch", type=int, default=0,
+                   help="0-based epoch from which explanation-driven views are used "
+                   "(excon, exconb; default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="Grad-CAM threshold τ: pixels at or below it are masked "
+                   "(default: %(default)s)")
+    p.add_argument("--classifier-lr", type=float, default=5e-2,
+                   help="Adam learning rate of the linear classifier (default: %(default)s)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the train / val / test split (default: %(default)s)")
 
 
-def run_simclr(args: argparse.Namespace) -> int:
-    import torch
+def _train_config(args: argparse.Namespace):
+    from pairlens.training.simclr import TrainConfig
 
-    from pairlens.models.bundled import get_architecture
-    from pairlens.training.augment import AugmentConfig
-    from pairlens.training.simclr import TrainConfig, train_simclr
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    arch_name = args.arch or ("digits-cnn" if args.data == "digits" else "resnet-mini")
-    arch = get_architecture(arch_name)
-    load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    images, labels, described = load_training_data(args.data, load_size, "train", args.seed)
-    augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
-    config = TrainConfig(
+    positive(args, "epochs", "batch_size", "steps_per_epoch", "image_size")
+    return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, temperature=args.temperature,
         warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
         data=args.data,
     )
+
+
+def run_simclr(args: argparse.Namespace) -> int:
+    from pairlens.data.loading import default_arch, load_training_data
+    from pairlens.models.bundled import get_architecture
+    from pairlens.training.augment import AugmentConfig
+    from pairlens.training.probes import attach_probe, attach_view_cosines, knn_hook
+    from pairlens.training.simclr import train_simclr
+
+    out = Output(args, "train simclr")
+    config = _train_config(args)
+    apply_threads(args)
+    arch_name = args.arch or default_arch(args.data)
+    arch = usage(get_architecture, arch_name)
+    load_size = args.image_size or round(arch.input_size[0] / 0.7)
+    images, labels, described = load_training_data(args.data, load_size, "train", args.seed)
+    augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
     hooks = []
     val = None
     if args.data == "digits":
         val = load_training_data("digits", load_size, "val", args.seed)[:2]
         hooks.append(knn_hook(images, labels, *val, arch.mean, arch.std))
-    print(f"training {arch_name} with SimCLR on {described}; output in {args.out}")
+    out.say(f"training {arch_name} with SimCLR on {described}; output in {args.out}")
     net, log = train_simclr(images, arch_name, config, augment=augment, labels=labels, hooks=hooks)
     summary: dict[str, Any] = {"epochs": len(log), "final_loss": log[-1]["loss"] if log else None}
+    model_path = Path(args.out) / "model.pt"
     if labels is not None and args.data != "photos":
-        summary.update(attach_probe(Path(args.out) / "model.pt", net, arch, images, labels, val,
-                                    args.data, args.seed))
+        summary.update(attach_probe(model_path, net, arch, images, labels, val, args.data,
+                                    args.seed))
     else:
-        summary.update(attach_view_cosines(Path(args.out) / "model.pt", images, augment))
-    print(json.dumps(summary, indent=2))
-    return 0
+        summary.update(attach_view_cosines(model_path, images, augment))
+    return _finish(out, args.out, summary)
 
 
-def knn_hook(train_x, train_y, val_x, val_y, mean, std):
-    """Epoch hook logging ``val_knn_accuracy`` (cosine 20-NN on backbone features)."""
-    from pairlens.training.simclr import knn_accuracy, pooled_features
+def run_supervised(args: argparse.Namespace) -> int:
+    """``pairlens train supcon|supcon-ori|excon|exconb``."""
+    from pairlens.data.loading import DIGITS_LIKE, default_arch, load_labelled_data
+    from pairlens.models.bundled import get_architecture
+    from pairlens.training.augment import AugmentConfig
+    from pairlens.training.supcon import SupervisedSettings, train_supervised
 
-    def hook(trainer, epoch: int, row: dict) -> None:
-        ft = pooled_features(trainer.net, train_x, mean, std)
-        fv = pooled_features(trainer.net, val_x, mean, std)
-        row["val_knn_accuracy"] = knn_accuracy(ft, train_y, fv, val_y)
-
-    return hook
-
-
-def attach_probe(model_path: Path, net, arch, images, labels, val, data: str, seed: int) -> dict:
-    """Fit the linear probe on backbone features, store it in ``model_path``; test accuracy for
-    digits (the test split is never used for training or model selection)."""
-    import torch
-
-    from pairlens.models.bundled import bundle_state
-    from pairlens.training.simclr import _atomic_torch_save, fit_linear_probe, pooled_features
-
-    net = net.cpu().eval()
-    ft = pooled_features(net, images.float() / 255 if images.dtype == torch.uint8 else images,
-                         arch.mean, arch.std)
-    if val is None:  # folder data: hold out nothing, select C on the training set itself
-        fv, yv = ft, labels
-    else:
-        fv, yv = pooled_features(net, val[0], arch.mean, arch.std), val[1]
-    probe, info = fit_linear_probe(ft, labels, fv, yv, seed=seed)
-    out: dict[str, Any] = dict(info)
-    if data == "digits":
-        xt, yt = load_training_data("digits", 0, "test", seed)[:2]
-        with torch.no_grad():
-            pred = probe(pooled_features(net, xt, arch.mean, arch.std)).argmax(1)
-        out["probe_test_accuracy"] = float((pred == yt).float().mean())
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
-    meta = dict(state.get("meta", {}))
-    meta.update(out)
-    _atomic_torch_save(bundle_state(net, arch.name, classifier=probe, **meta), model_path)
-    return out
+    out = Output(args, f"train {args.mode}")
+    config = _train_config(args)
+    apply_threads(args)
+    arch_name = args.arch or default_arch(args.data)
+    arch = usage(get_architecture, arch_name)
+    load_size = args.image_size or round(arch.input_size[0] / 0.7)
+    images, labels = usage(load_labelled_data, args.data, "train", args.data_seed, load_size)
+    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
+    augment = AugmentConfig.digits() if args.data in DIGITS_LIKE else AugmentConfig.photos()
+    n_classes = int(max(labels.max(), val_labels.max())) + 1
+    settings = SupervisedSettings(mode=args.mode, start_epoch=args.start_epoch,
+                                  threshold=args.threshold, classifier_lr=args.classifier_lr,
+                                  n_classes=n_classes)
+    out.say(f"training {arch_name} with {args.mode} on {args.data} ({len(images)} train, "
+            f"{len(val_images)} val images); output in {args.out}")
+    _, _, log = train_supervised(images, labels, val_images, val_labels, arch_name, config,
+                                 settings, augment=augment)
+    scored = [r for r in log if "val_accuracy" in r]
+    best = max(scored, key=lambda r: r["val_accuracy"]) if scored else {}
+    summary = {"mode": args.mode, "epochs": args.epochs,
+               "best_val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
+               "final_loss": next((r["loss"] for r in reversed(log) if "loss" in r), None)}
+    return _finish(out, args.out, summary)
 
 
-def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64) -> dict:
-    """Mean cosine of two augmented views of the same image vs of different images (first
-    ``max_images`` training images, 8 views each, seed 0; projector and backbone embeddings),
-    stored in the ``meta`` of ``model_path``."""
-    import torch
-
-    from pairlens.training.simclr import _atomic_torch_save, augmented_view_cosines, load_trained
-
-    x = images[:max_images]
-    x = x.float() / 255 if x.dtype == torch.uint8 else x
-    out: dict[str, Any] = {}
-    for embedding in ("projector", "backbone"):
-        cos = augmented_view_cosines(load_trained(model_path, embedding), x, augment, 8, seed=0)
-        out.update({f"view_cosine_{k}_{embedding}": v for k, v in cos.items()})
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
-    state.setdefault("meta", {}).update(out)
-    _atomic_torch_save(state, model_path)
-    return out
+def _finish(out: Output, folder: str, summary: dict[str, Any]) -> int:
+    out.wrote_new(folder)
+    out.add(summary=summary)
+    text = "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                     for k, v in summary.items() if v is not None)
+    return out.finish(text)

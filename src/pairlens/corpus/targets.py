@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pairlens.io import IMAGE_SUFFIXES, image_files
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_finite
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 SIMILARITIES = ("cosine", "dot")
 
 # images: a (N, 3, H, W) tensor in model-input space, a folder, an image path, or a list of paths /
@@ -115,7 +115,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files

@@ -55,12 +55,10 @@ def register_model(name: str, **info: Any) -> Callable[[Builder], Builder]:
 
 def list_models() -> list[str]:
     """Names of all registered models, bundled ones first."""
-    _ensure_loaded()
     return sorted(_MODELS, key=lambda n: (not _MODELS[n].bundled, n))
 
 
 def model_info(name: str) -> ModelInfo:
-    _ensure_loaded()
     key = name.strip().lower()
     family = key.split(":", 1)[0]  # "torchvision:resnet50": a family entry taking arch=
     if key not in _MODELS and ":" in key and _MODELS.get(family, None) is not None:
@@ -96,9 +94,3 @@ def load_model(
     )
     model.name = name.strip() if info.extras.get("takes_arch") else info.name
     return model.to(resolve_device(device)).eval()
-
-
-def _ensure_loaded() -> None:
-    # importing the modules that hold @register_model builders fills the registry
-    import pairlens.models.bundled  # noqa: F401
-    import pairlens.models.zoo  # noqa: F401  (published SSL / CLIP checkpoints)

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pairlens.io import image_files
 from pairlens.models.similarity import SimilarityModel
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PAIR_MODES = ("augmented", "same-class", "list")
 
 
@@ -71,7 +71,7 @@ def load_images(data: str) -> tuple[list[ImageItem], str]:
         return [ImageItem(img, None, f"photos:{n}") for n, img in photos.items()], "photos"
     path = Path(data).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(path, recursive=True)
         if not files:
             raise ValueError(f"{path}: no image files found")
         labelled = all(f.parent != path for f in files)
@@ -137,21 +137,17 @@ def read_pairs(source: str | Path) -> list[tuple[str, str]]:
 
 
 def _folder_pairs(path: Path) -> list[tuple[str, str]]:
-    def images(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir()
-                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-    subs = sorted(p for p in path.iterdir() if p.is_dir() and images(p))
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and image_files(p))
     if subs:
         pairs = []
         for sub in subs:
-            found = images(sub)
+            found = image_files(sub)
             if len(found) != 2:
                 raise ValueError(f"{sub}: a pair folder must hold exactly two images, "
                                  f"found {len(found)}")
             pairs.append((str(found[0]), str(found[1])))
         return pairs
-    found = images(path)
+    found = image_files(path)
     if not found:
         raise ValueError(f"{path}: no image files found")
     if len(found) % 2:

@@ -129,29 +129,29 @@ def evaluate_classifier(
     drops = {q: [] for q in fractions}
     increases = {q: [] for q in fractions}
     infid: list[Tensor] = []
-    chunks = list(_batches(len(images), batch_size))
-    if progress:
-        from tqdm.auto import tqdm
+    from pairlens.progress import overall, progress_bars
 
-        chunks = tqdm(chunks, desc="eval-classifier", leave=False, dynamic_ncols=True)
-    for sl in chunks:
-        x = model.normalize(images[sl].to(dev))
-        y = labels[sl].to(dev)
-        with torch.no_grad():
-            probs = F.softmax(_logits(model, x), dim=1)
-        pred = probs.argmax(dim=1)
-        correct += int((pred == y).sum())
-        p = probs.gather(1, pred[:, None])[:, 0]
-        maps = class_gradcam(model.encoder, model.classifier, x, pred)
-        for q in fractions:
-            masked = x * keep_top_fraction(maps, q).unsqueeze(1).to(x.dtype)
+    chunks = list(_batches(len(images), batch_size))
+    with progress_bars(progress), overall(len(chunks), "eval-classifier", "batch") as bar:
+        for sl in chunks:
+            x = model.normalize(images[sl].to(dev))
+            y = labels[sl].to(dev)
             with torch.no_grad():
-                p2 = F.softmax(_logits(model, masked), dim=1).gather(1, pred[:, None])[:, 0]
-            drops[q].append((torch.clamp(p - p2, min=0) / p).cpu())
-            increases[q].append((p2 > p).float().cpu())
-        if infidelity_samples > 0:
-            infid.append(gradcam_infidelity(model, x, maps, pred, infidelity_samples, noise_std,
-                                            g).cpu())
+                probs = F.softmax(_logits(model, x), dim=1)
+            pred = probs.argmax(dim=1)
+            correct += int((pred == y).sum())
+            p = probs.gather(1, pred[:, None])[:, 0]
+            maps = class_gradcam(model.encoder, model.classifier, x, pred)
+            for q in fractions:
+                masked = x * keep_top_fraction(maps, q).unsqueeze(1).to(x.dtype)
+                with torch.no_grad():
+                    p2 = F.softmax(_logits(model, masked), dim=1).gather(1, pred[:, None])[:, 0]
+                drops[q].append((torch.clamp(p - p2, min=0) / p).cpu())
+                increases[q].append((p2 > p).float().cpu())
+            if infidelity_samples > 0:
+                infid.append(gradcam_infidelity(model, x, maps, pred, infidelity_samples,
+                                                noise_std, g).cpu())
+            bar.update(1)
     out: dict[str, Any] = {"n_images": len(images), "top1_accuracy": correct / len(images)}
     for q in fractions:
         out[f"drop@{q:.2f}"] = float(torch.cat(drops[q]).mean())

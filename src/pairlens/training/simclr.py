@@ -193,15 +193,19 @@ class ContrastiveTrainer:
                 self.load_checkpoint(ckpt)
             config_json = json.dumps(self.config.to_dict(), indent=2)
             _atomic_write_text(self.out / "config.json", config_json)
-        for epoch in range(self.epoch + 1, self.config.epochs + 1):
-            row = self.train_epoch(epoch)
-            for hook in self.hooks:
-                hook(self, epoch, row)
-            self.log.append(row)
-            self.epoch = epoch
-            if self.out is not None:
-                self.save_checkpoint(self.out / "checkpoint.pt")
-                write_log_csv(self.out / "log.csv", self.log)
+        from pairlens.progress import overall, progress_bars
+
+        remaining = (self.config.epochs - self.epoch) * self.steps_per_epoch
+        with progress_bars(self.config.progress), overall(remaining, "train", "step") as bar:
+            for epoch in range(self.epoch + 1, self.config.epochs + 1):
+                row = self.train_epoch(epoch, bar)
+                for hook in self.hooks:
+                    hook(self, epoch, row)
+                self.log.append(row)
+                self.epoch = epoch
+                if self.out is not None:
+                    self.save_checkpoint(self.out / "checkpoint.pt")
+                    write_log_csv(self.out / "log.csv", self.log)
         return self.log
 
     def epoch_indices(self) -> Tensor:
@@ -210,20 +214,13 @@ class ContrastiveTrainer:
         perms = [torch.randperm(n, generator=self.generator) for _ in range(math.ceil(need / n))]
         return torch.cat(perms)[:need]
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, bar: Any = None) -> dict[str, Any]:
+        """One epoch; ``bar`` (the overall progress bar, optional) advances one step per batch."""
         self.net.train()
         start = time.time()
         order = self.epoch_indices().view(self.steps_per_epoch, self.config.batch_size)
         totals: dict[str, float] = {}
-        steps = range(self.steps_per_epoch)
-        bar = None
-        if self.config.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(steps, desc=f"epoch {epoch}/{self.config.epochs}", leave=False,
-                       dynamic_ncols=True)
-            steps = bar
-        for i in steps:
+        for i in range(self.steps_per_epoch):
             idx = order[i]
             images = self.images[idx].to(self.device, non_blocking=True)
             if images.dtype == torch.uint8:
@@ -241,9 +238,9 @@ class ContrastiveTrainer:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
             if bar is not None:
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if bar is not None:
-            bar.close()
+                bar.update(1)
+                bar.set_postfix_str(f"epoch {epoch}/{self.config.epochs} loss "
+                                    f"{metrics['loss']:.4f}", refresh=False)
         row: dict[str, Any] = {"epoch": epoch}
         row.update({k: v / self.steps_per_epoch for k, v in totals.items()})
         row["lr"] = self.scheduler.get_last_lr()[0]

@@ -1,6 +1,6 @@
 """``pairlens study excon``: SupCon, SupConOri, ExCon and ExConB compared over seeds (seed 003 §4).
 
-For every seed 0..N-1 (outer loop, so an interrupted study has complete seeds) and every mode
+For every seed of ``seeds`` (outer loop, so an interrupted study has complete seeds) and every mode
 (inner loop) the study trains one run with the **same budget** (epochs, batch size, learning rates,
 temperature; explanation-driven views from ``start_epoch`` for ExCon / ExConB; SupConOri gets as
 many classifier epochs after its encoder epochs) into ``OUT/MODE/seedS``, then evaluates the run's
@@ -39,7 +39,7 @@ TABLE_ORDER = ("excon", "exconb", "supcon-ori", "supcon")
 @dataclass
 class StudyConfig:
     data: str = "cluttered-digits"
-    seeds: int = 3
+    seeds: tuple[int, ...] = (0, 1, 2)
     modes: tuple[str, ...] = ("supcon", "supcon-ori", "excon", "exconb")
     arch: str = "digits-cnn"
     epochs: int = 6
@@ -59,25 +59,31 @@ class StudyConfig:
 def run_excon_study(config: StudyConfig, report_only: bool = False) -> str:
     """Train and evaluate every (seed, mode) run not yet finished, then write the report;
     returns the markdown table."""
+    from pairlens.io import atomic_write
+    from pairlens.progress import overall
+
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = tuple(range(config.seeds)) if isinstance(config.seeds, int) else tuple(config.seeds)
     if not report_only:
         if config.threads:
             torch.set_num_threads(config.threads)
-        (out / "study.json").write_text(json.dumps(asdict(config), indent=2))
+        text = json.dumps({**asdict(config), "seeds": list(seeds)}, indent=2)
+        atomic_write(out / "study.json", lambda f: f.write(text.encode()))
         data = _load(config)
-        for seed in range(config.seeds):
-            for mode in config.modes:
-                run_dir = out / mode / f"seed{seed}"
-                if (run_dir / "metrics.json").exists():
-                    continue
-                _train_and_evaluate(config, mode, seed, run_dir, data)
+        todo = [(seed, mode) for seed in seeds for mode in config.modes
+                if not (out / mode / f"seed{seed}" / "metrics.json").exists()]
+        with overall(len(todo), "study excon", unit="run") as bar:
+            for seed, mode in todo:
+                bar.set_postfix_str(f"{mode} seed {seed}")
+                _train_and_evaluate(config, mode, seed, out / mode / f"seed{seed}", data)
                 write_report(out)
+                bar.update(1)
     return write_report(out)
 
 
 def _load(config: StudyConfig) -> dict[str, Any]:
-    from pairlens.cli.excon import load_labelled_data
+    from pairlens.data.loading import load_labelled_data
     from pairlens.models.bundled import get_architecture
 
     size = round(get_architecture(config.arch).input_size[0] / 0.7)
@@ -87,6 +93,8 @@ def _load(config: StudyConfig) -> dict[str, Any]:
 
 def _train_and_evaluate(config: StudyConfig, mode: str, seed: int, run_dir: Path,
                         data: dict[str, Any]) -> None:
+    from pairlens.io import atomic_write
+    from pairlens.progress import note
     from pairlens.training.augment import AugmentConfig
     from pairlens.training.excon_eval import (
         evaluate_classifier,
@@ -108,7 +116,7 @@ def _train_and_evaluate(config: StudyConfig, mode: str, seed: int, run_dir: Path
     settings = SupervisedSettings(mode=mode, start_epoch=config.start_epoch,
                                   threshold=config.threshold, classifier_lr=config.classifier_lr,
                                   n_classes=int(max(y.max(), yv.max())) + 1)
-    print(f"[study] {mode} seed {seed}: training into {run_dir}", flush=True)
+    note(f"[study] {mode} seed {seed}: training into {run_dir}")
     start = time.time()
     train_supervised(x, y, xv, yv, config.arch, train_config, settings,
                      augment=AugmentConfig.digits() if digits_like else AugmentConfig.photos())
@@ -129,9 +137,10 @@ def _train_and_evaluate(config: StudyConfig, mode: str, seed: int, run_dir: Path
         plot_tsne(tsne_embeddings(model, xt, yt, seed=0), run_dir.parent.parent /
                   f"tsne_{mode}.png", title=f"{MODE_TITLES.get(mode, mode)}: originals (x), "
                   "masked views (dots)")
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"[study] {mode} seed {seed}: test top-1 {metrics['top1_accuracy']:.4f} "
-          f"({train_seconds:.0f} s)", flush=True)
+    text = json.dumps(metrics, indent=2)
+    atomic_write(run_dir / "metrics.json", lambda f: f.write(text.encode()))
+    note(f"[study] {mode} seed {seed}: test top-1 {metrics['top1_accuracy']:.4f} "
+         f"({train_seconds:.0f} s)")
 
 
 # ---------------------------------------------------------------------- report
@@ -225,17 +234,22 @@ def plot_validation_curves(out: Path, modes: tuple[str, ...] = ("supcon", "excon
 
 def write_report(out: str | Path) -> str:
     """(Re)write results.csv, table.md and val_curves.png from the finished runs in ``out``."""
+    import io
+
+    from pairlens.io import atomic_write
+
     out = Path(out)
     rows = _collect(out)
     if rows:
         keys: list[str] = []
         for r in rows:
             keys.extend(k for k in r if k not in keys)
-        with open(out / "results.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(out / "results.csv", lambda f: f.write(buf.getvalue().encode()))
     table = table_markdown(rows)
-    (out / "table.md").write_text(table)
+    atomic_write(out / "table.md", lambda f: f.write(table.encode()))
     plot_validation_curves(out)
     return table
