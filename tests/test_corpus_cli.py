@@ -41,11 +41,14 @@ def digit_files(tmp_path_factory):
 
 
 def test_corpus_cli_rise_with_random_digits_foil(digit_files, tmp_path, capsys):
+    """Also the deprecated spellings --method and --n-masks: they work, with a warning."""
     out = tmp_path / "out"
     code = main(
         [
             "corpus",
             str(digit_files["explicand"]),
+            "--model",
+            "digits",
             "--corpus",
             str(digit_files["root"] / "threes"),
             "--foil-from",
@@ -60,10 +63,13 @@ def test_corpus_cli_rise_with_random_digits_foil(digit_files, tmp_path, capsys):
             "cpu",
         ]
     )
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "--method is deprecated" in err and "--n-masks is deprecated" in err
     stem = digit_files["explicand"].stem
     meta = json.loads((out / f"{stem}_rise.json").read_text())
     assert meta["target"] == {"target": "cocoa", "similarity": "cosine", "corpus": 6, "foil": 40}
+    assert meta["params"] == {"n_masks": 300}
     amap = np.load(out / f"{stem}_rise.npz")["attribution"]
     assert amap.shape == (32, 32) and np.isfinite(amap).all() and amap.std() > 0
     assert Image.open(out / f"{stem}_rise.png").size[0] > 100
@@ -87,18 +93,20 @@ def bundled_foil(model):
 def test_corpus_cli_gradient_methods_and_targets(digit_files, tmp_path):
     out = tmp_path / "out"
     for method, extra in (
-        ("integrated-gradients", ["--n-steps", "8"]),
-        ("gradient-shap", ["--n-samples", "8"]),
+        ("integrated-gradients", ["--param", "n_steps=8"]),
+        ("gradient-shap", ["--param", "gradient-shap.n_samples=8"]),
     ):
         code = main(
             [
                 "corpus",
                 str(digit_files["explicand"]),
+                "--model",
+                "digits",
                 "--corpus",
                 *map(str, digit_files["corpus"]),
                 "--foil",
                 str(digit_files["root"] / "eights"),
-                "--method",
+                "--methods",
                 method,
                 *extra,
                 "--out",
@@ -109,17 +117,19 @@ def test_corpus_cli_gradient_methods_and_targets(digit_files, tmp_path):
         )
         assert code == 0
         meta = json.loads((out / f"{digit_files['explicand'].stem}_{method}.json").read_text())
-        assert meta["target"]["foil"] == 6 and meta["params"]
+        assert meta["target"]["foil"] == 6 and meta["params"] == {extra[1].split(".")[-1][:-2]: 8}
     code = main(
         [
             "corpus",
             str(digit_files["explicand"]),
+            "--model",
+            "digits",
             "--target",
             "label-free",
-            "--method",
+            "--methods",
             "rise",
-            "--n-masks",
-            "100",
+            "--param",
+            "n_masks=100",
             "--out",
             str(out / "lf"),
             "--device",
@@ -134,15 +144,18 @@ def test_corpus_cli_gradient_methods_and_targets(digit_files, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "rise"], "give the corpus"),
+        (["--methods", "rise"], "give the corpus"),
         (["--corpus", "X", "--target", "cocoa"], "needs a foil"),
         (["--corpus", "X", "--foil-from", "mnist:5"], "unknown dataset"),
-        (["--text", "a photo of a cat"], "--clip-checkpoint"),
+        (["--text", "a photo of a cat"], "--model clip"),
+        (["--corpus", "X", "--methods", "grad-cam"], "unknown method 'grad-cam'"),
+        (["--corpus", "X", "--param", "n_steps=3"], "no selected method has a parameter"),
     ],
 )
 def test_corpus_cli_errors_are_one_line(digit_files, tmp_path, capsys, args, message):
     args = [str(digit_files["root"] / "threes") if a == "X" else a for a in args]
-    code = main(["corpus", str(digit_files["explicand"]), *args, "--out", str(tmp_path)])
+    code = main(["corpus", str(digit_files["explicand"]), "--model", "digits", *args, "--out",
+                 str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
 
@@ -219,6 +232,33 @@ def test_corpus_cli_text_mode(tiny_clip, tmp_path, capsys):
         assert meta["target"]["target"] == "text-cocoa"
         assert meta["target"]["foil"] == (100 if foil[1] == "cifar100" else 1)
         assert np.load(tmp_path / f"{image.stem}_rise.npz")["attribution"].shape == (32, 32)
+
+
+def test_corpus_cli_text_mode_with_a_registered_clip_model(tiny_clip, tmp_path, capsys):
+    """The shared spelling: --model clip:ARCH --checkpoint PATH, the same as pairlens explain."""
+    clip, tokenizer, _, checkpoint = tiny_clip
+    image = bundled.example_image_paths("photos")[0]
+    code = main(["corpus", str(image), "--text", "a photo of a zebra", "--text-foil",
+                 "a photo of a horse", "--model", "clip:pairlens-test-tiny-clip", "--checkpoint",
+                 str(checkpoint), "--param", "n_masks=64", "--out", str(tmp_path), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    meta = json.loads((tmp_path / f"{image.stem}_rise.json").read_text())
+    assert meta["target"]["target"] == "text-cocoa" and meta["target"]["foil"] == 1
+    assert report["results"][0]["score"] == pytest.approx(meta["score"])
+    # the score is eq. (6) with the saved CLIP's own towers
+    from pairlens import load_model
+
+    model = load_model("clip:pairlens-test-tiny-clip", checkpoint=checkpoint)
+    with torch.no_grad():
+        x = model.preprocess(image)
+        zi = torch.nn.functional.normalize(clip.encode_image(x), dim=-1)
+        zc = torch.nn.functional.normalize(clip.encode_text(tokenizer(["a photo of a zebra"])),
+                                           dim=-1)
+        zf = torch.nn.functional.normalize(clip.encode_text(tokenizer(["a photo of a horse"])),
+                                           dim=-1)
+    assert meta["score"] == pytest.approx(float((zi * (zc - zf)).sum()), abs=1e-4)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -337,7 +377,7 @@ def test_pairlens_report_shows_the_corpus_tables(tmp_path):
     ]
     db = tmp_path / "results.db"
     CE.save_results(db, records, CE.CorpusEvalConfig(seeds=tuple(range(5))), "r")
-    assert main(["report", str(db), "--out", str(tmp_path / "rep")]) == 0
+    assert main(["report", "--store", str(db), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "COCOA" in md and "| COCOA | 0.820" in md  # mean over seeds 0..4 of 0.8 + 0.01 s
     assert "<table>" in (tmp_path / "rep" / "report.html").read_text()

@@ -97,7 +97,8 @@ def add_colorbar(fig: Any, axes: Any, cmap: str = "jet", orientation: str = "ver
     return bar
 
 
-def _figure(width: float, height: float) -> Any:
+def display_figure(width: float, height: float) -> Any:
+    """A pyplot-free figure of ``width`` x ``height`` inches with constrained layout."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
@@ -115,7 +116,7 @@ def pair_figure(exp: Any, index: int = 0, smooth: float = 0.0, clip: float = DIS
     overlays below, a colour bar, and a title with method, similarity, model and parameters."""
     if exp.images is None:
         raise ValueError("this explanation carries no images to draw")
-    fig = _figure(2 * _PANEL + 1.0, 2 * _PANEL + 1.0)
+    fig = display_figure(2 * _PANEL + 1.0, 2 * _PANEL + 1.0)
     axes = fig.subplots(2, 2, squeeze=False)
     for col in range(2):
         axes[0, col].imshow(to_pil(exp.images[col][index]))
@@ -151,7 +152,7 @@ def grid_figure(
     per_block = -(-n // blocks)
     rows = per_block + 1
     header = 1.5
-    fig = _figure(blocks * (header + 2 * _PANEL), rows * _PANEL + 0.8)
+    fig = display_figure(blocks * (header + 2 * _PANEL), rows * _PANEL + 0.8)
     grid = fig.add_gridspec(rows, 3 * blocks, width_ratios=[header / _PANEL, 1, 1] * blocks)
 
     def header_cell(r: int, b: int, text: str) -> None:

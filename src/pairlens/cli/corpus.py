@@ -1,139 +1,152 @@
-"""``pairlens corpus`` (COCOA explanations of images against a corpus and a foil, or against CLIP
-captions) and ``pairlens corpus-eval`` (the §4.1 evaluation, Tables 1-4)."""
+"""``pairlens corpus`` (COCOA explanations of images against a corpus and a foil, or against
+CLIP captions) and ``pairlens corpus-eval`` (the §4.1 evaluation, Tables 1-4)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pairlens.io import atomic_write
+from pairlens.cli.options import (
+    REMOVED_IN,
+    Output,
+    UsageError,
+    add_deprecated,
+    add_method_options,
+    add_model_options,
+    add_output_options,
+    add_run_options,
+    add_store_option,
+    apply_threads,
+    command_parser,
+    confirm_long_run,
+    load_model,
+    method_list,
+    model_name,
+    positive,
+    seeds_of,
+    store_of,
+    usage,
+    warn,
+)
 
 CORPUS_EXAMPLES = """examples:
-  pairlens corpus digit.png --corpus threes/ --foil-from digits:1060 --out out/
+  pairlens corpus digit.png --model digits --corpus threes/ --foil-from digits:1060 --out out/
   pairlens corpus dog.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
-      --corpus cats/ --foil random/ --method integrated-gradients --out out/
-  pairlens corpus zebra.jpg --text "This is a photo of a zebra" --text-foil cifar100 \\
-      --clip-checkpoint ViT-B-32.pt --clip-arch ViT-B-32-quickgelu --out out/
-  pairlens corpus bee.jpg --text "a photo of a bee" --text-foil "a photo of a flower" \\
-      --clip-checkpoint clip.pt --out out/
+      --corpus cats/ --foil random/ --methods integrated-gradients --out out/
+  pairlens corpus zebra.jpg --model clip-vit-b-32 --checkpoint open_clip_pytorch_model.bin \\
+      --text "This is a photo of a zebra" --text-foil cifar100 --out out/
+  pairlens corpus bee.jpg --model clip:ViT-B-32-quickgelu --checkpoint ViT-B-32.pt \\
+      --text "a photo of a bee" --text-foil "a photo of a flower" --out out/
 """
 
 EVAL_EXAMPLES = """examples:
-  pairlens corpus-eval --db results/corpus.sqlite          # the digits reproduction
-  pairlens corpus-eval --seeds 0 1 --classes 3 8 --n-masks 500 --db /tmp/quick.sqlite
-  pairlens corpus-eval --report --db results/corpus.sqlite  # tables of the latest run
+  pairlens corpus-eval --seeds 0 --classes 3,8 --param n_masks=500 --store quick.db --out quick/
+  pairlens corpus-eval --store corpus.db --out corpus/ --yes     # the digits reproduction
+  pairlens corpus-eval --report --store corpus.db --out corpus/  # tables of the latest run
+
+Runs estimated over 15 min (the full reproduction: about TIME_FULL here) need --yes; the
+estimate is printed after the first explicand.
 """
 
 METHOD_CHOICES = ("rise", "integrated-gradients", "gradient-shap", "relax")
 TARGET_CHOICES = ("cocoa", "corpus", "label-free", "contrastive-label-free")
+#: corpus-eval's parameters (``--param``) and the evaluation settings they set
+EVAL_PARAMS = {("rise", "n_masks"): "n_masks", ("integrated-gradients", "n_steps"): "ig_steps",
+               ("gradient-shap", "n_samples"): "shap_samples",
+               ("gradient-shap", "stdevs"): "shap_stdevs"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "corpus",
-        help="what in an image looks like a corpus rather than a foil (COCOA)",
-        description="Explain images with contrastive corpus attributions (COCOA): which pixels "
-        "make an image's representation similar to a corpus of images (or CLIP captions) and "
-        "dissimilar to a foil. Writes an overlay figure (PNG), the raw maps (.npz) and metadata "
-        "(JSON) per image.",
-        epilog=CORPUS_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, "corpus", "what in an image looks like a corpus rather than a foil (COCOA)",
+        "Explain images with contrastive corpus attributions (COCOA, seed 002): which pixels make "
+        "an image's representation similar to a corpus of images (or CLIP captions) and "
+        "dissimilar to a foil. Writes an overlay figure (PNG), the raw map (.npz) and metadata "
+        "(JSON) per image and method.",
+        CORPUS_EXAMPLES,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s) to explain")
-    p.add_argument("--model", default="digits", help="registered model (default: %(default)s)")
-    p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
-    p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
-    p.add_argument("--corpus", nargs="+", metavar="DIR|FILE", help="corpus folder or files")
-    p.add_argument("--foil", nargs="+", metavar="DIR|FILE", help="foil folder or files")
-    p.add_argument(
-        "--foil-from",
-        metavar="DATASET[:N]",
-        help="N random images of a bundled dataset as foil (digits or photos); without N, the "
-        "foil size of Proposition C.2 for --delta / --epsilon",
-    )
-    p.add_argument("--delta", type=float, default=0.01, help="Prop. C.2 delta (default 0.01)")
-    p.add_argument("--epsilon", type=float, default=0.05, help="Prop. C.2 epsilon (default 0.05)")
-    p.add_argument(
-        "--target",
-        choices=TARGET_CHOICES,
-        default=None,
-        help="explanation target (default: cocoa with a foil, corpus without)",
-    )
-    p.add_argument(
-        "--method",
-        choices=METHOD_CHOICES,
-        default="rise",
-        help="attribution method (default: %(default)s)",
-    )
-    p.add_argument("--similarity", choices=("cosine", "dot"), default="cosine")
-    p.add_argument("--n-masks", type=int, default=None, help="RISE / RELAX masks (5000 / 3000)")
-    p.add_argument("--n-steps", type=int, default=None, help="integrated-gradients steps (50)")
-    p.add_argument("--n-samples", type=int, default=None, help="gradient-shap samples (50)")
-    p.add_argument(
-        "--text",
-        action="append",
-        default=[],
-        metavar="CAPTION",
-        help="corpus caption for a CLIP model (repeatable)",
-    )
-    p.add_argument(
-        "--text-foil",
-        action="append",
-        default=[],
-        metavar="CAPTION|cifar100",
-        help="foil caption (repeatable), or cifar100 for the 100 CIFAR-100 classes "
-        "without the corpus class (§4.3)",
-    )
-    p.add_argument("--clip-checkpoint", default=None, help="local open_clip / OpenAI CLIP weights")
-    p.add_argument(
-        "--clip-arch",
-        default="ViT-B-32",
-        help="open_clip architecture or model-config .json (default: %(default)s)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed for masks, noise and foil sampling")
-    p.add_argument("--out", default="pairlens-corpus", help="output directory")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_model_options(p)
+    c = p.add_argument_group("corpus and foil")
+    c.add_argument("--corpus", nargs="+", metavar="DIR|FILE", help="corpus folder or files")
+    c.add_argument("--foil", nargs="+", metavar="DIR|FILE", help="foil folder or files")
+    c.add_argument("--foil-from", metavar="DATASET[:N]",
+                   help="N random images of a bundled dataset as foil (digits or photos); "
+                   "without N, the foil size of Proposition C.2 for --delta / --epsilon")
+    c.add_argument("--delta", type=float, default=0.01, help="Prop. C.2 δ (default: %(default)s)")
+    c.add_argument("--epsilon", type=float, default=0.05,
+                   help="Prop. C.2 ε (default: %(default)s)")
+    c.add_argument("--text", action="append", default=[], metavar="CAPTION",
+                   help="corpus caption for a CLIP --model (repeatable)")
+    c.add_argument("--text-foil", action="append", default=[], metavar="CAPTION|cifar100",
+                   help="foil caption (repeatable), or cifar100 for the 100 CIFAR-100 classes "
+                   "without the corpus class (§4.3)")
+    c.add_argument("--target", choices=TARGET_CHOICES, default=None,
+                   help="explanation target (default: cocoa with a foil, corpus without)")
+    c.add_argument("--similarity", choices=("cosine", "dot"), default="cosine",
+                   help="(default: %(default)s)")
+    add_method_options(p, default="rise", what=", ".join(METHOD_CHOICES))
+    add_output_options(p, "pairlens-corpus")
+    add_run_options(p)
+    add_deprecated(p, "--method", "--methods", dest="methods")
+    add_deprecated(p, "--n-masks", "--param n_masks=N", dest="legacy_n_masks", type=int)
+    add_deprecated(p, "--n-steps", "--param n_steps=N", dest="legacy_n_steps", type=int)
+    add_deprecated(p, "--n-samples", "--param n_samples=N", dest="legacy_n_samples", type=int)
+    add_deprecated(p, "--clip-checkpoint", "--model CLIP --checkpoint PATH",
+                   dest="legacy_clip_checkpoint")
+    add_deprecated(p, "--clip-arch", "--model clip:ARCH", dest="legacy_clip_arch")
     p.set_defaults(func=run_corpus)
 
-    e = sub.add_parser(
-        "corpus-eval",
-        help="the COCOA §4.1 evaluation (insertion / deletion, Tables 1-4)",
-        description="Run the quantitative evaluation of COCOA (seed 002, §4.1) on a model with a "
-        "linear probe (default: the bundled digits model): four targets x three attribution "
-        "methods and random attributions, same-class and different-class explicands, insertion "
-        "and deletion of corpus majority probability and contrastive corpus similarity, means "
-        "and 95%% CIs over seeds. Results go to the corpus_results table of --db.",
-        epilog=EVAL_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    e = command_parser(
+        sub, "corpus-eval", "the COCOA §4.1 evaluation (insertion / deletion, Tables 1-4)",
+        "Run the quantitative evaluation of COCOA (seed 002, §4.1) on a model with a linear "
+        "probe (default: the bundled digits model): four targets x three attribution methods "
+        "and random attributions, same-class and different-class explicands, insertion and "
+        "deletion of corpus majority probability and contrastive corpus similarity, means and "
+        "95%% CIs over seeds. Results go to the corpus_results table of --store; the tables to "
+        "--out/corpus-eval.md.",
+        EVAL_EXAMPLES,
     )
-    e.add_argument("--model", default="digits", help="registered model with .classifier")
-    e.add_argument("--checkpoint", default=None)
-    e.add_argument(
-        "--embedding",
-        default="backbone",
-        help="embedding to explain (default: %(default)s, the probe's input)",
-    )
-    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    e.add_argument("--classes", type=int, nargs="+", default=None, help="default: all")
-    e.add_argument("--explicands-per-class", type=int, default=1)
-    e.add_argument("--corpus-size", type=int, default=100)
-    e.add_argument("--foil-size", type=int, default=None, help="default: Prop. C.2 bound")
-    e.add_argument("--n-masks", type=int, default=5000, help="RISE masks (default 5000)")
-    e.add_argument("--ig-steps", type=int, default=50)
-    e.add_argument("--shap-samples", type=int, default=50)
-    e.add_argument("--methods", nargs="+", default=None, choices=METHOD_CHOICES[:3])
-    e.add_argument("--similarity", choices=("cosine", "dot"), default="cosine")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    e.add_argument("--db", default="pairlens-results.sqlite", help="results database (SQLite)")
-    e.add_argument("--run-id", default=None, help="name of this run (default: a timestamp)")
-    e.add_argument("--report", action="store_true", help="only print the tables of --db")
-    e.add_argument("--out", default=None, help="also write the tables to this markdown file")
-    e.add_argument("--device", default="cpu")
+    add_model_options(e, default_help="digits", embedding_default="backbone")
+    w = e.add_argument_group("protocol")
+    w.add_argument("--classes", nargs="+", default=None, metavar="LIST",
+                   help="classes, comma-separated or a range A-B (default: all)")
+    w.add_argument("--explicands-per-class", type=int, default=1, help="(default: %(default)s)")
+    w.add_argument("--corpus-size", type=int, default=100, help="(default: %(default)s)")
+    w.add_argument("--foil-size", type=int, default=None, help="(default: Prop. C.2 bound)")
+    w.add_argument("--similarity", choices=("cosine", "dot"), default="cosine",
+                   help="(default: %(default)s)")
+    w.add_argument("--run-id", default=None, help="name of this run (default: a timestamp)")
+    w.add_argument("--report", action="store_true",
+                   help="only write the tables of the latest run (or --run-id) in --store")
+    add_method_options(e, default=",".join(METHOD_CHOICES[:3]), what=", ".join(METHOD_CHOICES[:3]),
+                       space_list=True)
+    add_store_option(e)
+    add_output_options(e, "pairlens-corpus-eval")
+    add_run_options(e, seeds="0-4", yes=True)
+    add_deprecated(e, "--db", "--store", dest="store")
+    add_deprecated(e, "--n-masks", "--param n_masks=N", dest="legacy_n_masks", type=int)
+    add_deprecated(e, "--ig-steps", "--param n_steps=N", dest="legacy_n_steps", type=int)
+    add_deprecated(e, "--shap-samples", "--param n_samples=N", dest="legacy_n_samples", type=int)
     e.set_defaults(func=run_corpus_eval_cli)
+
+
+def _legacy_params(args: argparse.Namespace) -> None:
+    """Fold the deprecated --n-masks / --n-steps / --n-samples into ``--param``."""
+    for dest, key in (("legacy_n_masks", "n_masks"), ("legacy_n_steps", "n_steps"),
+                      ("legacy_n_samples", "n_samples")):
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        from pairlens.attribution import attribution_params
+
+        methods = ",".join(args.methods) if isinstance(args.methods, list) else args.methods
+        for name, params in attribution_params().items():
+            if key in params and name in methods:
+                args.param.append(f"{name}.{key}={value}")
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -142,56 +155,45 @@ def run_corpus(args: argparse.Namespace) -> int:
 
     from pairlens.attribution import attribute
     from pairlens.corpus import targets as T
-    from pairlens.models.similarity import resolve_device
+    from pairlens.progress import overall, progress_bars
 
-    device = str(resolve_device(args.device))
-    text_mode = bool(args.text or args.text_foil or args.clip_checkpoint)
+    out = Output(args, "corpus")
+    _legacy_params(args)
+    variants = method_list(args, family="attribution")
+    unknown = [m for m, _ in variants if m not in METHOD_CHOICES]
+    if unknown:
+        raise UsageError(f"corpus methods are {', '.join(METHOD_CHOICES)}; got "
+                         f"{', '.join(unknown)}")
+    apply_threads(args)
+    legacy_clip = getattr(args, "legacy_clip_checkpoint", None) or getattr(
+        args, "legacy_clip_arch", None)
+    text_mode = bool(args.text or args.text_foil or legacy_clip)
     if text_mode:
-        if not args.clip_checkpoint:
-            raise ValueError("--text needs --clip-checkpoint (a local CLIP weights file)")
         if not args.text:
-            raise ValueError("give the corpus caption(s) with --text")
+            raise UsageError("give the corpus caption(s) with --text")
         if args.corpus or args.foil or args.foil_from:
-            raise ValueError("--text (CLIP captions) cannot be combined with --corpus / --foil")
+            raise UsageError("--text (CLIP captions) cannot be combined with --corpus / --foil")
         foil: Any = None
         if args.text_foil:
             if [f.strip().lower() for f in args.text_foil] == ["cifar100"]:
                 foil = T.cifar100_foil_captions(args.text)
             else:
                 foil = args.text_foil
-        target = T.TextCorpus.from_open_clip(
-            args.clip_checkpoint,
-            args.text,
-            foil,
-            arch=args.clip_arch,
-            similarity=args.similarity,
-            device=device,
-        )
+        target = _text_target(args, foil)
         model = target.model
         description = {"corpus_text": args.text, "foil_text": foil or []}
     else:
-        from pairlens.models import load_model
-
-        model = load_model(
-            args.model, checkpoint=args.checkpoint, embedding=args.embedding, device=device
-        )
+        model = load_model(args)
         if not args.corpus and args.target not in ("label-free", "contrastive-label-free"):
-            raise ValueError("give the corpus with --corpus DIR|FILES (or --text for CLIP)")
+            raise UsageError("give the corpus with --corpus DIR|FILES (or --text for CLIP)")
         if args.foil and args.foil_from:
-            raise ValueError("give either --foil or --foil-from, not both")
+            raise UsageError("give either --foil or --foil-from, not both")
         foil = _foil(model, args)
         target = None  # built per image for explicand targets
         description = {"corpus": [str(c) for c in args.corpus or []]}
     kind = "cocoa" if text_mode else (args.target or ("cocoa" if foil is not None else "corpus"))
     if kind in ("cocoa", "contrastive-label-free") and foil is None and not text_mode:
-        raise ValueError(f"target {kind} needs a foil: --foil DIR|FILES or --foil-from digits:N")
-    params: dict[str, Any] = {}
-    if args.n_masks and args.method in ("rise", "relax"):
-        params["n_masks"] = args.n_masks
-    if args.n_steps and args.method == "integrated-gradients":
-        params["n_steps"] = args.n_steps
-    if args.n_samples and args.method == "gradient-shap":
-        params["n_samples"] = args.n_samples
+        raise UsageError(f"target {kind} needs a foil: --foil DIR|FILES or --foil-from digits:N")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus_target = None
@@ -201,34 +203,63 @@ def run_corpus(args: argparse.Namespace) -> int:
             if kind == "cocoa"
             else T.Corpus(model, args.corpus, args.similarity)
         )
-    for path in args.images:
-        x = model.preprocess(path)
-        if text_mode:
-            t = target
-        elif corpus_target is not None:
-            t = corpus_target
-        elif kind == "label-free":
-            t = T.LabelFree(model, x, args.similarity)
-        else:
-            t = T.ContrastiveLabelFree(model, x, foil, args.similarity)
-        start = time.perf_counter()
-        amap = attribute(t, x, method=args.method, seed=args.seed, **params)[0]
-        with torch.no_grad():
-            score = float(t(x)[0])
-        meta = {
-            "image": str(path),
-            "model": model.describe(),
-            "target": t.describe(),
-            "method": args.method,
-            "params": params,
-            "seed": args.seed,
-            "score": score,
-            "seconds": round(time.perf_counter() - start, 3),
-            **description,
-        }
-        written = _save(out_dir, Path(path).stem, args.method, model, x, amap, meta)
-        print(f"{path}: {t.name} score {score:.4f}; wrote {', '.join(str(w) for w in written)}")
-    return 0
+    results = []
+    with progress_bars(not args.quiet), overall(len(args.images) * len(variants), "corpus",
+                                                 unit="map") as bar:
+        for path in args.images:
+            x = model.preprocess(path)
+            if text_mode:
+                t = target
+            elif corpus_target is not None:
+                t = corpus_target
+            elif kind == "label-free":
+                t = T.LabelFree(model, x, args.similarity)
+            else:
+                t = T.ContrastiveLabelFree(model, x, foil, args.similarity)
+            with torch.no_grad():
+                score = float(t(x)[0])
+            for method, params in variants:
+                bar.set_postfix_str(f"{Path(path).name} {method}")
+                start = time.perf_counter()
+                amap = attribute(t, x, method=method, seed=args.seed, **params)[0]
+                meta = {
+                    "image": str(path), "model": model.describe(), "target": t.describe(),
+                    "method": method, "params": params, "seed": args.seed, "score": score,
+                    "seconds": round(time.perf_counter() - start, 3), **description,
+                }
+                written = _save(out_dir, Path(path).stem, method, model, x, amap, meta)
+                for w, what in zip(written, ("figure", "raw map", "metadata"), strict=True):
+                    out.wrote(w, what)
+                results.append({k: meta[k] for k in ("image", "method", "score", "seconds")}
+                               | {"target": t.name, "figure": str(written[0])})
+                out.say(f"{path}: {t.name} score {score:.4f}, {method} {meta['seconds']:.1f} s")
+                bar.update(1)
+    out.add(results=results)
+    return out.finish()
+
+
+def _text_target(args: argparse.Namespace, foil: Any) -> Any:
+    """The CLIP text-corpus target: ``--model`` (a CLIP model of ``pairlens models``) with
+    ``--checkpoint``, or the deprecated ``--clip-checkpoint`` / ``--clip-arch``."""
+    from pairlens.corpus import targets as T
+    from pairlens.models.similarity import resolve_device
+
+    legacy = getattr(args, "legacy_clip_checkpoint", None)
+    if legacy or getattr(args, "legacy_clip_arch", None):
+        if not legacy:
+            raise UsageError("--clip-arch needs --clip-checkpoint (better: --model clip:ARCH "
+                             "--checkpoint PATH)")
+        return T.TextCorpus.from_open_clip(
+            legacy, args.text, foil, arch=getattr(args, "legacy_clip_arch", None) or "ViT-B-32",
+            similarity=args.similarity, device=str(resolve_device(args.device)))
+    if not args.model or not args.checkpoint:
+        raise UsageError("--text needs a CLIP model from a local file: --model clip-vit-b-32 "
+                         "--checkpoint PATH (pairlens models lists the CLIP models)")
+    model = load_model(args)
+    if not hasattr(model, "embed_text"):
+        raise UsageError(f"model {args.model!r} has no text tower; --text needs a CLIP model")
+    return T.TextCorpus(model, args.text, foil, text_encoder=model.embed_text,
+                        similarity=args.similarity)
 
 
 def _foil(model: Any, args: argparse.Namespace) -> Any:
@@ -244,7 +275,7 @@ def _foil(model: Any, args: argparse.Namespace) -> Any:
         try:
             n = int(count)
         except ValueError:
-            raise ValueError(
+            raise UsageError(
                 f"--foil-from expects DATASET:N with an integer N; got {count!r}"
             ) from None
     else:
@@ -266,7 +297,7 @@ def _dataset_images(model: Any, name: str) -> Any:
     elif name == "photos":
         x01, _ = bundled.photos_tensor(size=max(model.input_size))
     else:
-        raise ValueError(f"unknown dataset {name!r} for --foil-from; choose digits or photos")
+        raise UsageError(f"unknown dataset {name!r} for --foil-from; choose digits or photos")
     if tuple(x01.shape[-2:]) == tuple(model.input_size):
         return model.normalize(x01.to(model.device))
     arrays = [np.ascontiguousarray(im.permute(1, 2, 0).numpy()) for im in x01]
@@ -276,19 +307,20 @@ def _dataset_images(model: Any, name: str) -> Any:
 def _save(
     out_dir: Path, stem: str, method: str, model: Any, x: Any, amap: Any, meta: dict[str, Any]
 ) -> list[Path]:
-    """Figure (original | overlay, as Fig. 2), raw map (.npz) and metadata, written atomically."""
-    import matplotlib.pyplot as plt
+    """Figure (original | overlay with a colour bar, as Fig. 2), raw map (.npz) and metadata,
+    written atomically."""
     import numpy as np
 
-    from pairlens.viz import overlay
+    from pairlens.io import atomic_write
+    from pairlens.viz import DPI, add_colorbar, display_figure, overlay
 
     image01 = model.denormalize(x)[0].clamp(0, 1).cpu()
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    fig = display_figure(6.4, 3.9)
+    axes = fig.subplots(1, 2)
     axes[0].imshow(image01.permute(1, 2, 0).numpy())
     axes[0].set_title(Path(meta["image"]).name, fontsize=9)
-    axes[1].imshow(overlay(image01, amap.cpu(), alpha=0.5, cmap="jet"))
-    target = meta["target"]
-    title = target["target"]
+    axes[1].imshow(overlay(image01, amap.cpu()))
+    title = meta["target"]["target"]
     if meta.get("corpus_text"):
         foil_text = meta.get("foil_text") or []
         title += f": {' / '.join(meta['corpus_text'])}"
@@ -299,11 +331,10 @@ def _save(
     axes[1].set_title(f"{title}\n{method}, score {meta['score']:.3f}", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    add_colorbar(fig, axes, orientation="horizontal")
     base = out_dir / f"{stem}_{method}"
     png, npz, js = base.with_suffix(".png"), base.with_suffix(".npz"), base.with_suffix(".json")
-    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    atomic_write(png, lambda f: fig.savefig(f, format="png", dpi=DPI))
     atomic_write(npz, lambda f: np.savez_compressed(f, attribution=amap.cpu().numpy()))
     atomic_write(js, lambda f: f.write(json.dumps(meta, indent=2, default=str).encode()))
     return [png, npz, js]
@@ -311,58 +342,103 @@ def _save(
 
 # ----------------------------------------------------------------------------- corpus-eval
 def run_corpus_eval_cli(args: argparse.Namespace) -> int:
-    from pairlens.corpus import evaluation as CE
-
-    if args.report:
-        records = CE.load_results(args.db, args.run_id)
-        _print_tables(records, args.out)
-        return 0
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = CE.CorpusEvalConfig(
-        model=args.model,
-        checkpoint=args.checkpoint,
-        embedding=args.embedding,
-        seeds=tuple(args.seeds),
-        classes=tuple(args.classes) if args.classes else None,
-        explicands_per_class=args.explicands_per_class,
-        corpus_size=args.corpus_size,
-        foil_size=args.foil_size,
-        n_masks=args.n_masks,
-        ig_steps=args.ig_steps,
-        shap_samples=args.shap_samples,
-        similarity=args.similarity,
-        methods=tuple(args.methods) if args.methods else CE.METHOD_NAMES,
-    )
     import dataclasses
 
-    model, classifier, data = CE.digits_eval_setup(cfg, device=args.device)
+    from pairlens.corpus import evaluation as CE
+    from pairlens.progress import overall, progress_bars
+
+    out = Output(args, "corpus-eval")
+    out_dir = _eval_out(args)
+    if args.report:
+        records = usage(CE.load_results, store_of(args), args.run_id)
+        return _finish_tables(out, records, out_dir)
+    _legacy_params(args)
+    methods = [name for name, _ in method_list(args, family="attribution")]
+    settings = _eval_settings(args)
+    bad = [m for m in methods if m not in CE.METHOD_NAMES]
+    if bad:
+        raise UsageError(f"corpus-eval methods are {', '.join(CE.METHOD_NAMES)}; got "
+                         f"{', '.join(bad)}")
+    positive(args, "explicands_per_class", "corpus_size", "foil_size")
+    seeds = seeds_of(args)
+    classes = None
+    if args.classes:
+        from pairlens.params import parse_int_list
+
+        if len(args.classes) > 1:
+            warn(f"space-separated --classes is deprecated and will be removed in pairlens "
+                 f"{REMOVED_IN}; use --classes {','.join(args.classes)}")
+        classes = tuple(usage(parse_int_list, args.classes, "--classes"))
+    apply_threads(args)
+    store = store_of(args)
+    cfg = CE.CorpusEvalConfig(
+        model=model_name(args, data="digits"), checkpoint=args.checkpoint,
+        embedding=args.embedding, seeds=tuple(seeds), classes=classes,
+        explicands_per_class=args.explicands_per_class, corpus_size=args.corpus_size,
+        foil_size=args.foil_size, similarity=args.similarity, methods=tuple(methods),
+        **settings,
+    )
+    model, classifier, data = usage(CE.digits_eval_setup, cfg, device=args.device)
+    n_classes = len(classes) if classes else len(set(data.train_labels.tolist()))
+    total = len(seeds) * len(cfg.settings) * n_classes * cfg.explicands_per_class
     start = time.perf_counter()
     run_id = args.run_id or time.strftime("corpus-%Y%m%d-%H%M%S", time.gmtime())
     records: list[dict[str, Any]] = []
-    for seed in cfg.seeds:  # saved seed by seed, so an interrupted run keeps finished seeds
-        part = CE.run_corpus_eval(
-            model,
-            classifier,
-            data,
-            dataclasses.replace(cfg, seeds=(seed,)),
-            progress=lambda m: print(m, file=sys.stderr, flush=True),
-        )
-        CE.save_results(args.db, part, cfg, run_id)
-        records.extend(part)
-    print(f"run {run_id}: {len(records)} rows in {args.db} ({time.perf_counter() - start:.0f}s)")
-    _print_tables(records, args.out)
-    return 0
+    with progress_bars(not args.quiet), overall(total, "corpus-eval", unit="explicand") as bar:
+        done = [0]
+
+        def step(message: str) -> None:
+            done[0] += 1
+            bar.update(1)
+            bar.set_postfix_str(message.split(":")[0])
+            if done[0] == 1:  # the first explicand times the run
+                confirm_long_run(args, (time.perf_counter() - start) * total,
+                                 f"corpus-eval of {total} explicands")
+
+        for seed in cfg.seeds:  # saved seed by seed, so an interrupted run keeps finished seeds
+            part = CE.run_corpus_eval(model, classifier, data,
+                                      dataclasses.replace(cfg, seeds=(seed,)), progress=step)
+            CE.save_results(store, part, cfg, run_id)
+            records.extend(part)
+    out.wrote(store, f"results store, run {run_id}: {len(records)} rows")
+    out.add(run_id=run_id, rows=len(records), seconds_run=round(time.perf_counter() - start, 1))
+    return _finish_tables(out, records, out_dir)
 
 
-def _print_tables(records: list[dict[str, Any]], out: str | None) -> None:
+def _eval_out(args: argparse.Namespace) -> Path:
+    """``--out`` is a folder; an old-style ``--out tables.md`` still works (deprecated)."""
+    out = Path(args.out)
+    if out.suffix.lower() == ".md":
+        warn(f"--out FILE.md is deprecated and will be removed in pairlens {REMOVED_IN}: --out is "
+             f"a folder now; the tables go to {out.parent / out.stem}/corpus-eval.md")
+        return out.parent / out.stem
+    return out
+
+
+def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--param`` of corpus-eval as :class:`CorpusEvalConfig` fields."""
+    from pairlens.params import parse_assignment
+
+    settings: dict[str, Any] = {}
+    for item in args.param:
+        method, key, value = usage(parse_assignment, item)
+        matches = [field for (m, k), field in EVAL_PARAMS.items()
+                   if k == key and (method is None or m == method)]
+        if not matches:
+            accepted = ", ".join(f"{m}.{k}" for m, k in EVAL_PARAMS)
+            raise UsageError(f"corpus-eval takes --param {accepted}; got {item!r}")
+        for field in matches:
+            settings[field] = value
+    return settings
+
+
+def _finish_tables(out: Output, records: list[dict[str, Any]], out_dir: Path) -> int:
     from pairlens.corpus import evaluation as CE
+    from pairlens.io import atomic_write
 
     report = CE.report_markdown(records)
-    print(report)
-    if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda f: f.write(report.encode()))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out.wrote(atomic_write(out_dir / "corpus-eval.md", lambda f: f.write(report.encode())),
+              "tables (Markdown)")
+    out.add(tables=report)
+    return out.finish(report)

@@ -6,78 +6,97 @@ import argparse
 import os
 from pathlib import Path
 
+from pairlens.cli.options import (
+    REMOVED_IN,
+    Output,
+    UsageError,
+    add_deprecated,
+    add_method_options,
+    add_model_options,
+    add_output_options,
+    add_run_options,
+    add_store_option,
+    apply_threads,
+    command_parser,
+    confirm_long_run,
+    load_model,
+    method_list,
+    model_name,
+    positive,
+    store_of,
+    usage,
+    warn,
+)
+
 EVALUATE_EXAMPLES = """examples:
-  pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db
+  pairlens evaluate --model digits --data digits --pairs 20 --methods grad-cam,interaction-cam \\
+      --store digits.db
+  pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db --yes
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda
-  torchrun --standalone --nproc_per_node 4 $(which pairlens) evaluate ...  (pairs are sharded)
+  torchrun --standalone --nproc_per_node 4 -m pairlens evaluate ...   (pairs are sharded)
 
-Re-running the same command resumes: finished pairs are skipped.
+Re-running the same command resumes: finished pairs are skipped. Before a long run, one pair per
+method is evaluated (and kept) to estimate the total time; runs estimated over 15 min need --yes.
 """
 
 REPORT_EXAMPLES = """examples:
-  pairlens report digits.db --out report/
-  pairlens report digits.db photos.db --out report/ --format md,html
-  pairlens report all.db --out report/ --downstream simclr=0.717,simsiam=0.683,barlow=0.730
+  pairlens report --store digits.db --out report/
+  pairlens report --store digits.db,photos.db --out report/ --format md,html
+  pairlens report --store all.db --out report/ --downstream simclr=0.717,simsiam=0.683
 """
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate explanation methods with the pair metrics (resumable, shardable)",
-        description="Run explanation methods on N image pairs, score them with the pair metrics "
-        "of seed 000 §IV (SI, SD, CI, CD, SAD, CAD, the increase rates SAI/CAI and max "
-        "sensitivity MS) and store every result in an SQLite file as it is produced. Re-running "
-        "the same command resumes; under torchrun the pairs are sharded across processes.",
-        epilog=EVALUATE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, "evaluate",
+        "evaluate explanation methods with the pair metrics (resumable, shardable)",
+        "Run explanation methods on N image pairs, score them with the pair metrics of seed 000 "
+        "§IV (SI, SD, CI, CD, SAD, CAD, the increase rates SAI/CAI and max sensitivity MS) and "
+        "store every result in an SQLite file as it is produced. Re-running the same command "
+        "resumes; under torchrun the pairs are sharded across processes.",
+        EVALUATE_EXAMPLES,
     )
-    p.add_argument("--model", default=None, help="registered model name (default: digits)")
-    p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
-    p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
-    p.add_argument("--data", default="digits",
+    add_model_options(p, default_help="digits for --data digits, else photos")
+    d = p.add_argument_group("pairs")
+    d.add_argument("--data", default="digits",
                    help="digits[:split] | photos | image folder | list file (default: digits)")
-    p.add_argument("--pairs", type=int, default=None, metavar="N",
+    d.add_argument("--pairs", type=int, default=None, metavar="N",
                    help="number of pairs (default: every image once / every listed pair)")
-    p.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"))
-    p.add_argument("--methods", default="all",
-                   help="all | comma-separated names, variants as name[key=value;key=value]")
-    p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
-    p.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
+    d.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"),
+                   help="(default: %(default)s)")
+    add_method_options(p, default="all")
+    m = p.add_argument_group("metrics")
+    m.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
-    p.add_argument("--step", type=int, default=None, metavar="L",
+    m.add_argument("--step", type=int, default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
-    p.add_argument("--ms-samples", type=int, default=10, help="max-sensitivity noise samples")
-    p.add_argument("--seed", type=int, default=0, help="selects images and augmentations")
-    p.add_argument("--store", default="results.db",
-                   help="SQLite results file (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+    m.add_argument("--ms-samples", type=int, default=10, metavar="N",
+                   help="max-sensitivity noise samples (default: %(default)s)")
+    add_store_option(p)
+    add_output_options(p, None, out=False)
+    g = add_run_options(p, batch_size=256, yes=True, batch_help="images per forward pass in the "
+                        "metrics")
+    g.add_argument("--pairs-per-batch", type=int, default=8, metavar="N",
                    help="pairs explained and stored together (default: %(default)s)")
-    p.add_argument("--forward-batch", type=int, default=256,
-                   help="images per forward pass in the metrics (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=int)
     p.set_defaults(func=run_evaluate)
 
-    r = sub.add_parser(
-        "report",
-        help="tables and figures (md/csv/html) from evaluation results",
-        description="Write the tables (like Tables I-VI of seed 000) and figures (Fig. 14 "
-        "heatmap, insertion/deletion curves, Fig. 15 scatter with --downstream) of one or more "
-        "results stores. Several stores are merged.",
-        epilog=REPORT_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    r = command_parser(
+        sub, "report", "tables and figures (md/csv/html) from evaluation results",
+        "Write the tables (like Tables I-VI of seed 000) and figures (Fig. 14 heatmap, "
+        "insertion/deletion curves, Fig. 15 scatter with --downstream) of one or more results "
+        "stores, and the COCOA tables of pairlens corpus-eval. Several stores are merged.",
+        REPORT_EXAMPLES,
     )
-    r.add_argument("stores", nargs="+", metavar="STORE",
-                   help="results file(s) of pairlens evaluate")
-    r.add_argument("--out", default="pairlens-report", help="output directory")
-    r.add_argument("--format", default="md,csv,html", help="comma-separated: md,csv,html")
+    r.add_argument("legacy_stores", nargs="*", metavar="STORE", help=argparse.SUPPRESS)
+    add_store_option(r, several=True)
+    add_output_options(r, "pairlens-report")
+    r.add_argument("--format", default="md,csv,html", help="comma-separated: md,csv,html "
+                   "(default: %(default)s)")
     r.add_argument("--downstream", default=None, metavar="MODEL=ACC,...",
                    help="downstream accuracy per model for the Fig. 15 scatter")
     r.set_defaults(func=run_report)
@@ -86,55 +105,82 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from pairlens.cli.explain import load_cli_model
-    from pairlens.study.loop import Shard, parse_methods, parse_metrics, run_evaluation
+    from pairlens.study.loop import MethodSpec, Shard, parse_metrics, run_evaluation
     from pairlens.study.pairs import PairSet
     from pairlens.study.store import ResultStore
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.pairs is not None and args.pairs < 1:
-        raise ValueError("--pairs must be >= 1")
-    if args.batch_size < 1 or args.forward_batch < 1:
-        raise ValueError("--batch-size and --forward-batch must be >= 1")
-    if args.step is not None and args.step < 1:
-        raise ValueError("--step must be >= 1")
-    specs = parse_methods(args.methods, args.param)
-    metrics = parse_metrics(args.metrics)
+    out = Output(args, "evaluate")
+    positive(args, "pairs", "batch_size", "pairs_per_batch", "step", "ms_samples")
+    specs = [MethodSpec(name, given) for name, given in method_list(args)]
+    metrics = usage(parse_metrics, args.metrics)
+    apply_threads(args)
+    store_path = store_of(args)
     shard = Shard.from_env()
     dist = _init_distributed(shard)
     device = args.device
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    model = load_cli_model(args.model or "digits", args.checkpoint, args.embedding, device)
-    model_key = args.model or "digits"
+    model = load_model(args, data=args.data, device=device)
+    model_key = model_name(args, args.data)
     if args.checkpoint:
         model_key += f"@{Path(args.checkpoint).name}"
     if args.embedding:
         model_key += f"#{args.embedding}"
-    pairs = PairSet(model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
+    pairs = usage(PairSet, model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
     if shard.rank == 0:  # create the schema once before the other ranks open the file
-        ResultStore(args.store).close()
+        ResultStore(store_path).close()
     _barrier(dist)
+    options = dict(step=args.step, pairs_per_batch=args.pairs_per_batch,
+                   forward_batch=args.batch_size, ms_samples=args.ms_samples)
     try:
-        with ResultStore(args.store) as store:
-            summary = run_evaluation(
-                model, model_key, pairs, specs, metrics, store, step=args.step,
-                pairs_per_batch=args.batch_size, forward_batch=args.forward_batch, shard=shard,
-                progress=not args.quiet, ms_samples=args.ms_samples,
-            )
+        with ResultStore(store_path) as store:
+            probed = 0
+            if shard.world == 1 and len(pairs) > 1:
+                probed = _estimate(args, model, model_key, pairs, specs, metrics, store, options)
+            summary = run_evaluation(model, model_key, pairs, specs, metrics, store,
+                                     shard=shard, progress=not args.quiet, **options)
+            summary.computed_pairs += probed
+            summary.skipped_pairs -= probed
         _barrier(dist)
     finally:
         if dist:
             torch.distributed.destroy_process_group()
     who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
-    print(f"{who}{summary.computed_pairs} pair evaluations computed, {summary.skipped_pairs} "
-          f"already in {args.store}; {summary.seconds:.1f} s")
-    for label, seconds in summary.per_method.items():
-        print(f"{who}  {label:40s} explanation {seconds:8.2f} s")
+    lines = [f"{who}{summary.computed_pairs} pair evaluations computed, {summary.skipped_pairs} "
+             f"already in {store_path}; {summary.seconds:.1f} s"]
+    lines += [f"{who}  {label:40s} explanation {seconds:8.2f} s"
+              for label, seconds in summary.per_method.items()]
     if shard.rank == 0:
-        print(f"report: pairlens report {args.store} --out pairlens-report")
-    return 0
+        lines.append(f"next: pairlens report --store {store_path} --out pairlens-report")
+    out.wrote(store_path, f"results store ({summary.computed_pairs} new pair evaluations)")
+    out.add(computed=summary.computed_pairs, skipped=summary.skipped_pairs,
+            explain_seconds=summary.per_method, store=str(store_path), rank=shard.rank,
+            world=shard.world)
+    return out.finish("\n".join(lines))
+
+
+def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> int:
+    """Evaluate pair 0 with every method (stored, so never wasted), time it, and announce the
+    estimated total; stop unless --yes when it is long (:func:`confirm_long_run`). Returns the
+    number of pair evaluations computed."""
+    import time
+
+    from pairlens.study.loop import run_evaluation
+    from pairlens.study.pairs import PairSet
+
+    first = PairSet(model, args.data, mode=args.pair_mode, n=1, seed=args.seed)
+    per_pair, computed = 0.0, 0
+    for spec in specs:
+        start = time.perf_counter()
+        done = run_evaluation(model, model_key, first, [spec], metrics, store, progress=False,
+                              **options)
+        if done.computed_pairs == 0:  # already stored (a resumed run): no timing to be had
+            return computed
+        computed += done.computed_pairs
+        per_pair += time.perf_counter() - start
+    confirm_long_run(args, per_pair * (len(pairs) - 1),
+                     f"evaluating {len(pairs)} pairs x {len(specs)} methods")
+    return computed
 
 
 def _init_distributed(shard) -> bool:
@@ -158,11 +204,30 @@ def _barrier(active: bool) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from pairlens.report import parse_downstream, write_report
+    from pairlens.report import FORMATS, parse_downstream, write_report
 
-    written = write_report(args.stores, args.out, formats=args.format.split(","),
-                           downstream=parse_downstream(args.downstream))
-    main = [p for p in written if p.suffix in (".md", ".html")]
-    print(f"wrote {len(written)} files to {args.out}: "
-          + ", ".join(p.name for p in main or written[:3]))
-    return 0
+    out = Output(args, "report")
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    bad = sorted(set(formats) - set(FORMATS)) or ([] if formats else ["(none)"])
+    if bad:
+        raise UsageError(f"unknown report format {', '.join(bad)}; choose from "
+                         f"{', '.join(FORMATS)}")
+    stores = [s.strip() for item in args.store for s in item.split(",") if s.strip()]
+    if args.legacy_stores:
+        warn(f"positional STORE is deprecated and will be removed in pairlens {REMOVED_IN}; use "
+             f"--store {','.join(args.legacy_stores)}")
+        stores += args.legacy_stores
+    if not stores:
+        raise UsageError("give the results file(s) with --store FILE")
+    for store in stores:
+        if not Path(store).is_file():
+            raise FileNotFoundError(f"{store}: no such results file")
+    written = write_report(stores, args.out, formats=formats,
+                           downstream=usage(parse_downstream, args.downstream))
+    for path in written:
+        out.wrote(path, _REPORT_FILES.get(path.suffix, ""))
+    return out.finish()
+
+
+_REPORT_FILES = {".md": "report (Markdown)", ".html": "report (HTML)", ".csv": "table",
+                 ".png": "figure"}

@@ -259,6 +259,17 @@ def usage(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise UsageError(" ".join(str(err).split())) from None
 
 
+def store_of(args: argparse.Namespace) -> Path:
+    """``--store``; when it is the default and absent but an old default file exists, say so."""
+    path = Path(args.store)
+    if args.store == DEFAULT_STORE and not path.exists():
+        for old in ("results.db", "pairlens-results.sqlite"):
+            if Path(old).exists():
+                warn(f"the default results file is now {DEFAULT_STORE}; {old} (the old default) "
+                     f"exists here: pass --store {old} to resume it")
+    return path
+
+
 def seeds_of(args: argparse.Namespace, count_ok: bool = False) -> list[int]:
     """The ``--seeds`` list. Space-separated values are deprecated (commas now). With
     ``count_ok``, a lone integer N keeps its old meaning of seeds 0..N-1, with a warning."""
