@@ -150,7 +150,7 @@ def test_download_model_into_cache_and_cli(server, tmp_path, capsys):
     code = main(["download", "simsiam-r50", "--url", url, "--cache", str(tmp_path / "bad"),
                  "--quiet", "--sha256", "1" * 64])  # fmt: skip
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("pairlens: error:") and "SHA-256 mismatch" in err
+    assert code == 1 and err.startswith("pairlens: error:") and "SHA-256 mismatch" in err
     assert len(err.splitlines()) == 1
 
 

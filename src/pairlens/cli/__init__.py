@@ -19,14 +19,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = (
+COMMAND_MODULES = (  # in the order --help lists them: explain first, then the pipeline
     "pairlens.cli.explain",  # explain, methods
     "pairlens.cli.models",  # models, models info, download
+    "pairlens.cli.evaluate",  # evaluate, report
+    "pairlens.cli.corpus",  # corpus, corpus-eval
     "pairlens.cli.train",  # train MODE
     "pairlens.cli.eval_classifier",  # eval-classifier
     "pairlens.cli.study",  # study excon
-    "pairlens.cli.evaluate",  # evaluate, report
-    "pairlens.cli.corpus",  # corpus
     "pairlens.cli.demo",  # demo
 )
 
@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pairlens",
         description="Explain why contrastive / self-supervised vision models find two images "
         "similar, and measure whether the explanations are faithful.",
-        epilog="examples:\n  pairlens explain\n  pairlens explain a.jpg b.jpg --method "
-        "conditional-occlusion --out out/\n  pairlens methods\n  pairlens models",
+        epilog="examples:\n  pairlens explain\n  pairlens explain a.jpg b.jpg --methods "
+        "conditional-occlusion --out out/\n  pairlens methods\n  pairlens models\n\n"
+        "Every command takes --help. Exit codes: 0 success, 1 runtime error, 2 usage error, "
+        "130 interrupted,\n141 closed output pipe. PAIRLENS_DEBUG=1 shows tracebacks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version())

@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 import sys
 
+from pairlens.cli.options import UsageError, add_device_option, command_parser, usage
+
 DEMO_EXAMPLES = """examples:
   pairlens demo                                   # bundled models, http://127.0.0.1:7860
   pairlens demo --model photos --port 8080
@@ -17,25 +19,24 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="explore pair explanations in the browser (needs pairlens[demo])",
-        description="Start the PairLens web demo: upload or paste two images (or make image 2 "
-        "an augmentation of image 1), pick a model and a method with its parameters, and see "
-        "both heatmaps, the similarity, the faithfulness metrics and a comparison of methods. "
-        "Needs Gradio: pip install 'pairlens[demo]'.",
-        epilog=DEMO_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = command_parser(
+        sub, "demo", "explore pair explanations in the browser (needs pairlens[demo])",
+        "Start the PairLens web demo: upload or paste two images (or make image 2 an "
+        "augmentation of image 1), pick a model and a method with its parameters, and see both "
+        "heatmaps, the similarity, the faithfulness metrics and a comparison of methods. Needs "
+        "Gradio: pip install 'pairlens[demo]'.",
+        DEMO_EXAMPLES,
     )
-    p.add_argument("--model", action="append", default=[], metavar="NAME",
+    g = p.add_argument_group("model")
+    g.add_argument("--model", action="append", default=[], metavar="NAME",
                    help="registered model to offer, repeatable or comma-separated "
                    "(default: every bundled model)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+    g.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
                    help="offer registered model NAME with the local checkpoint PATH, repeatable")
+    add_device_option(g)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=1, choices=(1, 2),
                    help="requests computed at once (default: %(default)s)")
     p.add_argument("--queue-size", type=int, default=16,
@@ -50,13 +51,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from pairlens.demo.core import DemoError, model_choices, parse_checkpoint_args
 
     if not 1 <= args.port <= 65535:
-        raise DemoError(f"--port must be between 1 and 65535, got {args.port}")
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     if args.max_upload_mb <= 0 or args.queue_size < 1:
-        raise DemoError("--max-upload-mb and --queue-size must be positive")
+        raise UsageError("--max-upload-mb and --queue-size must be positive")
     if importlib.util.find_spec("gradio") is None:  # not imported yet: see app._import_gradio
         raise DemoError("the web demo needs Gradio: pip install 'pairlens[demo]'")
     names = [n.strip() for item in args.model for n in item.split(",") if n.strip()]
-    checkpoints = parse_checkpoint_args(args.checkpoint)
+    checkpoints = usage(parse_checkpoint_args, args.checkpoint)
     if args.host not in LOOPBACK:
         print(f"pairlens demo: warning: listening on {args.host}; the demo has no login, "
               "anyone who can reach this address can use it", file=sys.stderr)

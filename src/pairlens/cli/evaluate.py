@@ -36,8 +36,9 @@ EVALUATE_EXAMPLES = """examples:
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
-      --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda
-  torchrun --standalone --nproc_per_node 4 -m pairlens evaluate ...   (pairs are sharded)
+      --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda --yes
+  torchrun --standalone --nproc_per_node 2 -m pairlens evaluate --model digits --data digits \\
+      --pairs 20 --methods grad-cam,interaction-cam --store digits.db     # pairs are sharded
 
 Re-running the same command resumes: finished pairs are skipped. Before a long run, one pair per
 method is evaluated (and kept) to estimate the total time; runs estimated over 15 min need --yes.
@@ -46,7 +47,7 @@ method is evaluated (and kept) to estimate the total time; runs estimated over 1
 REPORT_EXAMPLES = """examples:
   pairlens report --store digits.db --out report/
   pairlens report --store digits.db,photos.db --out report/ --format md,html
-  pairlens report --store all.db --out report/ --downstream simclr=0.717,simsiam=0.683
+  pairlens report --store digits.db --out report/ --downstream digits=0.993
 """
 
 

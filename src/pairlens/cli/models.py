@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+
+from pairlens.cli.options import (
+    Output,
+    UsageError,
+    add_output_options,
+    add_run_options,
+    usage,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +35,9 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     info.add_argument("name", help="model name, e.g. mocov3-vit-b")
+    add_output_options(info, None, out=False)
     info.set_defaults(func=_info)
+    add_output_options(p, None, out=False)
     p.set_defaults(func=_list)
 
     d = subparsers.add_parser(
@@ -36,7 +47,7 @@ def add_parser(subparsers) -> None:
         "partial download and verifying its SHA-256 checksum when known or given. Prints the "
         "path to pass to --checkpoint.",
         epilog="examples:\n  pairlens download simsiam-r50\n"
-        "  pairlens download dino-vit-s16 --cache /data/weights --sha256 <64 hex digits>",
+        "  pairlens download dino-vit-s16 --cache /data/weights --sha256 SHA256",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("name", help="model name, e.g. simsiam-r50")
@@ -45,28 +56,35 @@ def add_parser(subparsers) -> None:
         "--cache", help="cache directory (default: $PAIRLENS_CACHE or ~/.cache/pairlens)"
     )
     d.add_argument("--url", help="download from this address instead (a mirror)")
-    d.add_argument("--quiet", action="store_true", help="no progress output")
+    add_output_options(d, None, out=False)
+    add_run_options(d, seed=False, threads=False)
     d.set_defaults(func=_download)
 
 
 def _list(args: argparse.Namespace) -> int:
     from pairlens.models.registry import list_models, model_info
 
+    out = Output(args, "models")
     names = list_models()
     width = max(len(n) for n in names)
+    lines, models = [], []
     for n in names:
         info = model_info(n)
         tag = "bundled" if info.bundled else f"embedding: {info.default_embedding}"
-        print(f"{n:<{width}}  {info.summary}  [{tag}]")
-    print("\npairlens models info NAME for details; pairlens download NAME for published weights")
-    return 0
+        lines.append(f"{n:<{width}}  {info.summary}  [{tag}]")
+        models.append({"name": n, "summary": info.summary, "bundled": info.bundled,
+                       "default_embedding": info.default_embedding})
+    lines.append("\npairlens models info NAME for details; pairlens download NAME for published "
+                 "weights")
+    out.add(models=models)
+    return out.finish("\n".join(lines))
 
 
-def format_info(name: str) -> str:
-    """The text shown by ``pairlens models info NAME``."""
+def info_rows(name: str) -> list[tuple[str, str]]:
+    """The fields shown by ``pairlens models info NAME``."""
     from pairlens.models.registry import model_info
 
-    info = model_info(name)
+    info = usage(model_info, name)
     rows = [
         ("name", info.name),
         ("summary", info.summary),
@@ -81,13 +99,20 @@ def format_info(name: str) -> str:
         ("sha256", info.sha256 or "-"),
     ]
     rows += [(k.replace("_", " "), str(v)) for k, v in info.extras.items()]
+    return [(k, v) for k, v in rows if v]
+
+
+def format_info(name: str) -> str:
+    """The text shown by ``pairlens models info NAME``."""
+    rows = info_rows(name)
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows if v)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def _info(args: argparse.Namespace) -> int:
-    print(format_info(args.name))
-    return 0
+    out = Output(args, "models info")
+    out.add(model={k.replace(" ", "_"): v for k, v in info_rows(args.name)})
+    return out.finish(format_info(args.name))
 
 
 def _download(args: argparse.Namespace) -> int:
@@ -102,17 +127,28 @@ def _download(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\r{done / 2**20:8.1f} MiB")
         sys.stderr.flush()
 
+    from pairlens.models.registry import model_info
+
+    out = Output(args, "download")
+    usage(model_info, args.name)
+    if args.sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
+        raise UsageError(f"--sha256 expects 64 hex digits, got {args.sha256!r}")
     path = download_model(
         args.name, cache_dir=args.cache, sha256=args.sha256, url=args.url, progress=progress
     )
     if not args.quiet:
         sys.stderr.write("\n")
-        if not args.sha256:
-            from pairlens.models.registry import model_info
-
-            if not model_info(args.name).sha256:
-                sys.stderr.write(
-                    f"no checksum known for {args.name}; sha256 of the file: {sha256_of(path)}\n"
-                )
-    print(path)
+    if not args.sha256 and not model_info(args.name).sha256:
+        digest = sha256_of(path)
+        out.add(sha256=digest)
+        if not args.quiet:
+            sys.stderr.write(f"no checksum known for {args.name}; sha256 of the file: {digest}\n")
+    out.wrote(path, f"checkpoint of {args.name}: pass it to --checkpoint")
+    out.add(path=str(path))
+    if out.json:
+        return out.finish()
+    if not args.quiet:
+        sys.stderr.write(f"wrote {path} (the checkpoint of {args.name}; pass it to "
+                         "--checkpoint)\n")
+    print(path)  # the path alone on stdout, for scripts: $(pairlens download NAME)
     return 0

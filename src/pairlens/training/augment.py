@@ -179,3 +179,54 @@ def _blur(x: Tensor, p: _Params, sigma_max: float) -> Tensor:
         return x
     y = blur_per_image(x, p.sigma, 2 * radius + 1)
     return torch.where(p.blur.to(x.device).view(b, 1, 1, 1), y, x)
+
+
+def write_examples(directory: str | None = None, size: int = 256) -> list:
+    """(Re)create the example image files (run once by the developers; they ship in the package).
+
+    Photos are resized so the shorter side is ``size`` and saved as JPEG (quality 90); the
+    augmented cat view is :class:`~pairlens.training.augment.SimCLRAugment` with the photos
+    preset at seed 0. Digits are 32 px PNGs from the ``seed=0`` test split.
+    """
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from pairlens.data.bundled import digits, examples_dir, photos, square_tensor
+
+    directory = Path(directory) if directory is not None else examples_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    imgs = photos(("chelsea", "coffee", "motorcycle_left", "motorcycle_right"))
+    written = []
+
+    def save(img: Image.Image, name: str) -> None:
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+        path = directory / name
+        if name.endswith(".jpg"):
+            img.save(path, quality=90)
+        else:
+            img.save(path)
+        written.append(path)
+
+    save(imgs["chelsea"], "cat.jpg")
+    save(imgs["coffee"], "coffee.jpg")
+    save(imgs["motorcycle_left"], "motorcycle-left.jpg")
+    save(imgs["motorcycle_right"], "motorcycle-right.jpg")
+    cat = square_tensor(imgs["chelsea"], 300).unsqueeze(0)
+    aug = SimCLRAugment(AugmentConfig.photos(), out_size=(size, size))
+    view = aug(cat, torch.Generator().manual_seed(0))[0]
+    arr = (view.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    save(Image.fromarray(arr), "cat-view.jpg")
+
+    x, y = digits("test", seed=0)
+    threes = torch.nonzero(y == 3).flatten().tolist()
+    eight = int(torch.nonzero(y == 8).flatten()[0])
+    chosen = (("digit-3a.png", threes[0]), ("digit-3b.png", threes[1]), ("digit-8.png", eight))
+    for name, i in chosen:
+        arr = (x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(directory / name)
+        written.append(directory / name)
+    return written
