@@ -195,7 +195,7 @@ def test_exit_codes(tmp_path, capsys, monkeypatch):
 
 
 def test_a_closed_pipe_is_silent():
-    proc = subprocess.Popen([sys.executable, "-m", "pairlens", "methods"], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "pairlens", "--help"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before anything is written (like `| head -0`)
     err = proc.stderr.read().decode()

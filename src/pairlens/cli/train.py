@@ -9,6 +9,7 @@ from typing import Any
 
 from pairlens.cli.options import (
     Output,
+    UsageError,
     add_device_option,
     add_output_options,
     add_run_options,
@@ -137,6 +138,9 @@ def _train_config(args: argparse.Namespace):
     from pairlens.training.simclr import TrainConfig
 
     positive(args, "epochs", "batch_size", "steps_per_epoch", "image_size")
+    if (Path(args.out) / "checkpoint.pt").exists() and not args.resume:
+        raise UsageError(f"{Path(args.out) / 'checkpoint.pt'} exists; pass --resume to continue "
+                         "it or choose another --out")
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, temperature=args.temperature,

@@ -93,15 +93,25 @@ def gaussian_blur(x: Tensor, s: Tensor, u: Tensor, kernel: int = 11) -> Tensor:
     return blur_per_image(x, s.clamp(min=1e-3), kernel)
 
 
-def _hue_rotate(x: Tensor, turns: Tensor) -> Tensor:
-    # rotation of the chroma plane in YIQ space: a smooth, differentiable hue shift
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
-    theta = 2 * math.pi * turns.view(-1, 1, 1)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq)
+# RGB <-> YIQ (NTSC), float64 so the per-image colour matrices are exact to float32 precision
+_RGB2YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+def hue_rotate(x: Tensor, turns: Tensor) -> Tensor:
+    """Hue shift of (N, 3, H, W) RGB images: the chroma plane (I, Q) of YIQ colour space rotated
+    by ``2 pi turns[i]`` for image i (a smooth, differentiable, linear stand-in for an HSV hue
+    shift); one 3 x 3 colour matrix per image. Not clamped. Used by the ``color-jitter``
+    transform and the SimCLR augmentation."""
+    angle = turns.detach().to("cpu", torch.float64).reshape(-1) * 2 * math.pi
+    rot = torch.zeros(len(angle), 3, 3, dtype=torch.float64)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = angle.cos(), -angle.sin()
+    rot[:, 2, 1], rot[:, 2, 2] = angle.sin(), angle.cos()
+    m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.device, x.dtype)
+    return torch.einsum("nij,njhw->nihw", m, x)
 
 
 def color_jitter(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
@@ -111,7 +121,7 @@ def color_jitter(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     x = ((x - mean) * _col(1 + s * d[:, 1]) + mean).clamp(0, 1)
     g = luma(x)
     x = ((x - g) * _col(1 + s * d[:, 2]) + g).clamp(0, 1)
-    return _hue_rotate(x, s * d[:, 3] / 2).clamp(0, 1)
+    return hue_rotate(x, s * d[:, 3] / 2).clamp(0, 1)
 
 
 def _affine(x: Tensor, theta: Tensor) -> Tensor:

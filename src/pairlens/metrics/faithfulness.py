@@ -32,9 +32,9 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from pairlens.attribution.baselines import blur
 from pairlens.models.similarity import SimilarityModel, cosine
 
 BLUR_KERNEL = 11
@@ -68,21 +68,10 @@ def pixel_ranks(maps: Tensor) -> Tensor:
 
 
 def gaussian_blur(x: Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> Tensor:
-    """Separable Gaussian blur of (B, C, H, W) images with reflect padding.
-
-    The 1-D kernel is ``exp(-t^2 / (2 sigma^2))`` for ``t = -(k-1)/2 .. (k-1)/2``, normalised to
-    sum 1 (as torchvision's ``gaussian_blur``). Images too small for reflect padding
-    (a side <= k // 2) use replicate padding.
-    """
-    half = kernel // 2
-    t = torch.arange(kernel, dtype=x.dtype, device=x.device) - (kernel - 1) / 2
-    k1 = torch.exp(-(t**2) / (2 * sigma**2))
-    k1 = k1 / k1.sum()
-    c = x.shape[1]
-    mode = "reflect" if min(x.shape[-2:]) > half else "replicate"
-    y = F.pad(x, (half, half, half, half), mode=mode)
-    y = F.conv2d(y, k1.view(1, 1, 1, kernel).expand(c, 1, 1, kernel), groups=c)
-    return F.conv2d(y, k1.view(1, 1, kernel, 1).expand(c, 1, kernel, 1), groups=c)
+    """The start image of insertion: a Gaussian blur of (B, C, H, W) images in model-input space,
+    kernel 11 and sigma 5 by default (DESIGN.md), through torchvision's ``gaussian_blur``
+    (reflect padding; :func:`pairlens.attribution.baselines.blur`)."""
+    return blur(x, kernel, sigma)
 
 
 def auc(curves: Tensor) -> Tensor:

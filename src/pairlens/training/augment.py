@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.transforms import blur_per_image, luma
+from pairlens.methods.transforms import blur_per_image, hue_rotate, luma
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,6 @@ def _resized_crop(x: Tensor, p: _Params, out_hw: tuple[int, int]) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-# RGB <-> YIQ (NTSC) matrices
-_RGB2YIQ = torch.tensor(
-    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
-)
-_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
-
-
 def _color_jitter(x: Tensor, p: _Params, dev: torch.device) -> Tensor:
     b = x.shape[0]
     on = p.jitter.to(dev).view(b, 1, 1, 1)
@@ -158,14 +151,7 @@ def _color_jitter(x: Tensor, p: _Params, dev: torch.device) -> Tensor:
     y = ((y - mean) * factor(p.contrast) + mean).clamp(0, 1)
     gray = luma(y)
     y = ((y - gray) * factor(p.saturation) + gray).clamp(0, 1)
-    # hue: rotate the chroma plane (I, Q) by 2*pi*hue; M = YIQ2RGB @ R @ RGB2YIQ per image
-    angle = torch.where(p.jitter, p.hue, torch.zeros(b)).double() * 2 * math.pi
-    rot = torch.zeros(b, 3, 3, dtype=torch.float64)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = angle.cos(), -angle.sin()
-    rot[:, 2, 1], rot[:, 2, 2] = angle.sin(), angle.cos()
-    m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(dev, x.dtype)  # (B, 3, 3)
-    y = torch.einsum("bij,bjhw->bihw", m, y).clamp(0, 1)
+    y = hue_rotate(y, torch.where(p.jitter, p.hue, torch.zeros(b))).clamp(0, 1)
     return torch.where(on, y, x)
 
 
