@@ -160,3 +160,105 @@ def test_help_everywhere_has_examples(capsys):
             main(args + ["--help"])
         assert info.value.code == 0
         assert "example" in capsys.readouterr().out, args
+
+
+# ----------------------------------------------------------------------------- many pairs
+def test_explain_many_pairs_from_a_list_and_a_folder(tmp_path, capsys):
+    """--pairs: one folder per pair, an index, one JSON object; an unreadable pair is reported,
+    skipped and does not stop the others; results equal explaining each pair alone."""
+    paths = example_image_paths("digits")
+    listing = tmp_path / "pairs.txt"
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    listing.write_text(f"{paths[0]} {paths[1]}\n# a comment\n{paths[0]} {broken}\n"
+                       f"{paths[1]} {paths[2]}\n")
+    out = tmp_path / "out"
+    code, stdout, err = run(["explain", "--pairs", listing, "--model", "digits", "--methods",
+                             "grad-cam,interaction-cam", "--batch-size", "4", "--out", out,
+                             "--json", "--quiet"], capsys)
+    assert code == 1 and "pair 2 skipped" in err and "1 of 3 pairs" in err
+    report = json.loads(stdout)
+    assert [p["pair"] for p in report["pairs"]] == [1, 2, 3] and report["failed"] == 1
+    assert "error" in report["pairs"][1]
+    folders = sorted(p for p in out.iterdir() if p.is_dir())
+    assert [f.name for f in folders] == ["0001_digit-3a_digit-3b", "0003_digit-3b_digit-8"]
+    for folder in folders:
+        for name in ("grad-cam.png", "grad-cam.npz", "interaction-cam.json", "grid.png"):
+            assert (folder / name).is_file()
+    rows = (out / "index.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2 + 1 and "broken.png" in rows[3] and "no such" not in rows[3]
+    assert "<img" in (out / "index.html").read_text()
+    alone = tmp_path / "alone"
+    assert run(["explain", paths[1], paths[2], "--model", "digits", "--methods", "grad-cam",
+                "--out", alone, "--quiet"], capsys)[0] == 0
+    batch_map = np.load(folders[1] / "grad-cam.npz")["map1"]
+    np.testing.assert_allclose(batch_map, np.load(alone / "grad-cam.npz")["map1"], atol=1e-5)
+
+    folder = tmp_path / "pairdirs"
+    for name, (a, b) in {"one": paths[:2], "two": paths[1:3]}.items():
+        (folder / name).mkdir(parents=True)
+        for p in (a, b):
+            (folder / name / p.name).write_bytes(p.read_bytes())
+    code, stdout, _ = run(["explain", "--pairs", folder, "--model", "digits", "--out",
+                           tmp_path / "o2", "--json", "--quiet"], capsys)
+    assert code == 0 and len(json.loads(stdout)["pairs"]) == 2
+
+
+def test_explain_lists_what_it_wrote_and_json_matches(tmp_path, capsys):
+    a, b = example_image_paths("digits")[:2]
+    code, out, _ = run(["explain", a, b, "--model", "digits", "--out", tmp_path, "--quiet"],
+                       capsys)
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted(str(p) for p in tmp_path.iterdir())
+    code, out, _ = run(["explain", a, b, "--model", "digits", "--out", tmp_path, "--json"],
+                       capsys)
+    report = json.loads(out)
+    result = report["pairs"][0]["results"][0]
+    meta = json.loads((tmp_path / "interaction-cam.json").read_text())
+    assert result["similarity"] == pytest.approx(meta["score"][0])
+    assert {w["path"] for w in report["written"]} == {str(p) for p in tmp_path.iterdir()}
+
+
+def test_deprecated_spellings_still_work_with_a_warning(tmp_path, capsys):
+    a, b = example_image_paths("digits")[:2]
+    code, _, err = run(["explain", a, b, "--model", "digits", "--method", "grad-cam", "--out",
+                        tmp_path, "--quiet"], capsys)
+    assert code == 0 and "--method is deprecated" in err and "use --methods" in err
+    assert (tmp_path / "grad-cam.png").is_file()
+
+
+def test_usage_errors_of_the_method_options(capsys):
+    a = example_image_paths("digits")[0]
+    for args, message in (
+        (["--methods", "grad-cam", "--param", "interaction-cam.reduction=max"],
+         "not among the selected methods"),
+        (["--methods", "grad-cam,smoothgrad", "--param", "reduction=max"],
+         "no selected method has a parameter"),
+        (["--methods", "grad-cam[", "--param", "x=1"], "unbalanced brackets"),
+        (["--clip", "0"], "--clip"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+    ):
+        code, _, err = run(["explain", a, a, "--model", "digits", *args], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+
+
+# ----------------------------------------------------------------------------- file modes
+def test_written_files_follow_the_umask(tmp_path, capsys):
+    """Collaborators can read what PairLens writes (mode 0666 & ~umask), like any other tool."""
+    import os
+
+    from pairlens.io import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        probe = atomic_write(tmp_path / "probe", lambda f: f.write(b"x"))
+        if probe.stat().st_mode & 0o777 != 0o644:
+            pytest.xfail("pairlens.io.atomic_write ignores the umask (issue 12 fixes it)")
+        a, b = example_image_paths("digits")[:2]
+        assert run(["explain", a, b, "--model", "digits", "--out", tmp_path / "o", "--quiet"],
+                   capsys)[0] == 0
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "o").iterdir()}
+        assert set(modes.values()) == {0o644}, modes
+    finally:
+        os.umask(old)
