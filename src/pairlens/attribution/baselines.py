@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torchvision.transforms.functional as TF
 from torch import Tensor
 
 BLUR_KERNEL = 21
@@ -19,12 +18,14 @@ def blur(x: Tensor, kernel_size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -
     torchvision's ``GaussianBlur``). Blurring commutes with per-channel normalisation, so blurring
     normalised inputs equals normalising blurred pixels. For images smaller than the kernel the
     kernel shrinks to the largest odd size reflect padding allows (2 * min(H, W) - 1)."""
+    from torchvision.transforms.functional import gaussian_blur  # lazy: torchvision is slow
+
     h, w = x.shape[-2:]
     k = min(int(kernel_size), 2 * min(h, w) - 1)
     k = k if k % 2 == 1 else k - 1
     if k < 3:
         return x.clone()
-    return TF.gaussian_blur(x, [k, k], [float(sigma), float(sigma)])
+    return gaussian_blur(x, [k, k], [float(sigma), float(sigma)])
 
 
 def resolve_baseline(baseline: Baseline, x: Tensor) -> Tensor:

@@ -304,9 +304,10 @@ def method_list(args: argparse.Namespace, family: str = "pair") -> list[tuple[st
                  f"{REMOVED_IN}; use --methods {','.join(methods)}")
         methods = ",".join(methods)
     if family == "pair":
-        from pairlens.study.loop import parse_methods
+        import pairlens.methods  # noqa: F401  (registers every method)
+        from pairlens.methods.registry import parse_methods
 
-        return [(spec.name, spec.given) for spec in usage(parse_methods, methods, args.param)]
+        return usage(parse_methods, methods, args.param)
     from pairlens.attribution import attribution_params
 
     return usage(parse_method_list, methods, attribution_params(), args.param)

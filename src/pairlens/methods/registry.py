@@ -10,7 +10,7 @@ similarity of the unaltered pairs when the method computed it anyway. Register i
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -81,3 +81,19 @@ def methods() -> dict[str, str]:
 
 def method_infos() -> list[MethodInfo]:
     return list(_METHODS.values())
+
+
+#: families that ``all`` leaves out (attributions of a single target, not pair maps)
+EXCLUDED_FAMILIES = ("corpus",)
+
+
+def parse_methods(text: str, assignments: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """Method variants ``[(name, given parameters), ...]`` from a method list (``all``, names,
+    variants ``name[key=value;...]``) and ``[method.]key=value`` assignments, checked against
+    the registered methods (see :mod:`pairlens.params`). Raises ValueError on unknown names."""
+    from pairlens.params import parse_method_list
+
+    known = {info.name: info.params for info in method_infos()}
+    everything = [info.name for info in method_infos() if info.family not in EXCLUDED_FAMILIES]
+    return parse_method_list(text, known, assignments, resolve=lambda n: get_method(n).name,
+                             all_names=everything)

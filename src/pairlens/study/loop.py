@@ -17,14 +17,12 @@ from typing import Any
 
 import torch
 
-from pairlens.methods.registry import get_method, method_infos
+from pairlens.methods.registry import get_method
+from pairlens.methods.registry import parse_methods as parse_method_variants
 from pairlens.metrics import ALL_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
-from pairlens.params import parse_method_list
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
-
-EXCLUDED_FAMILIES = ("corpus",)
 
 
 @dataclass(frozen=True)
@@ -58,17 +56,9 @@ def _show(v: Any) -> str:
 
 
 def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
-    """Parse ``--methods`` and ``--param [method.]key=value`` into method variants.
-
-    ``text`` is ``all`` (every registered pair method) or comma-separated items ``name`` or
-    ``name[key=value;key=value]`` (a variant); see :mod:`pairlens.params` for the syntax. A value
-    given inside brackets wins over ``--param``. Raises ValueError on unknown names.
-    """
-    known = {info.name: info.params for info in method_infos()}
-    everything = [info.name for info in method_infos() if info.family not in EXCLUDED_FAMILIES]
-    variants = parse_method_list(text, known, overrides, resolve=lambda n: get_method(n).name,
-                                 all_names=everything)
-    return [MethodSpec(name, given) for name, given in variants]
+    """Parse ``--methods`` and ``--param [method.]key=value`` into method variants
+    (:func:`pairlens.methods.registry.parse_methods`). Raises ValueError on unknown names."""
+    return [MethodSpec(name, given) for name, given in parse_method_variants(text, overrides)]
 
 
 def parse_metrics(text: str) -> list[str]:

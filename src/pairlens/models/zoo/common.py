@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from pairlens.models.checkpoint import (
@@ -32,6 +31,8 @@ class ResNetTrunk(nn.Module):
 
     def __init__(self, arch: str = "resnet50", fc: nn.Module | None = None) -> None:
         super().__init__()
+        import torchvision  # lazy: importing torchvision costs seconds
+
         net = getattr(torchvision.models, arch)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
