@@ -216,6 +216,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def parse_bool(value: Any) -> bool:
+    """Strict boolean: True/False, 1/0, or true/false/yes/no/1/0 in any case; else
+    :class:`ParamError`."""
+    try:
+        return _bool(value)
+    except _Invalid:
+        raise ParamError(f"expected true or false (also yes/no/1/0); got {_show(value)}") from None
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value

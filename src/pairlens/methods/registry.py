@@ -66,7 +66,7 @@ class MethodInfo:
         return validate_call(self.specs, given, f"method {self.name}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _specs(fn: MethodFn) -> dict[str, Spec]:
     return signature_specs(fn, skip=3)
 
