@@ -103,7 +103,7 @@ def run_explain(args: argparse.Namespace) -> int:
         raise ValueError("--param cannot be combined with --all-methods")
     names = [info.name for info in method_infos()] if args.all_methods else [args.method]
     for name in names:
-        get_method(name)  # fail early on a typo
+        get_method(name).validate(params)  # fail early on a typo or a bad value
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
     x1, x2, sources = load_pair(model, images, args.images)

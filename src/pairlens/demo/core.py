@@ -4,7 +4,8 @@ The page (:mod:`pairlens.demo.app`) only moves values between widgets and these 
 
 * :func:`model_choices` / :class:`ModelPool`: which models the page offers and their cache;
 * :func:`param_specs` / :func:`coerce_params`: each method's keyword parameters as widgets, with
-  the defaults read from the method's signature (the paper's defaults) and the values checked;
+  the defaults, kinds and ranges read from the method's signature (the paper's defaults) and the
+  values checked by the library's one validation layer (:mod:`pairlens.params`);
 * :func:`load_upload`: an uploaded or pasted file to an RGB image, refusing files outside the
   app's own folders, oversized files and non-images with a one-line :class:`DemoError`;
 * :func:`run_pair`: preprocess, optionally make image 2 an augmentation of image 1
@@ -28,8 +29,6 @@ import math
 import shutil
 import threading
 import time
-import types
-import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from pairlens.io import ImageError, load_image
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.methods.transforms import FAMILIES, apply_transform
 from pairlens.models.similarity import SimilarityModel
+from pairlens.params import ParamError, Spec, validate_call
 
 #: largest upload accepted, in bytes (the page also tells Gradio, which refuses bigger files).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -224,99 +224,53 @@ class ParamSpec:
 
 
 def param_specs(method: str) -> list[ParamSpec]:
-    """The keyword parameters of ``method`` with their defaults (from the method's signature)."""
-    info = get_method(method)
-    try:
-        hints = typing.get_type_hints(info.fn)
-    except Exception:  # noqa: BLE001 - fall back to the defaults' types
-        hints = {}
-    return [_spec(name, default, hints.get(name)) for name, default in info.params.items()]
+    """The keyword parameters of ``method`` with their defaults, kinds and ranges, read from the
+    method's signature (:attr:`MethodInfo.specs`); numeric bounds are the declared range narrowed
+    by the demo's :data:`PARAM_BOUNDS`."""
+    return [_spec(spec) for spec in get_method(method).specs.values()]
 
 
-def _spec(name: str, default: Any, ann: Any) -> ParamSpec:
-    optional = False
-    base = ann
-    if ann is not None and typing.get_origin(ann) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(ann))
-        base = args[0] if len(args) == 1 else None
-    if base is None and ann is None:
-        base = type(default) if default is not None else None
-        optional = default is None
-    common = {"optional": optional or default is None, "help": PARAM_HELP.get(name, "")}
-    bounds = PARAM_BOUNDS.get(name)
-    if typing.get_origin(base) is Literal:
-        return ParamSpec(name, default, "choice", choices=typing.get_args(base), **common)
-    if base is bool:
-        return ParamSpec(name, default, "bool", **common)
-    if base is int:
-        return ParamSpec(name, default, "int", bounds=bounds, **common)
-    if base is float:
-        return ParamSpec(name, default, "float", bounds=bounds, **common)
-    if base is tuple or typing.get_origin(base) is tuple:
-        return ParamSpec(name, default, "pair", **common)
-    if base is str and name == "transform":
-        return ParamSpec(name, default, "choice", choices=tuple(FAMILIES), **common)
-    return ParamSpec(name, default, "text", **common)
+def _spec(spec: Spec) -> ParamSpec:
+    kind: ParamKind = "text" if spec.kind == "str" else spec.kind
+    bounds = None
+    if spec.kind in ("int", "float"):
+        lo, hi = PARAM_BOUNDS.get(spec.name, (-math.inf, math.inf))
+        if spec.range is not None:
+            lo = max(lo, spec.range.lo if spec.range.lo is not None else -math.inf)
+            hi = min(hi, spec.range.hi if spec.range.hi is not None else math.inf)
+        bounds = (lo, hi) if math.isfinite(lo) or math.isfinite(hi) else None
+    return ParamSpec(spec.name, spec.default, kind, optional=spec.optional,
+                     choices=tuple(spec.choices), bounds=bounds,
+                     help=PARAM_HELP.get(spec.name, ""))
 
 
 def coerce_params(method: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Widget values to the method's keyword arguments; missing names keep their defaults.
 
-    Raises :class:`DemoError` naming the parameter for a value of the wrong kind or outside the
-    demo's bounds (:data:`PARAM_BOUNDS`).
+    Values are converted and checked by the library's own rules
+    (:meth:`~pairlens.methods.registry.MethodInfo.validate`: strict booleans, declared ranges and
+    choices), then against the demo's work bounds (:data:`PARAM_BOUNDS`). Raises
+    :class:`DemoError` naming the parameter.
     """
-    out: dict[str, Any] = {}
-    for spec in param_specs(method):
-        if spec.name in raw:
-            out[spec.name] = _coerce(spec, raw[spec.name])
+    info = get_method(method)
+    given = {}
+    for name, spec in info.specs.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if spec.kind == "bool" and (value is None or value == ""):
+            value = False  # a cleared checkbox
+        given[name] = value
+    try:
+        out = validate_call(info.specs, given, f"method {info.name}", defaults=False)
+    except ParamError as err:
+        raise DemoError(str(err)) from None
+    for name, value in out.items():
+        lo_hi = PARAM_BOUNDS.get(name)
+        if lo_hi is not None and value is not None and not lo_hi[0] <= value <= lo_hi[1]:
+            raise DemoError(f"parameter {name} must be between {lo_hi[0]:g} and {lo_hi[1]:g} "
+                            f"in the demo, got {value:g}")
     return out
-
-
-def _coerce(spec: ParamSpec, value: Any) -> Any:
-    what = f"parameter {spec.name}"
-    if isinstance(value, str):
-        value = value.strip()
-    if value is None or (isinstance(value, str) and value == "" and spec.kind != "text"):
-        if spec.optional:
-            return None
-        if spec.kind == "bool":
-            return False
-        raise DemoError(f"{what} needs a value")
-    if spec.kind == "bool":
-        if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if spec.kind in ("int", "float"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DemoError(f"{what} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise DemoError(f"{what} must be finite")
-        if spec.kind == "int":
-            if number != round(number):
-                raise DemoError(f"{what} must be a whole number, got {value!r}")
-            number = int(round(number))
-        if spec.bounds is not None and not spec.bounds[0] <= number <= spec.bounds[1]:
-            lo, hi = spec.bounds
-            raise DemoError(f"{what} must be between {lo:g} and {hi:g} in the demo, got {number:g}")
-        return number
-    if spec.kind == "choice":
-        if value not in spec.choices:
-            raise DemoError(f"{what} must be one of {', '.join(map(str, spec.choices))}")
-        return value
-    if spec.kind == "pair":
-        text = str(value).replace(";", ",")
-        parts = value if isinstance(value, (list, tuple)) else text.split(",")
-        try:
-            pair = tuple(float(p) for p in parts)
-        except (TypeError, ValueError):
-            raise DemoError(f"{what} must be two numbers 'lo, hi', got {value!r}") from None
-        if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or pair[0] > pair[1]:
-            raise DemoError(f"{what} must be two numbers 'lo, hi' with lo <= hi, got {value!r}")
-        return pair
-    return str(value)
 
 
 def method_labels() -> dict[str, str]:

@@ -20,6 +20,7 @@ import torch
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.metrics import ALL_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
+from pairlens.params import parse_assignments, validate_call
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
 
@@ -62,10 +63,10 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
     ``text`` is ``all`` (every registered pair method) or comma-separated items ``name`` or
     ``name[key=value;key=value]`` (a variant; ``,`` also separates parameters inside brackets).
     ``--param method.key=value`` sets ``key`` for every variant of ``method``; a value given inside
-    brackets wins. Values are Python literals (``true``/``false``/``none`` accepted).
+    brackets wins. Values are converted and checked by the method's declared types and ranges
+    (:meth:`~pairlens.methods.registry.MethodInfo.validate`), so the stored parameters are
+    exactly the ones used.
     """
-    from pairlens.cli.explain import parse_params
-
     items, depth, cur = [], 0, ""
     for ch in text:
         depth += ch == "["
@@ -84,11 +85,12 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
                       if info.family not in EXCLUDED_FAMILIES]
             continue
         name, _, rest = item.partition("[")
-        given = {}
+        given: dict[str, Any] = {}
         if rest:
             if not rest.endswith("]"):
                 raise ValueError(f"--methods: unbalanced brackets in {item!r}")
-            given = parse_params([p for p in rest[:-1].replace(";", ",").split(",") if p])
+            given = parse_assignments([p for p in rest[:-1].replace(";", ",").split(",") if p],
+                                      "--methods")
         specs.append((get_method(name.strip()).name, given))
     by_method: dict[str, dict[str, Any]] = {}
     for item in overrides:
@@ -96,14 +98,12 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
             raise ValueError(f"--param expects METHOD.KEY=VALUE, got {item!r}")
         method, _, kv = item.partition(".")
         name = get_method(method).name
-        by_method.setdefault(name, {}).update(parse_params([kv]))
+        by_method.setdefault(name, {}).update(parse_assignments([kv]))
     out: list[MethodSpec] = []
     for name, given in specs:
-        params = {**by_method.get(name, {}), **given}
-        unknown = sorted(set(params) - set(get_method(name).params))
-        if unknown:
-            raise ValueError(f"method {name!r} has no parameter {', '.join(unknown)}; its "
-                             f"parameters: {', '.join(get_method(name).params) or '(none)'}")
+        info = get_method(name)
+        params = validate_call(info.specs, {**by_method.get(name, {}), **given},
+                               f"method {name}", defaults=False)
         spec = MethodSpec(name, params)
         if spec not in out:
             out.append(spec)
