@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+import sys
 
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db
@@ -63,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="an unreadable image: stop (default), or skip its pairs, report each "
+                   "bad file once and list them at the end and in the store")
     p.set_defaults(func=run_evaluate)
 
     r = sub.add_parser(
@@ -87,7 +90,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from pairlens.cli.explain import load_cli_model
-    from pairlens.study.loop import Shard, parse_methods, parse_metrics, run_evaluation
+    from pairlens.io import BadFiles
+    from pairlens.study.loop import (
+        Shard,
+        model_label,
+        parse_methods,
+        parse_metrics,
+        run_evaluation,
+    )
     from pairlens.study.pairs import PairSet
     from pairlens.study.store import ResultStore
 
@@ -107,12 +117,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model = load_cli_model(args.model or "digits", args.checkpoint, args.embedding, device)
-    model_key = args.model or "digits"
-    if args.checkpoint:
-        model_key += f"@{Path(args.checkpoint).name}"
-    if args.embedding:
-        model_key += f"#{args.embedding}"
+    model_key = model_label(args.model or "digits", args.checkpoint, args.embedding)
     pairs = PairSet(model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
+    bad = BadFiles(args.on_error, log=lambda line: print(f"pairlens: {line}", file=sys.stderr),
+                   hint="pass --on-error skip to skip the pairs using it")
     if shard.rank == 0:  # create the schema once before the other ranks open the file
         ResultStore(args.store).close()
     _barrier(dist)
@@ -121,15 +129,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
             summary = run_evaluation(
                 model, model_key, pairs, specs, metrics, store, step=args.step,
                 pairs_per_batch=args.batch_size, forward_batch=args.forward_batch, shard=shard,
-                progress=not args.quiet, ms_samples=args.ms_samples,
+                progress=not args.quiet, ms_samples=args.ms_samples, bad_files=bad,
             )
         _barrier(dist)
     finally:
         if dist:
             torch.distributed.destroy_process_group()
     who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
-    print(f"{who}{summary.computed_pairs} pair evaluations computed, {summary.skipped_pairs} "
-          f"already in {args.store}; {summary.seconds:.1f} s")
+    computed = ", ".join(m for m in metrics if m in summary.missing_metrics) or "nothing"
+    print(f"{who}{summary.computed_pairs} pair evaluations computed ({computed}), "
+          f"{summary.skipped_pairs} already complete in {args.store}; {summary.seconds:.1f} s")
+    if summary.skipped_files:
+        print(f"{who}{bad.summary()} (recorded in {args.store})")
     for label, seconds in summary.per_method.items():
         print(f"{who}  {label:40s} explanation {seconds:8.2f} s")
     if shard.rank == 0:
