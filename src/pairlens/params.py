@@ -48,10 +48,13 @@ __all__ = [
     "Range",
     "Spec",
     "argtype",
+    "dataclass_specs",
+    "field_argtype",
     "parse_bool",
     "signature_specs",
     "spec_for",
     "validate_call",
+    "validate_fields",
 ]
 
 Kind = Literal["bool", "int", "float", "str", "choice", "pair"]
@@ -368,15 +371,43 @@ def literal(text: str) -> Any:
         return text
 
 
+def dataclass_specs(cls: type) -> dict[str, Spec]:
+    """Specs of a dataclass's fields from their annotations (``Annotated[int, Range(1)]``...),
+    so that a configuration object (e.g. the trainer's) is checked by the same rules."""
+    import dataclasses
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out[f.name] = spec_for(f.name, hints.get(f.name, Any), default)
+    return out
+
+
+def validate_fields(obj: Any, names: typing.Iterable[str] | None = None) -> None:
+    """Check (and convert in place) the fields ``names`` (default: those declaring a
+    :class:`Range` or choices) of dataclass instance ``obj`` with :func:`dataclass_specs`;
+    :class:`ParamError` names the first invalid field."""
+    specs = dataclass_specs(type(obj))
+    chosen = list(names) if names is not None else [
+        k for k, sp in specs.items() if sp.range is not None or sp.kind == "choice"]
+    for name in chosen:
+        setattr(obj, name, specs[name].coerce(getattr(obj, name), type(obj).__name__))
+
+
 # ---------------------------------------------------------------------- argparse
-def argtype(kind: Literal["int", "float"], lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False, optional: bool = False
-            ) -> Callable[[str], Any]:
+def argtype(kind: Literal["int", "float"] | Spec, lo: float | None = None,
+            hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+            optional: bool = False) -> Callable[[str], Any]:
     """An ``argparse`` ``type=`` converter applying the rules above, e.g.
-    ``argtype("int", 1)`` for ``--epochs``; a bad value is a usage error naming the range."""
+    ``argtype("int", 1)`` for ``--epochs`` (or ``argtype(spec)`` with a field's or parameter's
+    :class:`Spec`); a bad value is a usage error naming the valid range."""
     import argparse
 
-    spec = Spec("value", kind, range=Range(lo, hi, lo_open, hi_open), optional=optional)
+    if isinstance(kind, Spec):
+        spec = kind
+    else:
+        spec = Spec("value", kind, range=Range(lo, hi, lo_open, hi_open), optional=optional)
 
     def convert(text: str) -> Any:
         try:
@@ -386,5 +417,21 @@ def argtype(kind: Literal["int", "float"], lo: float | None = None, hi: float | 
                 f"must be {spec.describe()}; got {text!r}"
             ) from None
 
-    convert.__name__ = f"{kind} {spec.range.describe()}" if spec.range else kind
+    convert.__name__ = spec.describe()
+    return convert
+
+
+def field_argtype(where: str, field: str) -> Callable[[str], Any]:
+    """An ``argparse`` converter checking a value against the declared spec of ``field`` of the
+    dataclass ``where`` (``"module:Class"``), so an option and the library share one rule. The
+    module is imported only when a value is converted (``--help`` stays free of torch)."""
+
+    def convert(text: str) -> Any:
+        import importlib
+
+        module, _, name = where.partition(":")
+        spec = dataclass_specs(getattr(importlib.import_module(module), name))[field]
+        return argtype(spec)(text)
+
+    convert.__name__ = field
     return convert
