@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from pairlens.params import argtype
+
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
@@ -41,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
     p.add_argument("--data", default="digits",
                    help="digits[:split] | photos | image folder | list file (default: digits)")
-    p.add_argument("--pairs", type=int, default=None, metavar="N",
+    p.add_argument("--pairs", type=argtype("int", 1), default=None, metavar="N",
                    help="number of pairs (default: every image once / every listed pair)")
     p.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"))
     p.add_argument("--methods", default="all",
@@ -50,18 +52,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
     p.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
-    p.add_argument("--step", type=int, default=None, metavar="L",
+    p.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
-    p.add_argument("--ms-samples", type=int, default=10, help="max-sensitivity noise samples")
-    p.add_argument("--seed", type=int, default=0, help="selects images and augmentations")
+    p.add_argument("--ms-samples", type=argtype("int", 1), default=10,
+                   help="max-sensitivity noise samples")
+    p.add_argument("--seed", type=argtype("int", 0), default=0,
+                   help="selects images and augmentations")
     p.add_argument("--store", default="results.db",
                    help="SQLite results file (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+    p.add_argument("--batch-size", type=argtype("int", 1), default=8, metavar="B",
                    help="pairs explained and stored together (default: %(default)s)")
-    p.add_argument("--forward-batch", type=int, default=256,
+    p.add_argument("--forward-batch", type=argtype("int", 1), default=256,
                    help="images per forward pass in the metrics (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=argtype("int", 1), default=None,
+                   help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                    help="an unreadable image: stop (default), or skip its pairs, report each "
@@ -103,12 +108,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.pairs is not None and args.pairs < 1:
-        raise ValueError("--pairs must be >= 1")
-    if args.batch_size < 1 or args.forward_batch < 1:
-        raise ValueError("--batch-size and --forward-batch must be >= 1")
-    if args.step is not None and args.step < 1:
-        raise ValueError("--step must be >= 1")
     specs = parse_methods(args.methods, args.param)
     metrics = parse_metrics(args.metrics)
     shard = Shard.from_env()

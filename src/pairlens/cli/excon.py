@@ -19,6 +19,9 @@ from typing import Any
 
 from pairlens.params import argtype, field_argtype
 
+_TRAIN = "pairlens.training.simclr:TrainConfig"  # options checked by these classes' fields
+_SETTINGS = "pairlens.training.supcon:SupervisedSettings"
+
 SUPERVISED_MODES = {
     "supcon": (
         "SupCon (Algorithm 1 with random views): per epoch one encoder epoch, then one "
@@ -137,15 +140,13 @@ def add_supervised_arguments(p: argparse.ArgumentParser) -> None:
             action.help = "digits | cluttered-digits | DIR (one sub-folder per class)"
         if action.dest == "temperature":
             action.help = "τ of the supervised contrastive loss (default: 0.1)"
-    settings = "pairlens.training.supcon:SupervisedSettings"
-    p.add_argument("--start-epoch", type=field_argtype(settings, "start_epoch"), default=0,
+    p.add_argument("--start-epoch", type=field_argtype(_SETTINGS, "start_epoch"), default=0,
                    help="0-based epoch from which explanation-driven views are used "
                    "(excon, exconb; default: %(default)s)")
-    p.add_argument("--threshold", type=field_argtype(settings, "threshold"), default=0.5,
+    p.add_argument("--threshold", type=field_argtype(_SETTINGS, "threshold"), default=0.5,
                    help="Grad-CAM threshold τ: pixels at or below it are masked "
                    "(default: %(default)s)")
-    p.add_argument("--classifier-lr", type=field_argtype(settings, "classifier_lr"),
-                   default=5e-2,
+    p.add_argument("--classifier-lr", type=field_argtype(_SETTINGS, "classifier_lr"), default=5e-2,
                    help="Adam learning rate of the linear classifier (default: %(default)s)")
     p.add_argument("--data-seed", type=argtype("int", 0), default=0,
                    help="seed of the train / val / test split (default: %(default)s)")
@@ -221,18 +222,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="digits | cluttered-digits | DIR (one sub-folder per class)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="(default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
-    p.add_argument("--infidelity-samples", type=int, default=10,
+    p.add_argument("--data-seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=argtype("int", 1), default=128,
+                   help="(default: %(default)s)")
+    p.add_argument("--infidelity-samples", type=argtype("int", 1), default=10,
                    help="perturbations per image, 0 to skip (default: %(default)s)")
-    p.add_argument("--noise-std", type=float, default=0.1,
+    p.add_argument("--noise-std", type=argtype("float", 0), default=0.1,
                    help="σ of the infidelity perturbations, model-input space "
                    "(default: %(default)s)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
     p.add_argument("--out", default=None, help="directory for metrics.json and tsne.png")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=argtype("int", 1), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
@@ -257,21 +259,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--data", default="cluttered-digits",
                    help="digits | cluttered-digits | DIR (default: %(default)s)")
-    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: %(default)s)")
+    s.add_argument("--seeds", type=argtype("int", 1), default=3,
+                   help="seeds 0..N-1 (default: %(default)s)")
     s.add_argument("--modes", default="supcon,supcon-ori,excon,exconb",
                    help="comma-separated (default: %(default)s)")
     s.add_argument("--arch", default=None, help="(default: digits-cnn for the digits data sets)")
-    s.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
-    s.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
-    s.add_argument("--classifier-lr", type=float, default=5e-2, help="(default: %(default)s)")
-    s.add_argument("--temperature", type=float, default=0.1, help="(default: %(default)s)")
-    s.add_argument("--start-epoch", type=int, default=2, help="(default: %(default)s)")
-    s.add_argument("--threshold", type=float, default=0.5, help="(default: %(default)s)")
-    s.add_argument("--data-seed", type=int, default=0, help="(default: %(default)s)")
+    s.add_argument("--epochs", type=field_argtype(_TRAIN, "epochs"), default=6,
+                   help="(default: %(default)s)")
+    s.add_argument("--batch-size", type=field_argtype(_TRAIN, "batch_size"), default=32,
+                   help="(default: %(default)s)")
+    s.add_argument("--lr", type=field_argtype(_TRAIN, "lr"), default=1e-3,
+                   help="(default: %(default)s)")
+    s.add_argument("--classifier-lr", type=field_argtype(_SETTINGS, "classifier_lr"), default=5e-2,
+                   help="(default: %(default)s)")
+    s.add_argument("--temperature", type=field_argtype(_TRAIN, "temperature"), default=0.1,
+                   help="(default: %(default)s)")
+    s.add_argument("--start-epoch", type=field_argtype(_SETTINGS, "start_epoch"), default=2,
+                   help="(default: %(default)s)")
+    s.add_argument("--threshold", type=field_argtype(_SETTINGS, "threshold"), default=0.5,
+                   help="(default: %(default)s)")
+    s.add_argument("--data-seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
     s.add_argument("--out", required=True, help="study directory")
     s.add_argument("--device", default="auto", help="(default: %(default)s)")
-    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    s.add_argument("--threads", type=argtype("int", 1), default=1,
+                   help="torch CPU threads (default: 1)")
     s.add_argument("--report-only", action="store_true",
                    help="only aggregate the runs already finished in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -7,6 +7,8 @@ import ast
 from pathlib import Path
 from typing import Any
 
+from pairlens.params import argtype
+
 EXPLAIN_EXAMPLES = """examples:
   pairlens explain                                   # bundled example pair, bundled 'photos' model
   pairlens explain a.jpg b.jpg --method conditional-occlusion --out out/
@@ -42,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--all-methods", action="store_true", help="run every method (default params)")
     p.add_argument("--out", default="pairlens-out", help="output directory (default: %(default)s)")
-    p.add_argument("--smooth", type=float, default=0.0, help="display-only blur sigma in pixels")
+    p.add_argument("--smooth", type=argtype("float", 0), default=0.0,
+                   help="display-only blur sigma in pixels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain)
