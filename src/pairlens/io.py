@@ -114,9 +114,13 @@ def check_pixels(width: int, height: int, what: str, max_pixels: int | None = No
         raise ImageError(f"{what}: image has no pixels ({width}x{height})")
     if width * height > limit:
         raise ImageError(
-            f"{what}: image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the "
-            f"limit is {limit / 1e6:g} megapixels (set {MAX_PIXELS_ENV} to change it)"
+            f"{what}: image is {width}x{height} pixels ({_amount(width * height)}); the limit "
+            f"is {_amount(limit)} (set {MAX_PIXELS_ENV} to change it)"
         )
+
+
+def _amount(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
 
 
 # ---------------------------------------------------------------------- loading
@@ -149,9 +153,9 @@ def open_image(fp: Any, what: str, max_pixels: int | None = None) -> Image.Image
             found = re.search(r"\((\d+) pixels\)", str(err))
             pixels = int(found.group(1)) if found else None
             if pixels is None or pixels > limit:
-                size = f"{pixels / 1e6:.1f} megapixels" if pixels else "too large for PIL"
-                raise ImageError(f"{what}: image is {size}; the limit is {limit / 1e6:g} "
-                                 f"megapixels (set {MAX_PIXELS_ENV} to change it)") from None
+                size = _amount(pixels) if pixels else "too large for PIL"
+                raise ImageError(f"{what}: image is {size}; the limit is {_amount(limit)} "
+                                 f"(set {MAX_PIXELS_ENV} to change it)") from None
             im = _open_header(fp, unlimited=True)  # a configured limit above PIL's own
         with im:
             check_pixels(*im.size, what, limit)

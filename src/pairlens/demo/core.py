@@ -41,7 +41,7 @@ from PIL import Image
 from torch import Tensor
 
 from pairlens.explanation import PairExplanation, explain
-from pairlens.io import ImageError, load_image
+from pairlens.io import MAX_PIXELS_ENV, ImageError, load_image, open_image, pixel_limit
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.methods.transforms import FAMILIES, apply_transform
 from pairlens.models.similarity import SimilarityModel
@@ -49,7 +49,9 @@ from pairlens.params import ParamError, Spec, validate_call
 
 #: largest upload accepted, in bytes (the page also tells Gradio, which refuses bigger files).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-#: largest decoded image accepted, in pixels (guards against decompression bombs).
+#: largest image accepted by the demo, in pixels: stricter than the library's limit
+#: (:func:`pairlens.io.pixel_limit`) because the server is shared. Checked on the file's header,
+#: before any pixel is decoded (:func:`pairlens.io.load_image` with ``max_pixels``).
 MAX_IMAGE_PIXELS = 40_000_000
 #: the metrics shown on request (seed 000, §IV-B).
 FAITHFULNESS_METRICS = ("SI", "SD", "CI", "CD")
@@ -295,13 +297,11 @@ def load_upload(
     """
     if payload is None or payload == "" or payload == {}:
         raise DemoError(f"{what}: upload an image, paste one or pick an example")
-    if isinstance(payload, Image.Image):
-        return load_image(payload)
-    if isinstance(payload, np.ndarray):
+    if isinstance(payload, (Image.Image, np.ndarray)):
         try:
-            return load_image(payload)
+            return load_image(payload, max_pixels=_limit(max_pixels))
         except ImageError as err:
-            raise DemoError(f"{what}: {err}") from None
+            raise DemoError(f"{what}: {_demo_words(str(err))}") from None
     name = what
     path: str | None = None
     url: str | None = None
@@ -327,12 +327,11 @@ def load_upload(
     if size > max_bytes:
         raise DemoError(f"{what} ({name}): file is {size / 2**20:.1f} MB; the limit is "
                         f"{max_bytes / 2**20:.0f} MB")
-    _check_pixels(resolved, f"{what} ({name})", max_pixels)
-    try:
-        return load_image(resolved)
+    try:  # the pixel limit is checked on the header, before decoding
+        return load_image(resolved, max_pixels=_limit(max_pixels))
     except ImageError as err:
         message = str(err).replace(str(resolved), "").lstrip(": ")
-        raise DemoError(f"{what} ({name}): {message}") from None
+        raise DemoError(f"{what} ({name}): {_demo_words(message)}") from None
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -343,15 +342,13 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _check_pixels(source: Any, what: str, max_pixels: int) -> None:
-    try:
-        with Image.open(source) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - load_image gives the precise reason next
-        return
-    if w * h > max_pixels:
-        raise DemoError(f"{what}: image is {w}x{h} pixels; the demo accepts up to "
-                        f"{max_pixels / 1e6:.0f} megapixels")
+def _limit(max_pixels: int) -> int:
+    """The demo's pixel limit, never above the library's own."""
+    return min(int(max_pixels), pixel_limit())
+
+
+def _demo_words(message: str) -> str:
+    return message.replace(f" (set {MAX_PIXELS_ENV} to change it)", " in this demo")
 
 
 def _from_data_url(url: str, what: str, max_bytes: int, max_pixels: int) -> Image.Image:
@@ -361,13 +358,13 @@ def _from_data_url(url: str, what: str, max_bytes: int, max_pixels: int) -> Imag
         raise DemoError(f"{what}: the pasted data is not a valid image") from None
     if len(data) > max_bytes:
         raise DemoError(f"{what}: pasted image is larger than {max_bytes / 2**20:.0f} MB")
-    _check_pixels(io.BytesIO(data), what, max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return load_image(im)
-    except Exception:  # noqa: BLE001 - any decoder error means: not an image
-        raise DemoError(f"{what}: the pasted data is not an image PairLens can read") from None
+    try:  # header first: the pixel limit holds before decoding
+        return open_image(io.BytesIO(data), what, _limit(max_pixels))
+    except ImageError as err:
+        text = _demo_words(str(err))
+        if "not an image" in text or "unreadable" in text:
+            raise DemoError(f"{what}: the pasted data is not an image PairLens can read") from None
+        raise DemoError(text) from None
 
 
 def augment(
