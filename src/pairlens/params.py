@@ -57,7 +57,7 @@ __all__ = [
     "validate_fields",
 ]
 
-Kind = Literal["bool", "int", "float", "str", "choice", "pair"]
+Kind = Literal["bool", "int", "float", "str", "choice", "pair", "any"]
 
 TRUE_WORDS = ("true", "yes", "1")
 FALSE_WORDS = ("false", "no", "0")
@@ -146,6 +146,8 @@ class Spec:
                 text += " with " + " and ".join(conds)
         elif self.kind == "str":
             text = "a text"
+        elif self.kind == "any":
+            text = "a value"
         else:
             text = "an integer" if self.kind == "int" else "a number"
             if self.range is not None:
@@ -171,6 +173,8 @@ class Spec:
             if self.kind == "str" and value == "":
                 return ""
             raise _Invalid
+        if self.kind == "any":  # a union of several types: not checked here
+            return value
         if self.kind == "bool":
             return _bool(value)
         if self.kind in ("int", "float"):
@@ -286,7 +290,9 @@ def spec_for(name: str, annotation: Any, default: Any) -> Spec:
     if typing.get_origin(ann) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(ann) if a is not type(None)]
         optional = optional or len(args) < len(typing.get_args(ann))
-        ann = args[0] if len(args) == 1 else ann
+        if len(args) > 1:
+            return Spec(name, "any", default=default, optional=optional)
+        ann = args[0]
         if typing.get_origin(ann) is Annotated:
             ann, *more = typing.get_args(ann)
             constraints += more
@@ -313,9 +319,11 @@ def spec_for(name: str, annotation: Any, default: Any) -> Spec:
     return Spec(name, "str", **common)
 
 
-def signature_specs(fn: Callable[..., Any], skip: int = 0) -> dict[str, Spec]:
-    """Specs of the keyword-only parameters of ``fn`` (after the first ``skip`` positional ones),
-    in signature order, read from its annotations (``typing.get_type_hints``)."""
+def signature_specs(fn: Callable[..., Any], skip: int = 0, keyword: bool = False
+                    ) -> dict[str, Spec]:
+    """Specs of the keyword-only parameters of ``fn`` (also the positional-or-keyword ones with
+    ``keyword=True``) after the first ``skip`` parameters, in signature order, read from its
+    annotations (``typing.get_type_hints``)."""
     target = inspect.unwrap(fn)
     try:
         hints = typing.get_type_hints(target, include_extras=True)
@@ -323,7 +331,7 @@ def signature_specs(fn: Callable[..., Any], skip: int = 0) -> dict[str, Spec]:
         hints = {}
     out = {}
     for p in list(inspect.signature(fn).parameters.values())[skip:]:
-        if p.kind is not p.KEYWORD_ONLY:
+        if p.kind is not p.KEYWORD_ONLY and not (keyword and p.kind is p.POSITIONAL_OR_KEYWORD):
             continue
         default = None if p.default is p.empty else p.default
         out[p.name] = spec_for(p.name, hints.get(p.name, p.annotation), default)
