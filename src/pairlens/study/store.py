@@ -107,9 +107,15 @@ class ResultStore:
     def __init__(self, path: str | Path, timeout: float = 600.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a results store")
         self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        try:
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            self.conn.close()
+            raise StoreError(f"{self.path}: not a PairLens results store ({err})") from None
         if str(mode).lower() != "wal":
             raise RuntimeError(f"{self.path}: could not switch the database to WAL mode")
         self.conn.execute("PRAGMA synchronous = NORMAL")
