@@ -560,3 +560,19 @@ def test_bad_input(case: Case, files: Path):
 
     assert re.search(case.pattern, message), f"{message!r} !~ {case.pattern!r}"
 
+
+
+def test_every_method_parameter_declares_its_valid_values():
+    """Issue 12: types, ranges and choices are declared in the signatures, so the one validation
+    layer can check them; a new parameter without a declaration fails here."""
+    from pairlens.methods.registry import method_infos
+
+    for info in method_infos():
+        for name, spec in info.specs.items():
+            where = f"{info.name}.{name}"
+            assert spec.kind not in ("any", "str"), f"{where}: declare its choices"
+            if spec.kind in ("int", "float"):
+                assert spec.range is not None, f"{where}: declare Annotated[..., Range(...)]"
+            if spec.kind == "pair":
+                assert spec.range is not None or spec.ordered, f"{where}: declare its range"
+            assert spec.coerce(spec.default) == spec.default, where  # defaults are valid

@@ -31,7 +31,6 @@ This module imports neither torch nor numpy.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import math
 import types
@@ -369,14 +368,6 @@ def parse_assignments(items: list[str], what: str = "--param") -> dict[str, str]
             raise ParamError(f"{what} expects KEY=VALUE, got {item!r}")
         out[key] = raw.strip()
     return out
-
-
-def literal(text: str) -> Any:
-    """A Python literal when ``text`` is one (``0.5``, ``(1, 2)``), else ``text`` itself."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def dataclass_specs(cls: type) -> dict[str, Spec]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import ast
 from pathlib import Path
 from typing import Any
 
-from pairlens.params import argtype
+from pairlens.params import argtype, parse_assignments
 
 EXPLAIN_EXAMPLES = """examples:
   pairlens explain                                   # bundled example pair, bundled 'photos' model
@@ -62,22 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` to a dict; values are Python literals, true/false/none accepted."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        low = raw.strip().lower()
-        if low in ("true", "false", "none"):
-            out[key] = {"true": True, "false": False, "none": None}[low]
-            continue
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
+    """``["k=v", ...]`` to ``{k: "v"}``; the text values are converted and checked by the
+    method's declared types and ranges (:meth:`MethodInfo.validate`: ``guided=no``,
+    ``strength=0,90``, ``window=none``)."""
+    return parse_assignments(items)
 
 
 def run_methods(args: argparse.Namespace) -> int:

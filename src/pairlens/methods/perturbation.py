@@ -57,7 +57,7 @@ def conditional_occlusion(
     *,
     window: Annotated[int, Range(1)] | None = None,
     stride: Annotated[int, Range(1)] | None = None,
-    fill: float = 0.0,
+    fill: Annotated[float, Range()] = 0.0,
     batch_size: Annotated[int, Range(1)] = 64,
 ) -> PairMaps:
     """Conditional Occlusion: occlude one image with a sliding square while the other is whole.
@@ -138,7 +138,7 @@ def pairwise_occlusion(
     n_samples: Annotated[int, Range(1)] = 100,
     area: Annotated[tuple[float, float], Range(0, 1, lo_open=True), Ordered()] = (0.1, 0.3),
     ratio: Annotated[tuple[float, float], Range(0, lo_open=True), Ordered()] = (1.0, 1.5),
-    fill: float = 0.0,
+    fill: Annotated[float, Range()] = 0.0,
     batch_size: Annotated[int, Range(1)] = 64,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
