@@ -137,7 +137,7 @@ class Spec:
             what = "integers" if self.element == "int" else "numbers"
             text = f"two {what} 'lo,hi'"
             conds = []
-            if self.range is not None:
+            if self.range is not None and (self.range.lo is not None or self.range.hi is not None):
                 conds.append(f"each {self.range.describe()}")
             if self.ordered:
                 conds.append("lo <= hi")
@@ -149,7 +149,7 @@ class Spec:
             text = "a value"
         else:
             text = "an integer" if self.kind == "int" else "a number"
-            if self.range is not None:
+            if self.range is not None and (self.range.lo is not None or self.range.hi is not None):
                 text += f" {self.range.describe()}"
         return text + (" (or none)" if self.optional else "")
 
