@@ -240,8 +240,8 @@ def test_bad_parameters_exit_non_zero_and_store_nothing(tmp_path, capsys):
 
 
 def test_train_refuses_zero_epochs_in_the_library_too(tmp_path):
-    from pairlens.params import ParamError
     from pairlens.training.simclr import ContrastiveTrainer, TrainConfig
+    from pairlens.validation import ParamError
 
     config = TrainConfig(epochs=0, out=str(tmp_path / "r"), device="cpu", progress=False)
     with pytest.raises(ParamError, match="parameter epochs must be an integer >= 1; got 0"):

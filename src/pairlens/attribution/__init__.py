@@ -34,7 +34,7 @@ from pairlens.attribution.baselines import Baseline, blur, resolve_baseline
 from pairlens.attribution.gradients import gradient_shap, integrated_gradients
 from pairlens.attribution.relax import relax_maps
 from pairlens.attribution.rise import default_grid, rise_maps, rise_masks
-from pairlens.params import signature_specs, validate_call
+from pairlens.validation import signature_specs, validate_call
 
 ATTRIBUTION_METHODS: dict[str, str] = {
     "integrated-gradients": "Integrated Gradients from the baseline (captum), 50 steps",
@@ -186,7 +186,7 @@ def _one(target: Any, i: int, per_explicand: bool) -> Any:
 def _check_params(fn: Callable, params: dict[str, Any], name: str) -> None:
     """Unknown names and values outside the declared ranges (``Annotated[int, Range(1)]`` in the
     method's signature) raise a one-line ``ValueError``; valid values are converted in place by
-    the shared rules of :mod:`pairlens.params`."""
+    the shared rules of :mod:`pairlens.validation`."""
     specs = {
         k: v for k, v in signature_specs(fn, keyword=True).items()
         if k not in ("target", "score_fn", "x", "baseline", "generator")

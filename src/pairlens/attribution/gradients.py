@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pairlens.params import Annotated, Range
+from pairlens.validation import Annotated, Range
 
 # input values per forward/backward batch when not given: 1365 images at 32 px, 27 at 224 px
 AUTO_BATCH_VALUES = 2**22

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pairlens.attribution.rise import auto_batch_size, default_grid, rise_masks
-from pairlens.params import Annotated, Range
+from pairlens.validation import Annotated, Range
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.params import Annotated, Range
+from pairlens.validation import Annotated, Range
 
 # input values (3 * H * W per image) per forward batch when batch_size is not given: 1365 masks
 # at 32 px (5000 masks in 4 batches), 27 at 224 px; bounded so activations fit in a few GB

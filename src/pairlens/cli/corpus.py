@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pairlens.io import BadFiles, atomic_write
-from pairlens.params import argtype
+from pairlens.validation import argtype
 
 CORPUS_EXAMPLES = """examples:
   pairlens corpus digit.png --corpus threes/ --foil-from digits:1060 --out out/

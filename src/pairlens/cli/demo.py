@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 import sys
 
-from pairlens.params import argtype
+from pairlens.validation import argtype
 
 DEMO_EXAMPLES = """examples:
   pairlens demo                                   # bundled models, http://127.0.0.1:7860

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from pairlens.params import argtype
+from pairlens.validation import argtype
 
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db

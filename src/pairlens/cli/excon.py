@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pairlens.params import argtype, field_argtype
+from pairlens.validation import argtype, field_argtype
 
 _TRAIN = "pairlens.training.simclr:TrainConfig"  # options checked by these classes' fields
 _SETTINGS = "pairlens.training.supcon:SupervisedSettings"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from pairlens.params import argtype, parse_assignments
+from pairlens.validation import argtype, parse_assignments
 
 EXPLAIN_EXAMPLES = """examples:
   pairlens explain                                   # bundled example pair, bundled 'photos' model

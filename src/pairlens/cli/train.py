@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pairlens.params import argtype, field_argtype
+from pairlens.validation import argtype, field_argtype
 
 TRAIN_EXAMPLES = """examples:
   pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits

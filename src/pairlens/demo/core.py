@@ -5,7 +5,7 @@ The page (:mod:`pairlens.demo.app`) only moves values between widgets and these 
 * :func:`model_choices` / :class:`ModelPool`: which models the page offers and their cache;
 * :func:`param_specs` / :func:`coerce_params`: each method's keyword parameters as widgets, with
   the defaults, kinds and ranges read from the method's signature (the paper's defaults) and the
-  values checked by the library's one validation layer (:mod:`pairlens.params`);
+  values checked by the library's one validation layer (:mod:`pairlens.validation`);
 * :func:`load_upload`: an uploaded or pasted file to an RGB image, refusing files outside the
   app's own folders, oversized files and non-images with a one-line :class:`DemoError`;
 * :func:`run_pair`: preprocess, optionally make image 2 an augmentation of image 1
@@ -45,7 +45,7 @@ from pairlens.io import MAX_PIXELS_ENV, ImageError, load_image, open_image, pixe
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.methods.transforms import FAMILIES, apply_transform
 from pairlens.models.similarity import SimilarityModel
-from pairlens.params import ParamError, Spec, validate_call
+from pairlens.validation import ParamError, Spec, validate_call
 
 #: largest upload accepted, in bytes (the page also tells Gradio, which refuses bigger files).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024

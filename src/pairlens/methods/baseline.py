@@ -12,7 +12,7 @@ from torch import Tensor
 
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel
-from pairlens.params import Annotated, Range
+from pairlens.validation import Annotated, Range
 
 
 @register_method(

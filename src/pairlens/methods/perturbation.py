@@ -16,8 +16,8 @@ from torch import Tensor
 from pairlens.methods.common import generator, scaled
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
-from pairlens.params import Annotated, Ordered, Range
 from pairlens.progress import track
+from pairlens.validation import Annotated, Ordered, Range
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:

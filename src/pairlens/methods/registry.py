@@ -5,7 +5,7 @@ A method is a small function ``fn(model, x1, x2, *, **params) -> PairMaps`` taki
 returning two (B, H, W) maps at input resolution, higher meaning more important, plus the
 similarity of the unaltered pairs when the method computed it anyway. Register it with
 :func:`register_method`; its keyword parameters, their defaults, types and valid ranges are read
-from the signature (see :mod:`pairlens.params`: ``Annotated[int, Range(1)]``, ``Literal[...]``),
+from the signature (see :mod:`pairlens.validation`: ``Annotated[int, Range(1)]``, ``Literal[...]``),
 and :meth:`MethodInfo.validate` is the one check every caller (API, CLI, evaluate, demo) uses.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
-from pairlens.params import Spec, signature_specs, validate_call
+from pairlens.validation import Spec, signature_specs, validate_call
 
 
 class PairMaps(NamedTuple):
@@ -55,13 +55,13 @@ class MethodInfo:
 
     @property
     def specs(self) -> dict[str, Spec]:
-        """Each keyword parameter's :class:`~pairlens.params.Spec` (kind, range, choices)."""
+        """Each keyword parameter's :class:`~pairlens.validation.Spec` (kind, range, choices)."""
         return dict(_specs(self.fn))
 
     def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Every parameter as it will be used: ``given`` converted and checked (strict booleans,
         ranges, choices; text values such as ``"no"`` or ``"0.1,0.3"`` are parsed), defaults
-        filled in, in signature order. Raises :class:`~pairlens.params.ParamError` (a
+        filled in, in signature order. Raises :class:`~pairlens.validation.ParamError` (a
         ``ValueError``) naming the method, the parameter and its valid values."""
         return validate_call(self.specs, given, f"method {self.name}")
 

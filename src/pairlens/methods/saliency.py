@@ -13,8 +13,8 @@ from torch import Tensor
 from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
-from pairlens.params import Annotated, Range
 from pairlens.progress import track
+from pairlens.validation import Annotated, Range
 
 
 @register_method(

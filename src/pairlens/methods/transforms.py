@@ -37,8 +37,8 @@ from torch import Tensor
 from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
-from pairlens.params import Annotated, Choices, Ordered, Range
 from pairlens.progress import track
+from pairlens.validation import Annotated, Choices, Ordered, Range
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
 _LUMA = (0.299, 0.587, 0.114)

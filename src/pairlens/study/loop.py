@@ -28,9 +28,9 @@ from pairlens.io import BadFiles
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.metrics import ALL_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
-from pairlens.params import parse_assignments, validate_call
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
+from pairlens.validation import parse_assignments, validate_call
 
 EXCLUDED_FAMILIES = ("corpus",)
 

@@ -47,9 +47,9 @@ from pairlens.models.bundled import (
     load_bundle,
     similarity_model_from_net,
 )
-from pairlens.params import Annotated, Range, validate_fields
 from pairlens.training.augment import AugmentConfig, SimCLRAugment
 from pairlens.training.losses import supcon_loss
+from pairlens.validation import Annotated, Range, validate_fields
 
 CHECKPOINT_FORMAT = "pairlens-train-v1"
 #: the only config keys that may change when resuming; every other key (hyper-parameters, data,
@@ -62,7 +62,7 @@ class TrainConfig:
     """Hyper-parameters and bookkeeping of a training run (stored in every checkpoint).
 
     Numeric fields declare their valid ranges (checked by :class:`ContrastiveTrainer` with
-    :func:`pairlens.params.validate_fields`, and by the CLI options with the same rules).
+    :func:`pairlens.validation.validate_fields`, and by the CLI options with the same rules).
     ``batch_size`` counts source images (each gives two views, so 2·batch_size rows reach the
     loss). ``image_size`` is the side of the images held in memory (CLI data loading) and
     ``data_hash`` the sha256 of the training images and labels, set by the trainer: both are

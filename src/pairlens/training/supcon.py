@@ -62,7 +62,6 @@ from torch import Tensor, nn
 from pairlens.metrics.faithfulness import minmax
 from pairlens.models.bundled import ContrastiveNet, bundle_state, get_architecture
 from pairlens.models.checkpoint import CheckpointError, read_checkpoint
-from pairlens.params import Annotated, Choices, Range, validate_fields
 from pairlens.training import losses
 from pairlens.training.augment import AugmentConfig, SimCLRAugment
 from pairlens.training.simclr import (
@@ -73,6 +72,7 @@ from pairlens.training.simclr import (
     pooled_features,
     write_log_csv,
 )
+from pairlens.validation import Annotated, Choices, Range, validate_fields
 
 MODES = ("supcon", "supcon-ori", "excon", "exconb")
 EXPLANATION_MODES = ("excon", "exconb")
