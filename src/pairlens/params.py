@@ -1,9 +1,9 @@
-"""The text syntax of method lists and parameters, shared by the command line, the study runner
-and the demo. Pure string handling: no torch, no registry imports (the caller passes the known
-methods), so that any layer may use it.
+"""The text syntax of method lists and parameters, shared by the command line and the study
+runner. Pure string handling: no torch, no registry imports (the caller passes the known
+methods), so that any layer may use it. Values stay text here; each method's declared types and
+ranges convert and check them (:mod:`pairlens.validation`, :meth:`MethodInfo.validate`), so
+``guided=no``, ``strength=0,90`` and ``window=none`` mean what the method says they mean.
 
-* A value is a Python literal (``0.5``, ``(0.1, 0.3)``, ``'max'``), a comma list (``0,90`` is the
-  tuple ``(0, 90)``), ``true`` / ``false`` / ``none`` in any case, or else the bare string.
 * A method list is ``all`` or comma-separated items ``name`` or ``name[key=value;key=value]``
   (a variant; ``,`` also separates parameters inside the brackets).
 * A parameter assignment is ``[method.]key=value``: without ``method.`` it applies to every
@@ -12,23 +12,8 @@ methods), so that any layer may use it.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-_WORDS = {"true": True, "false": False, "none": None, "null": None}
-
-
-def parse_value(raw: str) -> Any:
-    """``raw`` as a Python value: a literal, ``true``/``false``/``none`` (any case), else the
-    string itself (so ``max`` and ``color-jitter`` need no quotes)."""
-    text = raw.strip()
-    if text.lower() in _WORDS:
-        return _WORDS[text.lower()]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        return text
 
 
 def format_value(value: Any) -> str:
@@ -45,9 +30,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def parse_assignment(item: str, allow_method: bool = True) -> tuple[str | None, str, Any]:
-    """``"[method.]key=value"`` to ``(method or None, key, value)``; dashes in ``key`` become
-    underscores. Raises ValueError naming the expected form."""
+def parse_assignment(item: str, allow_method: bool = True) -> tuple[str | None, str, str]:
+    """``"[method.]key=value"`` to ``(method or None, key, value text)``; dashes in ``key``
+    become underscores. Raises ValueError naming the expected form."""
     form = "[METHOD.]KEY=VALUE" if allow_method else "KEY=VALUE"
     head, sep, raw = item.partition("=")
     if not sep or not head.strip():
@@ -58,7 +43,7 @@ def parse_assignment(item: str, allow_method: bool = True) -> tuple[str | None, 
     key = key.strip().replace("-", "_")
     if not key.isidentifier():
         raise ValueError(f"--param expects {form}, got {item!r}")
-    return (method.strip() or None) if dot else None, key, parse_value(raw)
+    return (method.strip() or None) if dot else None, key, raw.strip()
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:

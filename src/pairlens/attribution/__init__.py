@@ -23,7 +23,6 @@ explicand, or give a number, a tensor or a callable of the input.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from pairlens.attribution.baselines import Baseline, blur, resolve_baseline
 from pairlens.attribution.gradients import gradient_shap, integrated_gradients
 from pairlens.attribution.relax import relax_maps
 from pairlens.attribution.rise import default_grid, rise_maps, rise_masks
+from pairlens.validation import signature_specs, validate_call
 
 ATTRIBUTION_METHODS: dict[str, str] = {
     "integrated-gradients": "Integrated Gradients from the baseline (captum), 50 steps",
@@ -192,28 +192,26 @@ _METHOD_FNS: dict[str, Callable] = {
 }
 
 
-def _param_defaults(fn: Callable) -> dict[str, Any]:
+def _specs(fn: Callable) -> dict[str, Any]:
+    """The declared parameters of an attribution function (:mod:`pairlens.validation`)."""
     return {
-        p.name: p.default
-        for p in inspect.signature(fn).parameters.values()
-        if p.name not in ("target", "score_fn", "x", "baseline", "generator")
+        k: v for k, v in signature_specs(fn, keyword=True).items()
+        if k not in ("target", "score_fn", "x", "baseline", "generator")
     }
 
 
 def attribution_params() -> dict[str, dict[str, Any]]:
     """Each attribution method's keyword parameters with their defaults (as ``pairlens
     methods`` shows for pair methods)."""
-    return {name: _param_defaults(fn) for name, fn in _METHOD_FNS.items()}
+    return {name: {k: spec.default for k, spec in _specs(fn).items()}
+            for name, fn in _METHOD_FNS.items()}
 
 
 def _check_params(fn: Callable, params: dict[str, Any], name: str) -> None:
-    allowed = list(_param_defaults(fn))
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{name} does not take {', '.join(unknown)}; its parameters: "
-            f"{', '.join(allowed) or 'none'}"
-        )
+    """Unknown names and values outside the declared ranges (``Annotated[int, Range(1)]`` in the
+    method's signature) raise a one-line ``ValueError``; valid values are converted in place by
+    the shared rules of :mod:`pairlens.validation`."""
+    params.update(validate_call(_specs(fn), params, name, defaults=False))
 
 
 class _seeded:

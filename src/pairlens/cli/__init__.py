@@ -78,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
+    except SystemExit:  # argparse: --help (0) or a bad command line (2)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_PIPE
+        raise
     except UsageError as err:
         return _error(err, EXIT_USAGE)
     except KeyboardInterrupt:

@@ -16,21 +16,23 @@ from pairlens.cli.options import (
     add_deprecated,
     add_method_options,
     add_model_options,
+    add_on_error_option,
     add_output_options,
     add_run_options,
     add_store_option,
     apply_threads,
+    bad_files,
     command_parser,
     confirm_long_run,
     load_model,
     method_list,
     model_name,
-    positive,
     seeds_of,
     store_of,
     usage,
     warn,
 )
+from pairlens.validation import argtype
 
 CORPUS_EXAMPLES = """examples:
   pairlens corpus digit.png --model digits --corpus threes/ --foil-from digits:1060 --out out/
@@ -76,8 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--foil-from", metavar="DATASET[:N]",
                    help="N random images of a bundled dataset as foil (digits or photos); "
                    "without N, the foil size of Proposition C.2 for --delta / --epsilon")
-    c.add_argument("--delta", type=float, default=0.01, help="Prop. C.2 δ (default: %(default)s)")
-    c.add_argument("--epsilon", type=float, default=0.05,
+    c.add_argument("--delta", type=argtype("float", 0, 1, True, True), default=0.01,
+                   help="Prop. C.2 δ (default: %(default)s)")
+    c.add_argument("--epsilon", type=argtype("float", 0, lo_open=True), default=0.05,
                    help="Prop. C.2 ε (default: %(default)s)")
     c.add_argument("--text", action="append", default=[], metavar="CAPTION",
                    help="corpus caption for a CLIP --model (repeatable)")
@@ -90,11 +93,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="(default: %(default)s)")
     add_method_options(p, default="rise", what=", ".join(METHOD_CHOICES))
     add_output_options(p, "pairlens-corpus")
-    add_run_options(p)
+    g = add_run_options(p)
+    add_on_error_option(g, "it (an explicand, corpus or foil image; listed in OUT/skipped.json)")
     add_deprecated(p, "--method", "--methods", dest="methods")
-    add_deprecated(p, "--n-masks", "--param n_masks=N", dest="legacy_n_masks", type=int)
-    add_deprecated(p, "--n-steps", "--param n_steps=N", dest="legacy_n_steps", type=int)
-    add_deprecated(p, "--n-samples", "--param n_samples=N", dest="legacy_n_samples", type=int)
+    count = argtype("int", 1)
+    add_deprecated(p, "--n-masks", "--param n_masks=N", dest="legacy_n_masks", type=count)
+    add_deprecated(p, "--n-steps", "--param n_steps=N", dest="legacy_n_steps", type=count)
+    add_deprecated(p, "--n-samples", "--param n_samples=N", dest="legacy_n_samples", type=count)
     add_deprecated(p, "--clip-checkpoint", "--model CLIP --checkpoint PATH",
                    dest="legacy_clip_checkpoint")
     add_deprecated(p, "--clip-arch", "--model clip:ARCH", dest="legacy_clip_arch")
@@ -114,9 +119,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     w = e.add_argument_group("protocol")
     w.add_argument("--classes", nargs="+", default=None, metavar="LIST",
                    help="classes, comma-separated or a range A-B (default: all)")
-    w.add_argument("--explicands-per-class", type=int, default=1, help="(default: %(default)s)")
-    w.add_argument("--corpus-size", type=int, default=100, help="(default: %(default)s)")
-    w.add_argument("--foil-size", type=int, default=None, help="(default: Prop. C.2 bound)")
+    w.add_argument("--explicands-per-class", type=argtype("int", 1), default=1,
+                   help="(default: %(default)s)")
+    w.add_argument("--corpus-size", type=argtype("int", 1), default=100,
+                   help="(default: %(default)s)")
+    w.add_argument("--foil-size", type=argtype("int", 1), default=None,
+                   help="(default: Prop. C.2 bound)")
     w.add_argument("--similarity", choices=("cosine", "dot"), default="cosine",
                    help="(default: %(default)s)")
     w.add_argument("--run-id", default=None, help="name of this run (default: a timestamp)")
@@ -128,9 +136,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_output_options(e, "pairlens-corpus-eval")
     add_run_options(e, seeds="0-4", yes=True)
     add_deprecated(e, "--db", "--store", dest="store")
-    add_deprecated(e, "--n-masks", "--param n_masks=N", dest="legacy_n_masks", type=int)
-    add_deprecated(e, "--ig-steps", "--param n_steps=N", dest="legacy_n_steps", type=int)
-    add_deprecated(e, "--shap-samples", "--param n_samples=N", dest="legacy_n_samples", type=int)
+    add_deprecated(e, "--n-masks", "--param n_masks=N", dest="legacy_n_masks", type=count)
+    add_deprecated(e, "--ig-steps", "--param n_steps=N", dest="legacy_n_steps", type=count)
+    add_deprecated(e, "--shap-samples", "--param n_samples=N", dest="legacy_n_samples",
+                   type=count)
     e.set_defaults(func=run_corpus_eval_cli)
 
 
@@ -158,6 +167,7 @@ def run_corpus(args: argparse.Namespace) -> int:
     from pairlens.progress import overall, progress_bars
 
     out = Output(args, "corpus")
+    bad = bad_files(args)
     _legacy_params(args)
     variants = method_list(args, family="attribution")
     unknown = [m for m, _ in variants if m not in METHOD_CHOICES]
@@ -188,9 +198,10 @@ def run_corpus(args: argparse.Namespace) -> int:
             raise UsageError("give the corpus with --corpus DIR|FILES (or --text for CLIP)")
         if args.foil and args.foil_from:
             raise UsageError("give either --foil or --foil-from, not both")
-        foil = _foil(model, args)
+        foil = _foil(model, args, bad)
         target = None  # built per image for explicand targets
         description = {"corpus": [str(c) for c in args.corpus or []]}
+        corpus = _images(model, args.corpus, bad, "corpus") if args.corpus else None
     kind = "cocoa" if text_mode else (args.target or ("cocoa" if foil is not None else "corpus"))
     if kind in ("cocoa", "contrastive-label-free") and foil is None and not text_mode:
         raise UsageError(f"target {kind} needs a foil: --foil DIR|FILES or --foil-from digits:N")
@@ -199,15 +210,19 @@ def run_corpus(args: argparse.Namespace) -> int:
     corpus_target = None
     if not text_mode and kind in ("cocoa", "corpus"):
         corpus_target = (
-            T.ContrastiveCorpus(model, args.corpus, foil, args.similarity)
+            T.ContrastiveCorpus(model, corpus, foil, args.similarity)
             if kind == "cocoa"
-            else T.Corpus(model, args.corpus, args.similarity)
+            else T.Corpus(model, corpus, args.similarity)
         )
     results = []
     with progress_bars(not args.quiet), overall(len(args.images) * len(variants), "corpus",
                                                  unit="map") as bar:
         for path in args.images:
-            x = model.preprocess(path)
+            image = bad.load(path)
+            if image is None:
+                bar.update(len(variants))
+                continue
+            x = model.preprocess(image)
             if text_mode:
                 t = target
             elif corpus_target is not None:
@@ -227,6 +242,8 @@ def run_corpus(args: argparse.Namespace) -> int:
                     "method": method, "params": params, "seed": args.seed, "score": score,
                     "seconds": round(time.perf_counter() - start, 3), **description,
                 }
+                if bad.skipped:
+                    meta["skipped"] = dict(bad.skipped)
                 written = _save(out_dir, Path(path).stem, method, model, x, amap, meta)
                 for w, what in zip(written, ("figure", "raw map", "metadata"), strict=True):
                     out.wrote(w, what)
@@ -234,8 +251,44 @@ def run_corpus(args: argparse.Namespace) -> int:
                                | {"target": t.name, "figure": str(written[0])})
                 out.say(f"{path}: {t.name} score {score:.4f}, {method} {meta['seconds']:.1f} s")
                 bar.update(1)
-    out.add(results=results)
+    if bad.skipped:
+        from pairlens.io import atomic_write
+
+        text = json.dumps(bad.skipped, indent=2)
+        out.wrote(atomic_write(out_dir / "skipped.json", lambda f: f.write(text.encode())),
+                  "the unreadable files skipped")
+        warn(f"{bad.summary()} (listed in {out_dir / 'skipped.json'})")
+    if not results:
+        raise ValueError("no image could be explained (every explicand was unreadable)")
+    out.add(results=results, skipped_files=dict(bad.skipped))
     return out.finish()
+
+
+def _images(model: Any, sources: list[str], bad: Any, what: str) -> Any:
+    """The images of ``--corpus`` / ``--foil`` (files and folders, read with the shared scanner)
+    preprocessed for ``model`` as one (N, 3, H, W) tensor, unreadable files following ``bad``."""
+    import torch
+
+    from pairlens.io import scan_images
+
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src).expanduser()
+        if p.is_dir():
+            found = scan_images(p, recursive=False)
+            if not found:
+                raise ValueError(f"--{what} {src}: no image files in this folder")
+            files.extend(found)
+        else:
+            files.append(p)
+    tensors = []
+    for f in files:
+        image = bad.load(f)
+        if image is not None:
+            tensors.append(model.preprocess(image))
+    if not tensors:
+        raise ValueError(f"--{what}: none of its {len(files)} images could be read")
+    return torch.cat(tensors)
 
 
 def _text_target(args: argparse.Namespace, foil: Any) -> Any:
@@ -262,11 +315,11 @@ def _text_target(args: argparse.Namespace, foil: Any) -> Any:
                         similarity=args.similarity)
 
 
-def _foil(model: Any, args: argparse.Namespace) -> Any:
+def _foil(model: Any, args: argparse.Namespace, bad: Any) -> Any:
     from pairlens.corpus import targets as T
 
     if args.foil:
-        return args.foil
+        return _images(model, args.foil, bad, "foil")
     if not args.foil_from:
         return None
     name, _, count = args.foil_from.partition(":")
@@ -359,7 +412,6 @@ def run_corpus_eval_cli(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"corpus-eval methods are {', '.join(CE.METHOD_NAMES)}; got "
                          f"{', '.join(bad)}")
-    positive(args, "explicands_per_class", "corpus_size", "foil_size")
     seeds = seeds_of(args)
     classes = None
     if args.classes:

@@ -15,9 +15,9 @@ from pairlens.cli.options import (
     add_run_options,
     apply_threads,
     command_parser,
-    positive,
     usage,
 )
+from pairlens.validation import argtype
 
 EVAL_EXAMPLES = """examples:
   pairlens eval-classifier --checkpoint runs/excon/best.pt --data cluttered-digits \\
@@ -46,10 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="digits | cluttered-digits | DIR (one sub-folder per class)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="(default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--infidelity-samples", type=int, default=10,
+    p.add_argument("--data-seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
+    p.add_argument("--infidelity-samples", type=argtype("int", 0), default=10,
                    help="perturbations per image, 0 to skip (default: %(default)s)")
-    p.add_argument("--noise-std", type=float, default=0.1,
+    p.add_argument("--noise-std", type=argtype("float", 0), default=0.1,
                    help="σ of the infidelity perturbations, model-input space "
                    "(default: %(default)s)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
@@ -82,8 +82,6 @@ def run_eval(args: argparse.Namespace) -> int:
         args.checkpoint = args.legacy_checkpoint
     if args.checkpoint is None:
         raise UsageError("give the checkpoint to evaluate with --checkpoint PATH")
-    positive(args, "batch_size")
-    positive(args, "infidelity_samples", minimum=0)
     apply_threads(args)
     model = load_classifier_model(args.checkpoint, device=args.device)
     size = model.input_size

@@ -13,20 +13,22 @@ from pairlens.cli.options import (
     add_deprecated,
     add_method_options,
     add_model_options,
+    add_on_error_option,
     add_output_options,
     add_run_options,
     add_store_option,
     apply_threads,
+    bad_files,
     command_parser,
     confirm_long_run,
     load_model,
     method_list,
     model_name,
-    positive,
     store_of,
     usage,
     warn,
 )
+from pairlens.validation import argtype
 
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 20 --methods grad-cam,interaction-cam \\
@@ -65,7 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = p.add_argument_group("pairs")
     d.add_argument("--data", default="digits",
                    help="digits[:split] | photos | image folder | list file (default: digits)")
-    d.add_argument("--pairs", type=int, default=None, metavar="N",
+    d.add_argument("--pairs", type=argtype("int", 1), default=None, metavar="N",
                    help="number of pairs (default: every image once / every listed pair)")
     d.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"),
                    help="(default: %(default)s)")
@@ -73,17 +75,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m = p.add_argument_group("metrics")
     m.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
-    m.add_argument("--step", type=int, default=None, metavar="L",
+    m.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
-    m.add_argument("--ms-samples", type=int, default=10, metavar="N",
+    m.add_argument("--ms-samples", type=argtype("int", 1), default=10, metavar="N",
                    help="max-sensitivity noise samples (default: %(default)s)")
     add_store_option(p)
     add_output_options(p, None, out=False)
     g = add_run_options(p, batch_size=256, yes=True, batch_help="images per forward pass in the "
                         "metrics")
-    g.add_argument("--pairs-per-batch", type=int, default=8, metavar="N",
+    g.add_argument("--pairs-per-batch", type=argtype("int", 1), default=8, metavar="N",
                    help="pairs explained and stored together (default: %(default)s)")
-    add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=int)
+    add_on_error_option(g, "the pairs using it (recorded in the store)")
+    add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=argtype("int", 1))
     p.set_defaults(func=run_evaluate)
 
     r = command_parser(
@@ -106,12 +109,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from pairlens.study.loop import MethodSpec, Shard, parse_metrics, run_evaluation
+    from pairlens.study.loop import (
+        MethodSpec,
+        Shard,
+        model_label,
+        parse_metrics,
+        run_evaluation,
+    )
     from pairlens.study.pairs import PairSet
     from pairlens.study.store import ResultStore
 
     out = Output(args, "evaluate")
-    positive(args, "pairs", "batch_size", "pairs_per_batch", "step", "ms_samples")
     specs = [MethodSpec(name, given) for name, given in method_list(args)]
     metrics = usage(parse_metrics, args.metrics)
     apply_threads(args)
@@ -122,17 +130,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model = load_model(args, data=args.data, device=device)
-    model_key = model_name(args, args.data)
-    if args.checkpoint:
-        model_key += f"@{Path(args.checkpoint).name}"
-    if args.embedding:
-        model_key += f"#{args.embedding}"
+    model_key = model_label(model_name(args, args.data), args.checkpoint, args.embedding)
     pairs = usage(PairSet, model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
+    bad = bad_files(args, hint="pass --on-error skip to skip the pairs using it")
     if shard.rank == 0:  # create the schema once before the other ranks open the file
         ResultStore(store_path).close()
     _barrier(dist)
     options = dict(step=args.step, pairs_per_batch=args.pairs_per_batch,
-                   forward_batch=args.batch_size, ms_samples=args.ms_samples)
+                   forward_batch=args.batch_size, ms_samples=args.ms_samples, bad_files=bad)
     try:
         with ResultStore(store_path) as store:
             probed = 0
@@ -147,14 +152,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if dist:
             torch.distributed.destroy_process_group()
     who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
-    lines = [f"{who}{summary.computed_pairs} pair evaluations computed, {summary.skipped_pairs} "
-             f"already in {store_path}; {summary.seconds:.1f} s"]
+    computed = ", ".join(m for m in metrics if m in summary.missing_metrics) or "nothing new"
+    lines = [f"{who}{summary.computed_pairs} pair evaluations computed ({computed}), "
+             f"{summary.skipped_pairs} already complete in {store_path}; "
+             f"{summary.seconds:.1f} s"]
+    if summary.skipped_files:
+        lines.append(f"{who}{bad.summary()} (recorded in {store_path})")
     lines += [f"{who}  {label:40s} explanation {seconds:8.2f} s"
               for label, seconds in summary.per_method.items()]
     if shard.rank == 0:
         lines.append(f"next: pairlens report --store {store_path} --out pairlens-report")
-    out.wrote(store_path, f"results store ({summary.computed_pairs} new pair evaluations)")
-    out.add(computed=summary.computed_pairs, skipped=summary.skipped_pairs,
+    out.wrote(store_path, f"results store ({summary.computed_pairs} pair evaluations computed)")
+    out.add(computed=summary.computed_pairs, already_complete=summary.skipped_pairs,
+            metrics_computed=sorted(summary.missing_metrics), skipped_files=summary.skipped_files,
             explain_seconds=summary.per_method, store=str(store_path), rank=shard.rank,
             world=shard.world)
     return out.finish("\n".join(lines))
@@ -169,7 +179,7 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> 
     from pairlens.study.loop import run_evaluation
     from pairlens.study.pairs import PairSet
 
-    first = PairSet(model, args.data, mode=args.pair_mode, n=1, seed=args.seed)
+    first = usage(PairSet, model, args.data, mode=args.pair_mode, n=1, seed=args.seed)
     per_pair, computed = 0.0, 0
     for spec in specs:
         start = time.perf_counter()

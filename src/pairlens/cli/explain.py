@@ -17,15 +17,18 @@ from pairlens.cli.options import (
     add_deprecated,
     add_method_options,
     add_model_options,
+    add_on_error_option,
     add_output_options,
     add_run_options,
     apply_threads,
+    bad_files,
     command_parser,
     load_model,
     method_list,
-    positive,
     usage,
+    warn,
 )
+from pairlens.validation import argtype
 
 EXPLAIN_EXAMPLES = """examples:
   pairlens explain                                   # bundled example pair, bundled 'photos' model
@@ -66,9 +69,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    convert=lambda _: "all")
     add_output_options(p, "pairlens-out")
     d = p.add_argument_group("display (figures only; the saved maps are never altered)")
-    d.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
+    d.add_argument("--smooth", type=argtype("float", 0), default=0.0, metavar="SIGMA",
                    help="Gaussian blur of the shown maps, sigma in pixels (default: 0)")
-    d.add_argument("--clip", type=float, default=99.0, metavar="PERCENTILE",
+    d.add_argument("--clip", type=argtype("float", 0, 100, lo_open=True), default=99.0,
+                   metavar="PERCENTILE",
                    help="clip each shown map above this percentile before min-max "
                    "normalisation, so a few extreme pixels do not hide the rest "
                    "(default: %(default)s; 100 = no clip)")
@@ -77,6 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         batch_help="images per forward pass (default: each method's own); with --pairs, N/2 "
         "pairs are explained together (default: 8 pairs)",
     )
+    add_on_error_option(p, "the pairs using it (--pairs)")
     p.set_defaults(func=run_explain)
 
     m = command_parser(
@@ -133,11 +138,6 @@ def run_explain(args: argparse.Namespace) -> int:
         raise UsageError("give two images or --pairs, not both")
     if len(args.images) not in (0, 2):
         raise UsageError(f"explain takes two images or none; got {len(args.images)}")
-    positive(args, "batch_size")
-    if not 0 < args.clip <= 100:
-        raise UsageError(f"--clip must be a percentile in (0, 100], got {args.clip}")
-    if args.smooth < 0:
-        raise UsageError(f"--smooth must be >= 0, got {args.smooth}")
     variants = method_list(args)
     apply_threads(args)
     if args.pairs:
@@ -159,44 +159,54 @@ def run_explain(args: argparse.Namespace) -> int:
                                          out)
             out.add(pairs=results)
             return out.finish()
-        pairs_per_batch = max(1, (args.batch_size or 16) // 2)
-        folders = [root / _pair_folder(i, a, b) for i, (a, b) in enumerate(pairs)]
-        rows: list[dict[str, Any]] = []
-        failed = 0
+        return _explain_pairs(model, pairs, variants, root, args, out)
+
+
+def _explain_pairs(model, pairs, variants, root: Path, args, out: Output) -> int:
+    """``--pairs``: batches of pairs through every method, one folder per pair, an index. An
+    unreadable image follows ``--on-error``: stop (the index of what was done is still written)
+    or skip the pair (listed in the index with the reason)."""
+    import torch
+
+    from pairlens.progress import overall
+
+    bad = bad_files(args, hint="pass --on-error skip to skip the pairs using it")
+    pairs_per_batch = max(1, (args.batch_size or 16) // 2)
+    folders = [root / _pair_folder(i, a, b) for i, (a, b) in enumerate(pairs)]
+    rows: list[dict[str, Any]] = []
+    try:
         with overall(len(pairs) * len(variants), "explain", unit="explanation") as bar:
             for start in range(0, len(pairs), pairs_per_batch):
-                chunk = list(range(start, min(start + pairs_per_batch, len(pairs))))
                 good, x1s, x2s = [], [], []
-                for i in chunk:
-                    try:
-                        x1s.append(model.preprocess(pairs[i][0]))
-                        x2s.append(model.preprocess(pairs[i][1]))
-                        good.append(i)
-                    except ValueError as err:  # an unreadable image: recorded, the rest goes on
-                        failed += 1
-                        del x1s[len(good):]
-                        bar.write(f"pairlens: warning: pair {i + 1} skipped: "
-                                  f"{' '.join(str(err).split())}")
+                for i in range(start, min(start + pairs_per_batch, len(pairs))):
+                    images = [bad.load(p) for p in pairs[i]]
+                    if any(im is None for im in images):
+                        reasons = [bad.skipped[str(p)] for p, im in zip(pairs[i], images,
+                                                                         strict=True)
+                                   if im is None]
                         rows.append({"pair": i + 1, "image1": pairs[i][0], "image2": pairs[i][1],
-                                     "error": " ".join(str(err).split())})
+                                     "error": "; ".join(reasons)})
                         bar.update(len(variants))
-                if not good:
-                    continue
-                import torch
-
-                rows += _explain_batch(model, torch.cat(x1s), torch.cat(x2s),
-                                       [pairs[i] for i in good], variants,
-                                       [folders[i] for i in good], args, bar, out,
-                                       numbers=[i + 1 for i in good])
+                        continue
+                    x1s.append(model.preprocess(images[0]))
+                    x2s.append(model.preprocess(images[1]))
+                    good.append(i)
+                if good:
+                    rows += _explain_batch(model, torch.cat(x1s), torch.cat(x2s),
+                                           [pairs[i] for i in good], variants,
+                                           [folders[i] for i in good], args, bar, out,
+                                           numbers=[i + 1 for i in good])
+    finally:  # stopped or not, the index lists what was done
         rows.sort(key=lambda r: r["pair"])
-        for path, what in _write_index(root, rows):
-            out.wrote(path, what)
-        out.add(pairs=rows, failed=failed)
-        code = out.finish()
-        if failed:
-            raise RuntimeError(f"{failed} of {len(pairs)} pairs could not be read (listed in "
-                               f"{root / 'index.csv'}); the others were explained")
-        return code
+        if rows:
+            for path, what in _write_index(root, rows):
+                out.wrote(path, what)
+    failed = sum("error" in r for r in rows)
+    out.add(pairs=rows, failed=failed)
+    if failed:
+        warn(f"{bad.summary()}; {failed} of {len(pairs)} pairs skipped (listed in "
+             f"{root / 'index.csv'})")
+    return out.finish()
 
 
 def _with_run_params(name: str, given: dict[str, Any], args: argparse.Namespace) -> dict:

@@ -214,6 +214,8 @@ def add_run_options(
     """``--seed`` (or ``--seeds LIST`` when ``seeds`` is its default text), ``--threads``,
     ``--batch-size`` (unless ``batch_size`` is False; else its default, None allowed),
     ``--quiet`` and ``--yes``."""
+    from pairlens.validation import argtype
+
     g = parser.add_argument_group("run")
     if seeds is not None:
         g.add_argument(
@@ -221,13 +223,13 @@ def add_run_options(
             help="seeds: comma-separated or a range A-B (default: %(default)s)",
         )
     elif seed:
-        g.add_argument("--seed", type=int, default=seed_default, metavar="N",
+        g.add_argument("--seed", type=argtype("int", 0), default=seed_default, metavar="N",
                        help="random seed (default: %(default)s)")
     if batch_size is not False:
-        g.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
+        g.add_argument("--batch-size", type=argtype("int", 1), default=batch_size, metavar="N",
                        help=batch_help + ("" if batch_size is None else " (default: %(default)s)"))
     if threads:
-        g.add_argument("--threads", type=int, default=None, metavar="N",
+        g.add_argument("--threads", type=argtype("int", 1), default=None, metavar="N",
                        help="torch CPU threads (default: torch's choice)")
     if quiet:
         g.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -238,6 +240,23 @@ def add_run_options(
             f"{CONFIRM_SECONDS // 60} min",
         )
     return g
+
+
+def add_on_error_option(parser: argparse.ArgumentParser | Any, what: str) -> None:
+    """``--on-error stop|skip``: what an unreadable image does (:class:`pairlens.io.BadFiles`)."""
+    parser.add_argument(
+        "--on-error", choices=("stop", "skip"), default="stop",
+        help=f"an unreadable image: stop (default), or skip {what}, report each bad file once "
+        "and list them at the end",
+    )
+
+
+def bad_files(args: argparse.Namespace, hint: str = "pass --on-error skip to go on without it"):
+    """The :class:`pairlens.io.BadFiles` policy of ``--on-error``, logging to stderr."""
+    from pairlens.io import BadFiles
+
+    return BadFiles(getattr(args, "on_error", "stop"),
+                    log=lambda line: warn(line), hint=hint)
 
 
 def command_parser(
@@ -323,15 +342,6 @@ def apply_threads(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-def positive(args: argparse.Namespace, *names: str, minimum: int = 1) -> None:
-    """Raise a UsageError unless every option ``names`` (dests) is None or >= ``minimum``."""
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value < minimum:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be >= {minimum}, got {value}")
 
 
 def model_name(args: argparse.Namespace, data: str | None = None) -> str:

@@ -12,10 +12,10 @@ from pairlens.cli.options import (
     add_output_options,
     add_run_options,
     command_parser,
-    positive,
     seeds_of,
 )
-from pairlens.cli.train import SUPERVISED_MODES, TRAIN_BATCH_HELP
+from pairlens.cli.train import SUPERVISED_MODES, TRAIN_BATCH_HELP, settings_arg, train_arg
+from pairlens.validation import argtype
 
 STUDY_EXAMPLES = """examples:
   pairlens study excon --data cluttered-digits --seeds 0-2 --epochs 6 --batch-size 32 \\
@@ -46,13 +46,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--modes", default="supcon,supcon-ori,excon,exconb",
                    help="comma-separated (default: %(default)s)")
     s.add_argument("--arch", default=None, help="(default: digits-cnn for the digits data sets)")
-    s.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
-    s.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
-    s.add_argument("--classifier-lr", type=float, default=5e-2, help="(default: %(default)s)")
-    s.add_argument("--temperature", type=float, default=0.1, help="(default: %(default)s)")
-    s.add_argument("--start-epoch", type=int, default=2, help="(default: %(default)s)")
-    s.add_argument("--threshold", type=float, default=0.5, help="(default: %(default)s)")
-    s.add_argument("--data-seed", type=int, default=0, help="(default: %(default)s)")
+    s.add_argument("--epochs", type=train_arg("epochs"), default=6, help="(default: %(default)s)")
+    s.add_argument("--lr", type=train_arg("lr"), default=1e-3, help="(default: %(default)s)")
+    s.add_argument("--classifier-lr", type=settings_arg("classifier_lr"), default=5e-2,
+                   help="(default: %(default)s)")
+    s.add_argument("--temperature", type=train_arg("temperature"), default=0.1,
+                   help="(default: %(default)s)")
+    s.add_argument("--start-epoch", type=settings_arg("start_epoch"), default=2,
+                   help="(default: %(default)s)")
+    s.add_argument("--threshold", type=settings_arg("threshold"), default=0.5,
+                   help="(default: %(default)s)")
+    s.add_argument("--data-seed", type=argtype("int", 0), default=0,
+                   help="(default: %(default)s)")
     s.add_argument("--report-only", action="store_true",
                    help="only aggregate the runs already finished in --out")
     add_device_option(s)
@@ -75,7 +80,6 @@ def run_study(args: argparse.Namespace) -> int:
     if unknown or not modes:
         raise UsageError(f"unknown mode(s) {', '.join(unknown) or '(none)'}; choose from "
                          f"{', '.join(SUPERVISED_MODES)}")
-    positive(args, "epochs", "batch_size", "threads")
     config = StudyConfig(
         data=args.data, seeds=tuple(seeds_of(args, count_ok=True)), modes=modes,
         arch=args.arch or default_arch(args.data), epochs=args.epochs,

@@ -11,13 +11,16 @@ from pairlens.cli.options import (
     Output,
     UsageError,
     add_device_option,
+    add_on_error_option,
     add_output_options,
     add_run_options,
     apply_threads,
+    bad_files,
     command_parser,
-    positive,
     usage,
+    warn,
 )
+from pairlens.validation import argtype, field_argtype
 
 TRAIN_EXAMPLES = """examples:
   pairlens train simclr --data digits --epochs 30 --out runs/digits
@@ -95,49 +98,65 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_training_options(p: argparse.ArgumentParser, data_help: str, temperature: float) -> None:
-    """The options every training mode shares (also used by ``pairlens study excon``)."""
+    """The options every training mode shares. Numbers are checked at parse time by the ranges
+    the trainer declares (:class:`~pairlens.training.simclr.TrainConfig`)."""
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--arch", default=None,
                    help="architecture: digits-cnn | resnet-mini | resnet18 "
                    "(default: digits-cnn for the digits data sets, resnet-mini otherwise)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs (default: %(default)s)")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
+    p.add_argument("--epochs", type=train_arg("epochs"), default=30,
+                   help="epochs (default: %(default)s)")
+    p.add_argument("--steps-per-epoch", type=train_arg("steps_per_epoch"), default=None,
                    help="steps per epoch (default: one pass over the data)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--lr", type=train_arg("lr"), default=1e-3,
                    help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0,
+    p.add_argument("--weight-decay", type=train_arg("weight_decay"), default=1e-4,
+                   help="(default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=train_arg("warmup_epochs"), default=1.0,
                    help="linear warm-up, then cosine decay (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=temperature,
+    p.add_argument("--temperature", type=train_arg("temperature"), default=temperature,
                    help="τ of the contrastive loss (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out exactly where it stopped")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--image-size", type=train_arg("image_size"), default=None,
                    help="side of the square images held in memory for photos / DIR "
                    "(default: input size / 0.7)")
     add_device_option(p)
     add_output_options(p, None, required=True, out_help="output folder (checkpoints, log.csv, "
                        "model.pt)")
-    add_run_options(p, batch_size=128, batch_help=TRAIN_BATCH_HELP)
+    g = add_run_options(p, batch_size=128, batch_help=TRAIN_BATCH_HELP)
+    add_on_error_option(g, "it (DIR; listed in OUT/skipped.json)")
+    for action in g._group_actions:  # the trainer's own ranges for its seed and batch size
+        if action.dest in ("seed", "batch_size"):
+            action.type = train_arg(action.dest)
+
+
+def train_arg(field: str):
+    """The argparse converter of a :class:`~pairlens.training.simclr.TrainConfig` field."""
+    return field_argtype("pairlens.training.simclr:TrainConfig", field)
+
+
+def settings_arg(field: str):
+    """The argparse converter of a :class:`~pairlens.training.supcon.SupervisedSettings` field."""
+    return field_argtype("pairlens.training.supcon:SupervisedSettings", field)
 
 
 def add_supervised_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--start-epoch", type=int, default=0,
+    p.add_argument("--start-epoch", type=settings_arg("start_epoch"), default=0,
                    help="0-based epoch from which explanation-driven views are used "
                    "(excon, exconb; default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=settings_arg("threshold"), default=0.5,
                    help="Grad-CAM threshold τ: pixels at or below it are masked "
                    "(default: %(default)s)")
-    p.add_argument("--classifier-lr", type=float, default=5e-2,
+    p.add_argument("--classifier-lr", type=settings_arg("classifier_lr"), default=5e-2,
                    help="Adam learning rate of the linear classifier (default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=0,
+    p.add_argument("--data-seed", type=argtype("int", 0), default=0,
                    help="seed of the train / val / test split (default: %(default)s)")
 
 
 def _train_config(args: argparse.Namespace):
     from pairlens.training.simclr import TrainConfig
 
-    positive(args, "epochs", "batch_size", "steps_per_epoch", "image_size")
     if (Path(args.out) / "checkpoint.pt").exists() and not args.resume:
         raise UsageError(f"{Path(args.out) / 'checkpoint.pt'} exists; pass --resume to continue "
                          "it or choose another --out")
@@ -146,7 +165,7 @@ def _train_config(args: argparse.Namespace):
         weight_decay=args.weight_decay, temperature=args.temperature,
         warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-        data=args.data,
+        data=args.data, image_size=args.image_size,
     )
 
 
@@ -163,7 +182,10 @@ def run_simclr(args: argparse.Namespace) -> int:
     arch_name = args.arch or default_arch(args.data)
     arch = usage(get_architecture, arch_name)
     load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    images, labels, described = load_training_data(args.data, load_size, "train", args.seed)
+    bad = bad_files(args, hint="pass --on-error skip to train without it")
+    images, labels, described = load_training_data(args.data, load_size, "train", args.seed,
+                                                    bad=bad)
+    _record_skipped(out, args.out, bad)
     augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
     hooks = []
     val = None
@@ -195,8 +217,10 @@ def run_supervised(args: argparse.Namespace) -> int:
     arch_name = args.arch or default_arch(args.data)
     arch = usage(get_architecture, arch_name)
     load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    images, labels = usage(load_labelled_data, args.data, "train", args.data_seed, load_size)
-    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
+    bad = bad_files(args, hint="pass --on-error skip to train without it")
+    images, labels = usage(load_labelled_data, args.data, "train", args.data_seed, load_size, bad)
+    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size, bad)
+    _record_skipped(out, args.out, bad)
     augment = AugmentConfig.digits() if args.data in DIGITS_LIKE else AugmentConfig.photos()
     n_classes = int(max(labels.max(), val_labels.max())) + 1
     settings = SupervisedSettings(mode=args.mode, start_epoch=args.start_epoch,
@@ -212,6 +236,23 @@ def run_supervised(args: argparse.Namespace) -> int:
                "best_val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
                "final_loss": next((r["loss"] for r in reversed(log) if "loss" in r), None)}
     return _finish(out, args.out, summary)
+
+
+def _record_skipped(out: Output, folder: str, bad) -> None:
+    """Write ``OUT/skipped.json`` (file -> reason) when files were skipped."""
+    if not bad.skipped:
+        return
+    import json
+
+    from pairlens.io import atomic_write
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(bad.skipped, indent=2)
+    out.wrote(atomic_write(path / "skipped.json", lambda f: f.write(text.encode())),
+              "the unreadable files skipped")
+    out.add(skipped_files=dict(bad.skipped))
+    warn(f"{bad.summary()} (listed in {path / 'skipped.json'})")
 
 
 def _finish(out: Output, folder: str, summary: dict[str, Any]) -> int:

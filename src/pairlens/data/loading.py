@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pairlens.io import image_files, load_image
+from pairlens.io import BadFiles, scan_images
 
 #: the bundled labelled data sets of the supervised modes
 DIGITS_LIKE = ("digits", "cluttered-digits")
 
 
-def load_training_data(data: str, load_size: int, split: str = "train", seed: int = 0):
+def load_training_data(data: str, load_size: int, split: str = "train", seed: int = 0,
+                       bad=None):
     """``(images, labels or None, description)`` for ``--data``.
 
     ``digits``: the ``split`` of :func:`pairlens.data.bundled.digits` (float, 32 px).
     ``photos``: :data:`~pairlens.data.bundled.TRAIN_PHOTOS` as ``load_size`` squares (labels =
-    photo index). ``DIR``: every image under DIR (recursively), shorter side resized to
-    ``load_size`` and centre-cropped, stored as uint8 in memory; labels from the first-level
-    sub-folder names when every image is in one, else None.
+    photo index). ``DIR``: every image under DIR (:func:`pairlens.io.scan_images`), shorter side
+    resized to ``load_size`` and centre-cropped, stored as uint8 in memory; labels from the
+    first-level sub-folder names when every image is in one, else None. Unreadable files follow
+    ``bad`` (a :class:`pairlens.io.BadFiles`; default: stop at the first).
     """
     import torch
 
@@ -39,14 +41,15 @@ def load_training_data(data: str, load_size: int, split: str = "train", seed: in
     root = Path(data).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{data}: not digits, photos or an existing directory")
-    files = image_files(root, recursive=True)
+    bad = bad or BadFiles("stop")
+    imgs, files = [], []
+    for f in scan_images(root):
+        image = bad.load(f)
+        if image is not None:
+            imgs.append((bundled.square_tensor(image, load_size) * 255).round().to(torch.uint8))
+            files.append(f)
     if not files:
-        raise ValueError(f"{data}: no image files found")
-
-    imgs = [
-        (bundled.square_tensor(load_image(f), load_size) * 255).round().to(torch.uint8)
-        for f in files
-    ]
+        raise ValueError(f"{data}: no readable image files found")
     parts = [f.relative_to(root).parts for f in files]
     classes = sorted({p[0] for p in parts if len(p) > 1})
     labels = None
@@ -56,8 +59,10 @@ def load_training_data(data: str, load_size: int, split: str = "train", seed: in
     return torch.stack(imgs), labels, f"{len(files)} images from {root}"
 
 
-def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int = 160):
-    """``(images, labels)`` of ``split`` (train / val / test / all) for ``--data``."""
+def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int = 160,
+                       bad=None):
+    """``(images, labels)`` of ``split`` (train / val / test / all) for ``--data``; unreadable
+    files of a folder follow ``bad`` (a :class:`pairlens.io.BadFiles`, default: stop)."""
     import torch
 
     if data == "digits":
@@ -71,7 +76,7 @@ def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int
     if data == "photos" or not Path(data).expanduser().is_dir():
         raise ValueError(f"{data}: not digits, cluttered-digits or a directory of class "
                          "sub-folders")
-    images, labels, _ = load_training_data(data, load_size)
+    images, labels, _ = load_training_data(data, load_size, bad=bad)
     if labels is None:
         raise ValueError(f"{data}: supervised training needs one sub-folder per class")
     if split == "all":

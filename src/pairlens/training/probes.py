@@ -27,6 +27,7 @@ def attach_probe(model_path: Path, net, arch, images, labels, val, data: str, se
 
     from pairlens.data.loading import load_training_data
     from pairlens.models.bundled import bundle_state
+    from pairlens.models.checkpoint import read_checkpoint
     from pairlens.training.simclr import _atomic_torch_save, fit_linear_probe, pooled_features
 
     net = net.cpu().eval()
@@ -43,7 +44,7 @@ def attach_probe(model_path: Path, net, arch, images, labels, val, data: str, se
         with torch.no_grad():
             pred = probe(pooled_features(net, xt, arch.mean, arch.std)).argmax(1)
         out["probe_test_accuracy"] = float((pred == yt).float().mean())
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(model_path, "model.pt of pairlens train")
     meta = dict(state.get("meta", {}))
     meta.update(out)
     _atomic_torch_save(bundle_state(net, arch.name, classifier=probe, **meta), model_path)
@@ -56,6 +57,7 @@ def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64)
     stored in the ``meta`` of ``model_path``."""
     import torch
 
+    from pairlens.models.checkpoint import read_checkpoint
     from pairlens.training.simclr import _atomic_torch_save, augmented_view_cosines, load_trained
 
     x = images[:max_images]
@@ -64,7 +66,7 @@ def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64)
     for embedding in ("projector", "backbone"):
         cos = augmented_view_cosines(load_trained(model_path, embedding), x, augment, 8, seed=0)
         out.update({f"view_cosine_{k}_{embedding}": v for k, v in cos.items()})
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(model_path, "model.pt of pairlens train")
     state.setdefault("meta", {}).update(out)
     _atomic_torch_save(state, model_path)
     return out
