@@ -164,8 +164,9 @@ def test_help_everywhere_has_examples(capsys):
 
 # ----------------------------------------------------------------------------- many pairs
 def test_explain_many_pairs_from_a_list_and_a_folder(tmp_path, capsys):
-    """--pairs: one folder per pair, an index, one JSON object; an unreadable pair is reported,
-    skipped and does not stop the others; results equal explaining each pair alone."""
+    """--pairs: one folder per pair, an index, one JSON object. An unreadable image stops the
+    run (the index still lists what was done) or, with --on-error skip, its pair is reported,
+    skipped and listed; results equal explaining each pair alone."""
     paths = example_image_paths("digits")
     listing = tmp_path / "pairs.txt"
     broken = tmp_path / "broken.png"
@@ -173,13 +174,16 @@ def test_explain_many_pairs_from_a_list_and_a_folder(tmp_path, capsys):
     listing.write_text(f"{paths[0]} {paths[1]}\n# a comment\n{paths[0]} {broken}\n"
                        f"{paths[1]} {paths[2]}\n")
     out = tmp_path / "out"
-    code, stdout, err = run(["explain", "--pairs", listing, "--model", "digits", "--methods",
-                             "grad-cam,interaction-cam", "--batch-size", "4", "--out", out,
-                             "--json", "--quiet"], capsys)
-    assert code == 1 and "pair 2 skipped" in err and "1 of 3 pairs" in err
+    args = ["explain", "--pairs", listing, "--model", "digits", "--methods",
+            "grad-cam,interaction-cam", "--batch-size", "2", "--out", out, "--quiet"]
+    code, _, err = run(args, capsys)
+    assert code == 1 and "broken.png" in err and "--on-error skip" in err
+    assert err.count("\n") == 1 and "0001_digit-3a_digit-3b" in (out / "index.csv").read_text()
+    code, stdout, err = run(args + ["--json", "--on-error", "skip"], capsys)
+    assert code == 0 and "skipped" in err and "1 of 3 pairs" in err
     report = json.loads(stdout)
     assert [p["pair"] for p in report["pairs"]] == [1, 2, 3] and report["failed"] == 1
-    assert "error" in report["pairs"][1]
+    assert "not an image" in report["pairs"][1]["error"]
     folders = sorted(p for p in out.iterdir() if p.is_dir())
     assert [f.name for f in folders] == ["0001_digit-3a_digit-3b", "0003_digit-3b_digit-8"]
     for folder in folders:
