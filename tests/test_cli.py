@@ -240,11 +240,14 @@ def test_usage_errors_of_the_method_options(capsys):
         (["--methods", "grad-cam,smoothgrad", "--param", "reduction=max"],
          "no selected method has a parameter"),
         (["--methods", "grad-cam[", "--param", "x=1"], "unbalanced brackets"),
-        (["--clip", "0"], "--clip"),
-        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--methods", "averaged-transforms", "--param", "steps=0"], "steps must be"),
     ):
         code, _, err = run(["explain", a, a, "--model", "digits", *args], capsys)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+    for args, message in ((["--clip", "0"], "--clip"), (["--batch-size", "0"], "--batch-size")):
+        with pytest.raises(SystemExit) as exit:  # checked by argparse: usage, exit code 2
+            main(["explain", str(a), str(a), "--model", "digits", *args])
+        assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- file modes

@@ -50,6 +50,8 @@ def help_examples() -> list[tuple[str, str]]:
             if not in_examples:
                 continue
             text = line.strip()
+            if text.startswith("#"):  # a note on the example above
+                continue
             current += (" " if current else "") + text.rstrip("\\").strip()
             if text.endswith("\\"):
                 continue

@@ -207,6 +207,18 @@ def attribution_params() -> dict[str, dict[str, Any]]:
             for name, fn in _METHOD_FNS.items()}
 
 
+def validate_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of attribution ``method`` converted and checked by its declared types and
+    ranges (text such as ``"300"`` becomes 300); :class:`~pairlens.validation.ParamError` (a
+    ``ValueError``) names the parameter otherwise."""
+    name = method.strip().lower().replace("_", "-")
+    if name not in _METHOD_FNS:
+        raise ValueError(
+            f"unknown attribution method {method!r}; choose from {', '.join(ATTRIBUTION_METHODS)}"
+        )
+    return validate_call(_specs(_METHOD_FNS[name]), params, name, defaults=False)
+
+
 def _check_params(fn: Callable, params: dict[str, Any], name: str) -> None:
     """Unknown names and values outside the declared ranges (``Annotated[int, Range(1)]`` in the
     method's signature) raise a one-line ``ValueError``; valid values are converted in place by
@@ -247,6 +259,7 @@ __all__ = [
     "attribute",
     "attribution_methods",
     "attribution_params",
+    "validate_params",
     "blur",
     "default_grid",
     "gradient_shap",

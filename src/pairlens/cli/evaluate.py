@@ -42,8 +42,9 @@ EVALUATE_EXAMPLES = """examples:
   torchrun --standalone --nproc_per_node 2 -m pairlens evaluate --model digits --data digits \\
       --pairs 20 --methods grad-cam,interaction-cam --store digits.db     # pairs are sharded
 
-Re-running the same command resumes: finished pairs are skipped. Before a long run, one pair per
-method is evaluated (and kept) to estimate the total time; runs estimated over 15 min need --yes.
+Re-running the same command resumes: finished pairs are skipped. The first batch of pairs is
+evaluated (and kept) with every method to estimate the total time; runs estimated over 15 min
+stop there unless --yes is given.
 """
 
 REPORT_EXAMPLES = """examples:
@@ -171,25 +172,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> int:
-    """Evaluate pair 0 with every method (stored, so never wasted), time it, and announce the
-    estimated total; stop unless --yes when it is long (:func:`confirm_long_run`). Returns the
-    number of pair evaluations computed."""
+    """Evaluate the first batch of pairs (``--pairs-per-batch``, exactly the unit the full run
+    starts with, so results do not depend on it) with every method, stored so never wasted;
+    time it and announce the estimated total; stop unless --yes when it is long
+    (:func:`confirm_long_run`). Returns the number of pair evaluations computed."""
     import time
 
     from pairlens.study.loop import run_evaluation
     from pairlens.study.pairs import PairSet
 
-    first = usage(PairSet, model, args.data, mode=args.pair_mode, n=1, seed=args.seed)
-    per_pair, computed = 0.0, 0
+    n = min(args.pairs_per_batch, len(pairs))
+    if n >= len(pairs):
+        return 0  # one batch is the whole run
+    first = usage(PairSet, model, args.data, mode=args.pair_mode, n=n, seed=args.seed)
+    seconds, computed = 0.0, 0
     for spec in specs:
         start = time.perf_counter()
         done = run_evaluation(model, model_key, first, [spec], metrics, store, progress=False,
                               **options)
-        if done.computed_pairs == 0:  # already stored (a resumed run): no timing to be had
-            return computed
+        if done.computed_pairs < n:  # partly stored already (a resumed run): no clean timing
+            return computed + done.computed_pairs
         computed += done.computed_pairs
-        per_pair += time.perf_counter() - start
-    confirm_long_run(args, per_pair * (len(pairs) - 1),
+        seconds += time.perf_counter() - start
+    confirm_long_run(args, seconds / n * (len(pairs) - n),
                      f"evaluating {len(pairs)} pairs x {len(specs)} methods")
     return computed
 

@@ -327,9 +327,10 @@ def method_list(args: argparse.Namespace, family: str = "pair") -> list[tuple[st
         from pairlens.methods.registry import parse_methods
 
         return usage(parse_methods, methods, args.param)
-    from pairlens.attribution import attribution_params
+    from pairlens.attribution import attribution_params, validate_params
 
-    return usage(parse_method_list, methods, attribution_params(), args.param)
+    variants = usage(parse_method_list, methods, attribution_params(), args.param)
+    return [(name, usage(validate_params, name, given)) for name, given in variants]
 
 
 def apply_threads(args: argparse.Namespace) -> None:

@@ -23,16 +23,23 @@ from pairlens.cli.options import (
 from pairlens.validation import argtype, field_argtype
 
 TRAIN_EXAMPLES = """examples:
-  pairlens train simclr --data digits --epochs 30 --out runs/digits
-  pairlens train simclr --data photos --arch resnet-mini --epochs 40 --steps-per-epoch 25 \\
-      --batch-size 32 --out runs/photos
-  pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda --out runs/mine
-  pairlens train simclr --data digits --epochs 30 --out runs/digits --resume
-  pairlens train excon --data cluttered-digits --epochs 10 --batch-size 64 --start-epoch 3 \\
-      --out runs/excon
-  pairlens train supcon --data digits --epochs 20 --out runs/supcon
+  pairlens train simclr --data digits --epochs 30 --batch-size 64 --out runs/digits
+      # the bundled digits model: 6 min of CPU time, 24 min wall on a shared 2-core machine
+  pairlens train simclr --data photos --arch resnet-mini --epochs 24 --steps-per-epoch 25 \\
+      --batch-size 24 --temperature 0.2 --out runs/photos
+      # the bundled photos model: 10-15 min of CPU time, 64 min wall on a shared 2-core machine
+  pairlens train simclr --data digits --epochs 30 --batch-size 64 --out runs/digits --resume
+  pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda \\
+      --out runs/mine                                                   # a GPU job
+  pairlens train excon --data cluttered-digits --epochs 6 --batch-size 32 --start-epoch 2 \\
+      --out runs/excon      # about 4 min wall on a shared 2-core machine (docs/excon.md)
+  pairlens train supcon --data digits --epochs 6 --batch-size 32 --out runs/supcon
+      # TIME_SUPCON
   pairlens train exconb --data my_classes/ --arch resnet-mini --epochs 100 --device cuda \\
-      --out runs/mine
+      --out runs/mine                                                   # a GPU job
+
+Times are measured on this project's 2-core CPU (model cards in src/pairlens/models/weights/,
+docs/excon.md); "shared" means other jobs ran at the same time.
 """
 
 SIMCLR = (
