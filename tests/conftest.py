@@ -113,3 +113,46 @@ def bomb_png(path, width: int = 28_000, height: int = 28_000):
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts))
     path.write_bytes(data + chunk(b"IEND", b""))
     return path
+
+
+# ----------------------------------------------------------------------------- CLI helpers
+def cli_parsers():
+    """Every ``(command path, parser)`` of the ``pairlens`` parser tree, the root included."""
+    import argparse
+
+    from pairlens.cli import build_parser
+
+    found = []
+
+    def walk(parser, path):
+        found.append((path, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, path + [name])
+
+    walk(build_parser(), [])
+    return found
+
+
+#: a tiny open_clip architecture (random weights) standing in for CLIP in offline tests
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
+
+
+def save_tiny_clip(folder):
+    """Register the tiny architecture ``pairlens-test-tiny-clip`` with open_clip and save random
+    weights: returns ``(model, tokenizer, config path, checkpoint path)``."""
+    import json
+
+    open_clip = pytest.importorskip("open_clip")
+    config = folder / "pairlens-test-tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config)
+    clip = open_clip.create_model("pairlens-test-tiny-clip", pretrained=None).eval()
+    checkpoint = folder / "tiny-clip.pt"
+    torch.save(clip.state_dict(), checkpoint)
+    return clip, open_clip.get_tokenizer("pairlens-test-tiny-clip"), config, checkpoint

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import cli_parsers, save_tiny_clip
 from PIL import Image
 
-from pairlens.cli import build_parser, main
+from pairlens.cli import main
 from pairlens.data.bundled import digits, example_image_paths
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -33,24 +34,19 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def help_examples() -> list[tuple[str, str]]:
     """``(command path, example command)`` for every example line of every epilog, in parser
-    order, without duplicates; continuation lines are joined and trailing comments dropped."""
-    import argparse
-
+    order, without duplicates; continuation lines are joined, notes and trailing comments
+    dropped."""
     found: list[tuple[str, str]] = []
-
-    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
-        lines = (parser.epilog or "").splitlines()
+    for path, parser in cli_parsers():
         in_examples, current = False, ""
-        for line in lines:
+        for line in (parser.epilog or "").splitlines():
             if re.match(r"^examples?:\s*$", line):
                 in_examples = True
                 continue
             if in_examples and not line.strip():
                 break
-            if not in_examples:
-                continue
             text = line.strip()
-            if text.startswith("#"):  # a note on the example above
+            if not in_examples or text.startswith("#"):  # a note on the example above
                 continue
             current += (" " if current else "") + text.rstrip("\\").strip()
             if text.endswith("\\"):
@@ -59,12 +55,6 @@ def help_examples() -> list[tuple[str, str]]:
             current = ""
             if command not in [c for _, c in found]:
                 found.append((" ".join(path) or "pairlens", command))
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    walk(sub, path + [name])
-
-    walk(build_parser(), [])
     return found
 
 
@@ -159,21 +149,9 @@ def simclr_r50(workspace):
     return path
 
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
-}
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(workspace):
-    open_clip = pytest.importorskip("open_clip")
-    config = workspace / "pairlens-test-tiny-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    clip = open_clip.create_model("pairlens-test-tiny-clip", pretrained=None).eval()
-    torch.save(clip.state_dict(), workspace / "tiny-clip.pt")
+    save_tiny_clip(workspace)
 
 
 def prepare(command: str, workspace: Path) -> list[str]:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cli_parsers
 
-from pairlens.cli import build_parser, main
+from pairlens.cli import main
 from pairlens.cli.options import is_deprecated
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -38,17 +39,7 @@ ALLOWED_NEAR = {frozenset({"--seed", "--seeds"})}
 
 def commands() -> list[tuple[list[str], argparse.ArgumentParser]]:
     """Every (sub-)command path with its parser, the root included."""
-    found: list[tuple[list[str], argparse.ArgumentParser]] = []
-
-    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
-        found.append((path, parser))
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, sub in action.choices.items():
-                    walk(sub, path + [name])
-
-    walk(build_parser(), [])
-    return found
+    return cli_parsers()
 
 
 def leaves() -> list[tuple[list[str], argparse.ArgumentParser]]:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_clip
 from PIL import Image
 
 from pairlens import targets
@@ -161,26 +162,9 @@ def test_corpus_cli_errors_are_one_line(digit_files, tmp_path, capsys, args, mes
 
 
 # ----------------------------------------------------------------------------- CLIP (offline)
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
-}
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    open_clip = pytest.importorskip("open_clip")
-    root = tmp_path_factory.mktemp("clip")
-    config = root / "pairlens-test-tiny-clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    clip = open_clip.create_model("pairlens-test-tiny-clip", pretrained=None).eval()
-    checkpoint = root / "tiny-clip.pt"
-    torch.save(clip.state_dict(), checkpoint)
-    tokenizer = open_clip.get_tokenizer("pairlens-test-tiny-clip")
-    return clip, tokenizer, config, checkpoint
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_text_corpus_from_saved_open_clip_equals_eq6(tiny_clip):

@@ -177,19 +177,12 @@ def _train_config(args: argparse.Namespace):
 
 
 def run_simclr(args: argparse.Namespace) -> int:
-    from pairlens.data.loading import default_arch, load_training_data
-    from pairlens.models.bundled import get_architecture
+    from pairlens.data.loading import load_training_data
     from pairlens.training.augment import AugmentConfig
     from pairlens.training.probes import attach_probe, attach_view_cosines, knn_hook
     from pairlens.training.simclr import train_simclr
 
-    out = Output(args, "train simclr")
-    config = _train_config(args)
-    apply_threads(args)
-    arch_name = args.arch or default_arch(args.data)
-    arch = usage(get_architecture, arch_name)
-    load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    bad = bad_files(args, hint="pass --on-error skip to train without it")
+    out, config, arch_name, arch, load_size, bad = _prepare(args, "train simclr")
     images, labels, described = load_training_data(args.data, load_size, "train", args.seed,
                                                     bad=bad)
     _record_skipped(out, args.out, bad)
@@ -213,18 +206,11 @@ def run_simclr(args: argparse.Namespace) -> int:
 
 def run_supervised(args: argparse.Namespace) -> int:
     """``pairlens train supcon|supcon-ori|excon|exconb``."""
-    from pairlens.data.loading import DIGITS_LIKE, default_arch, load_labelled_data
-    from pairlens.models.bundled import get_architecture
+    from pairlens.data.loading import DIGITS_LIKE, load_labelled_data
     from pairlens.training.augment import AugmentConfig
     from pairlens.training.supcon import SupervisedSettings, train_supervised
 
-    out = Output(args, f"train {args.mode}")
-    config = _train_config(args)
-    apply_threads(args)
-    arch_name = args.arch or default_arch(args.data)
-    arch = usage(get_architecture, arch_name)
-    load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    bad = bad_files(args, hint="pass --on-error skip to train without it")
+    out, config, arch_name, arch, load_size, bad = _prepare(args, f"train {args.mode}")
     images, labels = usage(load_labelled_data, args.data, "train", args.data_seed, load_size, bad)
     val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size, bad)
     _record_skipped(out, args.out, bad)
@@ -243,6 +229,22 @@ def run_supervised(args: argparse.Namespace) -> int:
                "best_val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
                "final_loss": next((r["loss"] for r in reversed(log) if "loss" in r), None)}
     return _finish(out, args.out, summary)
+
+
+def _prepare(args: argparse.Namespace, command: str):
+    """What every training mode starts with: ``(output report, TrainConfig, architecture name,
+    architecture, load size, bad-file policy)``."""
+    from pairlens.data.loading import default_arch
+    from pairlens.models.bundled import get_architecture
+
+    out = Output(args, command)
+    config = _train_config(args)
+    apply_threads(args)
+    arch_name = args.arch or default_arch(args.data)
+    arch = usage(get_architecture, arch_name)
+    load_size = args.image_size or round(arch.input_size[0] / 0.7)
+    return out, config, arch_name, arch, load_size, bad_files(
+        args, hint="pass --on-error skip to train without it")
 
 
 def _record_skipped(out: Output, folder: str, bad) -> None:
