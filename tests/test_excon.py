@@ -295,7 +295,8 @@ def test_every_training_mode_runs(tmp_path, class_folder, mode):
         return
     # eval-classifier on the result
     ev = tmp_path / "eval"
-    assert run_cli(["eval-classifier", str(out / "best.pt"), "--data", str(class_folder),
+    assert run_cli(["eval-classifier", "--checkpoint", str(out / "best.pt"), "--data",
+                    str(class_folder),
                     "--split", "all", "--out", str(ev), "--device", "cpu", "--quiet",
                     "--infidelity-samples", "2"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
@@ -415,7 +416,7 @@ def test_study_table_and_small_study(tmp_path, class_folder):
     assert f"60.00 ± {std:.2f}" in table and "ExCon (n=2)" in table and "SupCon (n=1)" in table
     assert table.index("ExCon") < table.index("SupCon")
     out = tmp_path / "study"
-    assert run_cli(["study", "excon", "--data", str(class_folder), "--seeds", "2", "--modes",
+    assert run_cli(["study", "excon", "--data", str(class_folder), "--seeds", "0-1", "--modes",
                     "supcon,excon", "--epochs", "1", "--batch-size", "4", "--start-epoch", "0",
                     "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     results = list(csv.DictReader(open(out / "results.csv")))
@@ -423,7 +424,8 @@ def test_study_table_and_small_study(tmp_path, class_folder):
         ("excon", "0"), ("excon", "1"), ("supcon", "0"), ("supcon", "1")]
     assert (out / "val_curves.png").is_file() and (out / "tsne_excon.png").is_file()
     assert "ExCon (n=2)" in (out / "table.md").read_text()
-    # rerunning continues: everything is finished, nothing is retrained
+    # rerunning continues: everything is finished, nothing is retrained (the old count form
+    # "--seeds 2" still means seeds 0-1)
     before = (out / "excon" / "seed1" / "model.pt").stat().st_mtime_ns
     assert run_cli(["study", "excon", "--data", str(class_folder), "--seeds", "2", "--modes",
                     "supcon,excon", "--epochs", "1", "--batch-size", "4", "--start-epoch", "0",

@@ -675,7 +675,7 @@ def test_cli_explain_mocov3_vit_b_interaction_cam(mocov3_vit_b, tmp_path, capsys
         Image.fromarray(arr).save(paths[-1])
     out = tmp_path / "out"
     code = main(["explain", str(paths[0]), str(paths[1]), "--model", "mocov3-vit-b",
-                 "--checkpoint", str(path), "--method", "interaction-cam", "--out", str(out),
+                 "--checkpoint", str(path), "--methods", "interaction-cam", "--out", str(out),
                  "--device", "cpu", "--quiet"])  # fmt: skip
     assert code == 0
     pngs = list(out.glob("*.png"))
@@ -691,7 +691,7 @@ def test_cli_explain_mocov3_vit_b_interaction_cam(mocov3_vit_b, tmp_path, capsys
     code = main(["explain", str(paths[0]), str(paths[1]), "--model", "mocov3-vit-b",
                  "--checkpoint", str(bad), "--out", str(out), "--quiet"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1].startswith("pairlens: error:") and str(bad) in err[-1]
+    assert code == 1 and err[-1].startswith("pairlens: error:") and str(bad) in err[-1]
 
 
 def test_cli_models_list_and_info(capsys):
