@@ -255,17 +255,16 @@ def test_written_files_follow_the_umask(tmp_path, capsys):
     """Collaborators can read what PairLens writes (mode 0666 & ~umask), like any other tool."""
     import os
 
-    from pairlens.io import atomic_write
-
     old = os.umask(0o022)
     try:
-        probe = atomic_write(tmp_path / "probe", lambda f: f.write(b"x"))
-        if probe.stat().st_mode & 0o777 != 0o644:
-            pytest.xfail("pairlens.io.atomic_write ignores the umask (issue 12 fixes it)")
         a, b = example_image_paths("digits")[:2]
         assert run(["explain", a, b, "--model", "digits", "--out", tmp_path / "o", "--quiet"],
                    capsys)[0] == 0
         modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "o").iterdir()}
         assert set(modes.values()) == {0o644}, modes
+        os.umask(0o077)
+        assert run(["explain", a, b, "--model", "digits", "--out", tmp_path / "p", "--quiet"],
+                   capsys)[0] == 0
+        assert {p.stat().st_mode & 0o777 for p in (tmp_path / "p").iterdir()} == {0o600}
     finally:
         os.umask(old)
