@@ -268,3 +268,33 @@ def test_written_files_follow_the_umask(tmp_path, capsys):
         assert {p.stat().st_mode & 0o777 for p in (tmp_path / "p").iterdir()} == {0o600}
     finally:
         os.umask(old)
+
+
+# ----------------------------------------------------------------------------- long runs
+def test_evaluate_estimates_first_and_needs_yes_for_long_runs(tmp_path, capsys, monkeypatch):
+    """The estimate times the first unit of each method (stored, and the same unit the full
+    run would compute, so the results equal a run that never stopped) and stops long runs
+    without --yes."""
+    import sqlite3
+
+    from pairlens.cli import options
+
+    args = ["evaluate", "--model", "digits", "--data", "digits", "--pairs", "6",
+            "--pairs-per-batch", "2", "--methods", "grad-cam,random", "--metrics", "SI",
+            "--step", "64", "--device", "cpu", "--quiet"]
+    monkeypatch.setattr(options, "CONFIRM_SECONDS", 0.0)
+    stopped = tmp_path / "stopped.db"
+    code, _, err = run([*args, "--store", stopped], capsys)
+    assert code == 2 and "estimated to take" in err and "--yes" in err
+
+    def values(db):
+        with sqlite3.connect(db) as conn:
+            return sorted(conn.execute("SELECT method, pair_id, metric, value FROM results"))
+
+    assert {(m, p) for m, p, _, _ in values(stopped)} == {
+        (m, p) for m in ("grad-cam", "random") for p in (0, 1)}
+    code, out, _ = run([*args, "--store", stopped, "--yes", "--json"], capsys)
+    assert code == 0 and json.loads(out)["computed"] == 8
+    straight = tmp_path / "straight.db"
+    assert run([*args, "--store", straight, "--yes"], capsys)[0] == 0
+    assert values(stopped) == values(straight) and len(values(straight)) == 12

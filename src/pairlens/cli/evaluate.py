@@ -142,7 +142,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         with ResultStore(store_path) as store:
             probed = 0
-            if shard.world == 1 and len(pairs) > 1:
+            if shard.world == 1 and len(pairs) > args.pairs_per_batch:
                 probed = _estimate(args, model, model_key, pairs, specs, metrics, store, options)
             summary = run_evaluation(model, model_key, pairs, specs, metrics, store,
                                      shard=shard, progress=not args.quiet, **options)
@@ -172,30 +172,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> int:
-    """Evaluate the first batch of pairs (``--pairs-per-batch``, exactly the unit the full run
-    starts with, so results do not depend on it) with every method, stored so never wasted;
-    time it and announce the estimated total; stop unless --yes when it is long
-    (:func:`confirm_long_run`). Returns the number of pair evaluations computed."""
+    """Time each method on its first batch of pairs with missing results (``--pairs-per-batch``
+    pairs, exactly a unit of the full run, so results never depend on it; stored, so never
+    wasted), scale to its missing pairs after that batch and announce the estimated total; stop
+    unless --yes when it is long (:func:`confirm_long_run`). Returns the number of pair
+    evaluations done."""
     import time
 
-    from pairlens.study.loop import run_evaluation
+    from pairlens.study.loop import run_evaluation, setting_key
     from pairlens.study.pairs import PairSet
+    from pairlens.study.store import canonical_params
 
-    n = min(args.pairs_per_batch, len(pairs))
-    if n >= len(pairs):
-        return 0  # one batch is the whole run
-    first = usage(PairSet, model, args.data, mode=args.pair_mode, n=n, seed=args.seed)
-    seconds, computed = 0.0, 0
+    batch, n = args.pairs_per_batch, len(pairs)
+    setting = setting_key(pairs, args.step, args.ms_samples)
+    total, computed = 0.0, 0
     for spec in specs:
+        present = store.present(model_key, setting, spec.name, canonical_params(spec.params))
+        missing = [i for i in range(n) if not set(metrics) <= present.get(i, set())]
+        if not missing:
+            continue
+        end = (missing[0] // batch + 1) * batch  # the end of the first unit with missing pairs
+        if end >= n:
+            continue  # only the last unit is missing: no need to estimate
+        window = usage(PairSet, model, args.data, mode=args.pair_mode, n=end, seed=args.seed)
         start = time.perf_counter()
-        done = run_evaluation(model, model_key, first, [spec], metrics, store, progress=False,
+        done = run_evaluation(model, model_key, window, [spec], metrics, store, progress=False,
                               **options)
-        if done.computed_pairs < n:  # partly stored already (a resumed run): no clean timing
-            return computed + done.computed_pairs
-        computed += done.computed_pairs
-        seconds += time.perf_counter() - start
-    confirm_long_run(args, seconds / n * (len(pairs) - n),
-                     f"evaluating {len(pairs)} pairs x {len(specs)} methods")
+        if done.computed_pairs:
+            computed += done.computed_pairs
+            per_pair = (time.perf_counter() - start) / done.computed_pairs
+            total += per_pair * sum(1 for i in missing if i >= end)
+    if computed:
+        confirm_long_run(args, total, f"evaluating {n} pairs x {len(specs)} methods")
     return computed
 
 
