@@ -71,6 +71,11 @@ def overall(total: int, desc: str, unit: str = "it") -> Iterator[Any]:
         bar.close()
 
 
+def active_bar() -> Any:
+    """The overall bar currently shown, or None."""
+    return _outer.get()
+
+
 def note(message: str) -> None:
     """A progress message on stderr (above the bar, if one is shown); silent when bars are off."""
     if not _enabled.get():

@@ -429,7 +429,14 @@ class Output:
     def say(self, message: str) -> None:
         if self.quiet:
             return
-        print(message, file=sys.stderr if self.json else sys.stdout, flush=True)
+        stream = sys.stderr if self.json else sys.stdout
+        from pairlens.progress import active_bar
+
+        bar = active_bar()
+        if bar is not None:  # above the progress bar, not through it
+            bar.write(message, file=stream)
+        else:
+            print(message, file=stream, flush=True)
 
     def wrote(self, path: str | Path, what: str = "") -> Path:
         path = Path(path)
