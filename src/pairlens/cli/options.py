@@ -21,6 +21,33 @@ with a one-line warning. Nothing here imports torch at parse time.
 Errors: raise :class:`UsageError` for a bad command line (exit code 2); anything else raised by
 a command is a runtime error (exit code 1). :class:`Output` collects what a command wrote and
 prints the closing list (or, with ``--json``, one JSON object).
+
+A new command is one module in ``pairlens/cli/`` listed in ``COMMAND_MODULES``::
+
+    EXAMPLES = """examples:
+      pairlens analyze a.jpg --model digits --seeds 0-2 --out out/
+    """  # every example runs in tests/test_cli_examples.py; say so if it takes > 1 min
+
+    def add_parser(sub):
+        p = command_parser(sub, "analyze", "one line for pairlens --help", "description",
+                           EXAMPLES)
+        p.add_argument("images", nargs="+", metavar="IMAGE")
+        add_model_options(p)
+        add_output_options(p, "pairlens-analyze")
+        add_run_options(p, seeds="0-2", batch_size=64)
+        p.set_defaults(func=run)
+
+    def run(args):  # heavy imports here, never at module level
+        out = Output(args, "analyze")
+        seeds = seeds_of(args)
+        apply_threads(args)
+        model = load_model(args)
+        ...  # one overall bar: pairlens.progress.overall(total, "analyze")
+        out.wrote(path, "what it is")
+        return out.finish()
+
+Use :func:`usage` around library calls whose ``ValueError`` means a bad option, and
+:func:`add_deprecated` to keep an old spelling working for one release.
 """
 
 from __future__ import annotations
