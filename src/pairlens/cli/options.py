@@ -24,9 +24,9 @@ prints the closing list (or, with ``--json``, one JSON object).
 
 A new command is one module in ``pairlens/cli/`` listed in ``COMMAND_MODULES``::
 
-    EXAMPLES = """examples:
+    EXAMPLES = '''examples:
       pairlens analyze a.jpg --model digits --seeds 0-2 --out out/
-    """  # every example runs in tests/test_cli_examples.py; say so if it takes > 1 min
+    '''  # every example runs in tests/test_cli_examples.py; say so if it takes > 1 min
 
     def add_parser(sub):
         p = command_parser(sub, "analyze", "one line for pairlens --help", "description",
