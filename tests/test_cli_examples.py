@@ -79,16 +79,15 @@ FILES = {
     "open_clip_pytorch_model.bin": "tiny-clip.pt", "ViT-B-32.pt": "tiny-clip.pt",
     "/data/imagenet/val": "imagenet-val", "/data/weights": "weights",
 }
-#: examples whose output another example reads
-PRODUCERS = {
-    "digits.db": "pairlens evaluate --model digits --data digits --pairs 20 --methods "
-                 "grad-cam,interaction-cam --store digits.db",
-    "photos.db": "pairlens evaluate --model photos --data photos --pairs 34",
-    "corpus.db": "pairlens corpus-eval --store corpus.db --out corpus/ --yes",
-    "runs/digits": "pairlens train simclr --data digits --epochs 30 --out runs/digits",
-    "runs/excon": "pairlens train excon --data cluttered-digits",
-    "runs/study": "pairlens study excon --data cluttered-digits",
-}
+#: outputs that other examples read; the first example writing one (--out / --store) makes it
+NEEDED = ("digits.db", "photos.db", "corpus.db", "runs/digits", "runs/excon", "runs/study")
+
+
+def producer(target: str) -> str:
+    return next(c for _, c in EXAMPLES
+                if re.search(rf"--(out|store) {re.escape(target)}/?( |$)", c))
+
+
 #: examples taking more than a few seconds here even when shrunk (they run with -m slow)
 SLOW = ("--methods all", "conditional-occlusion", "simclr-v2-r50", "pairlens corpus",
         "pairlens evaluate", "pairlens report", "train ", "eval-classifier", "study excon",
@@ -167,8 +166,8 @@ def prepare(command: str, workspace: Path) -> list[str]:
 
 def run_example(command: str, workspace: Path, request, monkeypatch, capsys) -> dict | None:
     """Run one example in ``workspace``; returns its JSON report (None for demo/torchrun)."""
-    for target, producer in PRODUCERS.items():
-        full = next(c for _, c in EXAMPLES if c.startswith(producer))
+    for target in NEEDED:
+        full = producer(target)
         if target in command and command != full and not (workspace / target).exists():
             run_example(full, workspace, request, monkeypatch, capsys)
     if "simclr-v2-r50" in command:
