@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 
 import numpy as np
 import pytest
@@ -365,3 +366,29 @@ def test_pairlens_report_shows_the_corpus_tables(tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "COCOA" in md and "| COCOA | 0.820" in md  # mean over seeds 0..4 of 0.8 + 0.01 s
     assert "<table>" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_corpus_eval_cli_params_and_report(tmp_path, capsys, monkeypatch):
+    """--param values reach the evaluation as the methods' types; the tables go to --out/ and
+    --report reads them back from --store; a run estimated too long stops without --yes."""
+    from pairlens.cli import options
+
+    store, out = tmp_path / "c.db", tmp_path / "tables"
+    args = ["corpus-eval", "--seeds", "0", "--classes", "3", "--explicands-per-class", "1",
+            "--corpus-size", "10", "--foil-size", "20", "--methods", "rise",
+            "--param", "n_masks=16", "--store", str(store), "--out", str(out), "--quiet"]
+    monkeypatch.setattr(options, "CONFIRM_SECONDS", 0.0)
+    assert main(args) == 2 and "--yes" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] > 0 and (out / "corpus-eval.md").is_file()
+    config = json.loads(sqlite3.connect(store).execute(
+        "SELECT config FROM corpus_results LIMIT 1").fetchone()[0])
+    assert config["n_masks"] == 16
+    assert main(["corpus-eval", "--report", "--store", str(store), "--out", str(tmp_path / "r")]) \
+        == 0
+    assert (tmp_path / "r" / "corpus-eval.md").read_text() == (out / "corpus-eval.md").read_text()
+    bad = [a if a != "n_masks=16" else "n_masks=0" for a in args]
+    assert main(bad) == 2
+    assert "n_masks must be" in capsys.readouterr().err

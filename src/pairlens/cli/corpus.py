@@ -468,19 +468,21 @@ def _eval_out(args: argparse.Namespace) -> Path:
 
 
 def _eval_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``--param`` of corpus-eval as :class:`CorpusEvalConfig` fields."""
+    """``--param`` of corpus-eval as :class:`CorpusEvalConfig` fields, the values converted and
+    checked by the attribution methods' declared types and ranges."""
+    from pairlens.attribution import validate_params
     from pairlens.params import parse_assignment
 
     settings: dict[str, Any] = {}
     for item in args.param:
         method, key, value = usage(parse_assignment, item)
-        matches = [field for (m, k), field in EVAL_PARAMS.items()
+        matches = [(m, field) for (m, k), field in EVAL_PARAMS.items()
                    if k == key and (method is None or m == method)]
         if not matches:
             accepted = ", ".join(f"{m}.{k}" for m, k in EVAL_PARAMS)
             raise UsageError(f"corpus-eval takes --param {accepted}; got {item!r}")
-        for field in matches:
-            settings[field] = value
+        for m, field in matches:
+            settings[field] = usage(validate_params, m, {key: value})[key]
     return settings
 
 
