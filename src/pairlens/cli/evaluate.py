@@ -33,18 +33,24 @@ from pairlens.validation import argtype
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 20 --methods grad-cam,interaction-cam \\
       --store digits.db
+      # 70 s of CPU time (8 min wall on this 2-core machine while shared)
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db --yes
+      # about 70 min of CPU time (from its first 8 pairs; its own estimate said 6.4 h wall here
+      # while shared)
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
-      --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db
+      --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db --yes
+      # about 15 min of CPU time (from its first 8 pairs; estimated 48 min wall here, shared)
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda --yes
+      # a GPU job: on this 2-core CPU one pair with one method (grad-cam) took 3 min of CPU time
   torchrun --standalone --nproc_per_node 2 -m pairlens evaluate --model digits --data digits \\
       --pairs 20 --methods grad-cam,interaction-cam --store digits.db     # pairs are sharded
 
 Re-running the same command resumes: finished pairs are skipped. The first batch of pairs is
 evaluated (and kept) with every method to estimate the total time; runs estimated over 15 min
-stop there unless --yes is given.
+stop there unless --yes is given. Times: user + system CPU time measured on this project's
+2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same time.
 """
 
 REPORT_EXAMPLES = """examples:
