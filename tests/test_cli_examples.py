@@ -74,7 +74,7 @@ SHRINK = [
 FILES = {
     "a.jpg": "cat.jpg", "b.jpg": "cat-view.jpg", "dog.jpg": "cat.jpg", "zebra.jpg": "cat.jpg",
     "bee.jpg": "coffee.jpg", "digit.png": "digit-3a.png",
-    "clip-vit-b-32": "clip:pairlens-test-tiny-clip",
+    "clip-vit-b32": "clip:pairlens-test-tiny-clip",
     "clip:ViT-B-32-quickgelu": "clip:pairlens-test-tiny-clip",
     "open_clip_pytorch_model.bin": "tiny-clip.pt", "ViT-B-32.pt": "tiny-clip.pt",
     "/data/imagenet/val": "imagenet-val", "/data/weights": "weights",
@@ -154,9 +154,13 @@ def tiny_clip(workspace):
 
 
 def prepare(command: str, workspace: Path) -> list[str]:
+    from pairlens.models.registry import model_info
+
     words = shlex.split(shrink(command))
     out = []
-    for w in words:
+    for before, w in zip(["", *words], words, strict=False):
+        if before == "--model":
+            model_info(w)  # the example names a registered model (before any stand-in)
         w = FILES.get(w, w)
         if w.startswith("/") and not Path(w).exists():
             raise AssertionError(f"unmapped absolute path {w} in {command!r}")

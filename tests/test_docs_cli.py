@@ -58,6 +58,12 @@ def test_shown_commands_parse_without_deprecated_spellings(page, command, capsys
     assert "deprecated" not in capsys.readouterr().err, f"{page}: {command!r}"
     for name in ("legacy_stores", "legacy_checkpoint"):  # deprecated positional forms
         assert not getattr(args, name, None), f"{page}: {command!r} uses a deprecated form"
+    models = getattr(args, "model", None) or []
+    for name in [models] if isinstance(models, str) else models:
+        from pairlens.models.registry import model_info
+
+        for one in name.split(","):
+            model_info(one)  # a registered model name, not a typo
 
 
 def test_the_readme_test_command_is_the_ci_command():

@@ -38,7 +38,7 @@ CORPUS_EXAMPLES = """examples:
   pairlens corpus digit.png --model digits --corpus threes/ --foil-from digits:1060 --out out/
   pairlens corpus dog.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --corpus cats/ --foil random/ --methods integrated-gradients --out out/
-  pairlens corpus zebra.jpg --model clip-vit-b-32 --checkpoint open_clip_pytorch_model.bin \\
+  pairlens corpus zebra.jpg --model clip-vit-b32 --checkpoint open_clip_pytorch_model.bin \\
       --text "This is a photo of a zebra" --text-foil cifar100 --out out/
   pairlens corpus bee.jpg --model clip:ViT-B-32-quickgelu --checkpoint ViT-B-32.pt \\
       --text "a photo of a bee" --text-foil "a photo of a flower" --out out/
@@ -306,7 +306,7 @@ def _text_target(args: argparse.Namespace, foil: Any) -> Any:
             legacy, args.text, foil, arch=getattr(args, "legacy_clip_arch", None) or "ViT-B-32",
             similarity=args.similarity, device=str(resolve_device(args.device)))
     if not args.model or not args.checkpoint:
-        raise UsageError("--text needs a CLIP model from a local file: --model clip-vit-b-32 "
+        raise UsageError("--text needs a CLIP model from a local file: --model clip-vit-b32 "
                          "--checkpoint PATH (pairlens models lists the CLIP models)")
     model = load_model(args)
     if not hasattr(model, "embed_text"):
