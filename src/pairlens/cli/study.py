@@ -20,6 +20,8 @@ from pairlens.validation import argtype
 STUDY_EXAMPLES = """examples:
   pairlens study excon --data cluttered-digits --seeds 0-2 --epochs 6 --batch-size 32 \\
       --lr 1e-3 --start-epoch 2 --threads 1 --out runs/study
+      # 12 training runs: 50 min wall with one thread on this 2-core machine while shared
+      # (docs/excon.md)
   pairlens study excon --out runs/study --report-only
 """
 

@@ -32,14 +32,15 @@ TRAIN_EXAMPLES = """examples:
   pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda \\
       --out runs/mine                                                   # a GPU job
   pairlens train excon --data cluttered-digits --epochs 6 --batch-size 32 --start-epoch 2 \\
-      --out runs/excon      # about 4 min wall on a shared 2-core machine (docs/excon.md)
+      --out runs/excon
+      # 3.5 min of CPU time (9 min wall on this 2-core machine while shared)
   pairlens train supcon --data digits --epochs 6 --batch-size 32 --out runs/supcon
       # 3.6 min of CPU time (11 min wall on this 2-core machine while shared)
   pairlens train exconb --data my_classes/ --arch resnet-mini --epochs 100 --device cuda \\
       --out runs/mine                                                   # a GPU job
 
-Times are measured on this project's 2-core CPU (model cards in src/pairlens/models/weights/,
-docs/excon.md); "shared" means other jobs ran at the same time.
+Times: user + system CPU time measured on this project's 2-core CPU (the bundled models' from
+their model cards in src/pairlens/models/weights/); "shared" means other jobs ran meanwhile.
 """
 
 SIMCLR = (
