@@ -38,3 +38,71 @@ def noise_sigma(x: Tensor, level: float) -> Tensor:
     """SmoothGrad noise standard deviation per image: ``level * (max - min)``, shape (B,1,1,1)."""
     flat = x.flatten(1)
     return (level * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------- grids of regions
+GridLike = int | tuple[int, int] | None
+
+
+def as_grid(grid: GridLike | list[int], what: str = "grid") -> tuple[int, int] | None:
+    """``None``, an int ``g`` (a g x g grid) or ``(rows, cols)`` as ``(rows, cols)``; raises
+    ``ValueError`` for anything else (non-positive sizes included)."""
+    if grid is None:
+        return None
+    if isinstance(grid, bool):
+        raise ValueError(f"{what} must be an int or (rows, cols); got {grid!r}")
+    if isinstance(grid, int):
+        grid = (grid, grid)
+    try:
+        rows, cols = (int(v) for v in grid)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an int or (rows, cols); got {grid!r}") from None
+    if rows < 1 or cols < 1:
+        raise ValueError(f"{what} sizes must be >= 1; got {rows}x{cols}")
+    return rows, cols
+
+
+def area_matrix(n_from: int, n_to: int, device: torch.device | None = None) -> Tensor:
+    """(n_to, n_from) matrix moving values from ``n_from`` equal intervals of [0, 1) to ``n_to``:
+    entry (t, f) is the share of source interval f that lies in target interval t, so every
+    column sums to 1 and totals are conserved (sum pooling when coarsening, an even split when
+    refining)."""
+    edges_from = torch.arange(n_from + 1, dtype=torch.float64) / n_from
+    edges_to = torch.arange(n_to + 1, dtype=torch.float64) / n_to
+    lo = torch.maximum(edges_to[:-1, None], edges_from[None, :-1])
+    hi = torch.minimum(edges_to[1:, None], edges_from[None, 1:])
+    share = (hi - lo).clamp(min=0) * n_from
+    return share.float().to(device)
+
+
+def regrid(values: Tensor, to: tuple[int, int]) -> Tensor:
+    """Re-bin (..., h, w) values onto a ``to`` grid covering the same image, conserving sums
+    (see :func:`area_matrix`); (..., rows, cols) out."""
+    h, w = values.shape[-2:]
+    if (h, w) == tuple(to):
+        return values
+    ph = area_matrix(h, to[0], values.device)
+    pw = area_matrix(w, to[1], values.device)
+    return torch.einsum("rh,...hw,cw->...rc", ph, values.float(), pw)
+
+
+def regrid_pairs(relevance: Tensor, grids: tuple[tuple[int, int], tuple[int, int]],
+                 to: tuple[tuple[int, int], tuple[int, int]]) -> Tensor:
+    """Re-bin a (B, h1*w1, h2*w2) pair relevance onto grids ``to`` (sums conserved)."""
+    (h1, w1), (h2, w2) = grids
+    if tuple(map(tuple, grids)) == tuple(map(tuple, to)):
+        return relevance
+    b = relevance.shape[0]
+    r = relevance.reshape(b, h1, w1, h2, w2)
+    m1 = torch.kron(area_matrix(h1, to[0][0], r.device), area_matrix(w1, to[0][1], r.device))
+    m2 = torch.kron(area_matrix(h2, to[1][0], r.device), area_matrix(w2, to[1][1], r.device))
+    return torch.einsum("ti,bij,uj->btu", m1, r.reshape(b, h1 * w1, h2 * w2).float(), m2)
+
+
+def cell_index(size: tuple[int, int], grid: tuple[int, int], device=None) -> Tensor:
+    """(H, W) long tensor: the cell (row-major, 0 .. rows*cols-1) of a ``grid`` that holds each
+    pixel's centre."""
+    h, w = size
+    rows = ((torch.arange(h, device=device) + 0.5) * grid[0] / h).long().clamp(max=grid[0] - 1)
+    cols = ((torch.arange(w, device=device) + 0.5) * grid[1] / w).long().clamp(max=grid[1] - 1)
+    return rows[:, None] * grid[1] + cols[None, :]
