@@ -124,14 +124,15 @@ def embedding_directions(
             if scale > 0 and float(v.norm()) > 1e-6 * scale:
                 basis.append(v / v.norm())
         r = len(basis)
-        g = torch.randn(d, k - r, generator=gens[i], dtype=torch.float64)
-        if r:
-            q = torch.stack(basis, 1)
-            g = g - q @ (q.T @ g)
-        rand = torch.linalg.qr(g).Q
-        u = torch.cat([torch.stack(basis, 1), rand], 1) if r else rand
-        us.append(u)
-        ws.append(torch.tensor([1.0] * r + [(d - r) / (k - r)] * (k - r), dtype=torch.float64))
+        parts = [torch.stack(basis, 1)] if r else []
+        if k > r:
+            g = torch.randn(d, k - r, generator=gens[i], dtype=torch.float64)
+            if r:
+                g = g - parts[0] @ (parts[0].T @ g)
+            parts.append(torch.linalg.qr(g).Q)
+        us.append(torch.cat(parts, 1))
+        extra = [(d - r) / (k - r)] * (k - r) if k > r else []
+        ws.append(torch.tensor([1.0] * r + extra, dtype=torch.float64))
     return torch.stack(us).float().to(device), torch.stack(ws).float().to(device)
 
 
@@ -190,7 +191,7 @@ def _chunks(b: int, batch_size: int, per_pair: int) -> list[slice]:
 # ---------------------------------------------------------------------- feature-grid
 @register_method(
     "feature-grid",
-    section="Hamilton et al. ICLR 2021 / Möller et al. EMNLP 2023 (eq. 4), at the feature grid",
+    section="decomposition of average-pooled features (Möller et al. 2023 code; Hamilton et al.)",
     summary="Correspondence of feature-grid locations: Jacobian x activation, product per "
     "embedding direction (exact for an affine head on average-pooled features)",
     family="correspondence",
@@ -210,12 +211,15 @@ def feature_grid(
 
     For a model whose embedding is ``z = W mean_u A(u) + b`` (average-pooled feature grid and an
     affine head, e.g. a ResNet with ``feature_layer="layer4"`` and a linear or no head) this is the
-    exact decomposition ``c (z1 - b).(z2 - b) = sum_uv c (W A1(u)/n1).(W A2(v)/n2)`` (the second-order
-    CAM of Hamilton et al., ICLR 2021, §3, with a head): ``target`` is
-    ``c (z1 - z_ref1).(z2 - z_ref2)`` with ``z_ref`` the embedding of an all-zero feature grid, and
-    ``completeness_error`` is 0 up to float error. With a non-linear head the attribution is first
-    order in the head; for a class-token ViT the feature layer covers only part of the paths to the
-    embedding, which shows up as a large ``completeness_error``.
+    exact decomposition ``c (z1 - b).(z2 - b) = sum_uv c (W A1(u) / n1).(W A2(v) / n2)``; with no
+    head it is the token-pair decomposition of Möller et al.'s code (``xsbert``,
+    ``XSTransformer.explain_by_decomposition``: ``emb_a @ emb_b.T / n_a / n_b``), and the GAP
+    architectures for which Hamilton et al. (ICLR 2022, arXiv 2103.00370) extend CAM to pairwise
+    correspondences. ``target`` is ``c (z1 - z_ref1).(z2 - z_ref2)`` with ``z_ref`` the embedding of
+    an all-zero feature grid, and ``completeness_error`` is 0 up to float error. With a non-linear
+    head the attribution is first order in the head (its Jacobian); for a class-token ViT the
+    feature layer covers only part of the paths to the embedding, which shows up as a large
+    ``completeness_error``.
 
     Args:
         grid: regions of the relevance (default: the feature grid itself).

@@ -1,0 +1,332 @@
+"""Correspondence (second-order) explanations: exactness, ground truth, projection, guards, I/O.
+
+Ground truth. The encoder below is bias-free, convolutional and average-pooled, and keeps the three
+colour channels in separate groups up to a block-diagonal head: it sees only the pasted squares of
+each image (the background is zero in model-input space, which it maps to zero features) and it
+compares red content only with red content, green only with green. Image 1 carries a red pattern at
+region A and a green one at A'; image 2 the same red pattern at B and the same green one at B'. The
+similarity is then exactly (red term) + (green term), i.e. the (A, B) and (A', B') region pairs,
+and *nothing* comes from (A, B') or (A', B), although all four regions matter to first order: an
+outer product of the two marginal maps (what first-order maps can express) puts half its mass on
+the wrong pairs, which the last ground-truth test checks, so the test can fail.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import pair_batch, square_model
+from torch import nn
+
+import pairlens
+from pairlens.methods.common import area_matrix, cell_index, regrid, regrid_pairs
+from pairlens.methods.correspondence import embedding_directions, pair_generators
+
+METHODS = ("feature-grid", "bilrp", "integrated-jacobians")
+GRID = 4  # 8-px regions on the 32-px toy images
+
+
+class GroupedEncoder(nn.Module):
+    """Bias-free 2-layer CNN whose channel groups never mix (one group per colour channel);
+    output (B, 3*width, 32, 32) at full resolution, which is the feature layer."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.conv1 = nn.Conv2d(3, 3 * width, 3, padding=1, groups=3, bias=False)
+        self.conv2 = nn.Conv2d(3 * width, 3 * width, 3, padding=1, groups=3, bias=False)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.randn(self.conv1.weight.shape, generator=g).abs())
+            self.conv2.weight.copy_(torch.randn(self.conv2.weight.shape, generator=g).abs())
+        self.features = nn.Identity()
+
+    def forward(self, x):
+        return self.features(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+
+
+def grouped_model(
+    similarity: str = "cosine", width: int = 4, dim: int = 2
+) -> pairlens.SimilarityModel:
+    enc = GroupedEncoder(width)
+    head = nn.Linear(3 * width, 3 * dim, bias=False)
+    g = torch.Generator().manual_seed(4)
+    mask = torch.block_diag(*[torch.ones(dim, width)] * 3)  # colour group c -> embedding block c
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=g) * mask)
+    return pairlens.SimilarityModel(enc, head=head, feature_layer="features", input_size=(32, 32),
+                                    mean=(0, 0, 0), std=(1, 1, 1), similarity=similarity,
+                                    name="grouped")
+
+
+def cell_slices(cell: int) -> tuple[slice, slice]:
+    """Pixels 2..6 of an 8-px region: the 3x3 convolutions spread content by 2 px, so a pasted
+    patch never leaves its region."""
+    r, c = divmod(cell, GRID)
+    return slice(8 * r + 2, 8 * r + 6), slice(8 * c + 2, 8 * c + 6)
+
+
+def pasted_pair(double: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    g = torch.Generator().manual_seed(5)
+    red = torch.rand(4, 4, generator=g) + 0.2
+    green = torch.rand(4, 4, generator=g) + 0.2
+    x1, x2 = torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)
+    a, b, a2, b2 = 0, 11, 13, 5  # A, B, A', B' (row-major regions of the 4x4 grid)
+    x1[0, 0][cell_slices(a)] = red
+    x2[0, 0][cell_slices(b)] = red
+    truth = [(a, b)]
+    if double:
+        x1[0, 1][cell_slices(a2)] = green
+        x2[0, 1][cell_slices(b2)] = green
+        truth.append((a2, b2))
+    return x1, x2, truth
+
+
+def share(rel: torch.Tensor, cells: list[tuple[int, int]]) -> float:
+    """Share of the absolute relevance of one pair on the given region pairs."""
+    total = rel.abs().sum()
+    return float(sum(rel[i, j].abs() for i, j in cells) / total)
+
+
+EXACT = {  # settings under which each method is exact on the grouped encoder
+    "feature-grid": {},  # affine (linear) head on the average-pooled grid: exact algebra
+    "bilrp": {"k": None},  # all D directions; LRP never mixes the groups
+    "integrated-jacobians": {"k": None, "reference": 0.0, "steps": 4},  # homogeneous network
+}
+
+
+# ---------------------------------------------------------------------- ground truth
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("double", [False, True])
+def test_pasted_regions_are_matched(method, double):
+    # Threshold 1 - 1e-5 for every method: in this construction all three are exact (see
+    # EXACT), so the only relevance off the true region pairs is float round-off.
+    model = grouped_model()
+    x1, x2, truth = pasted_pair(double)
+    exp = pairlens.correspond(model, x1, x2, method=method, grid=GRID, **EXACT[method])
+    rel = exp.relevance[0]
+    assert share(rel, truth) > 1 - 1e-5, (method, share(rel, truth))
+    for i, j in truth:
+        assert rel[i, j] > 0
+    # the similarity is the sum of the red and green terms and the relevance says so
+    assert torch.allclose(rel.sum(), exp.score[0], atol=1e-4)
+
+
+def test_marginals_alone_cannot_say_which_part_matches_which():
+    model = grouped_model()
+    x1, x2, truth = pasted_pair(double=True)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid", grid=GRID)
+    m1, m2 = exp.relevance[0].sum(1), exp.relevance[0].sum(0)  # the first-order picture
+    outer = m1[:, None] * m2[None, :]
+    assert share(outer, truth) < 0.8  # first-order maps spread mass over (A, B') and (A', B)
+    assert share(exp.relevance[0], truth) > 1 - 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_encoder_seeing_one_square_is_explained_by_that_square(square, method):
+    # the conftest encoder sees only rows/cols 4..13 of both images: regions 0, 1, 4, 5 of the
+    # 4x4 grid. Every method propagates through the input mask, so nothing may land elsewhere.
+    x1, x2 = pair_batch(2)
+    exp = pairlens.correspond(square, x1, x2, method=method, grid=GRID, k=2)
+    seen = [0, 1, 4, 5]
+    for rel in exp.relevance:
+        inside = rel[seen][:, seen].abs().sum()
+        assert float(inside / rel.abs().sum()) > 1 - 1e-5
+    assert exp.maps[0].shape == (2, 32, 32)
+
+
+# ---------------------------------------------------------------------- exactness
+def linear_model(bias: bool, similarity: str) -> pairlens.SimilarityModel:
+    enc = GroupedEncoder()
+    torch.manual_seed(0)
+    head = nn.Linear(12, 6, bias=bias)  # GroupedEncoder(width=4): 12 channels
+    return pairlens.SimilarityModel(enc, head=head, feature_layer="features", input_size=(32, 32),
+                                    similarity=similarity, name="linear")
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("k", [None, 3])
+def test_feature_grid_sums_to_the_similarity_for_a_bias_free_linear_head(similarity, k):
+    model = linear_model(bias=False, similarity=similarity)
+    x1, x2 = pair_batch(3)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid", k=k, grid=(4, 2))
+    s = exp.score
+    assert torch.allclose(exp.relevance.sum((1, 2)), s, atol=1e-4 * float(s.abs().max()), rtol=0)
+    assert exp.extras["completeness_error"].abs().max() < 1e-4 * float(s.abs().max())
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_feature_grid_is_the_exact_decomposition_of_an_affine_head(similarity):
+    # brute force: z = W mean_u A(u) + b, so R[u, v] = c (W A1(u) / n).(W A2(v) / n) and the bias
+    # terms c (z1.b + b.z2 - b.b) are exactly what the relevance leaves out
+    model = linear_model(bias=True, similarity=similarity)
+    x1, x2 = pair_batch(2)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid")
+    with torch.no_grad():
+        z, a = model.embed_with_features(torch.cat([x1, x2]))
+        q = torch.einsum("dc,bchw->bdhw", model.head.weight, a).flatten(2) / a[0, 0].numel()
+    z1, z2, b = z[:2], z[2:], model.head.bias
+    c = 1 / (z1.norm(dim=1) * z2.norm(dim=1)) if similarity == "cosine" else torch.ones(2)
+    brute = c[:, None, None] * torch.einsum("bdi,bdj->bij", q[:2], q[2:])
+    scale = float(brute.abs().max())
+    assert torch.allclose(exp.relevance, brute, atol=1e-5 * scale, rtol=1e-4)
+    reference_terms = c * ((z1 * b).sum(1) + (b * z2).sum(1) - (b * b).sum())
+    tol = 1e-4 * float(exp.score.abs().max().clamp(min=1))
+    assert torch.allclose(exp.relevance.sum((1, 2)) + reference_terms, exp.score, atol=tol)
+    assert exp.extras["completeness_error"].abs().max() < tol
+
+
+def test_removing_a_location_removes_its_row_of_relevance():
+    # dot similarity, bias-free linear head: zeroing feature location u of image 1 (kept in the
+    # average) lowers S by exactly sum_v R[u, v]
+    model = linear_model(bias=False, similarity="dot")
+    x1, x2 = pair_batch(1)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid")
+    u = 37
+    with torch.no_grad():
+        a1 = model.encoder(x1)
+        a2 = model.encoder(x2)
+        a1_cut = a1.flatten(2).clone()
+        a1_cut[:, :, u] = 0
+        z1 = model.head(a1.mean((2, 3)))
+        z1_cut = model.head(a1_cut.mean(2))
+        z2 = model.head(a2.mean((2, 3)))
+    drop = (z1 * z2).sum() - (z1_cut * z2).sum()
+    assert torch.allclose(drop, exp.relevance[0, u].sum(), rtol=1e-4, atol=1e-6)
+
+
+def test_bilrp_conserves_the_similarity_on_a_bias_free_network():
+    model = grouped_model("dot")
+    x1, x2 = pair_batch(2)
+    x1, x2 = x1.clamp(min=0), x2.clamp(min=0)  # inside the z^B box [0, 1]... and beyond: fine
+    exp = pairlens.correspond(model, x1, x2, method="bilrp", k=None)
+    assert torch.allclose(exp.relevance.sum((1, 2)), exp.score, rtol=1e-3)
+
+
+def test_integrated_jacobians_completeness_error_shrinks_with_steps():
+    model = square_model()
+    x1, x2 = pair_batch(1)
+    errs = [float(pairlens.correspond(model, x1, x2, method="integrated-jacobians", k=2,
+                                      steps=n).extras["completeness_error"].abs()[0])
+            for n in (2, 32)]
+    assert errs[1] < errs[0] / 4
+
+
+# ---------------------------------------------------------------------- the projection
+def test_directions_keep_the_target_and_are_unbiased():
+    torch.manual_seed(0)
+    d, k = 12, 5
+    a1, a2 = torch.randn(1, d), torch.randn(1, d)
+    v1, v2 = torch.randn(d), torch.randn(d)  # any other pair of vectors
+    n = 800
+    gens = [torch.Generator().manual_seed(seed) for seed in range(n)]
+    u, w = embedding_directions(a1.expand(n, d), a2.expand(n, d), k, gens)
+    assert u.shape == (n, d, k)
+    assert torch.allclose(u.transpose(1, 2) @ u, torch.eye(k).expand(n, k, k), atol=1e-5)
+    kept = (w * (a1 @ u)[:, 0] * (a2 @ u)[:, 0]).sum(1)  # the decomposed product, every draw
+    assert torch.allclose(kept, (a1 * a2).sum().expand(n), atol=1e-4)
+    estimates = (w * (v1 @ u) * (v2 @ u)).sum(1).numpy()
+    # unbiased for the full-basis value v1.v2; tolerance: 5 standard errors of the mean
+    mean, sem = np.mean(estimates), np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(mean - float(v1 @ v2)) < 5 * sem
+    u, w = embedding_directions(a1, a2, None, [])
+    assert u is None and w.shape == (1, d)
+    with pytest.raises(ValueError, match="k must be"):
+        embedding_directions(a1, a2, 1, [torch.Generator()])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_pair_gets_the_same_relevance_alone_or_in_a_batch(method):
+    model = square_model()
+    x1, x2 = pair_batch(3)
+    params = {"k": 3, "grid": GRID, "batch_size": 2}
+    if method == "integrated-jacobians":
+        params["steps"] = 3
+    batch = pairlens.correspond(model, x1, x2, method=method, **params)
+    alone = pairlens.correspond(model, x1[2:], x2[2:], method=method, **params)
+    assert torch.allclose(batch.relevance[2], alone.relevance[0], atol=1e-6, rtol=1e-4)
+
+
+def test_pair_generators_depend_on_seed_and_pair_only():
+    x1, x2 = pair_batch(2)
+    a = [torch.rand(1, generator=g) for g in pair_generators(1, x1, x2)]
+    b = [torch.rand(1, generator=g) for g in pair_generators(1, x1[1:], x2[1:])]
+    c = [torch.rand(1, generator=g) for g in pair_generators(2, x1, x2)]
+    assert a[1] == b[0] and a[0] != a[1] and a[0] != c[0]
+
+
+# ---------------------------------------------------------------------- grids
+def test_regridding_conserves_sums_and_sum_pools_nested_grids():
+    g = torch.Generator().manual_seed(0)
+    v = torch.rand(2, 3, 8, 6, generator=g)
+    coarse = regrid(v, (4, 3))
+    assert torch.allclose(coarse, v.reshape(2, 3, 4, 2, 3, 2).sum((3, 5)))
+    for to in ((5, 7), (3, 3), (16, 12)):
+        assert torch.allclose(regrid(v, to).sum((2, 3)), v.sum((2, 3)), rtol=1e-5)
+    assert torch.allclose(area_matrix(3, 7).sum(0), torch.ones(3))
+    rel = torch.rand(2, 8 * 6, 4 * 4, generator=g)
+    out = regrid_pairs(rel, ((8, 6), (4, 4)), ((2, 3), (2, 2)))
+    assert out.shape == (2, 6, 4)
+    assert torch.allclose(out.sum((1, 2)), rel.sum((1, 2)), rtol=1e-5)
+    idx = cell_index((10, 10), (3, 3))
+    assert idx.min() == 0 and idx.max() == 8 and idx[0, 9] == 2
+
+
+# ---------------------------------------------------------------------- results and files
+def test_match_map_top_matches_and_files(tmp_path):
+    model = grouped_model()
+    x1, x2, truth = pasted_pair(double=True)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid", grid=GRID,
+                              sources=("a.png", "b.png"))
+    assert isinstance(exp, pairlens.PairExplanation)
+    (i, j, v), *_ = exp.top_matches(k=3)
+    assert (i, j) in truth and v == pytest.approx(float(exp.relevance[0].max()))
+    # clicking inside region A of image 1 highlights region B of image 2, and back
+    m = exp.match_map((4, 4), image=1)
+    assert m.shape == (32, 32) and m[18:22, 26:30].mean() > 10 * m.abs().mean() / 2
+    back = exp.match_map((20, 28), image=2)
+    assert back[2:6, 2:6].mean() == pytest.approx(float(back.max()), rel=0.5)
+    with pytest.raises(ValueError, match="outside"):
+        exp.match_map((40, 0))
+    written = exp.save(tmp_path, stem="fg")
+    assert {p.suffix for p in written} == {".png", ".npz", ".json"}
+    data = np.load(tmp_path / "fg.npz")
+    assert np.allclose(data["relevance"], exp.relevance.numpy())
+    assert list(data["grid1"]) == [GRID, GRID] and data["map1"].shape == (1, 32, 32)
+    meta = json.loads((tmp_path / "fg.json").read_text())
+    assert meta["grids"] == [[GRID, GRID], [GRID, GRID]] and meta["method"] == "feature-grid"
+    assert "completeness_error" in meta and meta["sources"] == ["a.png", "b.png"]
+
+
+def test_marginal_maps_are_the_relevance_marginals():
+    model = grouped_model()
+    x1, x2 = pair_batch(2)
+    for method in METHODS:
+        exp = pairlens.correspond(model, x1, x2, method=method, grid=GRID, k=4)
+        pooled = regrid(exp.maps[0], (GRID, GRID)).flatten(1)
+        assert torch.allclose(pooled, exp.relevance.sum(2), rtol=1e-3, atol=1e-5), method
+
+
+# ---------------------------------------------------------------------- guards
+def test_guards(square, tiny_vit):
+    x1, x2 = pair_batch(1)
+    with pytest.raises(ValueError, match="first-order"):
+        pairlens.correspond(square, x1, x2, method="grad-cam")
+    neg = pairlens.SimilarityModel(square.encoder, head=square.head, feature_layer="features",
+                                   input_size=(32, 32), similarity="neg-l2")
+    with pytest.raises(ValueError, match="bilinear"):
+        pairlens.correspond(neg, x1, x2, method="feature-grid")
+    with pytest.raises(ValueError, match="grid"):
+        pairlens.correspond(square, x1, x2, grid=0)
+    with pytest.raises(ValueError, match="reference"):
+        pairlens.correspond(square, x1, x2, method="integrated-jacobians", reference="grey")
+    with pytest.raises(ValueError, match="steps"):
+        pairlens.correspond(square, x1, x2, method="integrated-jacobians", steps=0)
+    bare = pairlens.SimilarityModel(square.encoder, head=square.head, input_size=(32, 32))
+    with pytest.raises(ValueError, match="feature_layer"):
+        pairlens.correspond(bare, x1, x2, method="feature-grid")
+    with pytest.raises(ValueError, match="LRP"):
+        pairlens.correspond(tiny_vit, x1, x2, method="bilrp")
