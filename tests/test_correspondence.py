@@ -13,6 +13,7 @@ the wrong pairs, which the last ground-truth test checks, so the test can fail.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,8 +23,14 @@ from conftest import pair_batch, square_model
 from torch import nn
 
 import pairlens
-from pairlens.methods.common import area_matrix, cell_index, regrid, regrid_pairs
-from pairlens.methods.correspondence import embedding_directions, pair_generators
+from pairlens.methods.common import (
+    area_matrix,
+    cell_index,
+    pair_generators,
+    regrid,
+    regrid_pairs,
+)
+from pairlens.methods.correspondence import embedding_directions
 
 METHODS = ("feature-grid", "bilrp", "integrated-jacobians")
 GRID = 4  # 8-px regions on the 32-px toy images
@@ -330,3 +337,65 @@ def test_guards(square, tiny_vit):
         pairlens.correspond(bare, x1, x2, method="feature-grid")
     with pytest.raises(ValueError, match="LRP"):
         pairlens.correspond(tiny_vit, x1, x2, method="bilrp")
+
+
+# ---------------------------------------------------------------------- correspondence faithfulness
+def test_pair_interaction_curve_is_the_relevance_of_the_removed_block():
+    # dot similarity, bias-free encoder whose receptive fields stay inside the 8-px regions: the
+    # similarity is exactly bilinear in the region features, so removing regions A_t and B_t
+    # leaves an interaction equal to the relevance summed over A_t x B_t (brute force below)
+    from pairlens.metrics.correspondence import greedy_matching
+
+    model = grouped_model("dot")
+    x1, x2, truth = pasted_pair(double=True)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid", grid=GRID)
+    scores = pairlens.evaluate(model, x1, x2, exp, metrics=["PI", "PD"], pair_grid=GRID,
+                               return_curves=True)
+    rows, cols = greedy_matching(exp.relevance)
+    rel = exp.relevance[0]
+    block = [0.0] + [float(rel[rows[0, :t]][:, cols[0, :t]].sum()) for t in range(1, GRID**2 + 1)]
+    assert torch.allclose(scores["PI_curve"][0], torch.tensor(block), rtol=1e-4, atol=1e-3)
+    assert [(int(rows[0, t]), int(cols[0, t])) for t in range(2)] == truth
+    assert scores["PD_curve"][0, 0] == pytest.approx(float(exp.score[0]), rel=1e-5)
+    assert scores["PI"][0] > scores["PI-random"][0]
+    # a wrong correspondence, (A, B') and (A', B), is worse by PI ... but better by PD, which
+    # rewards removing one important region of each image whatever they match (module docstring)
+    a, b, a2, b2 = truth[0] + truth[1]
+    wrong = torch.zeros_like(exp.relevance)
+    wrong[0, a, b2], wrong[0, a2, b] = 2.0, 1.0
+    fake = dataclasses.replace(exp, relevance=wrong)
+    bad = pairlens.evaluate(model, x1, x2, fake, metrics=["PI", "PD"], pair_grid=GRID)
+    assert bad["PI"][0] < scores["PI"][0] - 1
+    assert bad["PD"][0] < scores["PD"][0]
+
+
+def test_first_order_maps_are_ranked_by_their_own_order_and_references_are_seeded(square):
+    x1, x2 = pair_batch(2)
+    exp = pairlens.explain(square, x1, x2, method="grad-cam")
+    a = pairlens.evaluate(square, x1, x2, exp, metrics=["PI"], pair_grid=GRID, seed=3)
+    assert torch.equal(a["PI"], a["PI-marginal"])
+    single = pairlens.evaluate(square, x1[1:], x2[1:], (exp.maps[0][1:], exp.maps[1][1:]),
+                               metrics=["PI"], pair_grid=GRID, seed=3)
+    assert torch.allclose(single["PI-random"][0], a["PI-random"][1], rtol=1e-5)
+    with pytest.raises(ValueError, match="fill"):
+        pairlens.evaluate(square, x1, x2, exp, metrics=["PD"], pair_fill="grey")
+
+
+def test_evaluate_stores_and_reports_correspondence_methods(tmp_path):
+    from pairlens.report import write_report
+    from pairlens.study import PairSet, ResultStore, parse_methods, parse_metrics
+    from pairlens.study.loop import run_evaluation
+
+    model = grouped_model()
+    pairs = PairSet(model, "digits", n=2, seed=0)
+    specs = parse_methods("feature-grid[grid=4],bilrp[k=2;grid=4],grad-cam")
+    with ResultStore(tmp_path / "r.db") as store:
+        run_evaluation(model, "grouped", pairs, specs, parse_metrics("SD,PI,PD"), store,
+                       step=64, pairs_per_batch=2, progress=False)
+    written = write_report([tmp_path / "r.db"], tmp_path / "report", formats=["md", "csv"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    for label in ("feature-grid[grid=4]", "bilrp[grid=4,k=2]", "grad-cam"):
+        assert label in text
+    for metric in ("PI ↑", "PI-random ↑", "PI-marginal ↑", "PD ↓", "PD-random ↓"):
+        assert metric in text
+    assert any(p.name.startswith("curves") for p in written)

@@ -1,10 +1,12 @@
 """Pair evaluation metrics (seed 000, §IV): :func:`evaluate` and the functions behind it.
 
 Metric names: ``SI``, ``SD``, ``CI``, ``CD`` (insertion / deletion AUC, simultaneous and
-conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates) and ``MS``
-(maximum sensitivity, which needs the method). Arrows: higher is better for SI, CI, SAI, CAI;
-lower is better for SD, CD, SAD, CAD, MS. A metric never knows which method made the maps, except
-MS, which recomputes the explanation of noisy inputs.
+conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates), ``MS``
+(maximum sensitivity, which needs the method) and the correspondence-faithfulness pair metrics
+``PI`` / ``PD`` (region-pair interaction and deletion AUCs, each reported with its ``-marginal``
+and ``-random`` reference orders; :mod:`pairlens.metrics.correspondence`). Arrows: higher is
+better for SI, CI, SAI, CAI, PI; lower is better for SD, CD, SAD, CAD, MS, PD. A metric never
+knows which method made the maps, except MS, which recomputes the explanation of noisy inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pairlens.metrics.correspondence import PAIR_METRICS, REFERENCES, pair_removal_curves
 from pairlens.metrics.faithfulness import (
     auc,
     average_drop_increase,
@@ -29,10 +32,13 @@ from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
 from pairlens.models.similarity import SimilarityModel
 
-ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS")
+ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", "PI", "PD")
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": False,
                     "CAD": False, "SAI": True, "CAI": True, "MS": False}
+for _name, _higher in (("PI", True), ("PD", False)):
+    for _suffix in ("", *(f"-{r}" for r in REFERENCES)):
+        HIGHER_IS_BETTER[_name + _suffix] = _higher
 
 
 def evaluate(
@@ -49,6 +55,8 @@ def evaluate(
     ms_samples: int = 10,
     ms_radius: float = 0.2,
     seed: int = 0,
+    pair_grid: int = 7,
+    pair_fill: str = "zero",
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
@@ -65,10 +73,15 @@ def evaluate(
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
             the explanation when it is a ``PairExplanation``.
-        ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]).
+        ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]); the
+            seed also draws the random pairing of ``PI`` / ``PD``.
+        pair_grid, pair_fill: regions per side and fill (``"zero"`` or ``"blur"``) of ``PI`` /
+            ``PD``. Their explanation order is the pair relevance's for a
+            :class:`~pairlens.PairCorrespondence`, the maps' own (marginal) order otherwise.
 
     Returns:
-        ``{name: (B,) float tensor}`` on the model's device. ``SAD`` / ``CAD`` are NaN for pairs
+        ``{name: (B,) float tensor}`` on the model's device (``PI`` / ``PD`` add their
+        ``-marginal`` and ``-random`` references). ``SAD`` / ``CAD`` are NaN for pairs
         whose unaltered similarity is <= 0 (skipped, as the definition divides by it); count them
         with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
 
@@ -101,7 +114,7 @@ def evaluate(
     need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
     need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
     z1 = z2 = None
-    if need_curves or need_drop:
+    if need_curves or need_drop or any(m in PAIR_METRICS for m in wanted):
         with torch.no_grad():
             z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
         z1, z2 = z[:b], z[b:]
@@ -119,6 +132,17 @@ def evaluate(
                                       z1=z1, z2=z2)
         for name in need_drop:
             out[name] = drops[name]
+    need_pairs = [m for m in wanted if m in PAIR_METRICS]
+    if need_pairs:
+        pairs = pair_removal_curves(
+            model, x1, x2, (map1, map2), relevance=getattr(explanation_or_maps, "relevance", None),
+            grids=getattr(explanation_or_maps, "grids", None), grid=pair_grid, fill=pair_fill,
+            seed=seed, batch_size=batch_size, z1=z1, z2=z2)
+        for name in need_pairs:
+            for suffix in ("", *(f"-{r}" for r in REFERENCES)):
+                out[name + suffix] = pairs[name + suffix]
+            if return_curves:
+                out[f"{name}_curve"] = pairs[f"{name}_curve"]
     if "MS" in wanted:
         if method is None:
             raise ValueError("metric MS needs the method: pass method=... (and method_params)")
@@ -150,6 +174,7 @@ __all__ = [
     "max_sensitivity",
     "minmax",
     "n_steps",
+    "pair_removal_curves",
     "pixel_ranks",
     "sanity_check",
     "spearman",

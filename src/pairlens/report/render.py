@@ -137,12 +137,15 @@ def heatmap_figure(studies: Sequence[Study]):
 
 
 def curves_figure(study: Study):
-    """Mean insertion / deletion curves per method (SI, SD, CI, CD)."""
+    """Mean insertion / deletion curves per method (SI, SD, CI, CD, and the region-pair curves
+    PI, PD when stored)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], ("SI", "SD", "CI", "CD"), strict=True):
+    shown = [m for m in ("SI", "SD", "CI", "CD", "PI", "PD")
+             if m in ("SI", "SD", "CI", "CD") or any(k[1] == m for k in study.curves)]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.5 * len(shown), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], shown, strict=True):
         for label in study.methods:
             curve = study.curves.get((label, metric))
             if curve is None:
@@ -152,7 +155,8 @@ def curves_figure(study: Study):
             ax.plot(x, curve, style, lw=1.2,
                     label=f"{label} ({study.value(label, metric):.3f})")
         ax.set_title(f"{metric} {_arrow(metric)}", fontsize=9)
-        ax.set_xlabel("fraction of pixels " + ("inserted" if metric.endswith("I") else
+        ax.set_xlabel("fraction of region pairs removed" if metric in ("PI", "PD") else
+                      "fraction of pixels " + ("inserted" if metric.endswith("I") else
                                                "deleted"), fontsize=8)
         ax.tick_params(labelsize=7)
         if ax.lines:

@@ -207,7 +207,8 @@ def run_evaluation(
             for row, pid in enumerate(ids):
                 results.append(PairResult(
                     pair_id=pid,
-                    metrics={m: float(scores[m][row]) for m in metrics},
+                    metrics={m: float(v[row]) for m, v in scores.items()
+                             if not m.endswith("_curve")},  # PI/PD add reference orders
                     curves={name[:-6]: scores[name][row].float().cpu().numpy()
                             for name in scores if name.endswith("_curve")},
                     explain_seconds=(t1 - t0) / k,
