@@ -399,3 +399,25 @@ def test_evaluate_stores_and_reports_correspondence_methods(tmp_path):
     for metric in ("PI ↑", "PI-random ↑", "PI-marginal ↑", "PD ↓", "PD-random ↓"):
         assert metric in text
     assert any(p.name.startswith("curves") for p in written)
+
+
+# ---------------------------------------------------------------------- command line
+def test_correspond_command_writes_figure_relevance_and_json(tmp_path, capsys):
+    from pairlens.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["correspond", "--model", "digits", "--methods", "feature-grid", "--grid", "4",
+               "--top", "5", "--out", str(out), "--json", "--device", "cpu"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    entry = report["methods"]["feature-grid"]
+    assert entry["grid"] == [[4, 4], [4, 4]] and len(entry["top"]) == 5
+    data = np.load(out / "feature-grid.npz")
+    assert data["relevance"].shape == (1, 16, 16)
+    assert (out / "feature-grid.png").stat().st_size > 1000
+    for bad, message in ((["--methods", "grad-cam"], "not a correspondence method"),
+                         (["--grid", "3x0"], "--grid"),
+                         (["--param", "nope=1"], "no selected method has parameter")):
+        assert main(["correspond", "--model", "digits", "--out", str(out), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -69,11 +69,13 @@ class PairExplanation:
 
         return pair_figure(self, index=index, smooth=smooth)
 
-    def save(self, out_dir: str | Path, stem: str | None = None, smooth: float = 0.0) -> list[Path]:
+    def save(self, out_dir: str | Path, stem: str | None = None, smooth: float = 0.0,
+             **figure_options: Any) -> list[Path]:
         """Write a PNG figure per pair, the raw maps (.npz) and JSON metadata into ``out_dir``.
 
         Files are written to a temporary name and renamed, so an interrupted save never leaves a
-        half-written file under the final name. Returns the paths written.
+        half-written file under the final name. ``figure_options`` go to :meth:`figure` (e.g.
+        ``top`` for a correspondence). Returns the paths written.
         """
         import matplotlib.pyplot as plt
 
@@ -83,7 +85,7 @@ class PairExplanation:
         written: list[Path] = []
         if self.images is not None:
             for i in range(len(self)):
-                fig = self.figure(i, smooth=smooth)
+                fig = self.figure(i, smooth=smooth, **figure_options)
                 suffix = "" if len(self) == 1 else f"_{i}"
                 png = out / f"{stem}{suffix}.png"
                 written.append(

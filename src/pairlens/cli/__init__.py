@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "pairlens.cli.explain",  # explain, methods
+    "pairlens.cli.correspond",  # correspond
     "pairlens.cli.models",  # models, models info, download
     "pairlens.cli.train",  # train
     "pairlens.cli.excon",  # eval-classifier, study
