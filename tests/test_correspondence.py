@@ -421,3 +421,32 @@ def test_correspond_command_writes_figure_relevance_and_json(tmp_path, capsys):
         assert main(["correspond", "--model", "digits", "--out", str(out), *bad]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- the demo
+def test_demo_click_shows_the_matched_region_of_the_other_image():
+    from pairlens.demo import core
+
+    model = grouped_model()
+    x1, x2, truth = pasted_pair(double=True)
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid", grid=GRID)
+    v1, v2 = core.match_views(exp)  # default: the strongest match, region A of image 1
+    assert v1.size == v2.size == (256, 256)  # 32 px enlarged 8 times
+    # a click inside region A' of image 1 (display pixels) lights up region B' of image 2
+    (a, b), (a2, b2) = truth
+    r, c = divmod(a2, GRID)
+    point = core.click_point((8 * (8 * c + 4), 8 * (8 * r + 4)), exp)
+    assert point == (8 * r + 4, 8 * c + 4)
+    _, shown = core.match_views(exp, point, image=1)
+    heat = np.asarray(shown, dtype=float)[..., 0] - np.asarray(shown, dtype=float)[..., 2]
+    rb, cb = divmod(b2, GRID)
+    inside = heat[64 * rb : 64 * (rb + 1), 64 * cb : 64 * (cb + 1)].mean()
+    assert inside > heat.mean() + 50  # red (high) over B', blue (low) elsewhere
+    back, _ = core.match_views(exp, (8 * (b // GRID) + 4, 8 * (b % GRID) + 4), image=2)
+    assert back.size == (256, 256)
+    with pytest.raises(core.DemoError, match="correspondence"):
+        core.match_views(pairlens.explain(model, x1, x2, method="grad-cam"))
+    # the method's widgets round-trip: empty grid and k mean "feature grid" and "all"
+    assert core.coerce_params("bilrp", {"grid": "", "k": ""}) == {"grid": None, "k": None}
+    assert core.coerce_params("bilrp", {"grid": "7x5"}) == {"grid": "7x5"}
+    assert pairlens.methods.common.as_grid("7x5") == (7, 5)

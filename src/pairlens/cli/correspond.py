@@ -54,16 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def parse_grid(text: str | None) -> tuple[int, int] | None:
     """``"14"`` -> (14, 14), ``"14x10"`` -> (14, 10), None -> None."""
-    if text is None:
-        return None
-    parts = text.lower().replace("*", "x").split("x")
+    from pairlens.methods.common import as_grid
+
     try:
-        rows, cols = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+        return as_grid(text)
     except ValueError:
-        rows = cols = 0
-    if rows < 1 or cols < 1:
-        raise ValueError(f"--grid expects G or RxC with positive integers; got {text!r}")
-    return rows, cols
+        raise ValueError(f"--grid expects G or RxC with positive integers; got {text!r}") from None
 
 
 def method_params(names: list[str], items: list[str]) -> dict[str, dict]:

@@ -360,7 +360,11 @@ def reference_image(model: SimilarityModel, x: Tensor, reference: str | float) -
             from pairlens.attribution.baselines import blur
 
             return blur(x)
-        raise ValueError(f"reference must be 'black', 'blur' or a number; got {reference!r}")
+        try:
+            reference = float(key)
+        except ValueError:
+            raise ValueError(
+                f"reference must be 'black', 'blur' or a number; got {reference!r}") from None
     if isinstance(reference, bool) or not isinstance(reference, (int, float)):
         raise ValueError(f"reference must be 'black', 'blur' or a number; got {reference!r}")
     return torch.full_like(x, float(reference))
@@ -379,9 +383,9 @@ def integrated_jacobians(
     x2: Tensor,
     *,
     grid: GridLike = None,
-    k: int | None = 32,
-    steps: int = 16,
-    reference: str | float = "black",
+    k: int | None = 16,
+    steps: int = 32,
+    reference: str | float = "blur",
     seed: int | None = 0,
     batch_size: int = 64,
 ) -> PairRelevance:
@@ -400,7 +404,10 @@ def integrated_jacobians(
         grid: regions (default: the feature grid of the model, else 7 x 7).
         k: embedding directions (None: all D); cost: ``2 * steps * k`` backward passes per pair.
         steps: N, points on the straight path (right Riemann sum, as the authors' code).
-        reference: ``"black"``, ``"blur"`` or a number in model-input space.
+        reference: ``"blur"`` (default), ``"black"`` or a number in model-input space. The
+            authors' reference is a neutral input (padding tokens); for images the blurred image
+            is the nearer neutral input: on the bundled photos pair the completeness error at 16
+            steps was -0.04 from the blur and -2.9 from black (target 0.67 and 3.5).
         seed: seeds the random directions (only used when ``k < D``).
         batch_size: images per forward pass (path points of several images are batched).
 
