@@ -42,7 +42,7 @@ methods sum their pixel relevance in each region (the authors' code averages, wh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -162,6 +162,31 @@ def _extras(rel: Tensor, target: Tensor) -> dict[str, Tensor]:
     return {"target": target, "completeness_error": rel.sum((1, 2)) - target}
 
 
+def directional_grads(
+    z: Tensor, wrt: Tensor, u: Tensor | None, rows: Tensor, per_call: int,
+    scale: Tensor | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Vector-Jacobian products of ``z`` (N, D) for every embedding direction: the vector of
+    direction m for output row i is ``direction(u, m, rows)[i]``, times ``scale`` (N, D) if given.
+    ``per_call`` directions share one backward pass (``is_grads_batched``, a vmap over the
+    backward pass; one pass per direction for operations without a batching rule). Yields
+    ``(m0, grads)``, grads (m, *wrt.shape) for directions ``m0 .. m0 + m - 1``."""
+    d = z.shape[1]
+    n_dirs = d if u is None else u.shape[2]
+    per_call = max(1, int(per_call))
+    for m0 in range(0, n_dirs, per_call):
+        vs = torch.stack([direction(u, m, rows, d) for m in range(m0, min(n_dirs, m0 + per_call))])
+        if scale is not None:
+            vs = vs * scale
+        try:
+            (g,) = torch.autograd.grad(z, wrt, grad_outputs=vs, retain_graph=True,
+                                       is_grads_batched=True)
+        except (RuntimeError, NotImplementedError):
+            g = torch.stack([torch.autograd.grad(z, wrt, grad_outputs=v, retain_graph=True)[0]
+                             for v in vs])
+        yield m0, g
+
+
 def _chunks(b: int, batch_size: int, per_pair: int) -> list[slice]:
     """Slices of pairs so that one forward pass holds at most ``batch_size`` images."""
     if batch_size < 1:
@@ -242,12 +267,11 @@ def feature_grid(
                                         gens[sl] if gens else [])
             rows = torch.arange(n, device=x.device).repeat(2)  # image 2 uses its pair's
             act = model.to_grid(a.detach(), size)
-            n_dirs, d = w.shape[1], zd.shape[1]
+            n_dirs = w.shape[1]
             e = torch.empty(2 * n, n_dirs, *act.shape[-2:], device=x.device)
-            for m in range(n_dirs):
-                (g,) = torch.autograd.grad(z, a, grad_outputs=direction(u, m, rows, d),
-                                           retain_graph=m < n_dirs - 1)
-                e[:, m] = (model.to_grid(g, size) * act).sum(1)
+            for m0, g in directional_grads(z, a, u, rows, batch_size):
+                grid_g = model.to_grid(g.flatten(0, 1), size).unflatten(0, g.shape[:2])
+                e[:, m0 : m0 + len(g)] = (grid_g * act).sum(2).transpose(0, 1)
         native = tuple(act.shape[-2:])
         g_out = as_grid(grid) or native
         rel, (m1, m2) = assemble(e[:n], e[n:], w, c, g_out, size)
@@ -330,12 +354,11 @@ def bilrp(
                 c = bilinear_scale(model, z_model[:n], z_model[n:])
                 u, w = embedding_directions(zd[:n], zd[n:], k, gens[sl] if gens else [])
                 rows = torch.arange(n, device=x.device).repeat(2)
-                n_dirs, d = w.shape[1], zd.shape[1]
+                n_dirs = w.shape[1]
                 e = torch.empty(2 * n, n_dirs, *size, device=x.device)
-                for m in range(n_dirs):
-                    (g,) = torch.autograd.grad(z, x, grad_outputs=zd * direction(u, m, rows, d),
-                                               retain_graph=m < n_dirs - 1)
-                    e[:, m] = g.sum(1)
+                per_call = max(1, batch_size // (2 * n))
+                for m0, g in directional_grads(z, x, u, rows, per_call, scale=zd):
+                    e[:, m0 : m0 + len(g)] = g.sum(2).transpose(0, 1)
             rel, (m1, m2) = assemble(e[:n], e[n:], w, c, g_out, size)
             rels.append(rel)
             maps1.append(m1)
@@ -431,7 +454,7 @@ def integrated_jacobians(
     gens = pair_generators(seed, x1, x2) if k is not None else []
     u, w = embedding_directions(a[:b], a[b:], k, gens)
     pair_of = torch.arange(b, device=x.device).repeat(2)  # image index -> its pair
-    m_dirs, d = w.shape[1], z.shape[1]
+    m_dirs = w.shape[1]
     e = torch.zeros(2 * b, m_dirs, *size, device=x.device)
     # path points (image, step) in chunks of at most batch_size images
     points = [(i, st) for i in range(2 * b) for st in range(1, steps + 1)]
@@ -444,11 +467,10 @@ def integrated_jacobians(
         xp = (r[idx] + alpha * (x[idx] - r[idx])).requires_grad_(True)
         with torch.enable_grad():
             zp = model.embed(xp)
-            for m in range(m_dirs):
-                (g,) = torch.autograd.grad(zp, xp, grad_outputs=direction(u, m, pair_of[idx], d),
-                                           retain_graph=m < m_dirs - 1)
-                contrib = ((x[idx] - r[idx]) * g).sum(1) / steps  # (chunk, H, W)
-                e[:, m].index_add_(0, idx, contrib)
+            per_call = max(1, batch_size // len(chunk))
+            for m0, g in directional_grads(zp, xp, u, pair_of[idx], per_call):
+                contrib = ((x[idx] - r[idx]) * g).sum(2) / steps  # (m, chunk, H, W)
+                e[:, m0 : m0 + len(g)].index_add_(0, idx, contrib.transpose(0, 1))
     rel, maps = assemble(e[:b], e[b:], w, c, g_out, size)
     target = c * (a[:b] * a[b:]).sum(1)
     return PairRelevance(rel, (g_out, g_out), maps, s, _extras(rel, target))
