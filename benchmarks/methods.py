@@ -115,7 +115,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = [i.name for i in method_infos() if i.name != "random"]
+    names = [i.name for i in method_infos()  # correspondence: benchmarks/correspondence.py
+             if i.name != "random" and i.family != "correspondence"]
     if args.methods != "all":
         names = args.methods.split(",")
     print(

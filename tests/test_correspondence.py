@@ -450,3 +450,51 @@ def test_demo_click_shows_the_matched_region_of_the_other_image():
     assert core.coerce_params("bilrp", {"grid": "", "k": ""}) == {"grid": None, "k": None}
     assert core.coerce_params("bilrp", {"grid": "7x5"}) == {"grid": "7x5"}
     assert pairlens.methods.common.as_grid("7x5") == (7, 5)
+
+
+# ---------------------------------------------------------------------- real architectures
+def _resnet50():
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50()
+    net.fc = nn.Identity()
+    return pairlens.SimilarityModel(net, feature_layer="layer4", input_size=(64, 64),
+                                    name="resnet50")
+
+
+def _timm_vit(**kw):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                            img_size=64, depth=2, **kw)
+    layer = "blocks.1" if kw.get("global_pool") == "avg" else "blocks.1.norm1"
+    return pairlens.SimilarityModel(net, feature_layer=layer, input_size=(64, 64), name="vit")
+
+
+ARCHITECTURES = {
+    "resnet50": _resnet50,
+    "timm-vit": _timm_vit,
+    "timm-vit-registers-avgpool": lambda: _timm_vit(reg_tokens=4, global_pool="avg",
+                                                    class_token=False),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_method_runs_on_real_architectures(arch):
+    model = ARCHITECTURES[arch]()
+    g = torch.Generator().manual_seed(0)
+    b = 1 if arch == "resnet50" else 2  # ResNet-50 is the costly one: one pair
+    x1, x2 = torch.randn(b, 3, 64, 64, generator=g), torch.randn(b, 3, 64, 64, generator=g)
+    fast = {"feature-grid": {"k": 4}, "bilrp": {"k": 2},
+            "integrated-jacobians": {"k": 2, "steps": 2}}
+    for method in METHODS:
+        if method == "bilrp" and arch != "resnet50":
+            with pytest.raises(ValueError, match="no rules"):  # zennit has no transformer rules
+                pairlens.correspond(model, x1, x2, method=method, **fast[method])
+            continue
+        exp = pairlens.correspond(model, x1, x2, method=method, grid=4, **fast[method])
+        assert exp.relevance.shape == (b, 16, 16) and exp.maps[0].shape == (b, 64, 64)
+        assert torch.isfinite(exp.relevance).all() and exp.relevance.abs().sum() > 0
+        with torch.no_grad():
+            assert torch.allclose(exp.score, model.similarity(x1, x2), atol=1e-5)
