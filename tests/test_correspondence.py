@@ -498,3 +498,42 @@ def test_every_method_runs_on_real_architectures(arch):
         assert torch.isfinite(exp.relevance).all() and exp.relevance.abs().sum() > 0
         with torch.no_grad():
             assert torch.allclose(exp.score, model.similarity(x1, x2), atol=1e-5)
+
+
+# ---------------------------------------------------------------------- the documentation
+def test_documented_commands_run_at_a_tiny_size(tmp_path, capsys):
+    # every number and figure of docs/correspondence.md comes from one of these commands; here
+    # each runs on one digits pair with the fewest directions and steps
+    import importlib.util
+    from pathlib import Path
+
+    from pairlens.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "correspondence.md").read_text()
+    for command in ("pairlens correspond --methods feature-grid,bilrp,integrated-jacobians",
+                    "pairlens evaluate --model photos --data photos",
+                    "python benchmarks/correspondence.py"):
+        assert command in doc, command
+    for name in ("feature-grid", "bilrp", "integrated-jacobians"):
+        assert (root / "docs" / "img" / "correspondence" / f"{name}.png").is_file()
+    tiny = ["--param", "bilrp.k=2", "--param", "integrated-jacobians.k=2",
+            "--param", "integrated-jacobians.steps=2"]
+    assert main(["correspond", "--model", "digits", "--methods",
+                 "feature-grid,bilrp,integrated-jacobians", *tiny, "--out", str(tmp_path / "fig"),
+                 "--quiet", "--device", "cpu"]) == 0
+    db = tmp_path / "d.db"
+    assert main(["evaluate", "--model", "digits", "--data", "digits", "--pairs", "1", "--methods",
+                 "feature-grid,bilrp[k=2],integrated-jacobians[k=2;steps=2],grad-cam,random",
+                 "--metrics", "PI,PD", "--store", str(db), "--device", "cpu", "--quiet"]) == 0
+    assert main(["report", str(db), "--out", str(tmp_path / "report"), "--format", "md"]) == 0
+    assert "PI-random" in (tmp_path / "report" / "report.md").read_text()
+    spec = importlib.util.spec_from_file_location("bench_correspondence",
+                                                  root / "benchmarks" / "correspondence.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--models", "digits", "--batch", "1", "--repeats", "1", "--k", "2",
+                       "--steps", "2", "--threads", "1"])
+    assert {r["method"] for r in rows} == set(METHODS)
+    assert all(r["ratio"] > 0 for r in rows)
+    capsys.readouterr()

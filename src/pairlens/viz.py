@@ -116,8 +116,9 @@ def cell_centres(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
 def correspondence_figure(exp: PairCorrespondence, index: int = 0, top: int = 20,
                           smooth: float = 0.0):
     """The two images side by side with the ``top`` region pairs of highest relevance drawn as
-    lines between the region centres (colour and width: relevance), and the two marginal maps
-    below (as in Eberle et al.'s BiLRP figures, which draw the strongest pairs as lines)."""
+    lines between the region centres (colour and width: relevance), and the relevance's two
+    marginals on the region grid below (Eberle et al.'s BiLRP figures also draw the strongest
+    pairs as lines). The pixel-level marginal ``maps`` are in the saved ``.npz``."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
@@ -151,10 +152,16 @@ def correspondence_figure(exp: PairCorrespondence, index: int = 0, top: int = 20
                  label="pair relevance")
     ax.set_title(f"top {len(matches)} of {exp.relevance.shape[1]}x{exp.relevance.shape[2]} "
                  f"region pairs ({exp.grids[0][0]}x{exp.grids[0][1]} grid)", fontsize=8)
+    # the marginals at the resolution of the lines (the region grid): pixel-level LRP and
+    # integrated-gradient maps are dominated by a few pixels at this size
+    rel = exp.relevance[index]
+    marginals = (rel.sum(1).reshape(1, *exp.grids[0]), rel.sum(0).reshape(1, *exp.grids[1]))
     for col in range(2):
         axm = fig.add_subplot(grid[1, col])
-        axm.imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
-        axm.set_title(f"{_source_title(exp, col)}: marginal", fontsize=8)
+        shown = F.interpolate(marginals[col][None].float(), size=(h, w), mode="bilinear",
+                              align_corners=False)[0, 0]
+        axm.imshow(overlay(exp.images[col][index], shown, smooth=smooth))
+        axm.set_title(f"{_source_title(exp, col)}: region marginal", fontsize=8)
         axm.axis("off")
     extra = ""
     if "completeness_error" in exp.extras:

@@ -120,8 +120,12 @@ def lrp_embedding(
 
     Raises:
         ValueError: the model has layers without an LRP rule (:func:`check_supported`).
+        ImportError: zennit is not installed.
     """
-    from zennit.composites import EpsilonGammaBox
+    try:
+        from zennit.composites import EpsilonGammaBox
+    except ModuleNotFoundError as err:
+        raise ImportError("LRP needs zennit: pip install 'pairlens[lrp]'") from err
 
     check_supported(model)
     view = _View(model).to(model.device).eval()
