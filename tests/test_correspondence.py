@@ -537,3 +537,15 @@ def test_documented_commands_run_at_a_tiny_size(tmp_path, capsys):
     assert {r["method"] for r in rows} == set(METHODS)
     assert all(r["ratio"] > 0 for r in rows)
     capsys.readouterr()
+
+
+def test_a_zero_embedding_gets_zero_relevance_not_a_huge_one():
+    # image 1 all zero: the bias-free grouped encoder gives a zero embedding, cosine 0
+    model = grouped_model()
+    x1, x2, _ = pasted_pair(double=False)
+    for method in METHODS:
+        exp = pairlens.correspond(model, torch.zeros_like(x1), x2, method=method, grid=GRID,
+                                  **{**EXACT[method], "reference": 0.5}
+                                  if method == "integrated-jacobians" else EXACT[method])
+        assert exp.score[0] == 0 and torch.isfinite(exp.relevance).all()
+        assert exp.relevance.abs().max() == 0, method

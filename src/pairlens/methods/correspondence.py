@@ -49,7 +49,7 @@ from torch import Tensor
 
 from pairlens.methods.common import GridLike, as_grid, pair_generators, regrid, upsample
 from pairlens.methods.registry import PairRelevance, register_method
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import COSINE_EPS, SimilarityModel
 
 #: grid used by default when the model has no feature layer.
 DEFAULT_GRID = (7, 7)
@@ -57,7 +57,8 @@ DEFAULT_GRID = (7, 7)
 
 # ---------------------------------------------------------------------- shared pieces
 def bilinear_scale(model: SimilarityModel, z1: Tensor, z2: Tensor) -> Tensor:
-    """``c`` (B,) with ``S = c * z1.z2``: 1 for ``dot``, ``1 / (|z1| |z2|)`` for ``cosine``.
+    """``c`` (B,) with ``S = c * z1.z2``: 1 for ``dot``, ``1 / (|z1| |z2|)`` for ``cosine`` (0 when
+    an embedding is zero, whose cosine is 0 by convention, so its relevance is 0, not huge).
 
     Raises:
         ValueError: the model's similarity is not bilinear (``neg-l2`` or a callable).
@@ -65,9 +66,9 @@ def bilinear_scale(model: SimilarityModel, z1: Tensor, z2: Tensor) -> Tensor:
     name = model.similarity_name
     if name == "dot":
         return torch.ones(z1.shape[0], device=z1.device)
-    if name == "cosine":
-        eps = 1e-8
-        return 1.0 / (z1.norm(dim=1).clamp(min=eps) * z2.norm(dim=1).clamp(min=eps))
+    if name == "cosine":  # a zero embedding has cosine 0 (COSINE_EPS): nothing to decompose
+        norms = z1.norm(dim=1) * z2.norm(dim=1)
+        return torch.where(norms > COSINE_EPS, 1.0 / norms.clamp(min=COSINE_EPS), 0.0)
     raise ValueError(
         f"correspondence methods decompose a bilinear similarity (cosine or dot); model "
         f"{model.name!r} compares embeddings with {name!r}"
