@@ -101,7 +101,7 @@ def share(rel: torch.Tensor, cells: list[tuple[int, int]]) -> float:
 EXACT = {  # settings under which each method is exact on the grouped encoder
     "feature-grid": {},  # affine (linear) head on the average-pooled grid: exact algebra
     "bilrp": {"k": None},  # all D directions; LRP never mixes the groups
-    "integrated-jacobians": {"k": None, "reference": 0.0, "steps": 4},  # homogeneous network
+    "integrated-jacobians": {"k": None, "reference": "zero", "steps": 4},  # homogeneous net
 }
 
 
@@ -328,6 +328,8 @@ def test_guards(square, tiny_vit):
         pairlens.correspond(neg, x1, x2, method="feature-grid")
     with pytest.raises(ValueError, match="grid"):
         pairlens.correspond(square, x1, x2, grid=0)
+    with pytest.raises(ValueError, match="k must be|parameter k"):
+        pairlens.correspond(square, x1, x2, k=1)
     with pytest.raises(ValueError, match="reference"):
         pairlens.correspond(square, x1, x2, method="integrated-jacobians", reference="grey")
     with pytest.raises(ValueError, match="steps"):
@@ -416,7 +418,7 @@ def test_correspond_command_writes_figure_relevance_and_json(tmp_path, capsys):
     assert data["relevance"].shape == (1, 16, 16)
     assert (out / "feature-grid.png").stat().st_size > 1000
     for bad, message in ((["--methods", "grad-cam"], "not a correspondence method"),
-                         (["--grid", "3x0"], "--grid"),
+                         (["--grid", "0"], "grid"),
                          (["--param", "nope=1"], "no selected method has parameter")):
         assert main(["correspond", "--model", "digits", "--out", str(out), *bad]) == 2
         err = capsys.readouterr().err
@@ -448,8 +450,9 @@ def test_demo_click_shows_the_matched_region_of_the_other_image():
         core.match_views(pairlens.explain(model, x1, x2, method="grad-cam"))
     # the method's widgets round-trip: empty grid and k mean "feature grid" and "all"
     assert core.coerce_params("bilrp", {"grid": "", "k": ""}) == {"grid": None, "k": None}
-    assert core.coerce_params("bilrp", {"grid": "7x5"}) == {"grid": "7x5"}
-    assert pairlens.methods.common.as_grid("7x5") == (7, 5)
+    assert core.coerce_params("bilrp", {"grid": "7"}) == {"grid": 7}
+    with pytest.raises(ValueError, match="grid"):
+        core.coerce_params("bilrp", {"grid": "7x5"})
 
 
 # ---------------------------------------------------------------------- real architectures
@@ -545,7 +548,6 @@ def test_a_zero_embedding_gets_zero_relevance_not_a_huge_one():
     x1, x2, _ = pasted_pair(double=False)
     for method in METHODS:
         exp = pairlens.correspond(model, torch.zeros_like(x1), x2, method=method, grid=GRID,
-                                  **{**EXACT[method], "reference": 0.5}
-                                  if method == "integrated-jacobians" else EXACT[method])
+                                  **EXACT[method])
         assert exp.score[0] == 0 and torch.isfinite(exp.relevance).all()
         assert exp.relevance.abs().max() == 0, method

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pairlens.io import atomic_write
-from pairlens.methods.common import GridLike, cell_index, upsample
+from pairlens.methods.common import cell_index, upsample
 from pairlens.methods.registry import PairRelevance, get_method, method_infos
 from pairlens.models.similarity import SimilarityModel, check_finite
 
@@ -232,7 +232,10 @@ def explain(
             image is taken as a batch of one.
         method: a name from :func:`pairlens.methods`.
         sources: optional descriptions of the two images, kept in the saved metadata.
-        **params: the method's parameters (see ``pairlens methods``); unknown names are an error.
+        **params: the method's parameters (see ``pairlens methods``), checked and converted by
+            :meth:`~pairlens.methods.registry.MethodInfo.validate` (unknown names, values of the
+            wrong type or out of range are an error naming the parameter and its valid range);
+            ``exp.params`` records every parameter exactly as used.
 
     Returns:
         A :class:`PairExplanation` with one (B, H, W) map per image; for a correspondence method
@@ -240,23 +243,17 @@ def explain(
         whose maps are the marginals of its pair relevance.
 
     Raises:
-        ValueError: unknown method or parameter, mismatched shapes, NaN/inf inputs, or a NaN map.
+        ValueError: unknown method or parameter, an invalid parameter value, mismatched shapes,
+            NaN/inf inputs, integer tensors other than uint8 pixels, or a NaN map.
     """
     info = get_method(method)
-    defaults = info.params
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"method {info.name!r} has no parameter {', '.join(unknown)}; "
-            f"its parameters: {', '.join(defaults) or '(none)'}"
-        )
+    used = info.validate(params)  # strict types and ranges, defaults filled in
     x1 = model.check_input(x1, "image 1")
     x2 = model.check_input(x2, "image 2")
     if x1.shape != x2.shape:
         raise ValueError(
             f"the two batches must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}"
         )
-    used = {**defaults, **params}
     start = time.perf_counter()
     out = info.fn(model, x1, x2, **used)
     relevance = None
@@ -318,7 +315,7 @@ def correspond(
     x1: Tensor,
     x2: Tensor,
     method: str = "feature-grid",
-    grid: GridLike = None,
+    grid: int | None = None,
     sources: tuple[str, str] | None = None,
     **params: Any,
 ) -> PairCorrespondence:
@@ -329,8 +326,7 @@ def correspond(
         x1, x2: (B, 3, H, W) batches in model-input space; (3, H, W) is a batch of one.
         method: a correspondence method: ``feature-grid``, ``bilrp`` or ``integrated-jacobians``
             (see ``pairlens methods``).
-        grid: regions of the relevance: an int ``g`` (g x g), ``(rows, cols)``, or None for the
-            model's feature grid.
+        grid: ``grid x grid`` regions for the relevance, or None for the model's feature grid.
         sources: optional descriptions of the two images, kept in the saved metadata.
         **params: the method's other parameters.
 

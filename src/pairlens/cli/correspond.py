@@ -40,8 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated correspondence methods (default: %(default)s)")
     p.add_argument("--param", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="method parameter, repeatable (e.g. k=16, bilrp.gamma=0.5)")
-    p.add_argument("--grid", default=None, metavar="G|RxC",
-                   help="regions: 14 or 14x10 (default: the model's feature grid)")
+    p.add_argument("--grid", default=None, metavar="G",
+                   help="G x G regions (default: the model's feature grid)")
     p.add_argument("--top", type=int, default=20, metavar="N",
                    help="matches drawn in the figure and listed (default: %(default)s)")
     p.add_argument("--out", default="pairlens-out", metavar="DIR",
@@ -50,16 +50,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_correspond)
-
-
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """``"14"`` -> (14, 14), ``"14x10"`` -> (14, 10), None -> None."""
-    from pairlens.methods.common import as_grid
-
-    try:
-        return as_grid(text)
-    except ValueError:
-        raise ValueError(f"--grid expects G or RxC with positive integers; got {text!r}") from None
 
 
 def method_params(names: list[str], items: list[str]) -> dict[str, dict]:
@@ -107,7 +97,8 @@ def run_correspond(args: argparse.Namespace) -> int:
     if not names or wrong:
         raise ValueError(f"not a correspondence method: {', '.join(wrong) or '(none)'}; choose "
                          f"from {', '.join(correspondence_methods())}")
-    grid = parse_grid(args.grid)
+    grid = None if args.grid is None else get_method(names[0]).specs["grid"].coerce(
+        args.grid, "--grid")
     params = method_params(names, args.param)
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)

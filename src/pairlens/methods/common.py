@@ -63,19 +63,9 @@ def noise_sigma(x: Tensor, level: float) -> Tensor:
 GridLike = int | tuple[int, int] | None
 
 
-def as_grid(grid: GridLike | list[int] | str, what: str = "grid") -> tuple[int, int] | None:
-    """``None``, an int ``g`` (a g x g grid), ``(rows, cols)`` or text (``"7"``, ``"7x5"``,
-    ``"7,5"``; empty text is None) as ``(rows, cols)``; raises ``ValueError`` for anything else
-    (non-positive sizes included)."""
-    if isinstance(grid, str):
-        text = grid.strip().lower().strip("()[]")
-        if not text:
-            return None
-        parts = [t for t in text.replace("x", ",").replace("*", ",").split(",") if t.strip()]
-        try:
-            grid = tuple(int(t) for t in parts) if len(parts) == 2 else int(parts[0])
-        except (ValueError, IndexError):
-            raise ValueError(f"{what} must be an int or (rows, cols); got {grid!r}") from None
+def as_grid(grid: GridLike | list[int], what: str = "grid") -> tuple[int, int] | None:
+    """``None``, an int ``g`` (a g x g grid) or ``(rows, cols)`` as ``(rows, cols)``; raises
+    ``ValueError`` for anything else (non-positive sizes included)."""
     if grid is None:
         return None
     if isinstance(grid, bool):

@@ -43,13 +43,22 @@ methods sum their pixel relevance in each region (the authors' code averages, wh
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import GridLike, as_grid, pair_generators, regrid, upsample
+from pairlens.methods.common import as_grid, pair_generators, regrid, upsample
 from pairlens.methods.registry import PairRelevance, register_method
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel
+from pairlens.validation import Annotated, Range
+
+#: ``grid`` parameter of the methods: g x g regions, or None for the model's feature grid
+Grid = Annotated[int, Range(1)] | None
+#: ``k`` parameter: embedding directions (None: all D)
+Directions = Annotated[int, Range(2)] | None
+Seed = Annotated[int, Range(0)] | None
+BatchSize = Annotated[int, Range(1)]
 
 #: grid used by default when the model has no feature layer.
 DEFAULT_GRID = (7, 7)
@@ -119,9 +128,9 @@ def embedding_directions(
     return torch.stack(us).float().to(device), torch.stack(ws).float().to(device)
 
 
-def resolve_grid(model: SimilarityModel, grid: GridLike, x: Tensor) -> tuple[int, int]:
-    """The region grid: ``grid`` if given, else the model's feature grid for inputs like ``x``
-    (one forward pass of one image), else :data:`DEFAULT_GRID`."""
+def resolve_grid(model: SimilarityModel, grid: int | None, x: Tensor) -> tuple[int, int]:
+    """The region grid: ``grid x grid`` if given, else the model's feature grid for inputs like
+    ``x`` (one forward pass of one image), else :data:`DEFAULT_GRID`."""
     g = as_grid(grid)
     if g is not None:
         return g
@@ -209,10 +218,10 @@ def feature_grid(
     x1: Tensor,
     x2: Tensor,
     *,
-    grid: GridLike = None,
-    k: int | None = None,
-    seed: int | None = 0,
-    batch_size: int = 64,
+    grid: Grid = None,
+    k: Directions = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = 64,
 ) -> PairRelevance:
     """Feature-grid interaction: ``R[u, v] = c sum_m w_m E_m(x1)[u] E_m(x2)[v]`` with
     ``E_m(x)[u] = dot(d(u_m.z)/dA(u), A(u))`` at the feature grid A (module docstring, eq. *).
@@ -230,7 +239,7 @@ def feature_grid(
     ``completeness_error``.
 
     Args:
-        grid: regions of the relevance (default: the feature grid itself).
+        grid: ``grid x grid`` regions for the relevance (default: the feature grid itself).
         k: embedding directions (None: all D, exact; fewer: the projection of the module
             docstring, k backward passes from the embedding to the feature layer).
         seed: seeds the random directions (only used when ``k < D``).
@@ -299,12 +308,12 @@ def bilrp(
     x1: Tensor,
     x2: Tensor,
     *,
-    grid: GridLike = None,
-    k: int | None = 32,
-    gamma: float = 0.25,
-    epsilon: float = 1e-6,
-    seed: int | None = 0,
-    batch_size: int = 64,
+    grid: Grid = None,
+    k: Directions = 32,
+    gamma: Annotated[float, Range(0)] = 0.25,
+    epsilon: Annotated[float, Range(0)] = 1e-6,
+    seed: Seed = 0,
+    batch_size: BatchSize = 64,
 ) -> PairRelevance:
     """BiLRP (Eberle et al., TPAMI 2020): ``R[i, j] = c sum_m w_m LRP_m(x1)[i] LRP_m(x2)[j]``,
     eq. (*) of the module docstring, with ``LRP_m(x)`` the pixel relevance (summed over colour
@@ -317,7 +326,7 @@ def bilrp(
     (absorbed by biases and stabilisers).
 
     Args:
-        grid: regions (default: the feature grid of the model, else 7 x 7).
+        grid: ``grid x grid`` regions (default: the feature grid of the model, else 7 x 7).
         k: embedding directions, i.e. LRP backward passes per image (None: all D).
         gamma: gamma of the gamma rule in convolutions (zennit's default 0.25; the authors' VGG
             code uses 0.5 to 0 from the bottom to the top).
@@ -372,26 +381,20 @@ def bilrp(
 
 
 # ---------------------------------------------------------------------- integrated Jacobians
-def reference_image(model: SimilarityModel, x: Tensor, reference: str | float) -> Tensor:
+def reference_image(model: SimilarityModel, x: Tensor, reference: str) -> Tensor:
     """The reference ``r`` of integrated Jacobians for inputs ``x`` (B, 3, H, W), in model-input
-    space: ``"black"`` (pixels 0), ``"blur"`` (Gaussian blur, kernel 21, sigma 5, the COCOA
-    baseline) or a number (that value in model-input space, e.g. 0.0, the dataset mean)."""
-    if isinstance(reference, str):
-        key = reference.strip().lower()
-        if key == "black":
-            return model.normalize(torch.zeros_like(x))
-        if key == "blur":
-            from pairlens.attribution.baselines import blur
+    space: ``"blur"`` (Gaussian blur, kernel 21, sigma 5, the COCOA baseline), ``"black"``
+    (pixels 0) or ``"zero"`` (0 in model-input space: the normalisation mean colour)."""
+    key = str(reference).strip().lower()
+    if key == "blur":
+        from pairlens.attribution.baselines import blur
 
-            return blur(x)
-        try:
-            reference = float(key)
-        except ValueError:
-            raise ValueError(
-                f"reference must be 'black', 'blur' or a number; got {reference!r}") from None
-    if isinstance(reference, bool) or not isinstance(reference, (int, float)):
-        raise ValueError(f"reference must be 'black', 'blur' or a number; got {reference!r}")
-    return torch.full_like(x, float(reference))
+        return blur(x)
+    if key == "black":
+        return model.normalize(torch.zeros_like(x))
+    if key == "zero":
+        return torch.zeros_like(x)
+    raise ValueError(f"reference must be 'blur', 'black' or 'zero'; got {reference!r}")
 
 
 @register_method(
@@ -406,12 +409,12 @@ def integrated_jacobians(
     x1: Tensor,
     x2: Tensor,
     *,
-    grid: GridLike = None,
-    k: int | None = 16,
-    steps: int = 32,
-    reference: str | float = "blur",
-    seed: int | None = 0,
-    batch_size: int = 64,
+    grid: Grid = None,
+    k: Directions = 16,
+    steps: Annotated[int, Range(1)] = 32,
+    reference: Literal["blur", "black", "zero"] = "blur",
+    seed: Seed = 0,
+    batch_size: BatchSize = 64,
 ) -> PairRelevance:
     """Integrated Jacobians (Möller et al., EMNLP 2023, eq. 4; EACL 2024 for models not trained
     for it): ``R[i, j] = c sum_m w_m IG_m(x1)[i] IG_m(x2)[j]`` with
@@ -425,10 +428,10 @@ def integrated_jacobians(
     it is zero.
 
     Args:
-        grid: regions (default: the feature grid of the model, else 7 x 7).
+        grid: ``grid x grid`` regions (default: the feature grid of the model, else 7 x 7).
         k: embedding directions (None: all D); cost: ``2 * steps * k`` backward passes per pair.
         steps: N, points on the straight path (right Riemann sum, as the authors' code).
-        reference: ``"blur"`` (default), ``"black"`` or a number in model-input space. The
+        reference: ``"blur"`` (default), ``"black"`` or ``"zero"`` (model-input space). The
             authors' reference is a neutral input (padding tokens); for images the blurred image
             is the nearer neutral input: on the bundled photos pair the completeness error at 16
             steps was -0.04 from the blur and -2.9 from black (target 0.67 and 3.5).
