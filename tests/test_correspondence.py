@@ -159,7 +159,7 @@ def linear_model(bias: bool, similarity: str) -> pairlens.SimilarityModel:
 def test_feature_grid_sums_to_the_similarity_for_a_bias_free_linear_head(similarity, k):
     model = linear_model(bias=False, similarity=similarity)
     x1, x2 = pair_batch(3)
-    exp = pairlens.correspond(model, x1, x2, method="feature-grid", k=k, grid=(4, 2))
+    exp = pairlens.correspond(model, x1, x2, method="feature-grid", k=k, grid=4)
     s = exp.score
     assert torch.allclose(exp.relevance.sum((1, 2)), s, atol=1e-4 * float(s.abs().max()), rtol=0)
     assert exp.extras["completeness_error"].abs().max() < 1e-4 * float(s.abs().max())
@@ -461,8 +461,8 @@ def _resnet50():
 
     torch.manual_seed(0)
     net = torchvision.models.resnet50()
-    net.fc = nn.Identity()
-    return pairlens.SimilarityModel(net, feature_layer="layer4", input_size=(64, 64),
+    net.fc = nn.Identity()  # 32 px keeps the test fast: layer4 is then a 1 x 1 grid
+    return pairlens.SimilarityModel(net, feature_layer="layer4", input_size=(32, 32),
                                     name="resnet50")
 
 
@@ -488,7 +488,8 @@ def test_every_method_runs_on_real_architectures(arch):
     model = ARCHITECTURES[arch]()
     g = torch.Generator().manual_seed(0)
     b = 1 if arch == "resnet50" else 2  # ResNet-50 is the costly one: one pair
-    x1, x2 = torch.randn(b, 3, 64, 64, generator=g), torch.randn(b, 3, 64, 64, generator=g)
+    size = model.input_size[0]
+    x1, x2 = (torch.randn(b, 3, size, size, generator=g) for _ in range(2))
     fast = {"feature-grid": {"k": 4}, "bilrp": {"k": 2},
             "integrated-jacobians": {"k": 2, "steps": 2}}
     for method in METHODS:
@@ -497,7 +498,7 @@ def test_every_method_runs_on_real_architectures(arch):
                 pairlens.correspond(model, x1, x2, method=method, **fast[method])
             continue
         exp = pairlens.correspond(model, x1, x2, method=method, grid=4, **fast[method])
-        assert exp.relevance.shape == (b, 16, 16) and exp.maps[0].shape == (b, 64, 64)
+        assert exp.relevance.shape == (b, 16, 16) and exp.maps[0].shape == (b, size, size)
         assert torch.isfinite(exp.relevance).all() and exp.relevance.abs().sum() > 0
         with torch.no_grad():
             assert torch.allclose(exp.score, model.similarity(x1, x2), atol=1e-5)
