@@ -17,6 +17,9 @@ FAST = {  # smaller settings of the costly methods, same code paths
     "smoothgrad": {"n_samples": 8},
     "pairwise-occlusion": {"n_samples": 40},
     "averaged-transforms": {"steps": 5},
+    "feature-grid": {"k": 4},
+    "bilrp": {"k": 2},
+    "integrated-jacobians": {"k": 2, "steps": 4},
 }
 
 
@@ -114,6 +117,10 @@ def test_other_seed_other_maps(square, name):
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_works_on_a_vit(tiny_vit, name):
     x1, x2 = pair_batch(2)
+    if name == "bilrp":  # zennit has no LRP rules for transformer blocks: refused, not wrong
+        with pytest.raises(ValueError, match="no rules"):
+            pairlens.explain(tiny_vit, x1, x2, method=name, **params(name))
+        return
     exp = pairlens.explain(tiny_vit, x1, x2, method=name, **params(name))
     for m in exp.maps:
         assert m.shape == (2, 32, 32) and torch.isfinite(m).all()
