@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from pairlens.methods.common import cell_index, pair_generators, regrid, regrid_pairs
-from pairlens.metrics.faithfulness import auc, gaussian_blur
+from pairlens.metrics.faithfulness import auc, chunked_segments, gaussian_blur
 from pairlens.models.similarity import SimilarityModel
 
 PAIR_METRICS = ("PI", "PD")
@@ -164,33 +164,14 @@ def pair_removal_curves(
                 jobs.append((o, i))
             else:
                 copies.append((o, i, same))
-    pending: list[tuple[int, int, int, int]] = []  # (order, image, first step, last step)
-    room = batch_size
+    def build(o: int, i: int, t0: int, t1: int) -> Tensor:
+        t = torch.arange(t0, t1 + 1, device=device)
+        removed = (ranks[o, i][cells][None] < t[:, None, None]).unsqueeze(1)  # (T, 1, H, W)
+        return torch.where(removed, filled[i][None], images[i][None])
 
-    def flush() -> None:
-        parts = []
-        for o, i, t0, t1 in pending:
-            t = torch.arange(t0, t1 + 1, device=device)
-            removed = (ranks[o, i][cells][None] < t[:, None, None]).unsqueeze(1)  # (T,1,H,W)
-            parts.append(torch.where(removed, filled[i][None], images[i][None]))
-        out = model.embed(torch.cat(parts))
-        k = 0
-        for o, i, t0, t1 in pending:
-            emb[o, i, t0 : t1 + 1] = out[k : k + t1 - t0 + 1].to(emb.dtype)
-            k += t1 - t0 + 1
-
-    for o, i in jobs:
-        t0 = 1
-        while t0 <= n:
-            take = min(room, n - t0 + 1)
-            pending.append((o, i, t0, t0 + take - 1))
-            t0 += take
-            room -= take
-            if room == 0:
-                flush()
-                pending, room = [], batch_size
-    if pending:
-        flush()
+    segments = [(o, i, 1, n) for o, i in jobs]
+    for o_idx, i_idx, t_idx, altered in chunked_segments(segments, build, batch_size, device):
+        emb[o_idx, i_idx, t_idx] = model.embed(altered).to(emb.dtype)
     for o, i, same in copies:
         emb[o, i] = emb[same, i]
     out: dict[str, Tensor] = {}

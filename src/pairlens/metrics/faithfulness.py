@@ -29,7 +29,7 @@ embedded ``batch_size`` at a time across steps and pairs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,12 +127,24 @@ def _altered_batches(
             return torch.where(revealed, orig, blurred[img][None])  # type: ignore[index]
         return orig.masked_fill(revealed, 0.0)  # deletion: top pixels set to 0
 
+    yield from chunked_segments(segments, build, batch_size, device)
+
+
+def chunked_segments(
+    segments: Sequence[tuple[int, int, int, int]],
+    build: Callable[[int, int, int, int], Tensor],
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Altered images of ``segments`` ``(a, b, first step, last step)`` in chunks of at most
+    ``batch_size``, each made by ``build(a, b, k0, k1)`` for consecutive steps ``k0..k1``; yields
+    ``(a index, b index, step index, images)`` per chunk."""
     pending: list[tuple[int, int, int, int]] = []
     room = batch_size
-    for kind_index, img, k0, k1 in segments:
+    for a, b, k0, k1 in segments:
         while k0 <= k1:
             take = min(room, k1 - k0 + 1)
-            pending.append((kind_index, img, k0, k0 + take - 1))
+            pending.append((a, b, k0, k0 + take - 1))
             k0 += take
             room -= take
             if room == 0:
