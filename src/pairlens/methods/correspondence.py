@@ -9,8 +9,10 @@ image to its regions (a first-order attribution ``E_m(x)`` with ``sum_regions E_
 
     R[i, j] = c * sum_m w_m E_m(x1)[i] E_m(x2)[j]                                         (*)
 
-(Eberle et al., TPAMI 2020, eq. 6 for LRP; Möller et al., EMNLP 2023, eq. 4 for integrated
-Jacobians). The methods differ in ``E``:
+(BiLRP, Eberle et al., TPAMI 2020, with LRP; Möller et al., EMNLP 2023, with integrated
+Jacobians; checked against the authors' code: ``oeberle/BiLRP_explain_similarity`` ``bilrp()``
+sums over the embedding dimensions the products of the pooled LRP maps, ``lucasmllr/xsbert``
+``explain_similarity`` forms ``(x - r) J_a^T J_b (x' - r')``). The methods differ in ``E``:
 
 * ``feature-grid``: ``E_m(u) = dot(d(u_m.z)/dA(u), A(u))``, the Jacobian-activation product at
   each location ``u`` of the feature grid A. Exact when the embedding is an affine head of the
@@ -299,7 +301,7 @@ def feature_grid(
 # ---------------------------------------------------------------------- BiLRP
 @register_method(
     "bilrp",
-    section="Eberle et al. TPAMI 2020 (BiLRP, eq. 6)",
+    section="Eberle et al. TPAMI 2020 (BiLRP)",
     summary="BiLRP: products of the LRP relevances (zennit) of k embedding directions",
     family="correspondence",
 )
@@ -399,7 +401,7 @@ def reference_image(model: SimilarityModel, x: Tensor, reference: str) -> Tensor
 
 @register_method(
     "integrated-jacobians",
-    section="Möller et al. EMNLP 2023 (eq. 4) / EACL 2024",
+    section="Möller et al. EMNLP 2023 / EACL 2024",
     summary="Integrated Jacobians: products of the integrated gradients of k embedding "
     "directions from a reference image, with the completeness error",
     family="correspondence",
@@ -416,7 +418,7 @@ def integrated_jacobians(
     seed: Seed = 0,
     batch_size: BatchSize = 64,
 ) -> PairRelevance:
-    """Integrated Jacobians (Möller et al., EMNLP 2023, eq. 4; EACL 2024 for models not trained
+    """Integrated Jacobians (Möller et al., EMNLP 2023; EACL 2024 for models not trained
     for it): ``R[i, j] = c sum_m w_m IG_m(x1)[i] IG_m(x2)[j]`` with
     ``IG_m(x) = (x - r) * (1/N) sum_{s=1..N} d(u_m.z)/dx (r + s/N (x - r))`` summed over colour
     channels and region pixels; the same reference ``r`` is used for both images.
