@@ -23,14 +23,8 @@ from conftest import pair_batch, square_model
 from torch import nn
 
 import pairlens
-from pairlens.methods.common import (
-    area_matrix,
-    cell_index,
-    pair_generators,
-    regrid,
-    regrid_pairs,
-)
-from pairlens.methods.correspondence import embedding_directions
+from pairlens.methods.common import area_matrix, cell_index, regrid, regrid_pairs
+from pairlens.methods.correspondence import embedding_directions, pair_generators
 
 METHODS = ("feature-grid", "bilrp", "integrated-jacobians")
 GRID = 4  # 8-px regions on the 32-px toy images

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,23 +32,6 @@ def generator(seed: int | None, device: torch.device) -> torch.Generator:
     else:
         g.manual_seed(int(seed))
     return g
-
-
-def pair_generators(seed: int | None, x1: Tensor, x2: Tensor) -> list[torch.Generator]:
-    """One CPU generator per pair, seeded from ``seed`` and the pair's pixels, so that a pair's
-    random draws do not depend on the batch it is in (a fresh random seed when ``seed`` is None)."""
-    gens = []
-    for a, b in zip(x1, x2, strict=True):
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            h = hashlib.sha256(str(int(seed)).encode())
-            h.update(a.detach().float().cpu().numpy().tobytes())
-            h.update(b.detach().float().cpu().numpy().tobytes())
-            g.manual_seed(int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1))
-        gens.append(g)
-    return gens
 
 
 def noise_sigma(x: Tensor, level: float) -> Tensor:

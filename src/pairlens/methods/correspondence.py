@@ -44,13 +44,14 @@ methods sum their pixel relevance in each region (the authors' code averages, wh
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import as_grid, pair_generators, regrid, upsample
+from pairlens.methods.common import as_grid, regrid, upsample
 from pairlens.methods.registry import PairRelevance, register_method
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel
 from pairlens.validation import Annotated, Range
@@ -84,6 +85,26 @@ def bilinear_scale(model: SimilarityModel, z1: Tensor, z2: Tensor) -> Tensor:
         f"correspondence methods decompose a bilinear similarity (cosine or dot); model "
         f"{model.name!r} compares embeddings with {name!r}"
     )
+
+
+def pair_generators(seed: int | None, x1: Tensor, x2: Tensor) -> list[torch.Generator]:
+    """One CPU generator per pair, seeded from ``seed`` and the pair's pixels, so that a pair's
+    random draws do not depend on the batch it is in (a fresh random seed when ``seed`` is None).
+
+    The team's shared helper for this (``methods.common.pair_generators``, issue 13) replaces it
+    once merged."""
+    gens = []
+    for a, b in zip(x1, x2, strict=True):
+        g = torch.Generator()
+        if seed is None:
+            g.seed()
+        else:
+            h = hashlib.sha256(str(int(seed)).encode())
+            h.update(a.detach().float().cpu().numpy().tobytes())
+            h.update(b.detach().float().cpu().numpy().tobytes())
+            g.manual_seed(int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1))
+        gens.append(g)
+    return gens
 
 
 def embedding_directions(

@@ -41,7 +41,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import cell_index, pair_generators, regrid, regrid_pairs
+from pairlens.methods.common import cell_index, regrid, regrid_pairs
+from pairlens.methods.correspondence import pair_generators
 from pairlens.metrics.faithfulness import auc, chunked_segments, gaussian_blur
 from pairlens.models.similarity import SimilarityModel
 
