@@ -345,8 +345,9 @@ def test_pair_interaction_curve_is_the_relevance_of_the_removed_block():
     model = grouped_model("dot")
     x1, x2, truth = pasted_pair(double=True)
     exp = pairlens.correspond(model, x1, x2, method="feature-grid", grid=GRID)
+    # zero fill: removing a region zeroes exactly its features (blur would leak across regions)
     scores = pairlens.evaluate(model, x1, x2, exp, metrics=["PI", "PD"], pair_grid=GRID,
-                               return_curves=True)
+                               pair_fill="zero", return_curves=True)
     rows, cols = greedy_matching(exp.relevance)
     rel = exp.relevance[0]
     block = [0.0] + [float(rel[rows[0, :t]][:, cols[0, :t]].sum()) for t in range(1, GRID**2 + 1)]
@@ -360,7 +361,8 @@ def test_pair_interaction_curve_is_the_relevance_of_the_removed_block():
     wrong = torch.zeros_like(exp.relevance)
     wrong[0, a, b2], wrong[0, a2, b] = 2.0, 1.0
     fake = dataclasses.replace(exp, relevance=wrong)
-    bad = pairlens.evaluate(model, x1, x2, fake, metrics=["PI", "PD"], pair_grid=GRID)
+    bad = pairlens.evaluate(model, x1, x2, fake, metrics=["PI", "PD"], pair_grid=GRID,
+                            pair_fill="zero")
     assert bad["PI"][0] < scores["PI"][0] - 1
     assert bad["PD"][0] < scores["PD"][0]
 

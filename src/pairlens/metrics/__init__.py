@@ -56,7 +56,7 @@ def evaluate(
     ms_radius: float = 0.2,
     seed: int = 0,
     pair_grid: int = 7,
-    pair_fill: str = "zero",
+    pair_fill: str = "blur",
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
@@ -76,7 +76,7 @@ def evaluate(
             the explanation when it is a ``PairExplanation``.
         ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]); the
             seed also draws the random pairing of ``PI`` / ``PD``.
-        pair_grid, pair_fill: regions per side and fill (``"zero"`` or ``"blur"``) of ``PI`` /
+        pair_grid, pair_fill: regions per side and fill (``"blur"`` or ``"zero"``) of ``PI`` /
             ``PD``. Their explanation order is the pair relevance's for a
             :class:`~pairlens.PairCorrespondence`, the maps' own (marginal) order otherwise.
 

@@ -2,9 +2,14 @@
 
 Both images are cut into the same ``g x g`` grid of regions (default 7 x 7). An *order* is a
 sequence of region pairs ``(i_t, j_t)``, t = 1..n (n = g*g), each region used once per image; at
-step t the regions ``A_t = {i_1..i_t}`` of image 1 and ``B_t = {j_1..j_t}`` of image 2 are removed
-(set to 0 in model-input space, or replaced by the Gaussian blur of the insertion metric). Three
-orders are compared on the same pair:
+step t the regions ``A_t = {i_1..i_t}`` of image 1 and ``B_t = {j_1..j_t}`` of image 2 are removed:
+replaced by the Gaussian blur of the image (kernel 11, sigma 5, the insertion metric's start;
+``fill="zero"`` sets them to 0 in model-input space instead). Blur is the default because with a
+constant fill both images converge to the same blank image, whose similarity to itself (1)
+dominates the interaction below: on 12 augmented digits pairs (similarity 0.98) the interaction of
+the fully removed pair was 2.08 with zero fill and 0.66 with blur, and with zero fill random maps
+scored as well as every method, with blur at chance (PI 0.19 against 0.18 for random pairing).
+Three orders are compared on the same pair:
 
 * the explanation's own: for a correspondence (a pair relevance ``R``, re-binned onto the grid by
   area), the region pair with the highest relevance, then the highest among the regions not yet
@@ -50,7 +55,7 @@ PAIR_METRICS = ("PI", "PD")
 #: the reference orders reported next to the explanation's own
 REFERENCES = ("marginal", "random")
 DEFAULT_GRID = 7
-FILLS = ("zero", "blur")
+FILLS = ("blur", "zero")
 
 
 def greedy_matching(relevance: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,7 +98,7 @@ def pair_removal_curves(
     relevance: Tensor | None = None,
     grids: tuple[tuple[int, int], tuple[int, int]] | None = None,
     grid: int = DEFAULT_GRID,
-    fill: str = "zero",
+    fill: str = "blur",
     seed: int | None = 0,
     batch_size: int = 128,
     z1: Tensor | None = None,
@@ -107,8 +112,8 @@ def pair_removal_curves(
         maps: the explanation's two (B, H, W) maps (for first-order explanations, the only input).
         relevance, grids: a correspondence's (B, h1*w1, h2*w2) relevance and its grids, if any.
         grid: regions per side of the evaluation grid.
-        fill: ``"zero"`` (0 in model-input space) or ``"blur"`` (Gaussian blur, kernel 11,
-            sigma 5, in model-input space) for removed regions.
+        fill: ``"blur"`` (Gaussian blur, kernel 11, sigma 5, in model-input space, the insertion
+            metric's start) or ``"zero"`` (0 in model-input space) for removed regions.
         seed: seeds the random pairing (per pair, from the seed and the pair's pixels).
         batch_size: images per forward pass.
         z1, z2: embeddings of the unaltered images, if known.
