@@ -115,9 +115,9 @@ def embedding_directions(
     over the random draw, an unbiased estimate of the full-basis sum for any other pair of vectors.
 
     ``k=None`` or ``k >= D``: the standard basis (m = D, returned as ``U = None``), no randomness.
-    Otherwise m = k: an
-    orthonormal basis of ``span(a1, a2)`` (per pair) and ``k - r`` orthonormal directions drawn
-    uniformly in its complement (rank r), weighted ``(D - r) / (k - r)``.
+    Otherwise m = k: an orthonormal basis of ``span(a1, a2)`` (per pair, rank r <= 2) and
+    ``k - r`` orthonormal directions drawn uniformly in its complement, weighted
+    ``(D - r) / (k - r)``.
 
     Raises:
         ValueError: ``k < 2``.
