@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = pairlens.load_model(args.model)
     pairs = PairSet(model, args.model, n=args.pairs, seed=0)
     x1, x2 = pairs.batch(list(range(args.pairs)))
-    print(f"{args.pairs} augmented {args.model} pairs, mean similarity "
-          f"{float(model.similarity(x1, x2).mean()):.3f}")
+    with torch.no_grad():
+        mean_similarity = float(model.similarity(x1, x2).mean())
+    print(f"{args.pairs} augmented {args.model} pairs, mean similarity {mean_similarity:.3f}")
     print("| method | fill | PI | PI-marginal | PI-random | PD | PD-random | I_n |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     rows = []
