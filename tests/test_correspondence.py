@@ -513,7 +513,8 @@ def test_documented_commands_run_at_a_tiny_size(tmp_path, capsys):
     doc = (root / "docs" / "correspondence.md").read_text()
     for command in ("pairlens correspond --methods feature-grid,bilrp,integrated-jacobians",
                     "pairlens evaluate --model photos --data photos",
-                    "python benchmarks/correspondence.py"):
+                    "pairlens evaluate --model digits --data digits",
+                    "python benchmarks/correspondence.py", "python benchmarks/pair_metric_fill.py"):
         assert command in doc, command
     for name in ("feature-grid", "bilrp", "integrated-jacobians"):
         assert (root / "docs" / "img" / "correspondence" / f"{name}.png").is_file()
@@ -528,14 +529,20 @@ def test_documented_commands_run_at_a_tiny_size(tmp_path, capsys):
                  "--metrics", "PI,PD", "--store", str(db), "--device", "cpu", "--quiet"]) == 0
     assert main(["report", str(db), "--out", str(tmp_path / "report"), "--format", "md"]) == 0
     assert "PI-random" in (tmp_path / "report" / "report.md").read_text()
-    spec = importlib.util.spec_from_file_location("bench_correspondence",
-                                                  root / "benchmarks" / "correspondence.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.main(["--models", "digits", "--batch", "1", "--repeats", "1", "--k", "2",
-                       "--steps", "2", "--threads", "1"])
+    def script(name: str):
+        spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                      root / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    rows = script("correspondence").main(["--models", "digits", "--batch", "1", "--repeats", "1",
+                                          "--k", "2", "--steps", "2", "--threads", "1"])
     assert {r["method"] for r in rows} == set(METHODS)
     assert all(r["ratio"] > 0 for r in rows)
+    rows = script("pair_metric_fill").main(["--pairs", "1", "--methods", "grad-cam,random"])
+    assert {(r["method"], r["fill"]) for r in rows} == {
+        (m, f) for m in ("grad-cam", "random") for f in ("zero", "blur")}
     capsys.readouterr()
 
 
