@@ -1,7 +1,10 @@
 """Activation methods for pairs (seed 000, §III-C) and Deep Similarity (Stylianou et al., 2019).
 
-All three read the feature grid A (B, C, h, w) of the model's ``feature_layer`` (ViT tokens are
-reshaped to their patch grid by the model) and upsample their (h, w) map bilinearly to the input.
+All three read the feature grid A (B, C, h, w) of the model's ``feature_layer`` (its layout is
+read from the model: channels-last maps are transposed, ViT tokens are put on their patch grid) and
+upsample their (h, w) map bilinearly to the input. Against a fixed target (a text prompt, a
+prototype: :func:`pairlens.explain` with ``target=``), the target stands in for the second image
+as a 1x1 feature map holding its D values.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from torch import Tensor
 
 from pairlens.methods.common import upsample
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine, similarity_feature_gradients
+from pairlens.models.similarity import SimilarityModel, similarity_feature_gradients
 
 Reduction = Literal["mean", "max", "attention"]
 
@@ -50,6 +53,17 @@ def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'mean', 'max' or 'attention'; got {reduction!r}")
 
 
+def same_channels(a1: Tensor, a2: Tensor, method: str) -> None:
+    """Raise unless the two feature grids have the same channels (``method`` pairs channel k of
+    one image with channel k of the other)."""
+    if a1.shape[1] != a2.shape[1]:
+        raise ValueError(
+            f"{method} pairs the feature channels of the two images, but image 1 has "
+            f"{a1.shape[1]} and image 2 has {a2.shape[1]} (two towers of different widths, or a "
+            "fixed target whose dimension differs from the feature layer's width); use grad-cam"
+        )
+
+
 @register_method(
     "interaction-cam",
     section="§III-C2 (eq. 2)",
@@ -76,6 +90,7 @@ def interaction_cam(
     non-negative activations this equals the paper code's j^k [g^k]_+.
     """
     s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
+    same_channels(a1, a2, "interaction-cam")
     j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
     if grad_interaction:
         gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
@@ -96,22 +111,29 @@ def interaction_cam(
     family="activation",
 )
 def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
-    """Spatial decomposition of the cosine of the average-pooled feature-layer vectors.
+    """Spatial decomposition of the similarity of the average-pooled feature-layer vectors.
 
     With f_i = mean_u A_i(u), cos(f1, f2) = sum_u A1(u).f2 / (hw |f1| |f2|); the map of image 1
     is the summand A1(u).f2 / (hw |f1||f2|) at each location u (and symmetrically for image 2),
-    so each map sums to the pooled-feature cosine. Like the original method it explains the
-    pooled features and ignores any head after them. No gradients are needed.
+    so each map sums to the pooled-feature cosine. For a model whose similarity is the dot
+    product the summand is A1(u).f2 / hw (the maps sum to f1.f2); other similarities do not
+    decompose over locations (an error). Like the original method it explains the pooled
+    features and ignores any head after them. No gradients are needed.
     """
-    with torch.no_grad():
-        z, a = model.embed_with_features(torch.cat([x1, x2]))
-        grid = model.to_grid(a, tuple(x1.shape[-2:]))
-    b = x1.shape[0]
-    a1, a2 = grid[:b], grid[b:]
-    f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
-    hw = a1.shape[2] * a1.shape[3]
-    denom = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None] * hw
-    e1 = torch.einsum("bchw,bc->bhw", a1, f2) / denom
-    e2 = torch.einsum("bchw,bc->bhw", a2, f1) / denom
+    if model.similarity_name not in ("cosine", "dot"):
+        raise ValueError(
+            "deep-similarity decomposes a cosine or dot product over locations; model "
+            f"{model.name!r} uses the {model.similarity_name!r} similarity"
+        )
     size = tuple(x1.shape[-2:])
-    return PairMaps(upsample(e1, size), upsample(e2, size), cosine(z[:b], z[b:]))
+    with torch.no_grad():
+        z1, z2, r1, r2 = model.embed_pair_with_features(x1, x2)
+        a1, a2 = model.to_grid(r1, size, 1).float(), model.to_grid(r2, size, 2).float()
+    same_channels(a1, a2, "deep-similarity")
+    f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
+    norms = torch.ones(len(f1), 1, 1, device=a1.device)
+    if model.similarity_name == "cosine":
+        norms = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None]
+    e1 = torch.einsum("bchw,bc->bhw", a1, f2) / (norms * a1.shape[2] * a1.shape[3])
+    e2 = torch.einsum("bchw,bc->bhw", a2, f1) / (norms * a2.shape[2] * a2.shape[3])
+    return PairMaps(upsample(e1, size), upsample(e2, size), model.embedding_similarity(z1, z2))

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from pairlens.methods.common import generator, scaled
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
 
 
@@ -75,18 +75,22 @@ def conditional_occlusion(
     masks = torch.ones(len(rows) * len(cols), 1, h, w, device=x1.device, dtype=torch.bool)
     for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
         masks[k, :, r : r + window, c : c + window] = False
-    z1, z2 = model.embed(x1), model.embed(x2)
-    base = cosine(z1, z2)
+    z1, z2 = model.embed_pair(x1, x2)
+    base = model.embedding_similarity(z1, z2)
     n = len(masks)
     maps = []
-    for x, z_other in ((x1, z2), (x2, z1)):
+    for tower, x, z_other in ((1, x1, z2), (2, x2, z1)):
+        if model.fixed_tower == tower:  # a fixed target: nothing to occlude
+            maps.append(torch.zeros(b, h, w, device=x1.device))
+            continue
         drops = torch.empty(b * n, device=x1.device)
         steps = range(0, b * n, batch_size)  # (pair, window) flattened, in batches
         for k in track(steps, desc="conditional-occlusion"):
             idx = torch.arange(k, min(k + batch_size, b * n), device=x1.device)
             pair, win = idx // n, idx % n
-            occluded = x[pair].masked_fill(~masks[win], fill)
-            drops[idx] = base[pair] - cosine(model.embed(occluded), z_other[pair])
+            z_occ = model.embed(x[pair].masked_fill(~masks[win], fill), tower)
+            pairs = (z_occ, z_other[pair]) if tower == 1 else (z_other[pair], z_occ)
+            drops[idx] = base[pair] - model.embedding_similarity(*pairs)
         maps.append(windows_to_pixels(drops.view(b, len(rows), len(cols)), window, stride, (h, w)))
     return PairMaps(maps[0], maps[1], base)
 
@@ -148,10 +152,15 @@ def pairwise_occlusion(
     whose occluded embedding has the lower L2 norm (the region likely held highly activated
     features). Regions are tracked by their masks, never by looking for zero pixels.
     """
+    if model.fixed_tower is not None:
+        raise ValueError(
+            "pairwise-occlusion erases regions of both images at once and credits one of them; "
+            "against a fixed target use conditional-occlusion"
+        )
     b, _, h, w = x1.shape
     gen = generator(seed, x1.device)
-    z1, z2 = model.embed(x1), model.embed(x2)
-    base = cosine(z1, z2)
+    z1, z2 = model.embed_pair(x1, x2)
+    base = model.embedding_similarity(z1, z2)
     total = b * n_samples
     m1 = random_rectangles(total, h, w, area, ratio, gen)  # pair-major: pair i, sample k at i*n+k
     m2 = random_rectangles(total, h, w, area, ratio, gen)
@@ -162,9 +171,9 @@ def pairwise_occlusion(
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)
         o2 = x2[pair].masked_fill(m2[idx, None], fill)
-        z = model.embed(torch.cat([o1, o2]))
-        za, zb = z[: len(idx)], z[len(idx) :]
-        sims[idx], norm1[idx], norm2[idx] = cosine(za, zb), za.norm(dim=1), zb.norm(dim=1)
+        za, zb = model.embed_pair(o1, o2)
+        sims[idx] = model.embedding_similarity(za, zb)
+        norm1[idx], norm2[idx] = za.norm(dim=1), zb.norm(dim=1)
     weight = torch.softmax((base.repeat_interleave(n_samples) - sims).view(b, n_samples), dim=1)
     to_first = (norm1 < norm2).view(b, n_samples)
     m1, m2 = m1.view(b, n_samples, h, w), m2.view(b, n_samples, h, w)

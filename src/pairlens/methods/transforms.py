@@ -36,7 +36,7 @@ from torch import Tensor
 
 from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -152,6 +152,7 @@ def simclr(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     return gaussian_blur(x, 2.0 * s * on(1, 0.5), u)
 
 
+COLOR_FAMILIES = ("color-jitter", "grayscale", "simclr")  # need 3 (RGB) channels
 FAMILIES: dict[str, tuple[Family, tuple[float, float]]] = {
     "color-jitter": (color_jitter, (0.0, 0.8)),
     "gaussian-blur": (gaussian_blur, (0.0, 5.0)),
@@ -232,7 +233,8 @@ def averaged_transforms(
     batch_size: int = 32,
     seed: int | None = 0,
 ) -> PairMaps:
-    """Averaged Transforms: S_z = cos(x1, t^z(x2)) for the Z steps of ``transform``;
+    """Averaged Transforms: S_z = sim(x1, t^z(x2)) for the Z steps of ``transform`` (the model's
+    similarity);
     map_1 = |x1 * mean_z dS_z/dx1|, map_2 = |x2 * mean_z dS_z/dx2| (max over channels).
 
     * The transform acts in [0, 1] pixel space (the model's mean/std are undone and redone).
@@ -249,6 +251,12 @@ def averaged_transforms(
     if steps < 1:
         raise ValueError("steps must be >= 1")
     _family(transform)
+    if x2.shape[1] != 3 and transform in COLOR_FAMILIES:
+        raise ValueError(
+            f"transform {transform!r} changes colours and needs RGB images; model "
+            f"{model.name!r} takes {x2.shape[1]}-channel images (use solarize, gaussian-blur, "
+            "rotation, horizontal-flip or resized-crop)"
+        )
     b = x1.shape[0]
     gen = generator(seed, x1.device)
     u = torch.rand(b, 8, generator=gen, device=x1.device)
@@ -261,17 +269,16 @@ def averaged_transforms(
         c = x2[sl].detach().requires_grad_(True)
         with torch.enable_grad(), model.guided(guided):
             views01 = transform_path(
-                transform, model.denormalize(c), steps, strength, interpolation, u[sl]
+                transform, model.denormalize(c, 2), steps, strength, interpolation, u[sl]
             )
-            views = model.normalize(views01.flatten(0, 1))  # (Z * n, 3, H, W), step-major
+            views = model.normalize(views01.flatten(0, 1), 2)  # (Z * n, 3, H, W), step-major
             if eps is not None and steps > 1:
                 sigma = noise_sigma(x2[sl], noise_level).repeat(steps, 1, 1, 1)
                 last = torch.zeros(steps, 1, 1, 1, 1, device=x1.device)
                 last[-1] = 1.0
                 views = views + (eps[:, sl] * (1 - last)).flatten(0, 1) * sigma
-            n = a.shape[0]
-            z = model.embed(torch.cat([a, views]))
-            s = cosine(z[:n].repeat(steps, 1), z[n:])
-            g1, g2 = torch.autograd.grad(s.sum() / steps, (a, c))
+            za, zv = model.embed_pair(a, views)
+            s = model.embedding_similarity(za.repeat(steps, 1), zv)
+            g1, g2 = torch.autograd.grad(s.sum() / steps, (a, c), materialize_grads=True)
         g1_total[sl], g2_total[sl] = g1, g2
     return PairMaps(saliency(x1, g1_total), saliency(x2, g2_total))
