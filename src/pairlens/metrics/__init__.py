@@ -27,7 +27,7 @@ from pairlens.metrics.faithfulness import (
 )
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, evaluating
 
 ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS")
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
@@ -53,8 +53,11 @@ def evaluate(
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
     Args:
-        model: the similarity model whose cosine similarity was explained.
-        x1, x2: (B, 3, H, W) in model-input space (any H, W; the two batches share a shape).
+        model: the similarity model whose similarity was explained (its own: cosine unless it
+            defines another; see :mod:`pairlens.metrics.faithfulness` for the rules that other
+            similarities follow). It runs in eval mode and gets its own mode back.
+        x1, x2: (B, C, H, W) in model-input space (any H, W; the two batches share a shape);
+            x1 goes through tower 1 and x2 through tower 2 of a two-tower model.
         explanation_or_maps: a :class:`~pairlens.PairExplanation` or ``(map1, map2)``, each
             (B, H, W), higher meaning more important.
         metrics: names from :data:`ALL_METRICS` (case-insensitive).
@@ -69,8 +72,8 @@ def evaluate(
 
     Returns:
         ``{name: (B,) float tensor}`` on the model's device. ``SAD`` / ``CAD`` are NaN for pairs
-        whose unaltered similarity is <= 0 (skipped, as the definition divides by it); count them
-        with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
+        whose unaltered similarity is <= 0 (skipped, as the definition divides by it; ``neg-l2``:
+        = 0); count them with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
 
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
@@ -81,13 +84,18 @@ def evaluate(
         raise ValueError(
             f"unknown metric {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}"
         )
+    if getattr(explanation_or_maps, "target", None) is not None:
+        raise ValueError(
+            "this explanation is against a fixed target, not a pair of images; the pair metrics "
+            "need two images"
+        )
     map1, map2 = _maps(explanation_or_maps)
     if method is None and hasattr(explanation_or_maps, "method"):
         method = explanation_or_maps.method
         if method_params is None:
             method_params = explanation_or_maps.params
-    x1 = model.check_input(x1, "image 1")
-    x2 = model.check_input(x2, "image 2")
+    x1 = model.check_input(x1, "image 1", 1)
+    x2 = model.check_input(x2, "image 2", 2)
     if x1.shape != x2.shape:
         raise ValueError(f"the two batches differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
     expected = (x1.shape[0], x1.shape[2], x1.shape[3])
@@ -97,34 +105,36 @@ def evaluate(
     map1, map2 = map1.to(x1.device), map2.to(x1.device)
 
     out: dict[str, Tensor] = {}
-    b = x1.shape[0]
-    need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
-    need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
-    z1 = z2 = None
-    if need_curves or need_drop:
-        with torch.no_grad():
-            z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
-        z1, z2 = z[:b], z[b:]
-    if need_curves:
-        kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
-                 if any(m.endswith(letter) for m in need_curves)]
-        curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
-                                           batch_size=batch_size, z1=z1, z2=z2)
-        for name in need_curves:
-            out[name] = auc(curves[name])
-            if return_curves:
-                out[f"{name}_curve"] = curves[name]
-    if need_drop:
-        drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
-                                      z1=z1, z2=z2)
-        for name in need_drop:
-            out[name] = drops[name]
-    if "MS" in wanted:
-        if method is None:
-            raise ValueError("metric MS needs the method: pass method=... (and method_params)")
-        out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
-                                    n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                    batch_size=max(1, batch_size // 2))
+    with evaluating(model):
+        need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
+        need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
+        z1 = z2 = None
+        if need_curves or need_drop:
+            with torch.no_grad():
+                zs = [model.embed_pair(a, c) for a, c in zip(x1.split(batch_size // 2 or 1),
+                                                              x2.split(batch_size // 2 or 1),
+                                                              strict=True)]
+            z1, z2 = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
+        if need_curves:
+            kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
+                     if any(m.endswith(letter) for m in need_curves)]
+            curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
+                                               batch_size=batch_size, z1=z1, z2=z2)
+            for name in need_curves:
+                out[name] = auc(curves[name])
+                if return_curves:
+                    out[f"{name}_curve"] = curves[name]
+        if need_drop:
+            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
+                                          z1=z1, z2=z2)
+            for name in need_drop:
+                out[name] = drops[name]
+        if "MS" in wanted:
+            if method is None:
+                raise ValueError("metric MS needs the method: pass method=... (and method_params)")
+            out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
+                                        n_samples=ms_samples, radius=ms_radius, seed=seed,
+                                        batch_size=max(1, batch_size // 2))
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 
