@@ -421,7 +421,7 @@ class TextCorpus(Target):
         similarity: str | None = None,
     ) -> None:
         similarity = target_similarity(model, similarity)
-        if text_encoder is None and hasattr(model, "embed_text"):
+        if text_encoder is None and getattr(model, "has_text_tower", False):
             text_encoder = model.embed_text
         corpus_mean, c = self._text_mean(corpus, text_encoder, similarity, "corpus captions")
         direction, info = corpus_mean, {"corpus": c}

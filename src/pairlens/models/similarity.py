@@ -35,6 +35,7 @@ from pairlens.models.layouts import (
     GridProbe,
     LayoutError,
     ReshapeTransform,
+    plausible_grid,
     probe_grid,
     suggest_feature_layer,
 )
@@ -479,7 +480,7 @@ class SimilarityModel(nn.Module):
         p = next(t.encoder.parameters(), None)
         if p is not None and p.is_floating_point() and x.dtype != p.dtype:
             x = x.to(p.dtype)
-        z = t.head(pool_features(t.encoder(x)))
+        z = t.head(pool_features(t.encoder(x), (x.shape[-2], x.shape[-1])))
         return z if z.dtype == torch.float32 else z.float()
 
     def embed_pair(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
@@ -529,6 +530,8 @@ class SimilarityModel(nn.Module):
         return torch.cat(
             [self.embed(x[i : i + batch_size], tower) for i in range(0, len(x), batch_size)]
         )
+
+    has_text_tower = False  # image-text models (CLIP, SigLIP) override embed_text
 
     def embed_text(self, texts: str | Sequence[str]) -> Tensor:
         """Caption embeddings (T, D); only image-text models have a text tower."""
@@ -687,10 +690,14 @@ def _channel_vector(values: Sequence[float], what: str) -> Tensor:
     return t.view(1, -1, 1, 1)
 
 
-def pool_features(f: Any) -> Tensor:
+def pool_features(f: Any, input_hw: tuple[int, int] | None = None) -> Tensor:
     """Encoder output to (B, D): average-pool a map, take the class token of a token sequence;
     a transformers ``ModelOutput`` gives ``image_embeds``, ``pooler_output`` or the class token of
-    ``last_hidden_state``; a tuple its first element."""
+    ``last_hidden_state``; a tuple its first element.
+
+    A map is pooled over dims (2, 3), or over dims (1, 2) when, for an ``input_hw`` input, only
+    those can be its spatial grid (a channels-last (B, h, w, C) output such as a Swin stage's;
+    see :func:`pairlens.models.layouts.plausible_grid`)."""
     if not isinstance(f, Tensor):
         for key in ("image_embeds", "pooler_output", "last_hidden_state"):
             value = f.get(key) if hasattr(f, "get") else None
@@ -700,6 +707,9 @@ def pool_features(f: Any) -> Tensor:
         else:
             f = _first_tensor(f)
     if f.dim() == 4:
+        if input_hw is not None and not plausible_grid(tuple(f.shape[2:]), input_hw):
+            if plausible_grid(tuple(f.shape[1:3]), input_hw):
+                return f.mean(dim=(1, 2))
         return f.mean(dim=(2, 3))
     if f.dim() == 3:
         return f[:, 0]

@@ -89,6 +89,8 @@ class ClipImageEncoder(nn.Module):
 class ClipSimilarityModel(SimilarityModel):
     """A CLIP image tower as a :class:`SimilarityModel`, with the text tower for text corpora."""
 
+    has_text_tower = True
+
     def __init__(self, encoder: ClipImageEncoder, text_model: nn.Module, arch: str, **kw):
         super().__init__(encoder, **kw)
         self.text = text_model
