@@ -263,9 +263,10 @@ def _explain_target(
     with evaluating(model):
         # one view per distinct target: methods batch (pair, sample) rows freely, and the fixed
         # tower must give every row the same target (a pair's result is the same alone or batched)
-        chunks = [(slice(i, i + 1), z[i]) for i in range(b)]
         if len(z) == 1:
             chunks = [(slice(0, b), z[0])]
+        else:
+            chunks = [(slice(i, i + 1), z[i]) for i in range(b)]
         for rows, zi in chunks:
             view = model.with_target(zi)
             image = x1[rows]
