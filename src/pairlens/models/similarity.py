@@ -830,10 +830,12 @@ def similarity_feature_gradients(
             g1, g2, dz1, dz2 = torch.autograd.grad(
                 s.sum(), (a1, a2, z1, z2), materialize_grads=True
             )
-    _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (g1, g2), "features")
     hw = (x1.shape[2], x1.shape[3])
     grids = [
         model.to_grid(t, hw, tower).float()
         for t, tower in ((a1.detach(), 1), (a2.detach(), 2), (g1, 1), (g2, 2))
     ]
+    # on the grids: a class token's own gradient does not make a map
+    _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (grids[2], grids[3]),
+                  "features")
     return s.detach(), grids[0], grids[1], grids[2], grids[3]
