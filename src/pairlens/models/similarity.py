@@ -212,10 +212,9 @@ def _fixed_input_size(encoder: nn.Module) -> tuple[int, int] | None:
     torchvision's ViT asserts its ``image_size``; timm patch embeddings with ``strict_img_size``
     (ViTs built without ``dynamic_img_size``, Swin) assert theirs.
     """
-    from torchvision.models.vision_transformer import VisionTransformer as TvViT
-
     for m in encoder.modules():
-        if isinstance(m, TvViT):
+        kind = type(m)
+        if kind.__name__ == "VisionTransformer" and kind.__module__.startswith("torchvision"):
             return (int(m.image_size), int(m.image_size))
         if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_size", False):
             size = getattr(m, "img_size", None)
