@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pairlens.methods.common import upsample
@@ -88,11 +89,20 @@ def interaction_cam(
 
     The rectification [.]_+ is applied to the product j^k g^k as eq. (2) writes it; for
     non-negative activations this equals the paper code's j^k [g^k]_+.
+
+    When the two feature grids differ in size (two towers of different strides, or a fixed
+    target, which is a 1x1 map), G is computed with the smaller gradient map resized bilinearly
+    to the larger grid (a 1x1 map is constant over it): our choice, as eq. (2) assumes one grid.
     """
     s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
     same_channels(a1, a2, "interaction-cam")
     j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
     if grad_interaction:
+        if g1.shape[-2:] != g2.shape[-2:]:  # resize the smaller grid's gradients to the other's
+            if g1.shape[2] * g1.shape[3] >= g2.shape[2] * g2.shape[3]:
+                g2 = F.interpolate(g2, size=g1.shape[-2:], mode="bilinear")
+            else:
+                g1 = F.interpolate(g1, size=g2.shape[-2:], mode="bilinear")
         gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
         w1 = gram.amax(dim=2)[:, :, None, None]
         w2 = gram.amax(dim=1)[:, :, None, None]
