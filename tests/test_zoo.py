@@ -790,11 +790,10 @@ def test_dino_training_checkpoint_loads_its_teacher_backbone(files):
     path.unlink()
 
 
-def test_clip_openai_weights_with_a_gelu_architecture_are_caught(files, tmp_path):
-    """OpenAI's weights need QuickGELU: an open_clip_config.json beside the file picks it (with a
-    warning); a file whose path says openai and a GELU architecture gives a warning."""
+@pytest.fixture(scope="module")
+def tiny_vit_clip(files):
+    """A tiny open_clip ViT architecture 'pairlens-tiny-vit-clip' (registered with open_clip)."""
     import json
-    import warnings
 
     open_clip = pytest.importorskip("open_clip")
     cfg = files / "pairlens-tiny-vit-clip.json"
@@ -806,6 +805,16 @@ def test_clip_openai_weights_with_a_gelu_architecture_are_caught(files, tmp_path
                      "layers": 1},
     }))  # fmt: skip
     open_clip.add_model_config(cfg)
+    return open_clip
+
+
+def test_clip_openai_weights_with_a_gelu_architecture_are_caught(tiny_vit_clip, tmp_path):
+    """OpenAI's weights need QuickGELU: an open_clip_config.json beside the file picks it (with a
+    warning); a file whose path says openai and a GELU architecture gives a warning."""
+    import json
+    import warnings
+
+    open_clip = tiny_vit_clip
     torch.manual_seed(24)
     ref = open_clip.create_model("pairlens-tiny-vit-clip", pretrained=None,
                                  force_quick_gelu=True).eval()
@@ -914,3 +923,40 @@ def test_every_zoo_familys_default_cam_layer_reaches_the_embedding(name):
     assert exp.maps[0].abs().sum() > 0 and exp.maps[1].abs().sum() > 0
     if "vit" in name:
         assert model.feature_layer.endswith(("norm1", "ln_1"))
+
+
+def test_cli_explain_an_image_against_a_caption(tiny_vit_clip, tmp_path, capsys):
+    """pairlens explain img.jpg --text "a photo of a cat" --model clip:ARCH --checkpoint FILE"""
+    import json
+
+    from pairlens.cli import main
+    from pairlens.data.bundled import example_image_paths
+
+    torch.manual_seed(29)
+    ref = tiny_vit_clip.create_model("pairlens-tiny-vit-clip", pretrained=None).eval()
+    ckpt = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(ref.state_dict(), ckpt)
+    image = str(example_image_paths("photos")[0])
+    base = ["explain", image, "--model", "clip:pairlens-tiny-vit-clip", "--checkpoint", str(ckpt),
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")]
+    assert main([*base, "--text", "a photo of a cat", "--method", "grad-cam"]) == 0
+    meta = json.loads((tmp_path / "out" / "grad-cam.json").read_text())
+    assert meta["target"]["text"] == "a photo of a cat" and meta["sources"][1] == "a photo of a cat"
+    model = pairlens.load_model("clip:pairlens-tiny-vit-clip", checkpoint=ckpt)
+    with torch.no_grad():
+        want = torch.nn.functional.cosine_similarity(
+            model.embed(model.preprocess(image)), model.embed_text("a photo of a cat"))
+    assert abs(meta["score"][0] - float(want[0])) < 1e-4
+    capsys.readouterr()
+    for args, message in (
+        (["--text", "a cat", "--model", "digits"], "give one image"),  # two images: see below
+        (["--text", "a cat", "--method", "pairwise-occlusion"], "needs two images"),
+        (["--text", "a cat"], "the target has 16 dimensions"),  # interaction-cam, C=32
+    ):
+        cmd = [*base, *args] if message != "give one image" else ["explain", image, image, *args]
+        code = main(cmd)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code = main(["explain", image, "--text", "a cat", "--model", "digits", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no text tower" in err

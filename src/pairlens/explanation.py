@@ -186,6 +186,11 @@ def explain(
     if target is not None:
         if x2 is not None:
             raise ValueError("give either a second image batch x2 or target=, not both")
+        if info.pairs_only:
+            raise ValueError(
+                f"{info.name} needs two images and cannot explain an image against a fixed "
+                "target; use conditional-occlusion, a saliency or a CAM method"
+            )
         return _explain_target(model, x1, target, info, used, sources)
     if x2 is None:
         raise ValueError("explain needs a second image batch x2, or target= (an embedding)")

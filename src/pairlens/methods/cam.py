@@ -54,15 +54,23 @@ def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'mean', 'max' or 'attention'; got {reduction!r}")
 
 
-def same_channels(a1: Tensor, a2: Tensor, method: str) -> None:
+def same_channels(model: SimilarityModel, a1: Tensor, a2: Tensor, method: str) -> None:
     """Raise unless the two feature grids have the same channels (``method`` pairs channel k of
     one image with channel k of the other)."""
-    if a1.shape[1] != a2.shape[1]:
+    if a1.shape[1] == a2.shape[1]:
+        return
+    fixed = model.fixed_tower
+    if fixed is not None:
+        target, image = (a1, a2) if fixed == 1 else (a2, a1)
         raise ValueError(
-            f"{method} pairs the feature channels of the two images, but image 1 has "
-            f"{a1.shape[1]} and image 2 has {a2.shape[1]} (two towers of different widths, or a "
-            "fixed target whose dimension differs from the feature layer's width); use grad-cam"
+            f"{method} against a fixed target uses the target as image 2's pooled feature map, "
+            f"but the target has {target.shape[1]} dimensions and the feature layer "
+            f"{image.shape[1]} channels; use grad-cam"
         )
+    raise ValueError(
+        f"{method} pairs the feature channels of the two images, but tower 1's feature layer "
+        f"has {a1.shape[1]} and tower 2's {a2.shape[1]}; use grad-cam"
+    )
 
 
 @register_method(
@@ -95,7 +103,7 @@ def interaction_cam(
     to the larger grid (a 1x1 map is constant over it): our choice, as eq. (2) assumes one grid.
     """
     s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    same_channels(a1, a2, "interaction-cam")
+    same_channels(model, a1, a2, "interaction-cam")
     j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
     if grad_interaction:
         if g1.shape[-2:] != g2.shape[-2:]:  # resize the smaller grid's gradients to the other's
@@ -139,7 +147,7 @@ def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
     with torch.no_grad():
         z1, z2, r1, r2 = model.embed_pair_with_features(x1, x2)
         a1, a2 = model.to_grid(r1, size, 1).float(), model.to_grid(r2, size, 2).float()
-    same_channels(a1, a2, "deep-similarity")
+    same_channels(model, a1, a2, "deep-similarity")
     f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
     norms = torch.ones(len(f1), 1, 1, device=a1.device)
     if model.similarity_name == "cosine":

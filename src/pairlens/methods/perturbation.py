@@ -131,6 +131,7 @@ def random_rectangles(
     summary="Occlude random rectangles in both images at once; softmax of drops credits one side",
     family="perturbation",
     deterministic=False,
+    pairs_only=True,  # erases both images at once and credits one of them
 )
 @torch.no_grad()
 def pairwise_occlusion(
@@ -152,11 +153,6 @@ def pairwise_occlusion(
     whose occluded embedding has the lower L2 norm (the region likely held highly activated
     features). Regions are tracked by their masks, never by looking for zero pixels.
     """
-    if model.fixed_tower is not None:
-        raise ValueError(
-            "pairwise-occlusion erases regions of both images at once and credits one of them; "
-            "against a fixed target use conditional-occlusion"
-        )
     b, _, h, w = x1.shape
     gen = generator(seed, x1.device)
     z1, z2 = model.embed_pair(x1, x2)

@@ -168,9 +168,14 @@ def run_evaluation(
     on_unit: Callable[[str, list[int]], None] | None = None,
     ms_samples: int = 10,
 ) -> RunSummary:
-    """Evaluate every method variant on every pair of this shard, skipping finished pairs."""
+    """Evaluate every method variant on every pair of this shard, skipping finished pairs.
+
+    Results of a model whose similarity is not cosine are stored under
+    ``model_key~SIMILARITY``, so they never mix with cosine results of the same model."""
     from tqdm.auto import tqdm
 
+    if model.similarity_name != "cosine":
+        model_key = f"{model_key}~{model.similarity_name}"
     ms = {"samples": ms_samples} if "MS" in metrics else {}
     setting = setting_key(pairs, step, ms)
     units: list[tuple[MethodSpec, str, list[int]]] = []
