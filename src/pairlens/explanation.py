@@ -159,7 +159,10 @@ def explain(
             averaged-transforms (transforming x1), conditional-occlusion, grad-cam,
             interaction-cam and deep-similarity (the target stands in for image 2's pooled
             feature map, a 1x1 map: it needs the feature layer's width). ``maps[1]`` is None.
-        **params: the method's parameters (see ``pairlens methods``); unknown names are an error.
+        **params: the method's parameters (see ``pairlens methods``), checked and converted by
+            :meth:`~pairlens.methods.registry.MethodInfo.validate` (unknown names, values of the
+            wrong type or out of range are an error naming the parameter and its valid range);
+            ``exp.params`` records every parameter exactly as used.
 
     Returns:
         A :class:`PairExplanation` with one (B, H, W) float32 map per image.
@@ -168,21 +171,14 @@ def explain(
     back afterwards.
 
     Raises:
-        ValueError: unknown method or parameter, mismatched shapes, NaN/inf inputs, a NaN map,
-            all-zero embeddings (:class:`~pairlens.models.similarity.ZeroEmbeddingError`), a
-            gradient map that would be blank
-            (:class:`~pairlens.models.similarity.BlankGradientError`), an unreadable feature
-            layout (:class:`~pairlens.models.layouts.LayoutError`).
+        ValueError: unknown method or parameter, an invalid parameter value, mismatched shapes,
+            NaN/inf inputs, integer tensors other than uint8 pixels, a NaN map, all-zero
+            embeddings (:class:`~pairlens.models.similarity.ZeroEmbeddingError`), a gradient map
+            that would be blank (:class:`~pairlens.models.similarity.BlankGradientError`), an
+            unreadable feature layout (:class:`~pairlens.models.layouts.LayoutError`).
     """
     info = get_method(method)
-    defaults = info.params
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"method {info.name!r} has no parameter {', '.join(unknown)}; "
-            f"its parameters: {', '.join(defaults) or '(none)'}"
-        )
-    used = {**defaults, **params}
+    used = info.validate(params)  # strict types and ranges, defaults filled in
     if target is not None:
         if x2 is not None:
             raise ValueError("give either a second image batch x2 or target=, not both")

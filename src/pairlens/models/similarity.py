@@ -442,9 +442,16 @@ class SimilarityModel(nn.Module):
         return x * t.std + t.mean
 
     def check_input(self, x: Tensor, what: str = "input", tower: int = 1) -> Tensor:
-        """Validate a (B, C, H, W) batch for ``tower`` and move it to the model's device as
-        float32. Raises for a wrong shape or channel count, NaN / inf, or a size the encoder
-        cannot run at (a ViT with a fixed position embedding)."""
+        """Validate a (B, C, H, W) batch for ``tower`` and return it as float32 on the model's
+        device.
+
+        Floating-point tensors are taken as model-input space (see :meth:`preprocess`) and must
+        be finite. Integer tensors cannot be model-input space, so one clear rule applies:
+        ``uint8`` is taken as pixels in 0..255 and converted (``/ 255``, then
+        :meth:`normalize`); any other integer or boolean dtype raises ``TypeError``. Raises for
+        a wrong shape or channel count, or a size the encoder cannot run at (a ViT with a fixed
+        position embedding).
+        """
         c = int(self.tower(tower).mean.shape[1])
         if not isinstance(x, Tensor):
             raise TypeError(
@@ -456,6 +463,13 @@ class SimilarityModel(nn.Module):
             raise ValueError(
                 f"{what} must have shape (B, {c}, H, W) for model {self.name!r} "
                 f"({c}-channel input); got {tuple(x.shape)}"
+            )
+        if x.dtype == torch.uint8:
+            x = self.normalize(x.to(self.device, torch.float32) / 255.0, tower)
+        elif not x.is_floating_point():
+            raise TypeError(
+                f"{what} has dtype {x.dtype}; give float images in model-input space "
+                "(model.preprocess) or uint8 pixels in 0..255"
             )
         check_finite(x, what)
         fixed = _fixed_input_size(self.tower(tower).encoder)
