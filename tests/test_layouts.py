@@ -205,3 +205,29 @@ def test_reshape_transform_must_return_a_grid():
     )
     with pytest.raises(LayoutError, match=r"\(B, C, h, w\)"):
         pairlens.explain(model, *pair(), method="grad-cam")
+
+
+def test_metric_rules_for_similarities_other_than_cosine():
+    """docs/evaluation.md: curves in the similarity's units; neg-l2's average drop is the
+    relative increase of the distance; dot's is the paper's formula (s <= 0 skipped)."""
+    x1, x2 = pair()
+    for similarity in ("neg-l2", "dot"):
+        model = toy_model("first", similarity)
+        exp = pairlens.explain(model, x1, x2, method="grad-cam")
+        out = pairlens.evaluate(model, x1, x2, exp, metrics=("SD", "CD", "SAD"), step=1536,
+                                return_curves=True)
+        sim = model.embedding_similarity
+        m1, m2 = (pairlens.metrics.minmax(m)[:, None] for m in exp.maps)
+        with torch.no_grad():
+            z1, z2 = model.embed(x1), model.embed(x2)
+            zero = model.embed(torch.zeros_like(x1))
+            s, s_masked = sim(z1, z2), sim(model.embed(x1 * m1), model.embed(x2 * m2))
+        torch.testing.assert_close(out["SD_curve"][:, 0], s)
+        torch.testing.assert_close(out["CD_curve"][:, -1], (sim(zero, z2) + sim(z1, zero)) / 2)
+        if similarity == "neg-l2":
+            want = (s - s_masked).clamp(min=0) / s.abs()  # = max(0, d' - d) / d
+        else:
+            want = torch.where(s > 0, (s - s_masked).clamp(min=0) / s, float("nan"))
+        torch.testing.assert_close(out["SAD"], want, equal_nan=True)
+        if similarity == "neg-l2":
+            assert not out["SAD"].isnan().any()  # the paper's rule would skip every pair
