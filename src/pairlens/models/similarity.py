@@ -174,14 +174,15 @@ def evaluating(*modules: nn.Module | None) -> Iterator[None]:
     so a similarity of 0.997 can read 0.05 and every call gives another map.
     """
     mods = [m for m in modules if m is not None]
-    saved = [(m, m.training) for mod in mods for m in mod.modules()]
+    training = [m for mod in mods for m in mod.modules() if m.training]
     try:
-        for mod in mods:
-            mod.eval()
+        if training:  # (in eval mode already, the common case, there is nothing to do)
+            for mod in mods:
+                mod.eval()
         yield
     finally:
-        for m, training in saved:
-            m.training = training
+        for m in training:
+            m.training = True
 
 
 def _get_submodule(root: nn.Module, dotted: str, what: str = "feature_layer") -> nn.Module:
@@ -355,6 +356,7 @@ class SimilarityModel(nn.Module):
             )
             self.register_buffer("std2", _channel_vector(std2 if std2 is not None else std, "std2"))
         self._probes: dict[tuple, GridProbe] = {}  # (tower, layer, H, W) -> what a pass revealed
+        self._fixed_sizes: dict[int, tuple[int, int] | None] = {}  # tower -> only input size
         self.eval()
 
     # ------------------------------------------------------------------ towers and basics
@@ -382,11 +384,9 @@ class SimilarityModel(nn.Module):
     @property
     def fixed_tower(self) -> int | None:
         """The tower (1 or 2) that is a :class:`FixedEmbedding`, if any."""
-        for i in (1, 2):
-            if self.two_towers or i == 1:
-                if isinstance(self.tower(i).encoder, FixedEmbedding):
-                    return i
-        return None
+        if isinstance(self.encoder, FixedEmbedding):
+            return 1
+        return 2 if isinstance(self.encoder2, FixedEmbedding) else None
 
     @property
     def device(self) -> torch.device:
@@ -472,7 +472,10 @@ class SimilarityModel(nn.Module):
                 "(model.preprocess) or uint8 pixels in 0..255"
             )
         check_finite(x, what)
-        fixed = _fixed_input_size(self.tower(tower).encoder)
+        index = self._index(tower)
+        if index not in self._fixed_sizes:
+            self._fixed_sizes[index] = _fixed_input_size(self.tower(tower).encoder)
+        fixed = self._fixed_sizes[index]
         if fixed is not None and tuple(x.shape[-2:]) != fixed:
             raise ValueError(
                 f"model {self.name!r} runs at {fixed[0]}x{fixed[1]} only (its position "
