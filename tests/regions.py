@@ -1,4 +1,5 @@
-"""Region-seeing encoders in every feature layout, and a check that a map concentrates on a region.
+"""Test helpers of issue 10: region-seeing encoders in every feature layout, a check that a map
+concentrates on a region, and a tiny open_clip architecture.
 
 An encoder that only sees one region of its input must be explained by that region, whatever its
 feature layout, similarity or tower. Two ways to build one:
@@ -130,3 +131,23 @@ def pair(size: tuple[int, int] = SIZE, b: int = 2, seed: int = 0, channels: int 
     x1 = torch.randn(b, channels, *size, generator=g)
     x2 = torch.randn(b, channels, *size, generator=g)
     return x1, x2
+
+
+def tiny_open_clip(folder, name: str, quick_gelu: bool = False):
+    """Register a tiny open_clip ViT architecture ``name`` (config written into ``folder``);
+    returns the open_clip module (the test is skipped without open_clip)."""
+    import json
+
+    import pytest
+
+    open_clip = pytest.importorskip("open_clip")
+    cfg = folder / f"{name}.json"
+    cfg.write_text(json.dumps({
+        "embed_dim": 16, "quick_gelu": quick_gelu,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
+                       "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
+                     "layers": 1},
+    }))  # fmt: skip
+    open_clip.add_model_config(cfg)
+    return open_clip

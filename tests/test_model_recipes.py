@@ -9,13 +9,13 @@ test (the same loader, 600 MB lighter).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from regions import tiny_open_clip
 
 from pairlens.data.bundled import example_image_paths
 
@@ -98,16 +98,7 @@ def test_hugging_face_recipe(workdir):
 
 
 def test_open_clip_text_target_recipe(workdir):
-    open_clip = pytest.importorskip("open_clip")
-    cfg = workdir / f"{TINY_CLIP}.json"
-    cfg.write_text(json.dumps({
-        "embed_dim": 16, "quick_gelu": True,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                       "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1},
-    }))  # fmt: skip
-    open_clip.add_model_config(cfg)
+    open_clip = tiny_open_clip(workdir, TINY_CLIP, quick_gelu=True)
     torch.save(open_clip.create_model(TINY_CLIP).state_dict(), "open_clip_pytorch_model.bin")
     ns = run("open_clip", **{"ViT-B-32-quickgelu": TINY_CLIP})
     exp = ns["exp"]

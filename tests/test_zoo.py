@@ -795,19 +795,9 @@ def test_dino_training_checkpoint_loads_its_teacher_backbone(files):
 @pytest.fixture(scope="module")
 def tiny_vit_clip(files):
     """A tiny open_clip ViT architecture 'pairlens-tiny-vit-clip' (registered with open_clip)."""
-    import json
+    from regions import tiny_open_clip
 
-    open_clip = pytest.importorskip("open_clip")
-    cfg = files / "pairlens-tiny-vit-clip.json"
-    cfg.write_text(json.dumps({
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
-                       "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1},
-    }))  # fmt: skip
-    open_clip.add_model_config(cfg)
-    return open_clip
+    return tiny_open_clip(files, "pairlens-tiny-vit-clip")
 
 
 def test_clip_openai_weights_with_a_gelu_architecture_are_caught(tiny_vit_clip, tmp_path):
