@@ -608,6 +608,8 @@ def foreign(files) -> Path:
 
 
 def _needs(name: str) -> None:
+    if name == "hf":
+        pytest.skip("hf: reads a save_pretrained folder, not a checkpoint file (tests/test_hf.py)")
     extra = model_info(name).extras.get("requires")
     if extra == "open_clip_torch":
         pytest.importorskip("open_clip")
