@@ -168,7 +168,7 @@ def pairwise_occlusion(
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)
         o2 = x2[pair].masked_fill(m2[idx, None], fill)
-        za, zb = model.embed_pair(o1, o2)
+        za, zb = model.embed_pair(o1, o2, check=False)
         sims[idx] = model.embedding_similarity(za, zb)
         norm1[idx], norm2[idx] = za.norm(dim=1), zb.norm(dim=1)
     weight = torch.softmax((base.repeat_interleave(n_samples) - sims).view(b, n_samples), dim=1)

@@ -499,19 +499,21 @@ class SimilarityModel(nn.Module):
         z = t.head(pool_features(t.encoder(x), (x.shape[-2], x.shape[-1])))
         return z if z.dtype == torch.float32 else z.float()
 
-    def embed_pair(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+    def embed_pair(self, x1: Tensor, x2: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
         """Embeddings of ``x1`` (tower 1) and ``x2`` (tower 2): one pass for a one-tower model.
 
-        Raises :class:`NonFiniteError` / :class:`ZeroEmbeddingError` for a non-finite or
-        all-zero embedding.
+        With ``check`` (for unaltered images) raises :class:`NonFiniteError` /
+        :class:`ZeroEmbeddingError` for a non-finite or all-zero embedding; altered images
+        (occluded, transformed) may legitimately embed to zero: ``check=False``.
         """
         if not self.two_towers and x1.shape[1:] == x2.shape[1:]:
             z = self.embed(torch.cat([x1, x2]))
             z1, z2 = z[: len(x1)], z[len(x1) :]
         else:
             z1, z2 = self.embed(x1, 1), self.embed(x2, 2)
-        check_embeddings(z1, "image 1", self.name)
-        check_embeddings(z2, "image 2", self.name)
+        if check:
+            check_embeddings(z1, "image 1", self.name)
+            check_embeddings(z2, "image 2", self.name)
         return z1, z2
 
     def embed_mixed(self, x: Tensor, second: Tensor) -> Tensor:
