@@ -127,23 +127,30 @@ def check_finite(t: Tensor, what: str) -> Tensor:
     return t
 
 
-def check_embeddings(z: Tensor, what: str, model: str = "") -> Tensor:
-    """Raise if an embedding (row of ``z``, (B, D)) is non-finite or exactly zero.
+def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = None) -> None:
+    """Raise if an embedding (a row of ``z``, (B, D), or of ``z2``: image 2's) is non-finite or
+    exactly zero; one device sync when all is well.
 
     A zero embedding (for example after a broken checkpoint conversion) would give a similarity
     of 0 and blank maps with every method: :class:`ZeroEmbeddingError` instead.
     """
+    both = z if z2 is None else torch.cat([z, z2])
+    r = both.abs().sum(dim=-1)
+    if bool(((r > 0) & torch.isfinite(r)).all()):
+        return
     of = f" of model {model!r}" if model else ""
-    check_finite(z, f"the embedding of {what}{of}")
-    zero = (z == 0).all(dim=-1)
-    if bool(zero.any()):
-        rows = torch.nonzero(zero).flatten().tolist()
-        raise ZeroEmbeddingError(
-            f"the embedding of {what}{of} is exactly zero (batch row(s) "
-            f"{', '.join(map(str, rows[:5]))}): every similarity and map would be 0 or blank; "
-            "check the checkpoint (a broken conversion?) and the embedding / head"
-        )
-    return z
+    for t, name in ((z, what), (z2, "image 2")):
+        if t is None:
+            continue
+        check_finite(t, f"the embedding of {name}{of}")
+        zero = (t == 0).all(dim=-1)
+        if bool(zero.any()):
+            rows = torch.nonzero(zero).flatten().tolist()
+            raise ZeroEmbeddingError(
+                f"the embedding of {name}{of} is exactly zero (batch row(s) "
+                f"{', '.join(map(str, rows[:5]))}): every similarity and map would be 0 or "
+                "blank; check the checkpoint (a broken conversion?) and the embedding / head"
+            )
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -174,7 +181,12 @@ def evaluating(*modules: nn.Module | None) -> Iterator[None]:
     so a similarity of 0.997 can read 0.05 and every call gives another map.
     """
     mods = [m for m in modules if m is not None]
-    training = [m for mod in mods for m in mod.modules() if m.training]
+    training, stack = [], list(mods)
+    while stack:  # every submodule (a plain walk: Module.modules() costs more per call)
+        m = stack.pop()
+        if m.training:
+            training.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
     try:
         if training:  # (in eval mode already, the common case, there is nothing to do)
             for mod in mods:
@@ -365,9 +377,10 @@ class SimilarityModel(nn.Module):
         if index not in (1, 2):
             raise ValueError(f"tower must be 1 or 2; got {index!r}")
         if index == 1 or not self.two_towers:
+            modules, buffers = self._modules, self._buffers  # (no __getattr__: a hot path)
             return Tower(
-                self.encoder, self.head, self.feature_layer, self.reshape_transform, self.mean,
-                self.std,
+                modules["encoder"], modules["head"], self.feature_layer, self.reshape_transform,
+                buffers["mean"], buffers["std"],
             )
         return Tower(
             self.encoder2 if self.encoder2 is not None else self.encoder,
@@ -512,8 +525,7 @@ class SimilarityModel(nn.Module):
         else:
             z1, z2 = self.embed(x1, 1), self.embed(x2, 2)
         if check:
-            check_embeddings(z1, "image 1", self.name)
-            check_embeddings(z2, "image 2", self.name)
+            check_embeddings(z1, "image 1", self.name, z2)
         return z1, z2
 
     def embed_mixed(self, x: Tensor, second: Tensor) -> Tensor:
@@ -609,8 +621,7 @@ class SimilarityModel(nn.Module):
         else:
             z1, a1 = self.embed_with_features(x1, 1)
             z2, a2 = self.embed_with_features(x2, 2)
-        check_embeddings(z1, "image 1", self.name)
-        check_embeddings(z2, "image 2", self.name)
+        check_embeddings(z1, "image 1", self.name, z2)
         return z1, z2, a1, a2
 
     def to_grid(self, a: Tensor, input_hw: tuple[int, int] | None = None, tower: int = 1) -> Tensor:
@@ -747,26 +758,30 @@ def _blank_checks(
     """Raise :class:`BlankGradientError` when a real (non-fixed) side would get a blank map."""
     fixed = model.fixed_tower
     sides = [i for i in (0, 1) if fixed != i + 1]
+    tol = STATIONARY_TOL * s.detach().abs().clamp_min(1e-12)
+    stationary = {
+        i: dz[i].flatten(1).norm(dim=1) * z[i].flatten(1).norm(dim=1) <= tol for i in sides
+    }
+    blank = {i: grads[i].flatten(1).abs().amax(dim=1) == 0 for i in sides}
+    if not bool(torch.stack([*stationary.values(), *blank.values()]).any()):
+        return  # one sync on the plain path
     for i in sides:
-        scale = dz[i].flatten(1).norm(dim=1) * z[i].flatten(1).norm(dim=1)
-        stationary = scale <= STATIONARY_TOL * s.detach().abs().clamp_min(1e-12)
-        if bool(stationary.any()):
-            rows = torch.nonzero(stationary).flatten().tolist()
+        if bool(stationary[i].any()):
+            rows = torch.nonzero(stationary[i]).flatten().tolist()
             raise BlankGradientError(
                 f"the {model.similarity_name} similarity of pair(s) {rows[:5]} is stationary "
                 "(the two embeddings are identical), so its gradient is zero and gradient maps "
                 "would be blank; explain two different images, or use an occlusion method"
             )
     for i in sides:
-        blank = grads[i].flatten(1).abs().amax(dim=1) == 0
-        if bool(blank.any()):
+        if bool(blank[i].any()):
+            rows = torch.nonzero(blank[i]).flatten().tolist()[:5]
             tower = model.tower(i + 1)
             layer = tower.feature_layer if where == "features" else None
             if layer is None:
                 raise BlankGradientError(
                     f"the similarity's gradient with respect to image {i + 1} is exactly zero "
-                    f"(pair(s) {torch.nonzero(blank).flatten().tolist()[:5]}): the map "
-                    "would be blank"
+                    f"(pair(s) {rows}): the map would be blank"
                 )
             better = suggest_feature_layer(tower.encoder)
             advice = (
@@ -776,7 +791,7 @@ def _blank_checks(
             )
             raise BlankGradientError(
                 f"the similarity's gradient at feature layer {layer!r} is exactly zero for "
-                f"pair(s) {torch.nonzero(blank).flatten().tolist()[:5]}: its output does not "
+                f"pair(s) {rows}: its output does not "
                 "reach the embedding (a ViT's class token never sees the last block's output "
                 f"tokens, nor anything after it); {advice}"
             )
@@ -805,8 +820,7 @@ def similarity_input_gradients(
             c = x2.detach().requires_grad_(True)
             z1, z2 = model.embed(a, 1), model.embed(c, 2)
             leaves = (a, c)
-        check_embeddings(z1, "image 1", model.name)
-        check_embeddings(z2, "image 2", model.name)
+        check_embeddings(z1, "image 1", model.name, z2)
         s = model.embedding_similarity(z1, z2)
         out = torch.autograd.grad(s.sum(), (*leaves, z1, z2), materialize_grads=True)
     g1, g2 = (out[0][:b], out[0][b:]) if len(leaves) == 1 else (out[0], out[1])
@@ -838,8 +852,7 @@ def similarity_feature_gradients(
         else:
             z1, a1 = model.embed_with_features(a_in, 1)
             z2, a2 = model.embed_with_features(c_in, 2)
-        check_embeddings(z1, "image 1", model.name)
-        check_embeddings(z2, "image 2", model.name)
+        check_embeddings(z1, "image 1", model.name, z2)
         s = model.embedding_similarity(z1, z2)
         if not model.two_towers:
             g, dz1, dz2 = torch.autograd.grad(s.sum(), (a, z1, z2), materialize_grads=True)
