@@ -134,8 +134,9 @@ def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = 
     A zero embedding (for example after a broken checkpoint conversion) would give a similarity
     of 0 and blank maps with every method: :class:`ZeroEmbeddingError` instead.
     """
-    both = z if z2 is None else torch.cat([z, z2])
-    r = both.abs().sum(dim=-1)
+    r = z.abs().sum(dim=-1)
+    if z2 is not None:
+        r = torch.cat([r, z2.abs().sum(dim=-1)])
     if bool(((r > 0) & torch.isfinite(r)).all()):
         return
     of = f" of model {model!r}" if model else ""
