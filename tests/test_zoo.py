@@ -714,7 +714,8 @@ def test_models_page_has_one_row_per_entry():
     page = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
     for name in ZOO:
         info = model_info(name)
-        label = f"`{name}:ARCH`" if info.extras.get("takes_arch") else f"`{name}`"
+        arg = "PATH" if name == "hf" else "ARCH"  # hf: takes a folder
+        label = f"`{name}:{arg}`" if info.extras.get("takes_arch") else f"`{name}`"
         (row,) = [line for line in page.splitlines() if line.startswith(f"| {label} |")]
         assert (info.download_url or info.extras.get("source") or "your own file") in row
         assert f"**{info.default_embedding}**" in row
