@@ -898,7 +898,9 @@ def test_timm_headless_checkpoint_asked_for_logits_is_an_error(files):
 
 
 DEFAULT_LAYER_ENTRIES = [
-    "dino-r50", "dino-vit-s16", "simsiam-r50", "mocov3-vit-s",
+    "dino-r50", "dino-vit-s16",
+    pytest.param("simsiam-r50", marks=pytest.mark.slow),
+    pytest.param("mocov3-vit-s", marks=pytest.mark.slow),
     pytest.param("simclr-v2-r50-1x", marks=pytest.mark.slow),
     pytest.param("barlow-twins-r50", marks=pytest.mark.slow),
     pytest.param("mocov3-r50", marks=pytest.mark.slow),
