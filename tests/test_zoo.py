@@ -957,3 +957,8 @@ def test_cli_explain_an_image_against_a_caption(tiny_vit_clip, tmp_path, capsys)
     code = main(["explain", image, "--text", "a cat", "--model", "digits", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "no text tower" in err
+    assert main([*base, "--text", "a cat", "--all-methods", "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "interaction-cam          skipped: " in out and "pairwise-occlusion" not in out
+    assert (tmp_path / "all" / "all-methods.png").is_file()
+    assert (tmp_path / "all" / "averaged-transforms.png").is_file()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from pairlens.io import atomic_write
-from pairlens.methods.registry import MethodInfo, get_method
+from pairlens.methods.registry import MethodInfo, NotApplicableError, get_method
 from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
 
 
@@ -183,7 +183,7 @@ def explain(
         if x2 is not None:
             raise ValueError("give either a second image batch x2 or target=, not both")
         if info.pairs_only:
-            raise ValueError(
+            raise NotApplicableError(
                 f"{info.name} needs two images and cannot explain an image against a fixed "
                 "target; use conditional-occlusion, a saliency or a CAM method"
             )

@@ -91,7 +91,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     import pairlens
     from pairlens.io import load_image
-    from pairlens.methods.registry import get_method, method_infos
+    from pairlens.methods.registry import NotApplicableError, get_method, method_infos
     from pairlens.progress import progress_bars, track
     from pairlens.viz import grid_figure
 
@@ -126,8 +126,14 @@ def run_explain(args: argparse.Namespace) -> int:
     results = []
     with progress_bars(not args.quiet):
         for name in track(names, desc="methods"):
-            exp = pairlens.explain(model, x1, x2, method=name, sources=sources, target=text,
-                                   **params)
+            try:
+                exp = pairlens.explain(model, x1, x2, method=name, sources=sources, target=text,
+                                       **params)
+            except NotApplicableError as err:
+                if not args.all_methods:
+                    raise
+                print(f"{name:24s} skipped: {err}")
+                continue
             exp.save(out, stem=name, smooth=args.smooth)
             results.append(exp)
             print(

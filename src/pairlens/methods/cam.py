@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pairlens.methods.common import upsample
-from pairlens.methods.registry import PairMaps, register_method
+from pairlens.methods.registry import NotApplicableError, PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_feature_gradients
 
 Reduction = Literal["mean", "max", "attention"]
@@ -55,19 +55,19 @@ def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
 
 
 def same_channels(model: SimilarityModel, a1: Tensor, a2: Tensor, method: str) -> None:
-    """Raise unless the two feature grids have the same channels (``method`` pairs channel k of
-    one image with channel k of the other)."""
+    """Raise :class:`NotApplicableError` unless the two feature grids have the same channels
+    (``method`` pairs channel k of one image with channel k of the other)."""
     if a1.shape[1] == a2.shape[1]:
         return
     fixed = model.fixed_tower
     if fixed is not None:
         target, image = (a1, a2) if fixed == 1 else (a2, a1)
-        raise ValueError(
+        raise NotApplicableError(
             f"{method} against a fixed target uses the target as image 2's pooled feature map, "
             f"but the target has {target.shape[1]} dimensions and the feature layer "
             f"{image.shape[1]} channels; use grad-cam"
         )
-    raise ValueError(
+    raise NotApplicableError(
         f"{method} pairs the feature channels of the two images, but tower 1's feature layer "
         f"has {a1.shape[1]} and tower 2's {a2.shape[1]}; use grad-cam"
     )
@@ -139,7 +139,7 @@ def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
     features and ignores any head after them. No gradients are needed.
     """
     if model.similarity_name not in ("cosine", "dot"):
-        raise ValueError(
+        raise NotApplicableError(
             "deep-similarity decomposes a cosine or dot product over locations; model "
             f"{model.name!r} uses the {model.similarity_name!r} similarity"
         )

@@ -22,6 +22,11 @@ from torch import Tensor
 from pairlens.validation import Spec, signature_specs, validate_call
 
 
+class NotApplicableError(ValueError):
+    """A method cannot explain this model or target at all (for example interaction-cam against
+    a target whose width differs from the feature layer's): another method can."""
+
+
 class PairMaps(NamedTuple):
     """What a method returns: two (B, H, W) maps and, when it computed it anyway, the (B,)
     similarity of the unaltered pairs (so that :func:`pairlens.explain` need not recompute it)."""
