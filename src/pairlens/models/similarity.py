@@ -756,16 +756,19 @@ def _blank_checks(
     grads: tuple[Tensor, Tensor],
     where: str,
 ) -> None:
-    """Raise :class:`BlankGradientError` when a real (non-fixed) side would get a blank map."""
+    """Raise when the embeddings are non-finite or zero (:func:`check_embeddings`) or a real
+    (non-fixed) side would get a blank map (:class:`BlankGradientError`); one device sync when
+    all is well (the checks run after the backward pass, which they do not need)."""
     fixed = model.fixed_tower
     sides = [i for i in (0, 1) if fixed != i + 1]
+    norms = [t.flatten(1).norm(dim=1) for t in z]
     tol = STATIONARY_TOL * s.detach().abs().clamp_min(1e-12)
-    stationary = {
-        i: dz[i].flatten(1).norm(dim=1) * z[i].flatten(1).norm(dim=1) <= tol for i in sides
-    }
+    stationary = {i: dz[i].flatten(1).norm(dim=1) * norms[i] <= tol for i in sides}
     blank = {i: grads[i].flatten(1).abs().amax(dim=1) == 0 for i in sides}
-    if not bool(torch.stack([*stationary.values(), *blank.values()]).any()):
-        return  # one sync on the plain path
+    bad_z = [~((n > 0) & torch.isfinite(n)) for n in norms]
+    if not bool(torch.cat([*bad_z, *stationary.values(), *blank.values()]).any()):
+        return
+    check_embeddings(z[0], "image 1", model.name, z[1])
     for i in sides:
         if bool(stationary[i].any()):
             rows = torch.nonzero(stationary[i]).flatten().tolist()
@@ -821,7 +824,6 @@ def similarity_input_gradients(
             c = x2.detach().requires_grad_(True)
             z1, z2 = model.embed(a, 1), model.embed(c, 2)
             leaves = (a, c)
-        check_embeddings(z1, "image 1", model.name, z2)
         s = model.embedding_similarity(z1, z2)
         out = torch.autograd.grad(s.sum(), (*leaves, z1, z2), materialize_grads=True)
     g1, g2 = (out[0][:b], out[0][b:]) if len(leaves) == 1 else (out[0], out[1])
@@ -853,7 +855,6 @@ def similarity_feature_gradients(
         else:
             z1, a1 = model.embed_with_features(a_in, 1)
             z2, a2 = model.embed_with_features(c_in, 2)
-        check_embeddings(z1, "image 1", model.name, z2)
         s = model.embedding_similarity(z1, z2)
         if not model.two_towers:
             g, dz1, dz2 = torch.autograd.grad(s.sum(), (a, z1, z2), materialize_grads=True)
