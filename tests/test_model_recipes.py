@@ -109,7 +109,7 @@ def test_open_clip_text_target_recipe(workdir):
 
 def test_two_towers_recipe(workdir):
     ns = run("Two towers")
-    _finite_maps(ns["exp"], (224, 224))
+    _finite_maps(ns["exp"], (112, 112))
     assert set(ns["scores"]) == {"SAD", "CAD"}
     assert ns["model"].two_towers
 
