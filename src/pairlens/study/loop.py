@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pairlens.methods.registry import get_method, method_infos
-from pairlens.metrics import ALL_METRICS, evaluate
+from pairlens.metrics import ALL_METRICS, canonical_metrics, evaluate
 from pairlens.models.similarity import SimilarityModel
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
@@ -116,12 +116,10 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
 
 
 def parse_metrics(text: str) -> list[str]:
-    names = [m.strip().upper() for m in text.split(",") if m.strip()]
-    unknown = sorted(set(names) - set(ALL_METRICS))
-    if unknown or not names:
-        raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from "
-                         f"{', '.join(ALL_METRICS)}")
-    return names
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ValueError(f"unknown metric (none); choose from {', '.join(ALL_METRICS)}")
+    return canonical_metrics(names)
 
 
 @dataclass(frozen=True)
