@@ -230,3 +230,18 @@ def test_sanity_check_passes_the_norm_choice_to_every_norm_layer():
     torch.testing.assert_close(res["reset"].maps[1][0], res["random"].maps[1][0])
     for step in (2, 3):
         assert not torch.allclose(res["reset"].maps[step][0], res["random"].maps[step][0])
+
+
+def test_the_conventions_script_runs_at_a_tiny_size():
+    """benchmarks/conventions.py makes the numbers of docs/methods.md; keep it working."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conventions.py"
+    spec = importlib.util.spec_from_file_location("conventions_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--model", "digits", "--data", "digits", "--pairs", "1",
+                        "--po-samples", "6", "--ms-samples", "1", "--ms-methods",
+                        "input-x-gradient", "--threads", "1"])
+    assert "| 1 |" in text and "| input-x-gradient |" in text and "image 2: mean" in text
