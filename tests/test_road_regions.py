@@ -11,12 +11,12 @@ from conftest import pair_batch
 
 import pairlens
 from pairlens.metrics import linear_impute
-from pairlens.metrics.road import NEIGHBOURS, removal_masks
 from pairlens.metrics.regions import (
     grid_labels,
     region_labels,
     region_ranks_and_counts,
 )
+from pairlens.metrics.road import NEIGHBOURS, removal_masks
 
 
 def square_map(b: int = 2, inside: float = 1.0, outside: float = 0.0) -> torch.Tensor:
@@ -146,7 +146,8 @@ def _region_curves_by_hand(model, x1, x2, m1, m2, size):
                 r, c = cells[o2[k - 1]]
                 b[..., r:r + size, c:c + size] = 0
             sd.append(float(model.similarity(a, b)))
-            cd.append(float(model.similarity(a, x2[i:i + 1]) + model.similarity(x1[i:i + 1], b)) / 2)
+            one, two = model.similarity(a, x2[i:i + 1]), model.similarity(x1[i:i + 1], b)
+            cd.append(float(one + two) / 2)
         out["RSD"].append(sd)
         out["RCD"].append(cd)
     return {k: auc(torch.tensor(v)) for k, v in out.items()}

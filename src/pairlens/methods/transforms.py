@@ -292,7 +292,9 @@ def averaged_transforms(
         )
     paper = interpolation == "paper"
     if steps < (2 if paper else 1):
-        raise ValueError(f"steps must be >= {2 if paper else 1} with interpolation={interpolation!r}")
+        raise ValueError(
+            f"steps must be >= {2 if paper else 1} with interpolation={interpolation!r}"
+        )
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     if paper and transform in GEOMETRIC:

@@ -160,7 +160,7 @@ def road_curves(
                     keep = torch.from_numpy(~removed[img])
                     altered[oi, fi, img] = torch.where(keep, filled, filled + eps)
     flat = model.normalize(altered.flatten(0, 2).to(images.device, images.dtype))
-    emb = torch.cat([model.embed(flat[i : i + batch_size]) for i in range(0, len(flat), batch_size)])
+    emb = torch.cat([model.embed(chunk) for chunk in flat.split(batch_size)])
     emb = emb.view(len(orders), len(fractions), 2 * b, -1)
     if z1 is None or z2 is None:
         z = torch.cat([model.embed(t) for t in images.split(batch_size)])

@@ -8,7 +8,8 @@ Files written to ``out``:
   (mean seconds per pair), the Fig. 14 heatmap, mean insertion / deletion curves and, with
   ``downstream``, the Fig. 15 scatter with Pearson coefficients;
 * per study, every method next to ``random``: means with 95 % intervals, the paired difference
-  and a Wilcoxon signed-rank p-value across pairs (:func:`~pairlens.report.tables.compare_with_baseline`);
+  and a Wilcoxon signed-rank p-value across pairs
+  (:func:`~pairlens.report.tables.compare_with_baseline`);
   every table compares methods only on the pairs they all have;
 * ``metrics.csv`` (study, method, metric, mean, std, n, skipped), ``comparison.csv``,
   ``timings.csv``, ``heatmap.csv``, ``downstream.csv`` (with ``downstream``);

@@ -113,7 +113,7 @@ def build_studies(tables: dict[str, list[tuple]]) -> list[Study]:
     for key in sorted(order):
         studies[key] = Study(model=key[0], setting=key[1], methods=_method_order(order[key]))
     common: dict[tuple[str, str, str], set[int]] = {}
-    for (model, setting, label, metric), pv in values.items():
+    for (model, setting, _label, metric), pv in values.items():
         ids = {pid for pid, _ in pv}
         key = (model, setting, metric)
         common[key] = common[key] & ids if key in common else ids
