@@ -28,16 +28,6 @@ def scaled(value: int, side: int, reference: int = 224) -> int:
     return max(1, round(value * side / reference))
 
 
-def generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (a fresh random seed when None)."""
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
-
-
 def pair_generators(seed: int | None, x1: Tensor, x2: Tensor) -> list[torch.Generator]:
     """One CPU generator per pair, seeded from ``seed`` and the pair's own pixels.
 

@@ -162,14 +162,14 @@ def pairwise_occlusion(
     pair's map does not depend on its batch. ``batch_size`` images per forward pass.
 
     Raises:
-        ValueError: ``n_samples < 1``, ``temperature <= 0`` or ``batch_size < 2``.
+        ValueError: ``n_samples < 1``, ``temperature <= 0`` or ``batch_size < 1``.
     """
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if batch_size < 2:
-        raise ValueError("batch_size must be >= 2 (the two occluded images of a sample)")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
     b, _, h, w = x1.shape
     gens = pair_generators(seed, x1, x2)
     z1, z2 = model.embed(x1), model.embed(x2)
@@ -183,7 +183,7 @@ def pairwise_occlusion(
     m2 = torch.cat(m2).to(x1.device)
     sims = torch.empty(total, device=x1.device)
     norm1, norm2 = torch.empty_like(sims), torch.empty_like(sims)
-    per_chunk = batch_size // 2
+    per_chunk = max(1, batch_size // 2)  # two occluded images per sample
     for k in track(range(0, total, per_chunk), desc="pairwise-occlusion"):
         idx = torch.arange(k, min(k + per_chunk, total), device=x1.device)
         pair = idx // n_samples
