@@ -419,8 +419,9 @@ def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tup
     group_header = ["method"] + [f"{s.model} {g}" for g in GROUPS for s in studies]
     group_rows = [[lab] + [_fmt(s.group(lab, g)) for g in GROUPS for s in studies]
                   for lab in labels]
-    out.append(("Metric groups (Fig. 14)", "table", (group_header, group_rows, None),
-                "heatmap.png"))
+    if any(c != "–" for row in group_rows for c in row[1:]):  # only with the six metrics
+        out.append(("Metric groups (Fig. 14)", "table", (group_header, group_rows, None),
+                    "heatmap.png"))
     if downstream_rows:
         rows = [[g, lab, _fmt(r)] for g, lab, r in downstream_rows]
         out.append(("Relationship to downstream accuracy (Fig. 15)", "table",
