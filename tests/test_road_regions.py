@@ -185,3 +185,21 @@ def test_slic_regions_cover_the_image_and_give_n_plus_one_scores(square):
     assert out["RSD_curve"].shape == (2, n + 1) and torch.isfinite(out["RCI"]).all()
     with pytest.raises(ValueError, match="grid"):
         pairlens.evaluate(square, x1, x2, (square_map(),) * 2, metrics=("RSD",), regions="hex")
+
+
+def test_the_documented_evaluate_and_report_commands_run_at_a_tiny_size(tmp_path, capsys):
+    """docs/evaluation.md's photos example, at 2 digits pairs: the new metrics are stored and the
+    report puts each method next to random (names given in any case)."""
+    from pairlens.cli import main
+
+    db = tmp_path / "d.db"
+    code = main(["evaluate", "--model", "digits", "--data", "digits", "--pairs", "2",
+                 "--methods", "grad-cam,random", "--metrics", "CD,rcd,CMoRF,clerf",
+                 "--step", "64", "--store", str(db), "--threads", "1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    code = main(["report", str(db), "--out", str(tmp_path / "rep"), "--format", "md,csv"])
+    assert code == 0, capsys.readouterr().err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| method | CD ↓ | RCD ↓ | CMoRF ↓ | CLeRF ↑ |" in md
+    assert "Against random, 95 % intervals and paired Wilcoxon test" in md
+    assert "| grad-cam | RCD ↓ |" in md
