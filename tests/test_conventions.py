@@ -102,7 +102,7 @@ def test_averaged_transforms_paper_mode_refuses_geometric_families(square):
     x1, x2 = pair_batch(1)
     with pytest.raises(ValueError, match="strength"):
         pairlens.explain(square, x1, x2, method="averaged-transforms", transform="rotation")
-    with pytest.raises(ValueError, match="'pixel' was removed"):
+    with pytest.raises(ValueError, match="paper, strength"):  # the former 'pixel' path is gone
         pairlens.explain(square, x1, x2, method="averaged-transforms", interpolation="pixel")
 
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from pairlens.methods.common import pair_generators
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel
+from pairlens.validation import Annotated, Range
 
 
 @register_method(
@@ -25,7 +26,7 @@ from pairlens.models.similarity import SimilarityModel
     deterministic=False,
 )
 def random_maps(
-    model: SimilarityModel, x1: Tensor, x2: Tensor, *, seed: int | None = 0
+    model: SimilarityModel, x1: Tensor, x2: Tensor, *, seed: Annotated[int, Range(0)] | None = 0
 ) -> PairMaps:
     """Two (B, H, W) maps of independent U[0, 1) values, pair k's drawn from its own generator
     (image 1's map first); ``seed=None`` draws fresh maps on every call."""

@@ -16,6 +16,7 @@ from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, sa
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
 from pairlens.progress import track
+from pairlens.validation import Annotated, Range
 
 
 @register_method(
@@ -44,13 +45,13 @@ def smoothgrad(
     x1: Tensor,
     x2: Tensor,
     *,
-    n_samples: int = 50,
-    noise_level: float = 0.15,
+    n_samples: Annotated[int, Range(1)] = 50,
+    noise_level: Annotated[float, Range(0)] = 0.15,
     noise: Literal["shared", "independent"] = "shared",
     noise_scale: NoiseScale = "divide",
     guided: bool = False,
-    batch_size: int = 64,
-    seed: int | None = 0,
+    batch_size: Annotated[int, Range(1)] = 64,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """SmoothGrad (Smilkov et al., 2017) of the pair similarity (seed 000, §III-A1).
 

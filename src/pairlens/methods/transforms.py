@@ -38,6 +38,7 @@ from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, sa
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
+from pairlens.validation import Annotated, Choices, Ordered, Range
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
 _LUMA = (0.299, 0.587, 0.114)
@@ -236,16 +237,16 @@ def averaged_transforms(
     x1: Tensor,
     x2: Tensor,
     *,
-    transform: str = "color-jitter",
-    steps: int = 10,
-    strength: tuple[float, float] | None = None,
+    transform: Annotated[str, Choices(tuple(FAMILIES))] = "color-jitter",
+    steps: Annotated[int, Range(1)] = 10,
+    strength: Annotated[tuple[float, float], Ordered()] | None = None,
     interpolation: Interpolation = "paper",
     guided: bool = False,
     noise: bool = False,
-    noise_level: float = 0.15,
+    noise_level: Annotated[float, Range(0)] = 0.15,
     noise_scale: NoiseScale = "divide",
-    batch_size: int = 64,
-    seed: int | None = 0,
+    batch_size: Annotated[int, Range(1)] = 64,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Averaged Transforms (seed 000, §III-A2): input x gradient of the similarity of image 1 with
     views of image 2 along a transformation path, averaged over the path.
