@@ -52,8 +52,8 @@ import torch
 from torch import Tensor
 
 from pairlens.methods.common import as_grid, regrid, upsample
-from pairlens.methods.registry import PairRelevance, register_method
-from pairlens.models.similarity import COSINE_EPS, SimilarityModel
+from pairlens.methods.registry import NotApplicableError, PairRelevance, register_method
+from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_embeddings
 from pairlens.validation import Annotated, Range
 
 #: ``grid`` parameter of the methods: g x g regions, or None for the model's feature grid
@@ -151,17 +151,19 @@ def embedding_directions(
     return torch.stack(us).float().to(device), torch.stack(ws).float().to(device)
 
 
-def resolve_grid(model: SimilarityModel, grid: int | None, x: Tensor) -> tuple[int, int]:
-    """The region grid: ``grid x grid`` if given, else the model's feature grid for inputs like
-    ``x`` (one forward pass of one image), else :data:`DEFAULT_GRID`."""
+def resolve_grid(
+    model: SimilarityModel, grid: int | None, x: Tensor, tower: int = 1
+) -> tuple[int, int]:
+    """The region grid of ``tower``'s images: ``grid x grid`` if given, else the tower's feature
+    grid for inputs like ``x`` (one forward pass of one image), else :data:`DEFAULT_GRID`."""
     g = as_grid(grid)
     if g is not None:
         return g
-    if model.feature_layer is None:
+    if model.tower(tower).feature_layer is None:
         return DEFAULT_GRID
     with torch.no_grad():
-        _, a = model.embed_with_features(x[:1])
-        return tuple(model.to_grid(a, tuple(x.shape[-2:])).shape[-2:])  # type: ignore[return-value]
+        _, a = model.embed_with_features(x[:1], tower)
+        return tuple(model.to_grid(a, tuple(x.shape[-2:]), tower).shape[-2:])  # type: ignore
 
 
 def direction(u: Tensor | None, m: int, rows: Tensor, d: int) -> Tensor:
@@ -175,9 +177,10 @@ def direction(u: Tensor | None, m: int, rows: Tensor, d: int) -> Tensor:
 
 
 def assemble(
-    e1: Tensor, e2: Tensor, w: Tensor, c: Tensor, grid: tuple[int, int], size: tuple[int, int]
+    e1: Tensor, e2: Tensor, w: Tensor, c: Tensor,
+    grids: tuple[tuple[int, int], tuple[int, int]], size: tuple[int, int],
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Relevance (B, n, n) on ``grid`` and the two marginal maps (B, H, W) from per-direction
+    """Relevance (B, n1, n2) on ``grids`` and the two marginal maps (B, H, W) from per-direction
     attributions ``e1, e2`` (B, m, h, w) at their native resolution, weights ``w`` (B, m) and
     scale ``c`` (B,): eq. (*) of the module docstring. Marginals at native resolution are exact
     (``map1[p] = c sum_m w_m e1_m[p] sum_j e2_m[j]``) and upsampled bilinearly when coarser than
@@ -185,8 +188,8 @@ def assemble(
     t1, t2 = e1.sum((2, 3)), e2.sum((2, 3))
     map1 = c[:, None, None] * torch.einsum("bmhw,bm->bhw", e1, w * t2)
     map2 = c[:, None, None] * torch.einsum("bmhw,bm->bhw", e2, w * t1)
-    g1 = regrid(e1, grid).flatten(2)
-    g2 = regrid(e2, grid).flatten(2)
+    g1 = regrid(e1, grids[0]).flatten(2)
+    g2 = regrid(e2, grids[1]).flatten(2)
     rel = c[:, None, None] * torch.einsum("bmi,bm,bmj->bij", g1, w, g2)
     return rel, (upsample(map1, size), upsample(map2, size))
 
@@ -235,6 +238,7 @@ def _chunks(b: int, batch_size: int, per_pair: int) -> list[slice]:
     summary="Correspondence of feature-grid locations: Jacobian x activation, product per "
     "embedding direction (exact for an affine head on average-pooled features)",
     family="correspondence",
+    pairs_only=True,
 )
 def feature_grid(
     model: SimilarityModel,
@@ -276,47 +280,54 @@ def feature_grid(
     """
     from pairlens.models.hooks import replaced_output
 
-    if model.feature_layer is None:
-        raise ValueError(f"model {model.name!r} has no feature_layer; feature-grid needs one")
+    for t in (1, 2):
+        if model.tower(t).feature_layer is None:
+            raise ValueError(f"model {model.name!r} has no feature_layer"
+                             f"{'2' if t == 2 else ''}; feature-grid needs one")
     size = tuple(x1.shape[-2:])
     b = x1.shape[0]
-    module = model.encoder.get_submodule(model.feature_layer)
     gens = pair_generators(seed, x1, x2) if k is not None else []
+    frozen = not any(p.requires_grad for p in model.parameters())
     rels, maps1, maps2, targets, scores = [], [], [], [], []
-    native = None
+    natives: tuple = ()
     for sl in _chunks(b, batch_size, 2):
-        x = torch.cat([x1[sl], x2[sl]]).detach()
-        n = x1[sl].shape[0]
-        with torch.no_grad(), replaced_output(module, torch.zeros_like):
-            zr = model.embed(x)
+        xs = (x1[sl].detach(), x2[sl].detach())
+        n = xs[0].shape[0]
+        zr = []
+        with torch.no_grad():
+            for t, x in zip((1, 2), xs, strict=True):
+                tw = model.tower(t)
+                with replaced_output(tw.encoder.get_submodule(tw.feature_layer), torch.zeros_like):
+                    zr.append(model.embed(x, t))
         with torch.enable_grad():
-            if not any(p.requires_grad for p in model.parameters()):
-                x.requires_grad_(True)
-            z, a = model.embed_with_features(x)
-            zd = z.detach()
-            s = model.embedding_similarity(zd[:n], zd[n:])
-            c = bilinear_scale(model, zd[:n], zd[n:])
-            u, w = embedding_directions(zd[:n] - zr[:n], zd[n:] - zr[n:], k,
-                                        gens[sl] if gens else [])
-            rows = torch.arange(n, device=x.device).repeat(2)  # image 2 uses its pair's
-            act = model.to_grid(a.detach(), size)
-            n_dirs = w.shape[1]
-            e = torch.empty(2 * n, n_dirs, *act.shape[-2:], device=x.device)
-            for m0, g in directional_grads(z, a, u, rows, batch_size):
-                grid_g = model.to_grid(g.flatten(0, 1), size).unflatten(0, g.shape[:2])
-                e[:, m0 : m0 + len(g)] = (grid_g * act).sum(2).transpose(0, 1)
-        native = tuple(act.shape[-2:])
-        g_out = as_grid(grid) or native
-        rel, (m1, m2) = assemble(e[:n], e[n:], w, c, g_out, size)
+            graphs = []
+            for t, x in zip((1, 2), xs, strict=True):
+                graphs.append(model.embed_with_features(x.requires_grad_(True) if frozen else x, t))
+            z1, z2 = graphs[0][0].detach(), graphs[1][0].detach()
+            check_embeddings(z1, "image 1", model.name, z2)
+            c = bilinear_scale(model, z1, z2)
+            u, w = embedding_directions(z1 - zr[0], z2 - zr[1], k, gens[sl] if gens else [])
+            rows = torch.arange(n, device=x1.device)
+            es = []
+            for t, (z, a) in zip((1, 2), graphs, strict=True):
+                act = model.to_grid(a.detach(), size, t)
+                e = torch.empty(n, w.shape[1], *act.shape[-2:], device=x1.device)
+                for m0, g in directional_grads(z, a, u, rows, batch_size):
+                    grid_g = model.to_grid(g.flatten(0, 1), size, t).unflatten(0, g.shape[:2])
+                    e[:, m0 : m0 + len(g)] = (grid_g * act).sum(2).transpose(0, 1)
+                es.append(e)
+        natives = (tuple(es[0].shape[-2:]), tuple(es[1].shape[-2:]))
+        grids = (as_grid(grid) or natives[0], as_grid(grid) or natives[1])
+        rel, (m1, m2) = assemble(es[0], es[1], w, c, grids, size)
         rels.append(rel)
         maps1.append(m1)
         maps2.append(m2)
-        targets.append(c * ((zd[:n] - zr[:n]) * (zd[n:] - zr[n:])).sum(1))
-        scores.append(s)
+        targets.append(c * ((z1 - zr[0]) * (z2 - zr[1])).sum(1))
+        scores.append(model.embedding_similarity(z1, z2))
     rel = torch.cat(rels)
-    g_out = as_grid(grid) or native
-    return PairRelevance(rel, (g_out, g_out), (torch.cat(maps1), torch.cat(maps2)),
-                         torch.cat(scores), _extras(rel, torch.cat(targets)))
+    grids = (as_grid(grid) or natives[0], as_grid(grid) or natives[1])
+    return PairRelevance(rel, grids, (torch.cat(maps1), torch.cat(maps2)), torch.cat(scores),
+                         _extras(rel, torch.cat(targets)))
 
 
 # ---------------------------------------------------------------------- BiLRP
@@ -325,6 +336,7 @@ def feature_grid(
     section="Eberle et al. TPAMI 2020 (BiLRP)",
     summary="BiLRP: products of the LRP relevances (zennit) of k embedding directions",
     family="correspondence",
+    pairs_only=True,
 )
 def bilrp(
     model: SimilarityModel,
@@ -361,60 +373,60 @@ def bilrp(
         ValueError: a non-bilinear similarity; layers zennit has no rule for (transformers);
             an LRP view that does not reproduce the model's embedding.
     """
-    from pairlens.models.lrp import lrp_embedding
+    from pairlens.models.lrp import lrp_embedding, unsupported_layers
 
+    for t in (1, 2):
+        bad = unsupported_layers(model, t)
+        if bad:
+            raise NotApplicableError(
+                f"LRP (zennit) has no rules for the {', '.join(bad)} layers of model "
+                f"{model.name!r} (transformer-style blocks); use method 'integrated-jacobians' "
+                "or 'feature-grid'"
+            )
     size = tuple(x1.shape[-2:])
-    g_out = resolve_grid(model, grid, x1)
+    grids = (resolve_grid(model, grid, x1, 1), resolve_grid(model, grid, x2, 2))
     b = x1.shape[0]
     gens = pair_generators(seed, x1, x2) if k is not None else []
-    rels, maps1, maps2, scores = [], [], [], []
-    with lrp_embedding(model, gamma=gamma, epsilon=epsilon) as view:
-        for sl in _chunks(b, batch_size, 2):
-            n = x1[sl].shape[0]
-            x = torch.cat([x1[sl], x2[sl]]).detach().requires_grad_(True)
-            with torch.no_grad():
-                z_model = model.embed(x)
-            with torch.enable_grad():
-                z = view(x)
-                zd = z.detach()
-                if not torch.allclose(zd, z_model, rtol=1e-3, atol=1e-4 * float(
-                        z_model.abs().max().clamp(min=1e-6))):
-                    raise ValueError(
-                        f"bilrp: the LRP view of model {model.name!r} does not reproduce its "
-                        "embedding (an encoder whose output is not pooled like SimilarityModel's)"
-                    )
-                s = model.embedding_similarity(z_model[:n], z_model[n:])
-                c = bilinear_scale(model, z_model[:n], z_model[n:])
-                u, w = embedding_directions(zd[:n], zd[n:], k, gens[sl] if gens else [])
-                rows = torch.arange(n, device=x.device).repeat(2)
-                n_dirs = w.shape[1]
-                e = torch.empty(2 * n, n_dirs, *size, device=x.device)
-                per_call = max(1, batch_size // (2 * n))
-                for m0, g in directional_grads(z, x, u, rows, per_call, scale=zd):
-                    e[:, m0 : m0 + len(g)] = g.sum(2).transpose(0, 1)
-            rel, (m1, m2) = assemble(e[:n], e[n:], w, c, g_out, size)
-            rels.append(rel)
-            maps1.append(m1)
-            maps2.append(m2)
-            scores.append(s)
-    rel = torch.cat(rels)
-    score = torch.cat(scores)
-    return PairRelevance(rel, (g_out, g_out), (torch.cat(maps1), torch.cat(maps2)), score,
-                         _extras(rel, score))
+    with torch.no_grad():
+        z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
+    s = model.embedding_similarity(z1, z2)
+    c = bilinear_scale(model, z1, z2)
+    u, w = embedding_directions(z1, z2, k, gens)
+    e = [torch.empty(b, w.shape[1], *size, device=x1.device) for _ in range(2)]
+    for t, x, z_model in ((1, x1, z1), (2, x2, z2)):
+        with lrp_embedding(model, tower=t, gamma=gamma, epsilon=epsilon) as view:
+            for sl in _chunks(b, batch_size, 1):
+                xx = x[sl].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    z = view(xx)
+                    zd = z.detach()
+                    scale = float(z_model[sl].abs().max().clamp(min=1e-6))
+                    if not torch.allclose(zd, z_model[sl], rtol=1e-3, atol=1e-4 * scale):
+                        raise ValueError(
+                            f"bilrp: the LRP view of model {model.name!r} does not reproduce "
+                            "its embedding (an encoder whose output is not pooled like "
+                            "SimilarityModel's)"
+                        )
+                    rows = torch.arange(sl.start, sl.stop, device=x1.device)
+                    per_call = max(1, batch_size // len(rows))
+                    for m0, g in directional_grads(z, xx, u, rows, per_call, scale=zd):
+                        e[t - 1][sl, m0 : m0 + len(g)] = g.sum(2).transpose(0, 1)
+    rel, maps = assemble(e[0], e[1], w, c, grids, size)
+    return PairRelevance(rel, grids, maps, s, _extras(rel, s))
 
 
 # ---------------------------------------------------------------------- integrated Jacobians
-def reference_image(model: SimilarityModel, x: Tensor, reference: str) -> Tensor:
-    """The reference ``r`` of integrated Jacobians for inputs ``x`` (B, 3, H, W), in model-input
-    space: ``"blur"`` (Gaussian blur, kernel 21, sigma 5, the COCOA baseline), ``"black"``
-    (pixels 0) or ``"zero"`` (0 in model-input space: the normalisation mean colour)."""
+def reference_image(model: SimilarityModel, x: Tensor, reference: str, tower: int = 1) -> Tensor:
+    """The reference ``r`` of integrated Jacobians for inputs ``x`` (B, C, H, W) of ``tower``, in
+    model-input space: ``"blur"`` (Gaussian blur, kernel 21, sigma 5, the COCOA baseline),
+    ``"black"`` (pixels 0) or ``"zero"`` (0 in model-input space: the normalisation mean)."""
     key = str(reference).strip().lower()
     if key == "blur":
         from pairlens.attribution.baselines import blur
 
         return blur(x)
     if key == "black":
-        return model.normalize(torch.zeros_like(x))
+        return model.normalize(torch.zeros_like(x), tower)
     if key == "zero":
         return torch.zeros_like(x)
     raise ValueError(f"reference must be 'blur', 'black' or 'zero'; got {reference!r}")
@@ -426,6 +438,7 @@ def reference_image(model: SimilarityModel, x: Tensor, reference: str) -> Tensor
     summary="Integrated Jacobians: products of the integrated gradients of k embedding "
     "directions from a reference image, with the completeness error",
     family="correspondence",
+    pairs_only=True,
 )
 def integrated_jacobians(
     model: SimilarityModel,
@@ -464,40 +477,33 @@ def integrated_jacobians(
     Raises:
         ValueError: a non-bilinear similarity, ``steps < 1``, ``k < 2``, a bad reference.
     """
-    if int(steps) < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
     steps = int(steps)
     size = tuple(x1.shape[-2:])
-    g_out = resolve_grid(model, grid, x1)
+    grids = (resolve_grid(model, grid, x1, 1), resolve_grid(model, grid, x2, 2))
     b = x1.shape[0]
-    x = torch.cat([x1, x2]).detach()
-    r = reference_image(model, x, reference)
+    xs = (x1.detach(), x2.detach())
+    refs = tuple(reference_image(model, x, reference, t) for t, x in zip((1, 2), xs, strict=True))
     with torch.no_grad():
-        z = model.embed(x)
-        zr = model.embed(r)
-    s = model.embedding_similarity(z[:b], z[b:])
-    c = bilinear_scale(model, z[:b], z[b:])
-    a = z - zr
-    gens = pair_generators(seed, x1, x2) if k is not None else []
-    u, w = embedding_directions(a[:b], a[b:], k, gens)
-    pair_of = torch.arange(b, device=x.device).repeat(2)  # image index -> its pair
-    m_dirs = w.shape[1]
-    e = torch.zeros(2 * b, m_dirs, *size, device=x.device)
-    # path points (image, step) in chunks of at most batch_size images
-    points = [(i, st) for i in range(2 * b) for st in range(1, steps + 1)]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    for start in range(0, len(points), batch_size):
-        chunk = points[start : start + batch_size]
-        idx = torch.tensor([i for i, _ in chunk], device=x.device)
-        alpha = torch.tensor([st / steps for _, st in chunk], device=x.device).view(-1, 1, 1, 1)
-        xp = (r[idx] + alpha * (x[idx] - r[idx])).requires_grad_(True)
-        with torch.enable_grad():
-            zp = model.embed(xp)
-            per_call = max(1, batch_size // len(chunk))
-            for m0, g in directional_grads(zp, xp, u, pair_of[idx], per_call):
-                contrib = ((x[idx] - r[idx]) * g).sum(2) / steps  # (m, chunk, H, W)
-                e[:, m0 : m0 + len(g)].index_add_(0, idx, contrib.transpose(0, 1))
-    rel, maps = assemble(e[:b], e[b:], w, c, g_out, size)
-    target = c * (a[:b] * a[b:]).sum(1)
-    return PairRelevance(rel, (g_out, g_out), maps, s, _extras(rel, target))
+        z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
+        zr1, zr2 = model.embed_pair(refs[0], refs[1], check=False)
+    s = model.embedding_similarity(z1, z2)
+    c = bilinear_scale(model, z1, z2)
+    a1, a2 = z1 - zr1, z2 - zr2
+    u, w = embedding_directions(a1, a2, k, pair_generators(seed, x1, x2) if k is not None else [])
+    e = [torch.zeros(b, w.shape[1], *size, device=x1.device) for _ in range(2)]
+    # path points (image, step) of each tower in chunks of at most batch_size images
+    for t, x, r in zip((1, 2), xs, refs, strict=True):
+        points = [(i, st) for i in range(b) for st in range(1, steps + 1)]
+        for start in range(0, len(points), batch_size):
+            chunk = points[start : start + batch_size]
+            idx = torch.tensor([i for i, _ in chunk], device=x.device)
+            alpha = torch.tensor([st / steps for _, st in chunk], device=x.device).view(-1, 1, 1, 1)
+            xp = (r[idx] + alpha * (x[idx] - r[idx])).requires_grad_(True)
+            with torch.enable_grad():
+                zp = model.embed(xp, t)
+                per_call = max(1, batch_size // len(chunk))
+                for m0, g in directional_grads(zp, xp, u, idx, per_call):
+                    contrib = ((x[idx] - r[idx]) * g).sum(2) / steps  # (m, chunk, H, W)
+                    e[t - 1][:, m0 : m0 + len(g)].index_add_(0, idx, contrib.transpose(0, 1))
+    rel, maps = assemble(e[0], e[1], w, c, grids, size)
+    return PairRelevance(rel, grids, maps, s, _extras(rel, c * (a1 * a2).sum(1)))

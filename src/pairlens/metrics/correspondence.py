@@ -134,8 +134,9 @@ def pair_removal_curves(
     n = g[0] * g[1]
     device = x1.device
     if z1 is None or z2 is None:
-        z = _embed(model, torch.cat([x1, x2]), batch_size)
-        z1, z2 = z[:b], z[b:]
+        half = max(1, batch_size // 2)
+        zs = [model.embed_pair(a, c) for a, c in zip(x1.split(half), x2.split(half), strict=True)]
+        z1, z2 = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
     s0 = model.embedding_similarity(z1, z2)
     if relevance is not None and grids is not None:
         rel = regrid_pairs(relevance.to(device).float(), grids, (g, g))
@@ -177,7 +178,7 @@ def pair_removal_curves(
 
     segments = [(o, i, 1, n) for o, i in jobs]
     for o_idx, i_idx, t_idx, altered in chunked_segments(segments, build, batch_size, device):
-        emb[o_idx, i_idx, t_idx] = model.embed(altered).to(emb.dtype)
+        emb[o_idx, i_idx, t_idx] = model.embed_mixed(altered, i_idx >= b).to(emb.dtype)
     for o, i, same in copies:
         emb[o, i] = emb[same, i]
     out: dict[str, Tensor] = {}
@@ -194,6 +195,3 @@ def pair_removal_curves(
             out["PD_curve"], out["PI_curve"] = both, inter
     return out
 
-
-def _embed(model: SimilarityModel, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([model.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])

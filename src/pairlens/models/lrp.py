@@ -60,13 +60,14 @@ class _Pool(nn.Module):
 
 
 class _View(nn.Module):
-    """encoder -> pooling (a module) -> head: the model's embedding, ready for zennit."""
+    """encoder -> pooling (a module) -> head of one tower: its embedding, ready for zennit."""
 
-    def __init__(self, model: SimilarityModel) -> None:
+    def __init__(self, model: SimilarityModel, tower: int = 1) -> None:
         super().__init__()
-        self.encoder = copy.deepcopy(model.encoder)
+        t = model.tower(tower)
+        self.encoder = copy.deepcopy(t.encoder)
         self.pool = _Pool()
-        self.head = copy.deepcopy(model.head)
+        self.head = copy.deepcopy(t.head)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.encoder(x)))
@@ -96,22 +97,20 @@ def _canonizers() -> list:
             AttributeCanonizer(bundled_blocks)]
 
 
-def check_supported(model: SimilarityModel) -> None:
-    """Raise ``ValueError`` if the model has layers zennit cannot propagate relevance through."""
-    bad = sorted({type(m).__name__ for m in model.modules() if isinstance(m, UNSUPPORTED)
-                  or "Attention" in type(m).__name__})
-    if bad:
-        raise ValueError(
-            f"LRP (zennit) has no rules for the {', '.join(bad)} layers of model {model.name!r} "
-            "(transformer-style blocks); use method 'integrated-jacobians' or 'feature-grid'"
-        )
+def unsupported_layers(model: SimilarityModel, tower: int = 1) -> list[str]:
+    """Names of the layer types of ``tower`` that zennit has no LRP rule for (empty: supported)."""
+    t = model.tower(tower)
+    modules = [*t.encoder.modules(), *t.head.modules()]
+    return sorted({type(m).__name__ for m in modules if isinstance(m, UNSUPPORTED)
+                   or "Attention" in type(m).__name__})
 
 
 @contextmanager
 def lrp_embedding(
-    model: SimilarityModel, gamma: float = 0.25, epsilon: float = 1e-6
+    model: SimilarityModel, tower: int = 1, gamma: float = 0.25, epsilon: float = 1e-6
 ) -> Iterator[nn.Module]:
-    """A copy of the model's embedding function whose backward pass is LRP (see module docstring).
+    """A copy of the embedding function of ``tower`` whose backward pass is LRP (see module
+    docstring).
 
     Inside the context, ``z = view(x)`` (x requiring grad) followed by
     ``autograd.grad(z, x, grad_outputs=R_z)`` returns the relevance (B, 3, H, W) of the pixels for
@@ -119,7 +118,7 @@ def lrp_embedding(
     pass, so several backward passes of one forward pass (``retain_graph=True``) are allowed.
 
     Raises:
-        ValueError: the model has layers without an LRP rule (:func:`check_supported`).
+        ValueError: the tower has layers without an LRP rule (:func:`unsupported_layers`).
         ImportError: zennit is not installed.
     """
     try:
@@ -127,12 +126,16 @@ def lrp_embedding(
     except ModuleNotFoundError as err:
         raise ImportError("LRP needs zennit: pip install 'pairlens[lrp]'") from err
 
-    check_supported(model)
-    view = _View(model).to(model.device).eval()
+    bad = unsupported_layers(model, tower)
+    if bad:
+        raise ValueError(f"LRP (zennit) has no rules for the {', '.join(bad)} layers of model "
+                         f"{model.name!r}")
+    view = _View(model, tower).to(model.device).eval()
     for p in view.parameters():
         p.requires_grad_(False)
-    low = model.normalize(torch.zeros(1, 3, 1, 1, device=model.device))
-    high = model.normalize(torch.ones(1, 3, 1, 1, device=model.device))
+    channels = model.tower(tower).mean.shape[1]
+    low = model.normalize(torch.zeros(1, channels, 1, 1, device=model.device), tower)
+    high = model.normalize(torch.ones(1, channels, 1, 1, device=model.device), tower)
     composite = EpsilonGammaBox(low=low, high=high, epsilon=epsilon, gamma=gamma,
                                 canonizers=_canonizers())
     with composite.context(view) as hooked:
