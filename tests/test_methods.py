@@ -387,7 +387,9 @@ def test_every_method_on_the_bundled_digits_model(digits_pairs, name):
         assert torch.isfinite(m).all() and (m.flatten(1).amax(1) > m.flatten(1).amin(1)).all()
         torch.testing.assert_close(m, m_again)  # deterministic (seeded where stochastic)
     if get_method(name).deterministic:
+        # LRP's rule ratios amplify float32 differences of batched convolutions
+        tol = {"rtol": 1e-3, "atol": 1e-4} if name == "bilrp" else {"rtol": 1e-4, "atol": 1e-6}
         for i in range(3):
             one = pairlens.explain(model, x1[i : i + 1], x2[i : i + 1], method=name, **p)
             for mb, ms in zip(batch.maps, one.maps, strict=True):
-                torch.testing.assert_close(mb[i : i + 1], ms, rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(mb[i : i + 1], ms, **tol)
