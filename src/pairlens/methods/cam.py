@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import upsample
+from pairlens.methods.common import by_pairs, upsample
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine, similarity_feature_gradients
 
@@ -24,14 +24,21 @@ Reduction = Literal["mean", "max", "attention"]
     summary="Baseline-Grad-CAM: sum_k [dS/dA_k]_+ * A_k for each image separately",
     family="activation",
 )
-def grad_cam(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+def grad_cam(
+    model: SimilarityModel, x1: Tensor, x2: Tensor, *, batch_size: int | None = None
+) -> PairMaps:
     """Baseline-Grad-CAM, eq. (1): E = sum_k [W^k]_+ (.) A^k with W^k = dS/dA^k (point-wise,
-    not spatially averaged, as in the paper and its code)."""
-    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    size = tuple(x1.shape[-2:])
-    e1 = (g1.clamp(min=0) * a1).sum(1)
-    e2 = (g2.clamp(min=0) * a2).sum(1)
-    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+    not spatially averaged, as in the paper and its code). ``batch_size``: images per forward
+    pass (None: :func:`pairlens.runtime.default_batch_size`)."""
+
+    def run(a: Tensor, c: Tensor) -> PairMaps:
+        s, a1, a2, g1, g2 = similarity_feature_gradients(model, a, c)
+        size = tuple(a.shape[-2:])
+        e1 = (g1.clamp(min=0) * a1).sum(1)
+        e2 = (g2.clamp(min=0) * a2).sum(1)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
@@ -63,6 +70,7 @@ def interaction_cam(
     *,
     reduction: Reduction = "mean",
     grad_interaction: bool = True,
+    batch_size: int | None = None,
 ) -> PairMaps:
     """Interaction-CAM, eq. (2): E_{1,2} = sum_k [j^k g^k_{1,2}]_+ A^k_{1,2}.
 
@@ -73,20 +81,25 @@ def interaction_cam(
       (as in the paper's code, which then reduces eq. 2 to Grad-CAM weighted by J).
 
     The rectification [.]_+ is applied to the product j^k g^k as eq. (2) writes it; for
-    non-negative activations this equals the paper code's j^k [g^k]_+.
+    non-negative activations this equals the paper code's j^k [g^k]_+. ``batch_size``: images
+    per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
-    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
-    if grad_interaction:
-        gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
-        w1 = gram.amax(dim=2)[:, :, None, None]
-        w2 = gram.amax(dim=1)[:, :, None, None]
-    else:
-        w1, w2 = g1, g2
-    size = tuple(x1.shape[-2:])
-    e1 = ((j * w1).clamp(min=0) * a1).sum(1)
-    e2 = ((j * w2).clamp(min=0) * a2).sum(1)
-    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    def run(x1: Tensor, x2: Tensor) -> PairMaps:
+        s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
+        j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
+        if grad_interaction:
+            gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
+            w1 = gram.amax(dim=2)[:, :, None, None]
+            w2 = gram.amax(dim=1)[:, :, None, None]
+        else:
+            w1, w2 = g1, g2
+        size = tuple(x1.shape[-2:])
+        e1 = ((j * w1).clamp(min=0) * a1).sum(1)
+        e2 = ((j * w2).clamp(min=0) * a2).sum(1)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 @register_method(
@@ -95,23 +108,30 @@ def interaction_cam(
     summary="Similarity decomposition: each location's features dotted with the other's pooled",
     family="activation",
 )
-def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+def deep_similarity(
+    model: SimilarityModel, x1: Tensor, x2: Tensor, *, batch_size: int | None = None
+) -> PairMaps:
     """Spatial decomposition of the cosine of the average-pooled feature-layer vectors.
 
     With f_i = mean_u A_i(u), cos(f1, f2) = sum_u A1(u).f2 / (hw |f1| |f2|); the map of image 1
     is the summand A1(u).f2 / (hw |f1||f2|) at each location u (and symmetrically for image 2),
     so each map sums to the pooled-feature cosine. Like the original method it explains the
-    pooled features and ignores any head after them. No gradients are needed.
+    pooled features and ignores any head after them. No gradients are needed. ``batch_size``:
+    images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
-    with torch.no_grad():
+
+    @torch.no_grad()
+    def run(x1: Tensor, x2: Tensor) -> PairMaps:
         z, a = model.embed_with_features(torch.cat([x1, x2]))
-        grid = model.to_grid(a, tuple(x1.shape[-2:]))
-    b = x1.shape[0]
-    a1, a2 = grid[:b], grid[b:]
-    f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
-    hw = a1.shape[2] * a1.shape[3]
-    denom = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None] * hw
-    e1 = torch.einsum("bchw,bc->bhw", a1, f2) / denom
-    e2 = torch.einsum("bchw,bc->bhw", a2, f1) / denom
-    size = tuple(x1.shape[-2:])
-    return PairMaps(upsample(e1, size), upsample(e2, size), cosine(z[:b], z[b:]))
+        grid = model.to_grid(a.float(), tuple(x1.shape[-2:]))
+        b = x1.shape[0]
+        a1, a2 = grid[:b], grid[b:]
+        f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
+        hw = a1.shape[2] * a1.shape[3]
+        denom = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None] * hw
+        e1 = torch.einsum("bchw,bc->bhw", a1, f2) / denom
+        e2 = torch.einsum("bchw,bc->bhw", a2, f1) / denom
+        size = tuple(x1.shape[-2:])
+        return PairMaps(upsample(e1, size), upsample(e2, size), cosine(z[:b], z[b:]))
+
+    return by_pairs(run, x1, x2, batch_size, grad=False)

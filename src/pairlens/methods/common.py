@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pairlens.methods.registry import PairMaps
+from pairlens.runtime import resolve_batch_size
 
 
 def saliency(x: Tensor, grad: Tensor) -> Tensor:
@@ -38,3 +43,25 @@ def noise_sigma(x: Tensor, level: float) -> Tensor:
     """SmoothGrad noise standard deviation per image: ``level * (max - min)``, shape (B,1,1,1)."""
     flat = x.flatten(1)
     return (level * (flat.amax(1) - flat.amin(1))).view(-1, 1, 1, 1)
+
+
+def by_pairs(
+    fn: Callable[[Tensor, Tensor], PairMaps],
+    x1: Tensor,
+    x2: Tensor,
+    batch_size: int | None,
+    grad: bool,
+) -> PairMaps:
+    """``fn`` applied to chunks of pairs so that at most ``batch_size`` images (both images of
+    ``batch_size // 2`` pairs, at least one pair) go through the model per forward pass.
+
+    ``batch_size=None`` is :func:`pairlens.runtime.default_batch_size` for the device and image
+    size (``grad``: whether ``fn`` keeps an autograd graph). Pairs are independent, so the maps
+    are the same for any ``batch_size``; the results of the chunks are concatenated."""
+    b = x1.shape[0]
+    per = max(1, resolve_batch_size(batch_size, x1, grad) // 2)
+    if per >= b:
+        return fn(x1, x2)
+    parts = [fn(x1[i : i + per], x2[i : i + per]) for i in range(0, b, per)]
+    score = None if parts[0].score is None else torch.cat([p.score for p in parts])
+    return PairMaps(torch.cat([p.map1 for p in parts]), torch.cat([p.map2 for p in parts]), score)

@@ -1,8 +1,9 @@
 """Perturbation methods for pairs (seed 000, §III-B): Conditional and Pairwise Occlusion.
 
 Occluded pixels are set to ``fill`` (0 by default) in model-input space. All occluded images go
-through the model ``batch_size`` at a time without autograd, and the embedding of each unaltered
-image is computed once.
+through the model ``batch_size`` images at a time without autograd (None:
+:func:`pairlens.runtime.default_batch_size`), and the embedding of each unaltered image is
+computed once. Masks are built by broadcasting, never one by one in Python.
 """
 
 from __future__ import annotations
@@ -15,14 +16,25 @@ from torch import Tensor
 
 from pairlens.methods.common import generator, scaled
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
+from pairlens.runtime import resolve_batch_size
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
     if window >= size:
         return [0]
     return list(range(0, size - window + 1, stride))
+
+
+def box_masks(top: Tensor, left: Tensor, height: Tensor, width: Tensor, h: int, w: int) -> Tensor:
+    """Boolean masks (n, h, w), True inside the box ``[top, top + height) x [left, left + width)``
+    of each row (all arguments (n,) integer tensors on one device)."""
+    rows = torch.arange(h, device=top.device)
+    cols = torch.arange(w, device=top.device)
+    inside_r = (rows >= top[:, None]) & (rows < (top + height)[:, None])  # (n, h)
+    inside_c = (cols >= left[:, None]) & (cols < (left + width)[:, None])  # (n, w)
+    return inside_r[:, :, None] & inside_c[:, None, :]
 
 
 def windows_to_pixels(grid: Tensor, window: int, stride: int, size: tuple[int, int]) -> Tensor:
@@ -57,7 +69,7 @@ def conditional_occlusion(
     window: int | None = None,
     stride: int | None = None,
     fill: float = 0.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> PairMaps:
     """Conditional Occlusion: occlude one image with a sliding square while the other is whole.
 
@@ -71,12 +83,15 @@ def conditional_occlusion(
     side = min(h, w)
     window = window or scaled(64, side)
     stride = stride or scaled(8, side)
+    batch_size = resolve_batch_size(batch_size, x1)
     rows, cols = _windows(h, window, stride), _windows(w, window, stride)
-    masks = torch.ones(len(rows) * len(cols), 1, h, w, device=x1.device, dtype=torch.bool)
-    for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
-        masks[k, :, r : r + window, c : c + window] = False
-    z1, z2 = model.embed(x1), model.embed(x2)
-    base = cosine(z1, z2)
+    top = torch.tensor(rows, device=x1.device).repeat_interleave(len(cols))
+    left = torch.tensor(cols, device=x1.device).repeat(len(rows))
+    size = torch.full_like(top, window)
+    masks = box_masks(top, left, size, size, h, w)[:, None]  # (n, 1, h, w), True = occluded
+    z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
+    z1, z2 = z[:b], z[b:]
+    base = model.embedding_similarity(z1, z2)
     n = len(masks)
     maps = []
     for x, z_other in ((x1, z2), (x2, z1)):
@@ -85,8 +100,10 @@ def conditional_occlusion(
         for k in track(steps, desc="conditional-occlusion"):
             idx = torch.arange(k, min(k + batch_size, b * n), device=x1.device)
             pair, win = idx // n, idx % n
-            occluded = x[pair].masked_fill(~masks[win], fill)
-            drops[idx] = base[pair] - cosine(model.embed(occluded), z_other[pair])
+            occluded = x[pair].masked_fill(masks[win], fill)
+            drops[idx] = base[pair] - model.embedding_similarity(
+                model.embed(occluded), z_other[pair]
+            )
         maps.append(windows_to_pixels(drops.view(b, len(rows), len(cols)), window, stride, (h, w)))
     return PairMaps(maps[0], maps[1], base)
 
@@ -105,20 +122,19 @@ def random_rectangles(
     ratio (height / width) log-uniform in ``ratio``, position uniform; a rectangle that does not
     fit is re-drawn, and after 10 tries clipped to the image.
     """
-    u = torch.rand(n, 13, generator=gen, device=gen.device).cpu().tolist()
+    u = torch.rand(n, 13, generator=gen, device=gen.device).double()
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    masks = torch.zeros(n, h, w, dtype=torch.bool)
-    for k, uk in enumerate(u):
-        r = math.exp(log_lo + (log_hi - log_lo) * uk[10])
-        for t in range(10):
-            a = (area[0] + (area[1] - area[0]) * uk[t]) * h * w
-            rh, rw = round(math.sqrt(a * r)), round(math.sqrt(a / r))
-            if rh <= h and rw <= w:
-                break
-        rh, rw = max(1, min(rh, h)), max(1, min(rw, w))
-        top, left = int(uk[11] * (h - rh + 1)), int(uk[12] * (w - rw + 1))
-        masks[k, top : top + rh, left : left + rw] = True
-    return masks.to(gen.device)
+    r = torch.exp(log_lo + (log_hi - log_lo) * u[:, 10:11])  # (n, 1)
+    a = (area[0] + (area[1] - area[0]) * u[:, :10]) * (h * w)  # (n, 10 tries)
+    rh, rw = torch.round(torch.sqrt(a * r)), torch.round(torch.sqrt(a / r))
+    fits = (rh <= h) & (rw <= w)
+    # the first try that fits, else the last one (clipped below)
+    first = torch.where(fits.any(1), fits.int().argmax(1), 9)
+    rh = rh.gather(1, first[:, None])[:, 0].clamp(1, h)
+    rw = rw.gather(1, first[:, None])[:, 0].clamp(1, w)
+    top = torch.floor(u[:, 11] * (h - rh + 1))
+    left = torch.floor(u[:, 12] * (w - rw + 1))
+    return box_masks(top.long(), left.long(), rh.long(), rw.long(), h, w)
 
 
 @register_method(
@@ -138,7 +154,7 @@ def pairwise_occlusion(
     area: tuple[float, float] = (0.1, 0.3),
     ratio: tuple[float, float] = (1.0, 1.5),
     fill: float = 0.0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int | None = 0,
 ) -> PairMaps:
     """Pairwise Occlusion: ``n_samples`` pairs of random rectangles erased simultaneously.
@@ -147,24 +163,27 @@ def pairwise_occlusion(
     is the softmax over samples of ``s - s_i``; the weight goes to the erased region of the image
     whose occluded embedding has the lower L2 norm (the region likely held highly activated
     features). Regions are tracked by their masks, never by looking for zero pixels.
+    ``batch_size``: images per forward pass, i.e. ``batch_size // 2`` samples (at least one).
     """
     b, _, h, w = x1.shape
+    per = max(1, resolve_batch_size(batch_size, x1) // 2)
     gen = generator(seed, x1.device)
-    z1, z2 = model.embed(x1), model.embed(x2)
-    base = cosine(z1, z2)
+    z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(2 * per)])
+    base = model.embedding_similarity(z[:b], z[b:])
     total = b * n_samples
     m1 = random_rectangles(total, h, w, area, ratio, gen)  # pair-major: pair i, sample k at i*n+k
     m2 = random_rectangles(total, h, w, area, ratio, gen)
     sims = torch.empty(total, device=x1.device)
     norm1, norm2 = torch.empty_like(sims), torch.empty_like(sims)
-    for k in track(range(0, total, batch_size), desc="pairwise-occlusion"):
-        idx = torch.arange(k, min(k + batch_size, total), device=x1.device)
+    for k in track(range(0, total, per), desc="pairwise-occlusion"):
+        idx = torch.arange(k, min(k + per, total), device=x1.device)
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)
         o2 = x2[pair].masked_fill(m2[idx, None], fill)
         z = model.embed(torch.cat([o1, o2]))
         za, zb = z[: len(idx)], z[len(idx) :]
-        sims[idx], norm1[idx], norm2[idx] = cosine(za, zb), za.norm(dim=1), zb.norm(dim=1)
+        sims[idx] = model.embedding_similarity(za, zb)
+        norm1[idx], norm2[idx] = za.norm(dim=1), zb.norm(dim=1)
     weight = torch.softmax((base.repeat_interleave(n_samples) - sims).view(b, n_samples), dim=1)
     to_first = (norm1 < norm2).view(b, n_samples)
     m1, m2 = m1.view(b, n_samples, h, w), m2.view(b, n_samples, h, w)

@@ -36,8 +36,9 @@ from torch import Tensor
 
 from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
+from pairlens.runtime import resolve_batch_size
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
 _LUMA = (0.299, 0.587, 0.114)
@@ -229,7 +230,7 @@ def averaged_transforms(
     guided: bool = False,
     noise: bool = False,
     noise_level: float = 0.15,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int | None = 0,
 ) -> PairMaps:
     """Averaged Transforms: S_z = cos(x1, t^z(x2)) for the Z steps of ``transform``;
@@ -244,22 +245,31 @@ def averaged_transforms(
     * ``guided=True`` (variant G): guided backpropagation through every ReLU.
     * ``noise=True`` (variant N): SmoothGrad noise (``noise_level * (max - min)``) is added to the
       intermediate views t^1 ... t^{Z-1}, as in the paper's code.
-    * x1 and its Z views go through the model together, ``batch_size`` images at a time.
+    * ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
+      Image 1 is embedded once per pair with its graph kept; the Z views go through the model
+      ``batch_size`` at a time, and the gradients dS/dz1 and dS/dview of all chunks are summed
+      before the backward passes through image 1's network and through the transform (the chain
+      rule, so the maps do not depend on ``batch_size``).
     """
     if steps < 1:
         raise ValueError("steps must be >= 1")
     _family(transform)
     b = x1.shape[0]
+    bs = resolve_batch_size(batch_size, x1, grad=True)
     gen = generator(seed, x1.device)
     u = torch.rand(b, 8, generator=gen, device=x1.device)
     eps = torch.randn((steps, *x2.shape), generator=gen, device=x1.device) if noise else None
     g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
-    per_chunk = max(1, batch_size // (steps + 1))
-    for start in track(range(0, b, per_chunk), desc="averaged-transforms"):
-        sl = slice(start, start + per_chunk)
+    scores = torch.empty(b, device=x1.device)
+    per = min(b, bs)  # pairs whose image 1 goes through the model together
+    for start in track(range(0, b, per), desc="averaged-transforms"):
+        sl = slice(start, start + per)
         a = x1[sl].detach().requires_grad_(True)
         c = x2[sl].detach().requires_grad_(True)
+        n = a.shape[0]
         with torch.enable_grad(), model.guided(guided):
+            z1 = model.embed(a)
+            z1_leaf = z1.detach().requires_grad_(True)
             views01 = transform_path(
                 transform, model.denormalize(c), steps, strength, interpolation, u[sl]
             )
@@ -269,9 +279,18 @@ def averaged_transforms(
                 last = torch.zeros(steps, 1, 1, 1, 1, device=x1.device)
                 last[-1] = 1.0
                 views = views + (eps[:, sl] * (1 - last)).flatten(0, 1) * sigma
-            n = a.shape[0]
-            z = model.embed(torch.cat([a, views]))
-            s = cosine(z[:n].repeat(steps, 1), z[n:])
-            g1, g2 = torch.autograd.grad(s.sum() / steps, (a, c))
+            g_views = torch.empty_like(views)
+            g_z1 = torch.zeros_like(z1_leaf)
+            for v0 in range(0, len(views), bs):
+                leaf = views[v0 : v0 + bs].detach().requires_grad_(True)
+                pair = torch.arange(v0, v0 + len(leaf), device=x1.device) % n
+                s = model.embedding_similarity(z1_leaf[pair], model.embed(leaf))
+                gz, gv = torch.autograd.grad(s.sum() / steps, (z1_leaf, leaf))
+                g_z1 += gz
+                g_views[v0 : v0 + len(leaf)] = gv
+            (g1,) = torch.autograd.grad(z1, a, grad_outputs=g_z1)
+            (g2,) = torch.autograd.grad(views, c, grad_outputs=g_views)
+        with torch.no_grad():  # the score of the unaltered pair: only image 2 is new
+            scores[sl] = model.embedding_similarity(z1.detach(), model.embed(x2[sl]))
         g1_total[sl], g2_total[sl] = g1, g2
-    return PairMaps(saliency(x1, g1_total), saliency(x2, g2_total))
+    return PairMaps(saliency(x1, g1_total), saliency(x2, g2_total), scores)

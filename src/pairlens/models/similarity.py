@@ -29,6 +29,8 @@ from pairlens.io import ImageLike, load_image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COSINE_EPS = 1e-8
+#: ``--amp`` choices: autocast dtype of the encoder and head (None: float32)
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 SimilarityFn = Callable[[Tensor, Tensor], Tensor]
@@ -155,7 +157,29 @@ class SimilarityModel(nn.Module):
         self.name = name
         self.similarity_name, self._similarity_fn = resolve_similarity(similarity)
         self.classifier: nn.Module | None = None  # optional (B, D) -> logits probe
+        self.amp: str | None = None
+        self.channels_last = False
         self.eval()
+
+    def set_execution(self, amp: str | None = None, channels_last: bool = False) -> SimilarityModel:
+        """How forward passes run; changes speed, and results only within the checked tolerance.
+
+        Args:
+            amp: ``None`` (float32), ``"bf16"`` or ``"fp16"``: the encoder and head run under
+                ``torch.autocast`` on the model's device; embeddings, maps and scores stay float32.
+                Checked against float32 in ``benchmarks/precision.py`` (docs/performance.md).
+            channels_last: store conv weights and feed images in the channels-last memory layout
+                (faster convolutions with oneDNN / cuDNN; no effect on a ViT's results).
+
+        Returns:
+            ``self``. Raises ValueError for an unknown ``amp``.
+        """
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(map(str, AMP_DTYPES))}; got {amp!r}")
+        self.amp = amp
+        self.channels_last = bool(channels_last)
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return self
 
     # ------------------------------------------------------------------ device and basics
     @property
@@ -212,8 +236,17 @@ class SimilarityModel(nn.Module):
         return self.embed(x)
 
     def embed(self, x: Tensor) -> Tensor:
-        """Embedding (B, D) whose cosine is the similarity. Keeps autograd if enabled."""
-        return self.head(pool_features(self.encoder(x)))
+        """Embedding (B, D) whose cosine is the similarity. Keeps autograd if enabled.
+
+        Runs in the memory layout and precision set by :meth:`set_execution`; the embedding is
+        float32 in every case."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp is None:
+            return self.head(pool_features(self.encoder(x)))
+        with torch.autocast(x.device.type, dtype=AMP_DTYPES[self.amp]):
+            z = self.head(pool_features(self.encoder(x)))
+        return z.float()
 
     def embedding_similarity(self, z1: Tensor, z2: Tensor) -> Tensor:
         """The model's similarity (B,) of two (B, D) embeddings (cosine unless configured)."""
@@ -293,6 +326,7 @@ class SimilarityModel(nn.Module):
             "std": [round(v, 6) for v in self.std.flatten().tolist()],
             "feature_layer": self.feature_layer,
             "similarity": self.similarity_name,
+            **({"amp": self.amp} if self.amp else {}),
         }
 
 
@@ -350,5 +384,5 @@ def similarity_feature_gradients(
         s = cosine(z[:b], z[b:])
         (g,) = torch.autograd.grad(s.sum(), a)
     hw = (x.shape[2], x.shape[3])
-    a_grid, g_grid = model.to_grid(a.detach(), hw), model.to_grid(g, hw)
+    a_grid, g_grid = model.to_grid(a.detach().float(), hw), model.to_grid(g.float(), hw)
     return s.detach(), a_grid[:b], a_grid[b:], g_grid[:b], g_grid[b:]
