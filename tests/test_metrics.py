@@ -257,8 +257,8 @@ def test_max_sensitivity_matches_loop_and_is_zero_for_input_independent_maps():
     assert torch.allclose(ms, worst.mean(0), atol=1e-5)
     assert (ms > 0).all()
     # the random baseline with a fixed seed ignores its input: explained one sample (B pairs) per
-    # call, its maps never change, so its sensitivity is 0
-    ms_random = max_sensitivity(model, x1, x2, "random", n_samples=2, batch_size=2)
+    # call (batch_size = 4 images), its maps never change, so its sensitivity is 0
+    ms_random = max_sensitivity(model, x1, x2, "random", n_samples=2, batch_size=4)
     assert torch.allclose(ms_random, torch.zeros(2))
 
 

@@ -28,6 +28,7 @@ from pairlens.metrics.faithfulness import (
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
 from pairlens.models.similarity import SimilarityModel
+from pairlens.runtime import resolve_batch_size
 
 ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS")
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
@@ -42,7 +43,7 @@ def evaluate(
     explanation_or_maps: Any,
     metrics: Sequence[str] = DEFAULT_METRICS,
     step: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     return_curves: bool = False,
     method: str | None = None,
     method_params: Mapping[str, Any] | None = None,
@@ -60,7 +61,8 @@ def evaluate(
         metrics: names from :data:`ALL_METRICS` (case-insensitive).
         step: pixels ``L`` per insertion / deletion step; default ``max(1, round(H*W/224))``.
         batch_size: images per forward pass (altered images of several steps and pairs are
-            batched together).
+            batched together); None: :func:`pairlens.runtime.default_batch_size` for the device
+            and image size. Also passed to the method for ``MS`` when it takes one.
         return_curves: also return the curves, keyed ``"SI_curve"`` etc., each (B, N+1); the
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
@@ -101,8 +103,9 @@ def evaluate(
     need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
     need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
     z1 = z2 = None
+    batch_size = resolve_batch_size(batch_size, x1)
     if need_curves or need_drop:
-        with torch.no_grad():
+        with torch.inference_mode():
             z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
         z1, z2 = z[:b], z[b:]
     if need_curves:
@@ -124,7 +127,7 @@ def evaluate(
             raise ValueError("metric MS needs the method: pass method=... (and method_params)")
         out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
                                     n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                    batch_size=max(1, batch_size // 2))
+                                    batch_size=batch_size)
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 
