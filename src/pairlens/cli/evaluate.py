@@ -26,6 +26,8 @@ REPORT_EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from pairlens.cli.explain import add_execution_options
+
     p = sub.add_parser(
         "evaluate",
         help="evaluate explanation methods with the pair metrics (resumable, shardable)",
@@ -56,11 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="selects images and augmentations")
     p.add_argument("--store", default="results.db",
                    help="SQLite results file (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B",
-                   help="pairs explained and stored together (default: %(default)s)")
-    p.add_argument("--forward-batch", type=int, default=256,
-                   help="images per forward pass in the metrics (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="images per forward pass in the methods and metrics; changes speed and "
+                   "memory, never results (default: chosen from the device and image size)")
+    p.add_argument("--pairs-per-unit", type=int, default=8, metavar="P",
+                   help="pairs explained, scored and stored together (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_execution_options(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_evaluate)
@@ -95,8 +99,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.pairs is not None and args.pairs < 1:
         raise ValueError("--pairs must be >= 1")
-    if args.batch_size < 1 or args.forward_batch < 1:
-        raise ValueError("--batch-size and --forward-batch must be >= 1")
+    if (args.batch_size is not None and args.batch_size < 1) or args.pairs_per_unit < 1:
+        raise ValueError("--batch-size and --pairs-per-unit must be >= 1")
     if args.step is not None and args.step < 1:
         raise ValueError("--step must be >= 1")
     specs = parse_methods(args.methods, args.param)
@@ -107,6 +111,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model = load_cli_model(args.model or "digits", args.checkpoint, args.embedding, device)
+    model.set_execution(amp=args.amp, channels_last=args.channels_last)
     model_key = args.model or "digits"
     if args.checkpoint:
         model_key += f"@{Path(args.checkpoint).name}"
@@ -120,7 +125,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         with ResultStore(args.store) as store:
             summary = run_evaluation(
                 model, model_key, pairs, specs, metrics, store, step=args.step,
-                pairs_per_batch=args.batch_size, forward_batch=args.forward_batch, shard=shard,
+                pairs_per_batch=args.pairs_per_unit, batch_size=args.batch_size, shard=shard,
                 progress=not args.quiet, ms_samples=args.ms_samples,
             )
         _barrier(dist)
@@ -132,6 +137,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
           f"already in {args.store}; {summary.seconds:.1f} s")
     for label, seconds in summary.per_method.items():
         print(f"{who}  {label:40s} explanation {seconds:8.2f} s")
+    if summary.computed_pairs:
+        print(f"{who}  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary.stages.items()))
     if shard.rank == 0:
         print(f"report: pairlens report {args.store} --out pairlens-report")
     return 0

@@ -44,6 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="pairlens-out", help="output directory (default: %(default)s)")
     p.add_argument("--smooth", type=float, default=0.0, help="display-only blur sigma in pixels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_execution_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain)
 
@@ -56,6 +57,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m.set_defaults(func=run_methods)
+
+
+def add_execution_options(p: argparse.ArgumentParser) -> None:
+    """``--amp`` and ``--channels-last`` (speed options; see docs/performance.md)."""
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="run the model under autocast in this precision (maps and scores stay "
+                   "float32; checked against float32 in docs/performance.md)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory layout for convolutional models (faster on most "
+                   "CPUs and GPUs; same results up to float rounding)")
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -106,6 +117,7 @@ def run_explain(args: argparse.Namespace) -> int:
         get_method(name)  # fail early on a typo
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
+    model.set_execution(amp=args.amp, channels_last=args.channels_last)
     x1, x2, sources = load_pair(model, images, args.images)
     out = Path(args.out)
     results = []

@@ -5,6 +5,8 @@ variant. Unit ``j`` belongs to rank ``j mod world_size``, so a ``torchrun`` run 
 the same batches as a single process, and a resumed run computes the same batches as an
 uninterrupted one (a unit is stored in one transaction, so it is either complete or absent). Per
 unit: the explanation (timed), :func:`pairlens.evaluate` with the curves, one store transaction.
+``batch_size`` (images per forward pass) is passed to every method that takes one and to the
+metrics; it changes speed and memory, never a result.
 """
 
 from __future__ import annotations
@@ -139,10 +141,14 @@ class Shard:
 
 @dataclass
 class RunSummary:
+    """Counts and wall times of a run; ``stages`` splits ``seconds`` into ``data`` (loading the
+    pairs), ``explain``, ``metrics``, ``store`` and ``other`` (progress bar, bookkeeping)."""
+
     computed_pairs: int = 0
     skipped_pairs: int = 0
     seconds: float = 0.0
     per_method: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def setting_key(pairs: PairSet, step: int | None, ms: Mapping[str, Any]) -> str:
@@ -162,13 +168,16 @@ def run_evaluation(
     store: ResultStore,
     step: int | None = None,
     pairs_per_batch: int = 8,
-    forward_batch: int = 256,
+    batch_size: int | None = None,
     shard: Shard = Shard(),
     progress: bool = True,
     on_unit: Callable[[str, list[int]], None] | None = None,
     ms_samples: int = 10,
 ) -> RunSummary:
-    """Evaluate every method variant on every pair of this shard, skipping finished pairs."""
+    """Evaluate every method variant on every pair of this shard, skipping finished pairs.
+
+    ``pairs_per_batch`` pairs are explained, scored and stored together (one unit); ``batch_size``
+    is images per forward pass in the methods and metrics (None: device-aware default)."""
     from tqdm.auto import tqdm
 
     ms = {"samples": ms_samples} if "MS" in metrics else {}
@@ -191,15 +200,17 @@ def run_evaluation(
                desc=f"rank {shard.rank}" if shard.world > 1 else "evaluate",
                position=shard.rank if shard.world > 1 else None)
     start_all = time.perf_counter()
+    stages = dict.fromkeys(("data", "explain", "metrics", "store"), 0.0)
     try:
         for spec, params_key, ids in units:
             bar.set_postfix_str(spec.label[:40])
+            t_data = time.perf_counter()
             x1, x2 = pairs.batch(ids)
             t0 = time.perf_counter()
-            exp = _explain(model, x1, x2, spec)
+            exp = _explain(model, x1, x2, spec, batch_size)
             t1 = time.perf_counter()
             scores = evaluate(model, x1, x2, exp, metrics=metrics, step=step,
-                              batch_size=forward_batch, return_curves=True,
+                              batch_size=batch_size, return_curves=True,
                               ms_samples=ms_samples, seed=0)
             t2 = time.perf_counter()
             k = len(ids)
@@ -215,6 +226,10 @@ def run_evaluation(
                 ))
             store.add_batch(model_key, setting, spec.name, params_key, spec.label, results,
                             rank=shard.rank)
+            t3 = time.perf_counter()
+            for stage, seconds in (("data", t0 - t_data), ("explain", t1 - t0),
+                                   ("metrics", t2 - t1), ("store", t3 - t2)):
+                stages[stage] += seconds
             summary.computed_pairs += k
             summary.per_method[spec.label] = summary.per_method.get(spec.label, 0.0) + (t1 - t0)
             bar.update(k)
@@ -223,13 +238,18 @@ def run_evaluation(
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start_all
+    stages["other"] = summary.seconds - sum(stages.values())
+    summary.stages = stages
     return summary
 
 
-def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec):
+def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec, batch_size: int | None):
     from pairlens.explanation import explain
 
-    exp = explain(model, x1, x2, method=spec.name, **spec.given)
+    params = dict(spec.given)
+    if batch_size is not None and "batch_size" in spec.params and "batch_size" not in params:
+        params["batch_size"] = batch_size
+    exp = explain(model, x1, x2, method=spec.name, **params)
     if model.device.type == "cuda":  # honest timings on GPU
         torch.cuda.synchronize(model.device)
     return exp
