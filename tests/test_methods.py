@@ -222,7 +222,7 @@ def test_pairwise_occlusion_rectangles_follow_the_convention():
     from pairlens.methods.common import generator
     from pairlens.methods.perturbation import random_rectangles
 
-    m = random_rectangles(500, 224, 224, (0.1, 0.3), (1.0, 1.5), generator(0, torch.device("cpu")))
+    m = random_rectangles(500, 224, 224, (0.1, 0.3), (1.0, 1.5), generator(0))
     area = m.flatten(1).float().mean(1)
     assert area.min() >= 0.09 and area.max() <= 0.31
     rows = m.any(2).sum(1).float()

@@ -29,9 +29,11 @@ def scaled(value: int, side: int, reference: int = 224) -> int:
     return max(1, round(value * side / reference))
 
 
-def generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (a fresh random seed when None)."""
-    g = torch.Generator(device=device)
+def generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (a fresh random seed when None). Draw on the CPU and
+    move the result to the model's device, so that CPU and CUDA runs use the same random numbers
+    (``benchmarks/device_check.py`` compares them)."""
+    g = torch.Generator()
     if seed is None:
         g.seed()
     else:

@@ -115,14 +115,16 @@ def random_rectangles(
     area: tuple[float, float],
     ratio: tuple[float, float],
     gen: torch.Generator,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
-    """``n`` boolean masks (n, h, w) on the generator's device, True inside a random rectangle.
+    """``n`` boolean masks (n, h, w) on ``device``, True inside a random rectangle (the draws are
+    made with the CPU generator ``gen``).
 
     As torchvision's ``RandomErasing``: area uniform in ``area`` (fraction of the image), aspect
     ratio (height / width) log-uniform in ``ratio``, position uniform; a rectangle that does not
     fit is re-drawn, and after 10 tries clipped to the image.
     """
-    u = torch.rand(n, 13, generator=gen, device=gen.device).double()
+    u = torch.rand(n, 13, generator=gen).double().to(device)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     r = torch.exp(log_lo + (log_hi - log_lo) * u[:, 10:11])  # (n, 1)
     a = (area[0] + (area[1] - area[0]) * u[:, :10]) * (h * w)  # (n, 10 tries)
@@ -167,12 +169,12 @@ def pairwise_occlusion(
     """
     b, _, h, w = x1.shape
     per = max(1, resolve_batch_size(batch_size, x1) // 2)
-    gen = generator(seed, x1.device)
+    gen = generator(seed)
     z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(2 * per)])
     base = model.embedding_similarity(z[:b], z[b:])
     total = b * n_samples
-    m1 = random_rectangles(total, h, w, area, ratio, gen)  # pair-major: pair i, sample k at i*n+k
-    m2 = random_rectangles(total, h, w, area, ratio, gen)
+    m1 = random_rectangles(total, h, w, area, ratio, gen, x1.device)  # pair i, sample k: i*n+k
+    m2 = random_rectangles(total, h, w, area, ratio, gen, x1.device)
     sims = torch.empty(total, device=x1.device)
     norm1, norm2 = torch.empty_like(sims), torch.empty_like(sims)
     for k in track(range(0, total, per), desc="pairwise-occlusion"):

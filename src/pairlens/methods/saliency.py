@@ -67,11 +67,12 @@ def smoothgrad(
     The gradients are averaged and multiplied by the clean image. Noisy pairs go through the model
     ``batch_size`` images (``batch_size // 2`` pairs, at least one) at a time (None:
     :func:`pairlens.runtime.default_batch_size`); the noise of sample k is drawn for all pairs at
-    once, image 1 then image 2, so the maps do not depend on ``batch_size``.
+    once, image 1 then image 2, on the CPU, so the maps depend neither on ``batch_size`` nor on
+    the device.
     """
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
-    gen = generator(seed, x1.device)
+    gen = generator(seed)
     b = x1.shape[0]
     per = max(1, resolve_batch_size(batch_size, x1, grad=True) // 2)
     sig1, sig2 = noise_sigma(x1, noise_level), noise_sigma(x2, noise_level)
@@ -83,8 +84,8 @@ def smoothgrad(
         if k not in noise:
             noise.clear()  # samples are visited in order: keep only the current one
             noise[k] = (
-                torch.randn(x1.shape, generator=gen, device=x1.device) * sig1,
-                torch.randn(x2.shape, generator=gen, device=x2.device) * sig2,
+                torch.randn(x1.shape, generator=gen).to(x1.device) * sig1,
+                torch.randn(x2.shape, generator=gen).to(x2.device) * sig2,
             )
         return noise[k]
 

@@ -256,9 +256,9 @@ def averaged_transforms(
     _family(transform)
     b = x1.shape[0]
     bs = resolve_batch_size(batch_size, x1, grad=True)
-    gen = generator(seed, x1.device)
-    u = torch.rand(b, 8, generator=gen, device=x1.device)
-    eps = torch.randn((steps, *x2.shape), generator=gen, device=x1.device) if noise else None
+    gen = generator(seed)
+    u = torch.rand(b, 8, generator=gen).to(x1.device)
+    eps = torch.randn((steps, *x2.shape), generator=gen).to(x1.device) if noise else None
     g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
     scores = torch.empty(b, device=x1.device)
     per = min(b, bs)  # pairs whose image 1 goes through the model together

@@ -1,0 +1,91 @@
+"""Helpers shared by the benchmarks: models with random weights, timing, memory, machine line."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import time
+
+import torch
+
+import pairlens
+
+
+def resnet50_model() -> pairlens.SimilarityModel:
+    """torchvision ResNet-50 (random weights, fc removed) at 224 px, feature layer ``layer4``."""
+    import torchvision
+
+    torch.manual_seed(0)
+    enc = torchvision.models.resnet50()
+    enc.fc = torch.nn.Identity()
+    return pairlens.SimilarityModel(enc, feature_layer="layer4", input_size=(224, 224),
+                                    name="resnet50")
+
+
+def vit_b16_model() -> pairlens.SimilarityModel:
+    """torchvision ViT-B/16 (random weights, head removed) at 224 px; CAM layer: the first norm
+    of the last block (see ``SimilarityModel``)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    enc = torchvision.models.vit_b_16()
+    enc.heads = torch.nn.Identity()
+    return pairlens.SimilarityModel(enc, feature_layer="encoder.layers.encoder_layer_11.ln_1",
+                                    input_size=(224, 224), patch_size=16, name="vit-b16")
+
+
+def load_benchmark_model(name: str) -> pairlens.SimilarityModel:
+    """``resnet50``, ``vit-b16`` (random weights) or a registered model name (``digits``...)."""
+    if name == "resnet50":
+        return resnet50_model()
+    if name == "vit-b16":
+        return vit_b16_model()
+    return pairlens.load_model(name, device="cpu")
+
+
+def pair(model: pairlens.SimilarityModel, b: int = 1, seed: int = 0):
+    """``b`` reproducible pairs (two (b, 3, H, W) batches in model-input space)."""
+    h, w = model.input_size
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.rand(b, 3, h, w, generator=g)
+    x2 = (x1 + 0.3 * torch.rand(b, 3, h, w, generator=g)).clamp(0, 1)
+    return model.normalize(x1).to(model.device), model.normalize(x2).to(model.device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeats: int, min_total: float = 1.0, device=torch.device("cpu")) -> float:
+    """Best of ``repeats`` timed calls after a warm-up; calls faster than ``min_total / 20`` are
+    repeated until ``min_total`` seconds have been spent, so millisecond timings are not one shot."""
+    start = time.perf_counter()
+    fn()  # warm-up
+    sync(device)
+    fast = time.perf_counter() - start < min_total / 20
+    best, spent, runs = math.inf, 0.0, 0
+    while runs < repeats or (fast and spent < min_total):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        elapsed = time.perf_counter() - start
+        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
+    return best
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_line() -> str:
+    """One line: CPU, cores, torch version and threads, 1-minute load, allocator settings."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    env = ",".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_",
+                                                    "MALLOC_TRIM_THRESHOLD_") if k in os.environ)
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, load {load:.2f}"
+            + (f", {env}" if env else ""))
