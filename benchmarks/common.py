@@ -59,9 +59,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, repeats: int, min_total: float = 1.0, device=torch.device("cpu")) -> float:
+def timed(fn, repeats: int, min_total: float = 1.0, device: torch.device | None = None) -> float:
     """Best of ``repeats`` timed calls after a warm-up; calls faster than ``min_total / 20`` are
-    repeated until ``min_total`` seconds have been spent, so millisecond timings are not one shot."""
+    repeated until ``min_total`` seconds have been spent (millisecond timings are not one shot).
+    ``device``: synchronised before each clock reading when it is a CUDA device."""
+    device = device or torch.device("cpu")
     start = time.perf_counter()
     fn()  # warm-up
     sync(device)

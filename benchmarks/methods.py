@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import reference_impl as ref  # noqa: E402
 import torch  # noqa: E402
 from common import load_benchmark_model, machine_line, pair, peak_rss_mb, timed  # noqa: E402
 
 import pairlens  # noqa: E402
-import reference_impl as ref  # noqa: E402
 from pairlens.methods.common import scaled  # noqa: E402
 from pairlens.methods.registry import get_method, method_infos  # noqa: E402
 from pairlens.metrics.faithfulness import default_step, n_steps  # noqa: E402
@@ -108,7 +108,8 @@ def check_metrics(model, x1, x2, maps, step) -> None:
     theirs = ref.six_metrics(model, x1, x2, maps[0], maps[1], step)
     for k in METRICS:
         if not math.isclose(float(ours[k][0]), theirs[k], abs_tol=1e-3):
-            raise AssertionError(f"{k}: pairlens {float(ours[k][0]):.5f}, reference {theirs[k]:.5f}")
+            raise AssertionError(f"{k}: pairlens {float(ours[k][0]):.5f}, "
+                                 f"reference {theirs[k]:.5f}")
 
 
 def bench_model(model_name: str, names: list[str], repeats: int, execution: dict) -> list[str]:
@@ -123,9 +124,10 @@ def bench_model(model_name: str, names: list[str], repeats: int, execution: dict
             maps = (torch.rand(1, h, w, generator=g), torch.rand(1, h, w, generator=g))
             if not execution.get("amp"):
                 check_metrics(model, x1, x2, maps, step)
-            t_ours = timed(lambda: pairlens.evaluate(model, x1, x2, maps, metrics=METRICS),
-                           repeats)
-            t_ref = timed(lambda: ref.six_metrics(model, x1, x2, *maps, step), repeats)
+            t_ours = timed(lambda maps=maps: pairlens.evaluate(model, x1, x2, maps,
+                                                               metrics=METRICS), repeats)
+            t_ref = timed(lambda maps=maps, step=step: ref.six_metrics(model, x1, x2, *maps, step),
+                          repeats)
             label = "six metrics"
         else:
             params = get_method(name).params

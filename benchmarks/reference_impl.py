@@ -174,7 +174,8 @@ def interaction_cam(model, img1, img2, reduction: str = "mean", grad_interact: b
     if reduction == "mean":
         joint = f1.mean((2, 3)) * f2.mean((2, 3))
     else:
-        joint = F.max_pool2d(f1, f1.shape[2:]).flatten(1) * F.max_pool2d(f2, f2.shape[2:]).flatten(1)
+        joint = (F.max_pool2d(f1, f1.shape[2:]).flatten(1)
+                 * F.max_pool2d(f2, f2.shape[2:]).flatten(1))
     joint = joint[:, :, None, None]
     return (f1 * joint * F.relu(g1)).sum(1), (f2 * joint * F.relu(g2)).sum(1)
 
@@ -294,8 +295,9 @@ def six_metrics(model, img1, img2, expl1, expl2, step: int) -> dict[str, float]:
     out = {}
     for mode, letter in (("ins", "I"), ("del", "D")):
         out[f"S{letter}"] = insertion_deletion_simult_single(model, img1, img2, e1, e2, mode, step)
-        out[f"C{letter}"] = (insertion_deletion_cond_single(model, img1, img2, e1, mode, step)
-                             + insertion_deletion_cond_single(model, img2, img1, e2, mode, step)) / 2
+        one = insertion_deletion_cond_single(model, img1, img2, e1, mode, step)
+        two = insertion_deletion_cond_single(model, img2, img1, e2, mode, step)
+        out[f"C{letter}"] = (one + two) / 2
     out["SAD"] = float(average_drop_increase_simult(model, img1, img2, e1, e2)[0])
     out["CAD"] = float(average_drop_increase_cond(model, img1, img2, e1)[0]
                        + average_drop_increase_cond(model, img2, img1, e2)[0]) / 2
