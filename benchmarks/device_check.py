@@ -105,10 +105,16 @@ def check(
     return failures
 
 
+def device_copy(model: pairlens.SimilarityModel, device: torch.device,
+                execution: dict) -> pairlens.SimilarityModel:
+    """The model under test: a copy of ``model`` on ``device`` with ``execution`` settings."""
+    return copy.deepcopy(model).to(device).set_execution(**execution)
+
+
 def _check_model(model_name, base, dev, ref_dev, batches, methods, execution, time_reference,
                  min_rank_correlation, max_metric_difference, out) -> int:
     failures = 0
-    model = copy.deepcopy(base).to(dev).set_execution(**execution)
+    model = device_copy(base, dev, execution)
     reference = base.to(ref_dev)
     x1, x2 = pair(model, max(batches))
     r1, r2 = x1[:1].to(ref_dev), x2[:1].to(ref_dev)

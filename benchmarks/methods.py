@@ -40,7 +40,7 @@ from pairlens.runtime import default_batch_size, tune_cpu_runtime  # noqa: E402
 METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 
 
-def floor_fn(model, name: str, params: dict, x1, x2):
+def floor_fn(model, name: str, params: dict, x1, x2, step: int | None = None):
     """A plain-PyTorch function doing exactly the passes the method needs (one pair)."""
     h, w = x1.shape[-2:]
     grad_bs = default_batch_size(x1.device, (h, w), grad=True)
@@ -97,7 +97,7 @@ def floor_fn(model, name: str, params: dict, x1, x2):
     if name == "deep-similarity":
         return lambda: torch.no_grad()(model.embed)(torch.cat([x1, x2]))
     if name == "metrics":
-        n = n_steps(h, w, default_step(h, w))
+        n = n_steps(h, w, step or default_step(h, w))
         return lambda: no_grad_images(4 * n + 2, bs)
     raise KeyError(name)
 
@@ -112,20 +112,21 @@ def check_metrics(model, x1, x2, maps, step) -> None:
                                  f"reference {theirs[k]:.5f}")
 
 
-def bench_model(model_name: str, names: list[str], repeats: int, execution: dict) -> list[str]:
+def bench_model(model_name: str, names: list[str], repeats: int, execution: dict,
+                step: int | None = None) -> list[str]:
     model = load_benchmark_model(model_name).set_execution(**execution)
     x1, x2 = pair(model, 1)
     h, w = model.input_size
     rows = []
     for name in names:
         if name == "metrics":
-            step = default_step(h, w)
+            step = step or default_step(h, w)
             g = torch.Generator().manual_seed(1)
             maps = (torch.rand(1, h, w, generator=g), torch.rand(1, h, w, generator=g))
             if not execution.get("amp"):
                 check_metrics(model, x1, x2, maps, step)
-            t_ours = timed(lambda maps=maps: pairlens.evaluate(model, x1, x2, maps,
-                                                               metrics=METRICS), repeats)
+            t_ours = timed(lambda maps=maps, step=step: pairlens.evaluate(
+                model, x1, x2, maps, metrics=METRICS, step=step), repeats)
             t_ref = timed(lambda maps=maps, step=step: ref.six_metrics(model, x1, x2, *maps, step),
                           repeats)
             label = "six metrics"
@@ -138,7 +139,7 @@ def bench_model(model_name: str, names: list[str], repeats: int, execution: dict
             t_ref = timed(lambda name=name, kw=kw: ref.METHODS[name](model, x1, x2, **kw),
                           repeats)
             label = name
-        t_floor = timed(floor_fn(model, name, {} if name == "metrics" else params, x1, x2),
+        t_floor = timed(floor_fn(model, name, {} if name == "metrics" else params, x1, x2, step),
                         repeats)
         row = (f"| {model_name} | {label} | {t_ours:.4f} | {t_floor:.4f} | {t_ref:.4f} | "
                f"{t_ours / t_floor:.2f} | {t_ours / t_ref:.2f} |")
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-tune", action="store_true", help="skip pairlens.runtime.tune_cpu_runtime")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--amp", default=None, choices=("bf16", "fp16"))
+    ap.add_argument("--step", type=int, default=None,
+                    help="metrics: pixels per insertion/deletion step (default: round(H*W/224))")
     args = ap.parse_args(argv)
     applied = {} if args.no_tune else tune_cpu_runtime()
     torch.set_num_threads(args.threads)
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
           "| / reference |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for model_name in args.models.split(","):
-        bench_model(model_name, names, args.repeats, execution)
+        bench_model(model_name, names, args.repeats, execution, args.step)
     print(machine_line())
 
 

@@ -67,3 +67,16 @@ def by_pairs(
     parts = [fn(x1[i : i + per], x2[i : i + per]) for i in range(0, b, per)]
     score = None if parts[0].score is None else torch.cat([p.score for p in parts])
     return PairMaps(torch.cat([p.map1 for p in parts]), torch.cat([p.map2 for p in parts]), score)
+
+
+@torch.no_grad()
+def pair_scores(model, x1: Tensor, x2: Tensor, batch_size: int | None = None) -> Tensor:
+    """The model's similarity (B,) of the unaltered pairs, ``batch_size`` images per forward pass
+    (both images of a pair in one pass; None: the device-aware default)."""
+
+    def run(a: Tensor, c: Tensor) -> PairMaps:
+        z = model.embed(torch.cat([a, c]))
+        s = model.embedding_similarity(z[: len(a)], z[len(a) :])
+        return PairMaps(s, s, s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=False).score

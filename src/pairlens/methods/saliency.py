@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import by_pairs, generator, noise_sigma, saliency
+from pairlens.methods.common import by_pairs, generator, noise_sigma, pair_scores, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
 from pairlens.progress import track
@@ -99,4 +99,5 @@ def smoothgrad(
         _, g1, g2 = similarity_input_gradients(model, x1[idx] + n1, x2[idx] + n2, guided=guided)
         total1.index_add_(0, idx, g1)
         total2.index_add_(0, idx, g2)
-    return PairMaps(saliency(x1, total1 / n_samples), saliency(x2, total2 / n_samples))
+    score = pair_scores(model, x1, x2, 2 * per)
+    return PairMaps(saliency(x1, total1 / n_samples), saliency(x2, total2 / n_samples), score)
