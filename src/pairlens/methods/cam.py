@@ -14,6 +14,7 @@ from torch import Tensor
 from pairlens.methods.common import by_pairs, upsample
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine, similarity_feature_gradients
+from pairlens.validation import Annotated, Range
 
 Reduction = Literal["mean", "max", "attention"]
 
@@ -25,7 +26,11 @@ Reduction = Literal["mean", "max", "attention"]
     family="activation",
 )
 def grad_cam(
-    model: SimilarityModel, x1: Tensor, x2: Tensor, *, batch_size: int | None = None
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Baseline-Grad-CAM, eq. (1): E = sum_k [W^k]_+ (.) A^k with W^k = dS/dA^k (point-wise,
     not spatially averaged, as in the paper and its code). ``batch_size``: images per forward
@@ -70,7 +75,7 @@ def interaction_cam(
     *,
     reduction: Reduction = "mean",
     grad_interaction: bool = True,
-    batch_size: int | None = None,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Interaction-CAM, eq. (2): E_{1,2} = sum_k [j^k g^k_{1,2}]_+ A^k_{1,2}.
 
@@ -109,7 +114,11 @@ def interaction_cam(
     family="activation",
 )
 def deep_similarity(
-    model: SimilarityModel, x1: Tensor, x2: Tensor, *, batch_size: int | None = None
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Spatial decomposition of the cosine of the average-pooled feature-layer vectors.
 

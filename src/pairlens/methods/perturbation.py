@@ -19,6 +19,7 @@ from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
 from pairlens.runtime import resolve_batch_size
+from pairlens.validation import Annotated, Ordered, Range
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
@@ -66,10 +67,10 @@ def conditional_occlusion(
     x1: Tensor,
     x2: Tensor,
     *,
-    window: int | None = None,
-    stride: int | None = None,
-    fill: float = 0.0,
-    batch_size: int | None = None,
+    window: Annotated[int, Range(1)] | None = None,
+    stride: Annotated[int, Range(1)] | None = None,
+    fill: Annotated[float, Range()] = 0.0,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Conditional Occlusion: occlude one image with a sliding square while the other is whole.
 
@@ -152,12 +153,12 @@ def pairwise_occlusion(
     x1: Tensor,
     x2: Tensor,
     *,
-    n_samples: int = 100,
-    area: tuple[float, float] = (0.1, 0.3),
-    ratio: tuple[float, float] = (1.0, 1.5),
-    fill: float = 0.0,
-    batch_size: int | None = None,
-    seed: int | None = 0,
+    n_samples: Annotated[int, Range(1)] = 100,
+    area: Annotated[tuple[float, float], Range(0, 1, lo_open=True), Ordered()] = (0.1, 0.3),
+    ratio: Annotated[tuple[float, float], Range(0, lo_open=True), Ordered()] = (1.0, 1.5),
+    fill: Annotated[float, Range()] = 0.0,
+    batch_size: Annotated[int, Range(1)] | None = None,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Pairwise Occlusion: ``n_samples`` pairs of random rectangles erased simultaneously.
 

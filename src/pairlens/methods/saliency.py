@@ -15,6 +15,7 @@ from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
 from pairlens.progress import track
 from pairlens.runtime import resolve_batch_size
+from pairlens.validation import Annotated, Range
 
 
 @register_method(
@@ -29,7 +30,7 @@ def input_x_gradient(
     x2: Tensor,
     *,
     guided: bool = False,
-    batch_size: int | None = None,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Input x Gradient of the pair similarity, one forward and one backward pass per chunk of
     ``batch_size`` images (None: :func:`pairlens.runtime.default_batch_size`)."""
@@ -53,11 +54,11 @@ def smoothgrad(
     x1: Tensor,
     x2: Tensor,
     *,
-    n_samples: int = 50,
-    noise_level: float = 0.15,
+    n_samples: Annotated[int, Range(1)] = 50,
+    noise_level: Annotated[float, Range(0)] = 0.15,
     guided: bool = False,
-    batch_size: int | None = None,
-    seed: int | None = 0,
+    batch_size: Annotated[int, Range(1)] | None = None,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """SmoothGrad (Smilkov et al., 2017) on the pair similarity.
 
