@@ -94,7 +94,7 @@ def test_every_parameter_and_the_seed_are_in_the_key(tmp_path):
     assert params == ['{"seed":0}', '{"seed":1}']
     smooth = parse_methods("smoothgrad[guided=no]")[0]
     assert smooth.params == {"n_samples": 50, "noise_level": 0.15, "guided": False,
-                             "batch_size": 32, "seed": 0} and smooth.label == "smoothgrad"
+                             "batch_size": None, "seed": 0} and smooth.label == "smoothgrad"
 
 
 def _bundle_with_offset(src: Path, dst: Path, offset: float) -> Path:
@@ -236,7 +236,7 @@ def test_bad_parameters_exit_non_zero_and_store_nothing(tmp_path, capsys):
     import json
 
     assert json.loads((tmp_path / "g" / "input-x-gradient.json").read_text())["params"] == \
-        {"guided": False}
+        {"guided": False, "batch_size": None}
 
 
 def test_train_refuses_zero_epochs_in_the_library_too(tmp_path):
