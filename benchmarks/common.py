@@ -60,9 +60,10 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, repeats: int, min_total: float = 1.0, device: torch.device | None = None) -> float:
-    """Best of ``repeats`` timed calls. A call under ``min_total / 20`` seconds is warmed up first
-    and repeated until ``min_total`` seconds have been spent (millisecond timings are not one
-    shot); a call over ``2 * min_total`` counts as its own warm-up (its first run is measured).
+    """Best of at least ``repeats`` timed calls, repeated until ``min_total`` seconds have been
+    spent (millisecond timings are not one shot, and one call delayed by other processes on a
+    loaded machine does not decide the result). The first call is a warm-up, except when it takes
+    over ``2 * min_total`` seconds: then it is measured as the first run.
     ``device``: synchronised before each clock reading when it is a CUDA device."""
     device = device or torch.device("cpu")
     sync(device)
@@ -70,9 +71,8 @@ def timed(fn, repeats: int, min_total: float = 1.0, device: torch.device | None 
     fn()
     sync(device)
     first = time.perf_counter() - start
-    fast = first < min_total / 20
     best, spent, runs = (first, first, 1) if first > 2 * min_total else (math.inf, 0.0, 0)
-    while runs < repeats or (fast and spent < min_total):
+    while runs < repeats or spent < min_total:
         start = time.perf_counter()
         fn()
         sync(device)
