@@ -135,11 +135,16 @@ def test_default_batch_size_follows_device_and_image_size(monkeypatch):
     class Props:
         total_memory = 24 << 30
 
+    from pairlens.runtime import _default_batch_size
+
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: Props)
+    _default_batch_size.cache_clear()
     assert default_batch_size("cuda", (224, 224)) == 128
     assert default_batch_size("cuda", (224, 224), grad=True) == 32
     Props.total_memory = 8 << 30
+    _default_batch_size.cache_clear()
     assert default_batch_size("cuda", (224, 224), grad=True) == 10
+    _default_batch_size.cache_clear()
     x = torch.zeros(1, 3, 224, 224)
     assert resolve_batch_size(None, x) == 8 and resolve_batch_size(5, x) == 5
     with pytest.raises(ValueError, match="images per forward pass"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from typing import Any
@@ -52,9 +53,14 @@ def default_batch_size(
     Returns:
         An integer >= 1.
     """
+    return _default_batch_size(str(device), tuple(image_hw), bool(grad))
+
+
+@functools.lru_cache(maxsize=64)
+def _default_batch_size(device_name: str, image_hw: tuple[int, int], grad: bool) -> int:
     import torch
 
-    device = torch.device(device)
+    device = torch.device(device_name)
     scale = (224 * 224) / max(1, image_hw[0] * image_hw[1])
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

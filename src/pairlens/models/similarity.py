@@ -391,8 +391,9 @@ def similarity_feature_gradients(
     b = x1.shape[0]
     x = torch.cat([x1, x2]).detach()
     with torch.enable_grad():
-        if not any(p.requires_grad for p in model.parameters()):
-            x.requires_grad_(True)  # frozen models: make the activation part of a graph
+        # the activation must be part of a graph even for frozen models; the backward pass stops
+        # at the feature layer either way (cheaper than scanning the parameters on every call)
+        x.requires_grad_(True)
         z, a = model.embed_with_features(x)
         s = cosine(z[:b], z[b:])
         (g,) = torch.autograd.grad(s.sum(), a)
