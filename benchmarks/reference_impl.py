@@ -8,12 +8,13 @@ structure and, above all, its amount of work: one pair at a time, each image of 
 model separately, the conditional image re-encoded at every insertion/deletion step, occluded
 images embedded 32 at a time, the pairwise-occlusion masks accumulated pair by pair on the CPU.
 
-Deliberate differences, all in the reference's favour (so PairLens / reference ratios are if
-anything pessimistic for PairLens):
+Gradient passes call ``score.backward()`` as the original does, so they also compute every
+parameter's gradient (for Grad-CAM the backward pass runs through the whole network, not only
+down to the feature layer): that is the reference's cost. Deliberate differences, all in the
+reference's favour (so PairLens / reference ratios are if anything pessimistic for PairLens):
 
 * inference passes run under ``torch.no_grad`` (the original builds autograd graphs in several
-  of them) and gradient passes differentiate only with respect to the inputs (the original's
-  ``score.backward()`` also computes every parameter's gradient);
+  of them, e.g. every step of the single-pair insertion / deletion loops);
 * the Averaged Transforms views are the pixel-space blend of the image with a brightness-scaled
   copy (the original builds them with torchvision's PIL colour jitter, which costs more);
 * Deep Similarity is not in that repository; :func:`deep_similarity` is a batch-1 loop written
@@ -41,12 +42,18 @@ def _cos(a, b):
     return F.cosine_similarity(a, b, dim=-1)
 
 
-def saliency(model, img1, img2):
-    """methods.py ``sailency``: one forward per image, gradient of the cosine to both inputs."""
-    a = img1.clone().requires_grad_(True)
-    c = img2.clone().requires_grad_(True)
+def _backward_to_inputs(model, a, c):
+    """``score.backward()`` as in the original (parameter gradients included); input grads."""
+    model.zero_grad()
+    a, c = a.clone().requires_grad_(True), c.clone().requires_grad_(True)
     score = _cos(model.embed(a), model.embed(c))
-    g1, g2 = torch.autograd.grad(score.sum(), (a, c))
+    score.sum().backward()
+    return a.grad, c.grad
+
+
+def saliency(model, img1, img2):
+    """methods.py ``sailency``: one forward per image, ``score.backward()``."""
+    g1, g2 = _backward_to_inputs(model, img1, img2)
     return (img1 * g1).abs().amax(1), (img2 * g2).abs().amax(1)
 
 
@@ -59,10 +66,7 @@ def smooth_grad(model, img1, img2, steps: int = 50, noise_level: float = 0.15):
     g2 = torch.zeros_like(img2)
     for _ in range(steps):
         noise = torch.zeros_like(img1).normal_(0, sigma)
-        a = (img1 + noise).requires_grad_(True)
-        c = (img2 + noise).requires_grad_(True)
-        score = _cos(model.embed(a), model.embed(c))
-        d1, d2 = torch.autograd.grad(score.sum(), (a, c))
+        d1, d2 = _backward_to_inputs(model, img1 + noise, img2 + noise)
         g1 += d1
         g2 += d2
     return (img1 * g1 / steps).abs().amax(1), (img2 * g2 / steps).abs().amax(1)
@@ -82,10 +86,7 @@ def averaged_transforms(model, img1, img2, steps: int = 10):
     g1 = torch.zeros_like(img1)
     g2 = torch.zeros_like(img2)
     for view in views[1:]:
-        a = img1.clone().requires_grad_(True)
-        c = view.clone().requires_grad_(True)
-        score = _cos(model.embed(a), model.embed(c))
-        d1, d2 = torch.autograd.grad(score.sum(), (a, c))
+        d1, d2 = _backward_to_inputs(model, img1, view)
         g1 += d1
         g2 += d2
     return (img1 * g1 / steps).abs().amax(1), (views[-1] * g2 / steps).abs().amax(1)
@@ -146,12 +147,16 @@ def pairwise_occlusion(model, img1, img2, batch_size: int = 32, num_erases: int 
 
 
 def _features_and_grads(model, img1, img2):
-    """methods.py ``GradCAM.forward``: each image through the feature extractor separately, the
-    similarity of the heads' outputs, gradients at the feature maps."""
-    z1, f1 = model.embed_with_features(img1.clone().requires_grad_(True))
-    z2, f2 = model.embed_with_features(img2.clone().requires_grad_(True))
-    score = _cos(z1, z2)
-    g1, g2 = torch.autograd.grad(score.sum(), (f1, f2))
+    """methods.py ``GradCAM.forward`` and ``get_gradcam``: each image through the feature
+    extractor separately, the similarity of the heads' outputs, ``score.backward()`` (through the
+    whole network, for the parameters' gradients) with hooks keeping the feature maps' gradients."""
+    model.zero_grad()
+    z1, f1 = model.embed_with_features(img1)
+    z2, f2 = model.embed_with_features(img2)
+    f1.retain_grad()
+    f2.retain_grad()
+    _cos(z1, z2).sum().backward()
+    g1, g2 = f1.grad, f2.grad
     hw = tuple(img1.shape[-2:])
     return (model.to_grid(f1.detach(), hw), model.to_grid(f2.detach(), hw),
             model.to_grid(g1, hw), model.to_grid(g2, hw))
