@@ -253,6 +253,22 @@ def test_reference_metrics_loops_agree_with_pairlens(square):
         assert math.isclose(float(ours[k][0]), v, abs_tol=1e-5), k
 
 
+@pytest.mark.parametrize("name", ["input-x-gradient", "grad-cam", "interaction-cam"])
+def test_reference_method_loops_give_pairlens_maps(square, name):
+    """The batch-1 reference loops compute the same maps (CAMs before upsampling)."""
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(BENCH))
+    import reference_impl as ref
+
+    x1, x2 = pair_batch(1)
+    ours = pairlens.explain(square, x1, x2, method=name).maps
+    theirs = ref.METHODS[name](square, x1, x2)
+    for a, b in zip(ours, theirs, strict=True):
+        b = F.interpolate(b[None], size=(32, 32), mode="bilinear")[0] if b.shape[-1] != 32 else b
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_device_check_without_cuda_says_so_in_one_line():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
