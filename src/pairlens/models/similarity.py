@@ -275,11 +275,18 @@ class SimilarityModel(nn.Module):
         return torch.cat([self.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
     # ------------------------------------------------------------------ feature maps
-    def embed_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def embed_with_features(
+        self, x: Tensor, grad_from_features: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Embedding (B, D) and the raw output of ``feature_layer`` from one forward pass.
 
         The raw output keeps its own layout ((B, C, h, w) or (B, N, C)); differentiate with
         respect to it and convert both activation and gradient with :meth:`to_grid`.
+
+        ``grad_from_features=True``: the layers before ``feature_layer`` run without autograd and
+        the feature output is returned as a leaf requiring grad, from which the rest of the
+        forward pass is recorded (the CAM methods need gradients down to that layer only; this
+        saves the autograd bookkeeping and activation memory of the backbone below it).
         """
         if self.feature_layer is None:
             raise ValueError(
@@ -289,14 +296,25 @@ class SimilarityModel(nn.Module):
         store: dict[str, Tensor] = {}
         module = _get_submodule(self.encoder, self.feature_layer)
 
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            store["a"] = out[0] if isinstance(out, (tuple, list)) else out
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+            a = out[0] if isinstance(out, (tuple, list)) else out
+            if not grad_from_features:
+                store["a"] = a
+                return None
+            torch.set_grad_enabled(True)  # record from here on (restored below)
+            store["a"] = a.detach().requires_grad_(True)
+            a = store["a"].clone()  # later in-place ops must not touch the leaf
+            return (a, *out[1:]) if isinstance(out, (tuple, list)) else a
 
         handle = module.register_forward_hook(hook)
+        grad_mode = torch.is_grad_enabled()
         try:
+            if grad_from_features:
+                torch.set_grad_enabled(False)
             z = self.embed(x)
         finally:
             handle.remove()
+            torch.set_grad_enabled(grad_mode)
         return z, store["a"]
 
     def to_grid(self, a: Tensor, input_hw: tuple[int, int] | None = None) -> Tensor:
@@ -385,16 +403,13 @@ def similarity_feature_gradients(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Similarity (B,), feature grids A1, A2 (B, C, h, w) and dS/dA1, dS/dA2 (same shapes).
 
-    One forward pass of the 2B images through the encoder with a hook on ``feature_layer`` and one
-    backward pass down to that layer.
+    One forward pass of the 2B images through the encoder with a hook on ``feature_layer`` (the
+    layers below it without autograd) and one backward pass down to that layer.
     """
     b = x1.shape[0]
     x = torch.cat([x1, x2]).detach()
     with torch.enable_grad():
-        # the activation must be part of a graph even for frozen models; the backward pass stops
-        # at the feature layer either way (cheaper than scanning the parameters on every call)
-        x.requires_grad_(True)
-        z, a = model.embed_with_features(x)
+        z, a = model.embed_with_features(x, grad_from_features=True)
         s = cosine(z[:b], z[b:])
         (g,) = torch.autograd.grad(s.sum(), a)
     hw = (x.shape[2], x.shape[3])
