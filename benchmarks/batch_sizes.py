@@ -23,13 +23,13 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-def child(model_name: str, batches: list[int], threads: int, repeats: int, tune: bool) -> dict:
+def child(model_name: str, batches: list[int], threads: int, repeats: int, tune: bool,
+          clock: str = "wall") -> dict:
     """Measure in this process; returns a JSON-able dict."""
     from pairlens.runtime import tune_cpu_runtime
 
@@ -37,10 +37,11 @@ def child(model_name: str, batches: list[int], threads: int, repeats: int, tune:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from common import load_benchmark_model
+    from common import load_benchmark_model, now, set_clock
 
     from pairlens.runtime import default_batch_size
 
+    set_clock(clock)
     torch.set_num_threads(threads)
     model = load_benchmark_model(model_name)
     h, w = model.input_size
@@ -52,17 +53,17 @@ def child(model_name: str, batches: list[int], threads: int, repeats: int, tune:
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             best = float("inf")
             for _ in range(repeats):
-                start = time.perf_counter()
+                start = now()
                 model.embed(x)
-                best = min(best, time.perf_counter() - start)
+                best = min(best, now() - start)
             faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (repeats * b)
         xg = x.clone().requires_grad_(True)
         torch.autograd.grad(model.embed(xg).sum(), xg)
         best_grad = float("inf")
         for _ in range(max(1, repeats - 1)):
-            start = time.perf_counter()
+            start = now()
             torch.autograd.grad(model.embed(xg).sum(), xg)
-            best_grad = min(best_grad, time.perf_counter() - start)
+            best_grad = min(best_grad, now() - start)
         rows.append({"batch": b, "ms": 1000 * best / b, "ms_grad": 1000 * best_grad / b,
                      "faults": faults})
     return {"applied": applied, "rows": rows,
@@ -76,22 +77,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default="1,2,4,8,16,32,64")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or the process's CPU time (one-thread runs, loaded machine)")
     ap.add_argument("--child", choices=("glibc", "tuned"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     if args.child:
         print(json.dumps(child(args.model, batches, args.threads, args.repeats,
-                               args.child == "tuned")))
+                               args.child == "tuned", args.clock)))
         return
     print(f"{args.model}, {args.threads} threads, {os.cpu_count()} cores, 1-min load "
-          f"{os.getloadavg()[0]:.2f}; ms per image (best of {args.repeats}); * = PairLens default")
+          f"{os.getloadavg()[0]:.2f}; ms per image ({args.clock} clock, best of {args.repeats}); "
+          "* = PairLens default")
     results = {}
     for setting in ("glibc", "tuned"):
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("MALLOC_") and k != "OMP_WAIT_POLICY"}
         proc = subprocess.run(
             [sys.executable, __file__, "--child", setting, "--model", args.model, "--batches",
-             args.batches, "--threads", str(args.threads), "--repeats", str(args.repeats)],
+             args.batches, "--threads", str(args.threads), "--repeats", str(args.repeats),
+             "--clock", args.clock],
             capture_output=True, text=True, env=env, check=True)
         results[setting] = json.loads(proc.stdout.strip().splitlines()[-1])
     print("| batch | forward, glibc | forward, tuned | fwd+bwd, glibc | fwd+bwd, tuned | "

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import load_benchmark_model, machine_line, pair, sync  # noqa: E402
+from common import load_benchmark_model, machine_line, now, pair, sync  # noqa: E402
 
 import pairlens  # noqa: E402
 from pairlens.methods.registry import method_infos  # noqa: E402
@@ -63,10 +63,10 @@ def run_timed(fn: Callable, device: torch.device) -> tuple[float, object]:
         best, result = math.inf, None
         for _ in range(runs):
             sync(device)
-            start = time.perf_counter()
+            start = now()
             result = fn()
             sync(device)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, now() - start)
         if best >= 1.0 or runs > 1:
             return best, result
         runs = 3

@@ -29,7 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_impl as ref  # noqa: E402
 import torch  # noqa: E402
-from common import load_benchmark_model, machine_line, pair, peak_rss_mb, timed  # noqa: E402
+from common import (  # noqa: E402
+    load_benchmark_model,
+    machine_line,
+    pair,
+    peak_rss_mb,
+    set_clock,
+    timed,
+)
 
 import pairlens  # noqa: E402
 from pairlens.methods.common import scaled  # noqa: E402
@@ -161,7 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--amp", default=None, choices=("bf16", "fp16"))
     ap.add_argument("--step", type=int, default=None,
                     help="metrics: pixels per insertion/deletion step (default: round(H*W/224))")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (for one-thread runs on a loaded "
+                    "machine)")
     args = ap.parse_args(argv)
+    set_clock(args.clock)
     applied = {} if args.no_tune else tune_cpu_runtime()
     torch.set_num_threads(args.threads)
     names = [i.name for i in method_infos() if i.name in ref.METHODS] + ["metrics"]
@@ -169,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         names = args.methods.split(",")
     execution = {"amp": args.amp, "channels_last": args.channels_last}
     print(machine_line())
-    print(f"runtime tuning: {applied or 'none'}; execution: {execution}; best of {args.repeats}")
+    print(f"runtime tuning: {applied or 'none'}; execution: {execution}; best of "
+          f"{args.repeats}; clock: {args.clock}")
     print("| model | method | PairLens s/pair | floor s/pair | reference s/pair | / floor "
           "| / reference |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_study(pairs: int, threads: int | None, extra: list[str]) -> tuple[float, str]:
-    """(wall seconds, the command's output) of the README study with ``pairs`` pairs."""
+def run_study(pairs: int, threads: int | None, extra: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds of the command (all threads), the command's output) of the
+    README study with ``pairs`` pairs."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pairlens", "evaluate", "--model", "digits", "--data",
                "digits", "--pairs", str(pairs), "--methods", "all", "--store",
@@ -36,12 +38,19 @@ def run_study(pairs: int, threads: int | None, extra: list[str]) -> tuple[float,
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"),
                                                           env.get("PYTHONPATH")]))
+        cpu = _children_cpu()
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         wall = time.perf_counter() - start
+        cpu = _children_cpu() - cpu
     if proc.returncode != 0:
         raise SystemExit(f"pairlens evaluate failed ({proc.returncode}): {proc.stderr.strip()}")
-    return wall, proc.stdout
+    return wall, cpu, proc.stdout
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,10 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("extra", nargs="*", help="more options for pairlens evaluate (after --)")
     args = ap.parse_args(argv)
     load = os.getloadavg()[0]
-    wall, out = run_study(args.pairs, args.threads, args.extra)
+    wall, cpu, out = run_study(args.pairs, args.threads, args.extra)
     print(f"README study, {args.pairs} pairs, all methods, six metrics: wall {wall:.1f} s "
-          f"({wall / 60:.2f} min; 1-min load at start {load:.2f}, at end "
-          f"{os.getloadavg()[0]:.2f}, {os.cpu_count()} cores)")
+          f"({wall / 60:.2f} min), CPU {cpu:.1f} s (all threads); 1-min load at start "
+          f"{load:.2f}, at end {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
     print(out.rstrip())
 
 
