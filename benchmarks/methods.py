@@ -77,7 +77,7 @@ def floor_fn(model, name: str, params: dict, x1, x2, step: int | None = None):
 
         return run
     if name == "averaged-transforms":
-        z = params["steps"]
+        z = params["steps"] - (params["interpolation"] == "paper")  # paper mode: Z - 1 views
 
         def run():
             fwd_bwd_input(x1)

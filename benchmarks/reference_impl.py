@@ -73,15 +73,15 @@ def smooth_grad(model, img1, img2, steps: int = 50, noise_level: float = 0.15):
 
 
 def mixed_images(img, steps: int = 10):
-    """methods.py ``create_mixed_images``: lam * pure + (1 - lam) * transformed for
-    ``steps + 1`` values of lam from 1 down (here the transform is a brightness change)."""
+    """methods.py ``create_mixed_images``: lam * pure + (1 - lam) * transformed for the ``steps``
+    values lam = 1, 1 - 1/steps, ..., 1/steps (here the transform is a brightness change)."""
     strong = img * 0.6
-    return [lam * img + (1 - lam) * strong for lam in np.linspace(1, 0, steps + 1)]
+    return [lam * img + (1 - lam) * strong for lam in np.arange(steps, 0, -1) / steps]
 
 
 def averaged_transforms(model, img1, img2, steps: int = 10):
-    """methods.py ``averaged_transforms``: for each of the ``steps`` transformed views, one
-    forward of image 1 and one of the view, one backward."""
+    """methods.py ``averaged_transforms``: for each of the ``steps - 1`` views after the first,
+    one forward of image 1 and one of the view, one backward."""
     views = mixed_images(img2, steps)
     g1 = torch.zeros_like(img1)
     g2 = torch.zeros_like(img2)
@@ -89,7 +89,7 @@ def averaged_transforms(model, img1, img2, steps: int = 10):
         d1, d2 = _backward_to_inputs(model, img1, view)
         g1 += d1
         g2 += d2
-    return (img1 * g1 / steps).abs().amax(1), (views[-1] * g2 / steps).abs().amax(1)
+    return (img1 * g1 / (steps - 1)).abs().amax(1), (views[-1] * g2 / (steps - 1)).abs().amax(1)
 
 
 @torch.no_grad()

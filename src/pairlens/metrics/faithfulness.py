@@ -103,18 +103,19 @@ def minmax(maps: Tensor) -> Tensor:
 
 
 def _altered_batches(
-    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], step: int,
+    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], counts: Tensor,
     batch_size: int,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Yield (kind index, image index, step index, altered images) in chunks of ``batch_size``.
 
-    Only the steps that differ from an unaltered image are produced: deletion steps 1..N and
-    insertion steps 0..N-1 (deletion step 0 and insertion step N are the image itself). The
-    (kind, image, step) grid is flattened; each chunk is built by one comparison of the
-    precomputed ranks with the steps' thresholds and one ``where``, without Python per step.
+    At step ``k`` image ``i`` has its ``counts[i, k]`` top-ranked pixels altered. Only the steps
+    that differ from an unaltered image are produced: deletion steps 1..N and insertion steps
+    0..N-1 (deletion step 0 and insertion step N are the image itself). The (kind, image, step)
+    grid is flattened; each chunk is built by one comparison of the precomputed ranks with the
+    steps' counts and one ``where``, without Python per step.
     """
     m, c, h, w = images.shape
-    n = n_steps(h, w, step)
+    n = counts.shape[1] - 1
     device = images.device
     first = torch.tensor([1 if k == "deletion" else 0 for k in kinds], device=device)
     insertion = torch.tensor([k == "insertion" for k in kinds], device=device)
@@ -123,7 +124,7 @@ def _altered_batches(
         idx = torch.arange(start, min(start + batch_size, total), device=device)
         kind_i, img_i, j = idx // (m * n), (idx // n) % m, idx % n
         k = j + first[kind_i]
-        revealed = (ranks[img_i] < (k * step)[:, None]).view(-1, 1, h, w)  # top k*L pixels
+        revealed = (ranks[img_i] < counts[img_i, k][:, None]).view(-1, 1, h, w)  # top pixels
         orig = images[img_i]
         if blurred is None:  # deletion only: the top pixels set to 0
             altered = orig.masked_fill(revealed, 0.0)
@@ -146,23 +147,41 @@ def insertion_deletion_curves(
     batch_size: int | None = None,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
+    regions: tuple[Tensor, Tensor] | None = None,
+    region_size: int | None = None,
 ) -> dict[str, Tensor]:
     """Similarity curves (B, N+1) of the insertion / deletion games (§IV-B).
 
     Returns, for each kind in ``kinds``, ``"S<kind>"`` (simultaneous: both images altered) and
     ``"C<kind>"`` (conditional: the mean of the two one-sided curves), keyed ``SI``, ``SD``, ``CI``,
     ``CD``, plus ``"CI1"``/``"CI2"`` (``CD1``/``CD2``): the curves with image 1 (image 2) altered.
-    ``z1``, ``z2`` are the embeddings of the unaltered images if already known. ``batch_size``:
-    images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
+    ``z1``, ``z2`` are the embeddings of the unaltered images if already known.
+
+    With ``regions`` (labels (B, H, W) of image 1 and of image 2) the games alter whole regions
+    (:mod:`pairlens.metrics.regions`, ``N = ceil(H/size) * ceil(W/size)`` steps for
+    ``region_size``) instead of ``L`` pixels per step. ``batch_size``: images per forward pass
+    (None: :func:`pairlens.runtime.default_batch_size`).
     """
+    from pairlens.metrics.regions import region_ranks_and_counts, region_steps
+
     b, _, h, w = x1.shape
     batch_size = resolve_batch_size(batch_size, x1)
-    step = int(step or default_step(h, w))
-    if step < 1:
-        raise ValueError("step L must be >= 1")
-    n = n_steps(h, w, step)
     images = torch.cat([x1, x2])
-    ranks = pixel_ranks(torch.cat([map1, map2]).to(images.device))
+    maps = torch.cat([map1, map2]).to(images.device)
+    if regions is None:
+        step = int(step or default_step(h, w))
+        if step < 1:
+            raise ValueError("step L must be >= 1")
+        n = n_steps(h, w, step)
+        ranks = pixel_ranks(maps)
+        counts = (torch.arange(n + 1, device=images.device) * step).clamp(max=h * w)
+        counts = counts.expand(2 * b, -1)
+    else:
+        if not region_size or region_size < 1:
+            raise ValueError("region games need region_size >= 1")
+        n = region_steps(h, w, region_size)
+        ranks, counts = region_ranks_and_counts(maps, torch.cat(list(regions)), n)
+        ranks, counts = ranks.to(images.device), counts.to(images.device)
     if z1 is None or z2 is None:
         z = _embed(model, images, batch_size)
         z1, z2 = z[:b], z[b:]
@@ -172,7 +191,7 @@ def insertion_deletion_curves(
                       dtype=z_orig.dtype)
     for kind_index, kind in enumerate(kinds):
         emb[kind_index, :, 0 if kind == "deletion" else n] = z_orig
-    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, step,
+    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, counts,
                                                       batch_size):
         emb[kind_i, img_i, k] = model.embed(altered).to(emb.dtype)
     out: dict[str, Tensor] = {}
