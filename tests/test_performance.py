@@ -127,9 +127,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def test_default_batch_size_follows_device_and_image_size(monkeypatch):
-    assert default_batch_size("cpu", (224, 224)) == 8
-    assert default_batch_size("cpu", (448, 448)) == 2
-    assert default_batch_size("cpu", (1024, 1024)) == 1
+    assert default_batch_size("cpu", (224, 224)) == 32
+    assert default_batch_size("cpu", (224, 224), grad=True) == 8
+    assert default_batch_size("cpu", (448, 448), grad=True) == 2
+    assert default_batch_size("cpu", (1024, 1024), grad=True) == 1
     assert default_batch_size("cpu", (32, 32)) == 64  # capped
 
     class Props:
@@ -146,7 +147,7 @@ def test_default_batch_size_follows_device_and_image_size(monkeypatch):
     assert default_batch_size("cuda", (224, 224), grad=True) == 10
     _default_batch_size.cache_clear()
     x = torch.zeros(1, 3, 224, 224)
-    assert resolve_batch_size(None, x) == 8 and resolve_batch_size(5, x) == 5
+    assert resolve_batch_size(None, x) == 32 and resolve_batch_size(5, x) == 5
     with pytest.raises(ValueError, match="images per forward pass"):
         resolve_batch_size(0, x)
 

@@ -18,9 +18,10 @@ import os
 import sys
 from typing import Any
 
-#: Images per forward pass on a CPU for a 224 x 224 input, forward or forward + backward. Larger
-#: batches do not amortise anything on a CPU and leave its caches (see docs/performance.md).
-CPU_IMAGES_224 = 8
+#: Images per forward pass on a CPU for a 224 x 224 input, without and with autograd: forward +
+#: backward of 32 ResNet-50 images peaks near 5 GB, a no-grad pass of 32 needs well under 1 GB and
+#: is no slower per image than smaller ones once the allocator is tuned (docs/performance.md).
+CPU_IMAGES_224 = {False: 32, True: 8}
 #: Images per forward pass on a 24 GiB GPU for a 224 x 224 input, without and with autograd;
 #: scaled by the device's memory.
 GPU_IMAGES_224 = {False: 128, True: 32}
@@ -39,11 +40,11 @@ def default_batch_size(
 ) -> int:
     """Images per forward pass for images of ``image_hw`` pixels on ``device``.
 
-    CPU: 8 images at 224 x 224 (scaled by the inverse pixel count, at most 64): per-image cost is
-    flat from batch 2 up once the allocator keeps its buffers (:func:`tune_cpu_runtime`), and grows
-    with the batch otherwise, so small batches are right on any CPU and keep memory low (ResNet-50
-    forward + backward of 8 images: about 1.5 GB). CUDA: 128 (no autograd) or 32 (autograd) images
-    at 224 x 224 on a 24 GiB card, scaled by the card's memory and the inverse pixel count.
+    CPU: 32 images (no autograd) or 8 (autograd) at 224 x 224, scaled by the inverse pixel count,
+    at most 64: the per-image cost does not grow with the batch once the allocator keeps its
+    buffers (:func:`tune_cpu_runtime`), and forward + backward memory bounds the autograd batch
+    (32 ResNet-50 images peak near 5 GB). CUDA: 128 (no autograd) or 32 (autograd) images at
+    224 x 224 on a 24 GiB card, scaled by the card's memory and the inverse pixel count.
 
     Args:
         device: a ``torch.device`` or its name.
@@ -66,7 +67,7 @@ def _default_batch_size(device_name: str, image_hw: tuple[int, int], grad: bool)
         props = torch.cuda.get_device_properties(device)
         n = GPU_IMAGES_224[grad] * scale * props.total_memory / (24 << 30)
         return int(max(1, min(MAX_BATCH["cuda"], n)))
-    return int(max(1, min(MAX_BATCH["cpu"], CPU_IMAGES_224 * scale)))
+    return int(max(1, min(MAX_BATCH["cpu"], CPU_IMAGES_224[grad] * scale)))
 
 
 def resolve_batch_size(batch_size: int | None, x: Any, grad: bool = False) -> int:
