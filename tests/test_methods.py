@@ -327,7 +327,7 @@ def test_nan_embedding_is_a_clear_error():
             return x.mean((2, 3)) * float("nan")
 
     model = pairlens.SimilarityModel(NaNEncoder(), input_size=(8, 8))
-    with pytest.raises(NonFiniteError, match="similarity"):
+    with pytest.raises(NonFiniteError, match="embedding"):
         pairlens.explain(
             model, torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), method="input-x-gradient"
         )
@@ -343,15 +343,20 @@ def test_unknown_method_and_parameter_are_clear_errors(square):
         pairlens.explain(square, x1, x2[:, :, :16], method="grad-cam")
 
 
-def test_zero_embedding_gives_zero_similarity_not_nan():
+def test_zero_embedding_is_an_error_and_cosine_of_zero_is_zero_not_nan():
     from torch import nn
+
+    from pairlens.models.similarity import ZeroEmbeddingError
 
     class Zero(nn.Module):
         def forward(self, x):
             return torch.zeros(x.shape[0], 4)
 
     model = pairlens.SimilarityModel(Zero(), input_size=(8, 8))
-    assert model.similarity(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)).tolist() == [0.0, 0.0]
+    z = torch.zeros(2, 4)
+    assert model.embedding_similarity(z, z).tolist() == [0.0, 0.0]
+    with pytest.raises(ZeroEmbeddingError, match="exactly zero"):
+        model.similarity(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8))
 
 
 @pytest.fixture(scope="module")

@@ -467,7 +467,8 @@ def _enlarge(im: Image.Image, min_side: int) -> Image.Image:
 def summary_markdown(run: PairRun, model_label: str) -> str:
     exp = run.explanation
     return (
-        f"**Similarity (cosine): {float(exp.score[0]):.4f}** · method `{exp.method}` · "
+        f"**Similarity ({exp.model.get('similarity', 'cosine')}): {float(exp.score[0]):.4f}** · "
+        f"method `{exp.method}` · "
         f"model `{model_label}` · explained in {exp.seconds:.2f} s "
         f"(total {run.seconds:.2f} s)"
     )

@@ -114,13 +114,20 @@ def by_pairs(
 
 
 @torch.no_grad()
+def pair_embeddings(
+    model, x1: Tensor, x2: Tensor, batch_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Embeddings z1, z2 (B, D) of the unaltered pairs, at most ``batch_size`` images per forward
+    pass (image 1 through tower 1, image 2 through tower 2; None: the device-aware default).
+    Raises like :meth:`~pairlens.models.similarity.SimilarityModel.embed_pair` for a non-finite
+    or all-zero embedding."""
+    per = max(1, resolve_batch_size(batch_size, x1) // 2)
+    if per >= len(x1):
+        return model.embed_pair(x1, x2)
+    parts = [model.embed_pair(x1[i : i + per], x2[i : i + per]) for i in range(0, len(x1), per)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def pair_scores(model, x1: Tensor, x2: Tensor, batch_size: int | None = None) -> Tensor:
-    """The model's similarity (B,) of the unaltered pairs, ``batch_size`` images per forward pass
-    (both images of a pair in one pass; None: the device-aware default)."""
-
-    def run(a: Tensor, c: Tensor) -> PairMaps:
-        z = model.embed(torch.cat([a, c]))
-        s = model.embedding_similarity(z[: len(a)], z[len(a) :])
-        return PairMaps(s, s, s)
-
-    return by_pairs(run, x1, x2, batch_size, grad=False).score
+    """The model's similarity (B,) of the unaltered pairs (see :func:`pair_embeddings`)."""
+    return model.embedding_similarity(*pair_embeddings(model, x1, x2, batch_size))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import pair_generators, scaled
+from pairlens.methods.common import pair_embeddings, pair_generators, scaled
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
@@ -90,21 +90,22 @@ def conditional_occlusion(
     left = torch.tensor(cols, device=x1.device).repeat(len(rows))
     size = torch.full_like(top, window)
     masks = box_masks(top, left, size, size, h, w)[:, None]  # (n, 1, h, w), True = occluded
-    z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
-    z1, z2 = z[:b], z[b:]
+    z1, z2 = pair_embeddings(model, x1, x2, batch_size)
     base = model.embedding_similarity(z1, z2)
     n = len(masks)
     maps = []
-    for x, z_other in ((x1, z2), (x2, z1)):
+    for tower, x, z_other in ((1, x1, z2), (2, x2, z1)):
+        if model.fixed_tower == tower:  # a fixed target: nothing to occlude
+            maps.append(torch.zeros(b, h, w, device=x1.device))
+            continue
         drops = torch.empty(b * n, device=x1.device)
         steps = range(0, b * n, batch_size)  # (pair, window) flattened, in batches
         for k in track(steps, desc="conditional-occlusion"):
             idx = torch.arange(k, min(k + batch_size, b * n), device=x1.device)
             pair, win = idx // n, idx % n
-            occluded = x[pair].masked_fill(masks[win], fill)
-            drops[idx] = base[pair] - model.embedding_similarity(
-                model.embed(occluded), z_other[pair]
-            )
+            z_occ = model.embed(x[pair].masked_fill(masks[win], fill), tower)
+            pairs = (z_occ, z_other[pair]) if tower == 1 else (z_other[pair], z_occ)
+            drops[idx] = base[pair] - model.embedding_similarity(*pairs)
         maps.append(windows_to_pixels(drops.view(b, len(rows), len(cols)), window, stride, (h, w)))
     return PairMaps(maps[0], maps[1], base)
 
@@ -146,6 +147,7 @@ def random_rectangles(
     summary="Occlude random rectangles in both images at once; softmax of drops credits one side",
     family="perturbation",
     deterministic=False,
+    pairs_only=True,  # erases both images at once and credits one of them
 )
 @torch.no_grad()
 def pairwise_occlusion(
@@ -192,8 +194,8 @@ def pairwise_occlusion(
     b, _, h, w = x1.shape
     gens = pair_generators(seed, x1, x2)
     per_chunk = max(1, batch_size // 2)  # two occluded images per sample
-    z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(2 * per_chunk)])
-    base = model.embedding_similarity(z[:b], z[b:])
+    z1, z2 = pair_embeddings(model, x1, x2, batch_size)
+    base = model.embedding_similarity(z1, z2)
     total = b * n_samples
     m1, m2 = [], []
     for g in gens:  # pair-major: pair i, sample k at i*n+k
@@ -208,8 +210,7 @@ def pairwise_occlusion(
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)
         o2 = x2[pair].masked_fill(m2[idx, None], fill)
-        z = model.embed(torch.cat([o1, o2]))
-        za, zb = z[: len(idx)], z[len(idx) :]
+        za, zb = model.embed_pair(o1, o2, check=False)
         sims[idx] = model.embedding_similarity(za, zb)
         norm1[idx], norm2[idx] = za.norm(dim=1), zb.norm(dim=1)
     drops = (base.repeat_interleave(n_samples) - sims).view(b, n_samples)

@@ -1,6 +1,6 @@
 """Gradient saliency for pairs (seed 000, §III-A1): Input x Gradient and SmoothGrad.
 
-Both explain the cosine similarity s(x1, x2). The map of an image is the maximum over channels of
+Both explain the model's similarity s(x1, x2). The map of an image is the maximum over channels of
 |x * ds/dx| in model-input space. ``guided=True`` replaces every ReLU's backward pass (modules and
 functional calls alike) with guided backpropagation.
 """

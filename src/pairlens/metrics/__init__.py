@@ -36,7 +36,7 @@ from pairlens.metrics.regions import (
 from pairlens.metrics.road import ROAD_FRACTIONS, ROAD_NOISE, linear_impute, road_curves
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
-from pairlens.models.similarity import SimilarityModel, check_finite
+from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
 from pairlens.runtime import resolve_batch_size
 
 ROAD_METRICS = ("SMoRF", "SLeRF", "CMoRF", "CLeRF")
@@ -87,8 +87,11 @@ def evaluate(
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
     Args:
-        model: the similarity model whose cosine similarity was explained.
-        x1, x2: (B, 3, H, W) in model-input space (any H, W; the two batches share a shape).
+        model: the similarity model whose similarity was explained (its own: cosine unless it
+            defines another; see :mod:`pairlens.metrics.faithfulness` for the rules that other
+            similarities follow). It runs in eval mode and gets its own mode back.
+        x1, x2: (B, C, H, W) in model-input space (any H, W; the two batches share a shape);
+            x1 goes through tower 1 and x2 through tower 2 of a two-tower model.
         explanation_or_maps: a :class:`~pairlens.PairExplanation` or ``(map1, map2)``, each
             (B, H, W), higher meaning more important; NaN or infinite values raise
             :class:`~pairlens.models.NonFiniteError` (a ``ValueError``).
@@ -96,7 +99,8 @@ def evaluate(
         step: pixels ``L`` per insertion / deletion step; default ``max(1, round(H*W/224))``.
         batch_size: images per forward pass (altered images of several steps and pairs are
             batched together); None: :func:`pairlens.runtime.default_batch_size` for the device
-            and image size. Also passed to the method for ``MS`` when it takes one.
+            and image size. Also passed to ``MS`` and its method (None there: the default
+            for passes with autograd).
         return_curves: also return the curves, keyed ``"SI_curve"`` etc., each (B, N+1); the
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
@@ -113,21 +117,26 @@ def evaluate(
     Returns:
         ``{name: (B,) float tensor}`` on the model's device (ROAD values are the mean similarity
         over the fractions; with ``return_curves`` the per-fraction values are the
-        ``"SMoRF_curve"`` etc.). ``SAD`` / ``CAD`` are NaN for pairs
-        whose unaltered similarity is <= 0 (skipped, as the definition divides by it); count them
-        with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
+        ``"SMoRF_curve"`` etc.). ``SAD`` / ``CAD`` are NaN for pairs whose unaltered similarity
+        is <= 0 (skipped, as the definition divides by it; ``neg-l2``: = 0); count them with
+        ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
 
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
     """
     wanted = list(dict.fromkeys(canonical_metrics(metrics)))
+    if getattr(explanation_or_maps, "target", None) is not None:
+        raise ValueError(
+            "this explanation is against a fixed target, not a pair of images; the pair metrics "
+            "need two images"
+        )
     map1, map2 = _maps(explanation_or_maps)
     if method is None and hasattr(explanation_or_maps, "method"):
         method = explanation_or_maps.method
         if method_params is None:
             method_params = explanation_or_maps.params
-    x1 = model.check_input(x1, "image 1")
-    x2 = model.check_input(x2, "image 2")
+    x1 = model.check_input(x1, "image 1", 1)
+    x2 = model.check_input(x2, "image 2", 2)
     if x1.shape != x2.shape:
         raise ValueError(f"the two batches differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
     expected = (x1.shape[0], x1.shape[2], x1.shape[3])
@@ -137,56 +146,60 @@ def evaluate(
     map1, map2 = map1.to(x1.device), map2.to(x1.device)
 
     out: dict[str, Tensor] = {}
-    b = x1.shape[0]
-    need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
-    need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
-    need_regions = [m for m in wanted if m in REGION_METRICS]
-    need_road = [m for m in wanted if m in ROAD_METRICS]
-    z1 = z2 = None
-    batch_size = resolve_batch_size(batch_size, x1)
-    if need_curves or need_drop or need_regions or need_road:
-        with torch.inference_mode():
-            z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
-        z1, z2 = z[:b], z[b:]
-    if need_curves:
-        kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
-                 if any(m.endswith(letter) for m in need_curves)]
-        curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
-                                           batch_size=batch_size, z1=z1, z2=z2)
-        for name in need_curves:
-            out[name] = auc(curves[name])
-            if return_curves:
-                out[f"{name}_curve"] = curves[name]
-    if need_regions:
-        size = int(region_size or default_region_size(x1.shape[2], x1.shape[3]))
-        labels = region_labels(model.denormalize(torch.cat([x1, x2])), regions, size)
-        kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
-                 if any(m.endswith(letter) for m in need_regions)]
-        curves = insertion_deletion_curves(model, x1, x2, map1, map2, kinds=kinds,
-                                           batch_size=batch_size, z1=z1, z2=z2,
-                                           regions=(labels[:b], labels[b:]), region_size=size)
-        for name in need_regions:
-            out[name] = auc(curves[name[1:]])
-            if return_curves:
-                out[f"{name}_curve"] = curves[name[1:]]
-    if need_road:
-        road = road_curves(model, x1, x2, map1, map2, fractions=road_fractions, noise=road_noise,
-                           seed=seed, batch_size=batch_size, z1=z1, z2=z2)
-        for name in need_road:
-            out[name] = road[name].mean(1)
-            if return_curves:
-                out[f"{name}_curve"] = road[name]
-    if need_drop:
-        drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
-                                      z1=z1, z2=z2)
-        for name in need_drop:
-            out[name] = drops[name]
-    if "MS" in wanted:
-        if method is None:
-            raise ValueError("metric MS needs the method: pass method=... (and method_params)")
-        out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
-                                    n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                    batch_size=batch_size, noise=ms_noise)
+    with evaluating(model):
+        b = x1.shape[0]
+        need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
+        need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
+        need_regions = [m for m in wanted if m in REGION_METRICS]
+        need_road = [m for m in wanted if m in ROAD_METRICS]
+        z1 = z2 = None
+        images = resolve_batch_size(batch_size, x1)  # (MS resolves its own, with autograd)
+        if need_curves or need_drop or need_regions or need_road:
+            with torch.inference_mode():
+                half = max(1, images // 2)  # pairs per pass: batch_size images
+                zs = [model.embed_pair(a, c) for a, c in zip(x1.split(half), x2.split(half),
+                                                              strict=True)]
+            z1, z2 = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
+        if need_curves:
+            kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
+                     if any(m.endswith(letter) for m in need_curves)]
+            curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
+                                               batch_size=images, z1=z1, z2=z2)
+            for name in need_curves:
+                out[name] = auc(curves[name])
+                if return_curves:
+                    out[f"{name}_curve"] = curves[name]
+        if need_regions:
+            size = int(region_size or default_region_size(x1.shape[2], x1.shape[3]))
+            pixels = torch.cat([model.denormalize(x1, 1), model.denormalize(x2, 2)])
+            labels = region_labels(pixels, regions, size)
+            kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
+                     if any(m.endswith(letter) for m in need_regions)]
+            curves = insertion_deletion_curves(model, x1, x2, map1, map2, kinds=kinds,
+                                               batch_size=images, z1=z1, z2=z2,
+                                               regions=(labels[:b], labels[b:]), region_size=size)
+            for name in need_regions:
+                out[name] = auc(curves[name[1:]])
+                if return_curves:
+                    out[f"{name}_curve"] = curves[name[1:]]
+        if need_road:
+            road = road_curves(model, x1, x2, map1, map2, fractions=road_fractions,
+                               noise=road_noise, seed=seed, batch_size=images, z1=z1, z2=z2)
+            for name in need_road:
+                out[name] = road[name].mean(1)
+                if return_curves:
+                    out[f"{name}_curve"] = road[name]
+        if need_drop:
+            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=images,
+                                          z1=z1, z2=z2)
+            for name in need_drop:
+                out[name] = drops[name]
+        if "MS" in wanted:
+            if method is None:
+                raise ValueError("metric MS needs the method: pass method=... (and method_params)")
+            out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
+                                        n_samples=ms_samples, radius=ms_radius, seed=seed,
+                                        batch_size=batch_size, noise=ms_noise)
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 

@@ -20,6 +20,20 @@ Conventions (DESIGN.md, "Exact conventions"):
   zeros) and multiplied into its image in model-input space; ``drop = max(0, s - s') / s`` over
   pairs with ``s > 0`` (other pairs give NaN and are counted as skipped), ``increase = 1[s' > s]``.
 
+Similarities other than cosine (the model's ``similarity``; every score here is
+``model.embedding_similarity``) follow these rules:
+
+* insertion / deletion curves and their AUCs are in the similarity's own units, unscaled. Every
+  supported similarity grows with similarity (``neg-l2`` is ``-||z1 - z2||``), so insertion stays
+  higher-is-better and deletion lower-is-better; but dot-product or distance AUCs are comparable
+  only between methods on the same model and pairs, never with cosine AUCs or across models;
+* average drop of ``cosine``, ``dot`` and callables: the rule above (relative drop of a score
+  whose zero means "unrelated"; pairs with ``s <= 0`` skipped);
+* average drop of ``neg-l2`` (``s = -d <= 0``): ``max(0, s - s') / |s| = max(0, d' - d) / d``,
+  the relative increase of the distance (the relative loss of closeness); only pairs with
+  ``d = 0`` (identical embeddings) are skipped;
+* average increase ``1[s' > s]`` needs no rule.
+
 Speed: no autograd (inference mode); every altered image goes through the model exactly once and
 is shared by the simultaneous and the conditional curves; the embedding of each unaltered image
 is computed once (the conditional metrics never re-encode the fixed image); the blur is computed
@@ -36,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.runtime import resolve_batch_size
 
 BLUR_KERNEL = 11
@@ -183,8 +197,7 @@ def insertion_deletion_curves(
         ranks, counts = region_ranks_and_counts(maps, torch.cat(list(regions)), n)
         ranks, counts = ranks.to(images.device), counts.to(images.device)
     if z1 is None or z2 is None:
-        z = _embed(model, images, batch_size)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     z_orig = torch.cat([z1, z2])
     blurred = gaussian_blur(images) if "insertion" in kinds else None
     emb = torch.empty(len(kinds), 2 * b, n + 1, z_orig.shape[1], device=images.device,
@@ -193,14 +206,14 @@ def insertion_deletion_curves(
         emb[kind_index, :, 0 if kind == "deletion" else n] = z_orig
     for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, counts,
                                                       batch_size):
-        emb[kind_i, img_i, k] = model.embed(altered).to(emb.dtype)
+        emb[kind_i, img_i, k] = model.embed_mixed(altered, img_i >= b).to(emb.dtype)
     out: dict[str, Tensor] = {}
     for kind_index, kind in enumerate(kinds):
         letter = "I" if kind == "insertion" else "D"
         e1, e2 = emb[kind_index, :b], emb[kind_index, b:]  # (B, N+1, D)
-        out[f"S{letter}"] = cosine(e1, e2)
-        one = cosine(e1, z2[:, None].expand_as(e2))
-        two = cosine(z1[:, None].expand_as(e1), e2)
+        out[f"S{letter}"] = similarity(model, e1, e2)
+        one = similarity(model, e1, z2[:, None].expand_as(e2))
+        two = similarity(model, z1[:, None].expand_as(e1), e2)
         out[f"C{letter}1"], out[f"C{letter}2"] = one, two
         out[f"C{letter}"] = (one + two) / 2
     return out
@@ -221,26 +234,31 @@ def average_drop_increase(
 
     ``SAD``: ``max(0, s - s') / s`` with ``s'`` the similarity of the two masked images; ``CAD``:
     the mean over the two directions of the same quantity with one image masked and the other
-    whole. Both are NaN for pairs with ``s <= 0`` (skipped). ``SAI`` / ``CAI``: ``1[s' > s]``
-    (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every pair.
-    ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
+    whole. Both are NaN for pairs with ``s <= 0`` (skipped). For a ``neg-l2`` model
+    (``s = -d``) the drop is ``max(0, s - s') / |s|``, the relative increase of the distance,
+    and only pairs with ``s = 0`` are skipped (see the module docstring). ``SAI`` / ``CAI``:
+    ``1[s' > s]`` (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every
+    pair. ``batch_size``: images per forward pass (None:
+    :func:`pairlens.runtime.default_batch_size`).
     """
     b = x1.shape[0]
     batch_size = resolve_batch_size(batch_size, x1)
     images = torch.cat([x1, x2])
     if z1 is None or z2 is None:
-        z = _embed(model, images, batch_size)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     weights = minmax(torch.cat([map1, map2]).to(images.device)).unsqueeze(1)
-    zm = _embed(model, images * weights.to(images.dtype), batch_size)
+    second = torch.arange(2 * b, device=images.device) >= b
+    zm = _embed(model, images * weights.to(images.dtype), second, batch_size)
     m1, m2 = zm[:b], zm[b:]
-    s = cosine(z1, z2)
-    s_sim = cosine(m1, m2)
-    s_c1, s_c2 = cosine(m1, z2), cosine(z1, m2)
+    s = similarity(model, z1, z2)
+    s_sim = similarity(model, m1, m2)
+    s_c1, s_c2 = similarity(model, m1, z2), similarity(model, z1, m2)
+    distance = model.similarity_name == "neg-l2"
+    valid = s != 0 if distance else s > 0
 
     def drop(s_new: Tensor) -> Tensor:
-        value = (s - s_new).clamp_min(0) / s
-        return torch.where(s > 0, value, torch.full_like(value, math.nan))
+        value = (s - s_new).clamp_min(0) / s.abs()
+        return torch.where(valid, value, torch.full_like(value, math.nan))
 
     return {
         "SAD": drop(s_sim),
@@ -250,5 +268,15 @@ def average_drop_increase(
     }
 
 
-def _embed(model: SimilarityModel, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([model.embed(t) for t in x.split(batch_size)])
+def _embed(model: SimilarityModel, x: Tensor, second: Tensor, batch_size: int) -> Tensor:
+    """Embeddings of images ``x`` (rows flagged in ``second`` go through tower 2), batched."""
+    return torch.cat(
+        [model.embed_mixed(t, f) for t, f in zip(x.split(batch_size), second.split(batch_size),
+                                                 strict=True)]
+    )
+
+
+def similarity(model: SimilarityModel, e1: Tensor, e2: Tensor) -> Tensor:
+    """The model's similarity of embeddings (..., D) with any leading shape, shape (...)."""
+    flat = model.embedding_similarity(e1.reshape(-1, e1.shape[-1]), e2.reshape(-1, e2.shape[-1]))
+    return flat.view(e1.shape[:-1])
