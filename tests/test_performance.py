@@ -337,3 +337,148 @@ def test_study_benchmark_reports_the_stages():
     stages = out.split("stages:")[1]
     for stage in ("data", "explain", "metrics", "store", "other"):
         assert stage in stages
+
+
+# ---------------------------------------------------------------- with issue 10's towers / layouts
+def _toy(layout: str = "first", two: bool = False) -> pairlens.SimilarityModel:
+    from regions import REGION1, REGION2, SIZE, ToyEncoder
+
+    kw = {}
+    if two:
+        kw = dict(encoder2=ToyEncoder("tokens-2", REGION2, seed=1), feature_layer2="features",
+                  mean2=(0.2, 0.3, 0.4), std2=(0.5, 0.5, 0.5))
+    return pairlens.SimilarityModel(ToyEncoder(layout, REGION1), feature_layer="features",
+                                    input_size=SIZE, **kw)
+
+
+def _full_graph_feature_gradients(model, x1, x2):
+    """dS/dA of both feature layers with the whole network recorded (the plain autograd way)."""
+    hw = tuple(x1.shape[-2:])
+    with torch.enable_grad():
+        z1, a1 = model.embed_with_features(x1.clone().requires_grad_(True), 1)
+        z2, a2 = model.embed_with_features(x2.clone().requires_grad_(True), 2)
+        s = model.embedding_similarity(z1, z2)
+        g1, g2 = torch.autograd.grad(s.sum(), (a1, a2), materialize_grads=True)
+    return s, model.to_grid(g1, hw, 1), model.to_grid(g2, hw, 2)
+
+
+@pytest.mark.parametrize("case", ["first", "last", "tokens-1", "tokens-5", "gap", "two-towers",
+                                  "target", "neg-l2"])
+def test_cam_gradients_skip_the_backbone_and_equal_the_full_graph(case):
+    """similarity_feature_gradients records autograd from the feature layer up only, in every
+    layout, for two towers and against a fixed target, and gets the full graph's gradients."""
+    from regions import pair
+
+    from pairlens.models.similarity import similarity_feature_gradients
+
+    model = _toy("first" if case in ("two-towers", "target", "neg-l2") else case,
+                 two=case == "two-towers")
+    if case == "neg-l2":
+        model = pairlens.SimilarityModel(model.encoder, feature_layer="features",
+                                         input_size=model.input_size, similarity="neg-l2")
+    x1, x2 = pair()
+    if case == "target":
+        with torch.no_grad():
+            model = model.with_target(model.embed(x2[:1])[0] + 0.1)
+        x1 = torch.zeros_like(x1)
+    below = []
+    encoders = [model.encoder] + ([model.encoder2] if model.encoder2 is not None else [])
+    handles = [m.register_forward_hook(lambda _m, _i, out: below.append(out.requires_grad))
+               for e in encoders for name, m in e.named_modules() if name == "proj"]
+    s, _, _, g1, g2 = similarity_feature_gradients(model, x1, x2)
+    for h in handles:
+        h.remove()
+    assert below and not any(below)  # the patch embedding ran without autograd
+    s_ref, r1, r2 = _full_graph_feature_gradients(model, x1, x2)
+    torch.testing.assert_close(s, s_ref.detach())
+    torch.testing.assert_close(g1, r1.float())
+    torch.testing.assert_close(g2, r2.float())
+    assert float(g2.abs().amax()) > 0
+
+
+def test_a_feature_layer_outside_the_embedding_is_refused_not_blank():
+    """With the backbone run without autograd, a feature layer whose output never reaches the
+    embedding leaves nothing to differentiate: a BlankGradientError, not a crash or blank map."""
+    from pairlens.models.similarity import BlankGradientError
+
+    class Branch(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.side = torch.nn.Conv2d(4, 4, 1)  # runs, but is not used by the embedding
+
+        def forward(self, x):
+            a = self.body(x)
+            self.side(a)
+            return a
+
+    model = pairlens.SimilarityModel(Branch(), feature_layer="side", input_size=(16, 16))
+    x1, x2 = pair_batch(1, size=16)
+    with pytest.raises(BlankGradientError, match="side"):
+        pairlens.explain(model, x1, x2, method="grad-cam")
+
+
+@pytest.mark.parametrize("kind", ["two-towers", "target"])
+def test_batch_size_knob_with_two_towers_and_fixed_targets(kind):
+    """Every batched method keeps its maps and score at batch 1 and at one pass, and never sends
+    more than ``batch_size`` images (at least one pair) through either tower."""
+    from regions import pair
+
+    model = _toy(two=kind == "two-towers")
+    x1, x2 = pair()
+    z = None
+    if kind == "target":
+        with torch.no_grad():
+            z = model.embed(x2[:1])[0] + 0.1
+    with torch.no_grad():  # the score of the unaltered pair, image 2 through tower 2
+        want = (model.similarity(x1, x2) if z is None
+                else model.embedding_similarity(model.embed(x1), z.expand(len(x1), -1)))
+    fast = {"conditional-occlusion": {"window": 16, "stride": 16}, "smoothgrad": {"n_samples": 3},
+            "averaged-transforms": {"steps": 3, "transform": "gaussian-blur"},
+            "pairwise-occlusion": {"n_samples": 6}}
+    encoders = [model.encoder] + ([model.encoder2] if model.encoder2 is not None else [])
+    for name in BATCHED:
+        info = next(i for i in method_infos() if i.name == name)
+        if kind == "target" and info.pairs_only:
+            continue
+        out = {}
+        for bs in (1, 1000):
+            sizes: list[int] = []
+            handles = [e.register_forward_pre_hook(lambda _m, a, rec=sizes: rec.append(len(a[0])))
+                       for e in encoders]
+            try:
+                if z is None:
+                    out[bs] = pairlens.explain(model, x1, x2, method=name, batch_size=bs,
+                                               **fast.get(name, {}))
+                else:
+                    out[bs] = pairlens.explain(model, x1, target=z, method=name, batch_size=bs,
+                                               **fast.get(name, {}))
+            finally:
+                for h in handles:
+                    h.remove()
+            assert max(sizes) <= max(bs, 2), (name, bs, sizes)
+        for a, b in zip(out[1].maps, out[1000].maps, strict=True):
+            if b is None:  # against a target there is one map
+                assert a is None
+                continue
+            # equal up to float reassociation (occlusion maps are differences of similarities)
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 + 1e-5 * float(b.abs().max()),
+                                       msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(out[1].score, out[1000].score)
+        torch.testing.assert_close(out[1000].score, want, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_set_execution_reaches_both_towers_and_fixed_target_views():
+    from regions import pair
+
+    model = _toy(two=True).set_execution(amp="bf16")
+    seen: list[bool] = []
+    model.encoder2.register_forward_hook(
+        lambda _m, _i, _o: seen.append(torch.is_autocast_enabled("cpu")))
+    x1, x2 = pair()
+    exp = pairlens.explain(model, x1, x2, method="grad-cam")
+    assert seen and all(seen) and exp.model["amp"] == "bf16"
+    assert exp.score.dtype == torch.float32 and exp.maps[1].dtype == torch.float32
+    with torch.no_grad():
+        view = model.with_target(model.embed(x2[:1], 2)[0])
+    assert view.amp == "bf16"
