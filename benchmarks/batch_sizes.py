@@ -37,7 +37,7 @@ def child(model_name: str, batches: list[int], threads: int, repeats: int, tune:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from common import load_benchmark_model, now, set_clock
+    from common import load_benchmark_model, now, peak_rss_mb, set_clock
 
     from pairlens.runtime import default_batch_size
 
@@ -68,7 +68,7 @@ def child(model_name: str, batches: list[int], threads: int, repeats: int, tune:
                      "faults": faults})
     return {"applied": applied, "rows": rows,
             "default": default_batch_size("cpu", (h, w)),
-            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss": peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> None:

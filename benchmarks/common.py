@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import resource
+import sys
 import time
 
 import torch
@@ -99,8 +100,21 @@ def timed(fn, repeats: int, min_total: float = 1.0, device: torch.device | None 
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss`` is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. ``ru_maxrss`` is not used there: a process started
+    with ``subprocess`` (vfork + exec) inherits its parent's peak in ``ru_maxrss``, so a
+    benchmark run from a large process (a test session) would report the parent's memory.
+    Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def machine_line() -> str:

@@ -103,7 +103,7 @@ def test_batch_size_lowers_peak_memory(tmp_path):
     """Peak RSS of a fresh process: 32 occluded 256-px images of a wide one-layer CNN in one pass
     (16 MiB of activations each) against 2 at a time; same maps either way."""
     code = """
-import resource, sys, torch, pairlens
+import sys, torch, pairlens
 torch.manual_seed(0)
 enc = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU())
 model = pairlens.SimilarityModel(enc, input_size=(256, 256), mean=(0, 0, 0), std=(1, 1, 1))
@@ -113,11 +113,14 @@ exp = pairlens.explain(model, x1.expand(8, -1, -1, -1), x2.expand(8, -1, -1, -1)
                        method="conditional-occlusion", window=128, stride=128,
                        batch_size=int(sys.argv[1]))
 torch.save(exp.maps, sys.argv[2])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+sys.path.insert(0, sys.argv[3])
+from common import peak_rss_mb  # VmHWM: ru_maxrss would include the test session's own peak
+print(peak_rss_mb())
 """
     rss = {}
     for bs in (2, 40):
-        proc = subprocess.run([sys.executable, "-c", code, str(bs), str(tmp_path / f"{bs}.pt")],
+        proc = subprocess.run([sys.executable, "-c", code, str(bs), str(tmp_path / f"{bs}.pt"),
+                               str(BENCH)],
                               capture_output=True, text=True, env=_env(), check=True, timeout=300)
         rss[bs] = float(proc.stdout.split()[-1])
     assert rss[40] - rss[2] > 250, rss  # MiB
