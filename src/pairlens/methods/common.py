@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pairlens.methods.registry import PairMaps
+from pairlens.runtime import resolve_batch_size
 
 
 def saliency(x: Tensor, grad: Tensor) -> Tensor:
@@ -85,6 +89,48 @@ def noise_sigma(x: Tensor, level: float, scale: NoiseScale = "divide") -> Tensor
     else:
         raise ValueError(f"noise_scale must be 'divide' or 'multiply', got {scale!r}")
     return sigma.view(-1, 1, 1, 1)
+
+
+def by_pairs(
+    fn: Callable[[Tensor, Tensor], PairMaps],
+    x1: Tensor,
+    x2: Tensor,
+    batch_size: int | None,
+    grad: bool,
+) -> PairMaps:
+    """``fn`` applied to chunks of pairs so that at most ``batch_size`` images (both images of
+    ``batch_size // 2`` pairs, at least one pair) go through the model per forward pass.
+
+    ``batch_size=None`` is :func:`pairlens.runtime.default_batch_size` for the device and image
+    size (``grad``: whether ``fn`` keeps an autograd graph). Pairs are independent, so the maps
+    are the same for any ``batch_size``; the results of the chunks are concatenated."""
+    b = x1.shape[0]
+    per = max(1, resolve_batch_size(batch_size, x1, grad) // 2)
+    if per >= b:
+        return fn(x1, x2)
+    parts = [fn(x1[i : i + per], x2[i : i + per]) for i in range(0, b, per)]
+    score = None if parts[0].score is None else torch.cat([p.score for p in parts])
+    return PairMaps(torch.cat([p.map1 for p in parts]), torch.cat([p.map2 for p in parts]), score)
+
+
+@torch.no_grad()
+def pair_embeddings(
+    model, x1: Tensor, x2: Tensor, batch_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Embeddings z1, z2 (B, D) of the unaltered pairs, at most ``batch_size`` images per forward
+    pass (image 1 through tower 1, image 2 through tower 2; None: the device-aware default).
+    Raises like :meth:`~pairlens.models.similarity.SimilarityModel.embed_pair` for a non-finite
+    or all-zero embedding."""
+    per = max(1, resolve_batch_size(batch_size, x1) // 2)
+    if per >= len(x1):
+        return model.embed_pair(x1, x2)
+    parts = [model.embed_pair(x1[i : i + per], x2[i : i + per]) for i in range(0, len(x1), per)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def pair_scores(model, x1: Tensor, x2: Tensor, batch_size: int | None = None) -> Tensor:
+    """The model's similarity (B,) of the unaltered pairs (see :func:`pair_embeddings`)."""
+    return model.embedding_similarity(*pair_embeddings(model, x1, x2, batch_size))
 
 
 # ---------------------------------------------------------------------- grids of regions

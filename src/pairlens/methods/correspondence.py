@@ -44,16 +44,16 @@ methods sum their pixel relevance in each region (the authors' code averages, wh
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import as_grid, regrid, upsample
+from pairlens.methods.common import as_grid, pair_generators, regrid, upsample
 from pairlens.methods.registry import NotApplicableError, PairRelevance, register_method
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_embeddings
+from pairlens.runtime import resolve_batch_size
 from pairlens.validation import Annotated, Range
 
 #: ``grid`` parameter of the methods: g x g regions, or None for the model's feature grid
@@ -61,7 +61,8 @@ Grid = Annotated[int, Range(1)] | None
 #: ``k`` parameter: embedding directions (None: all D)
 Directions = Annotated[int, Range(2)] | None
 Seed = Annotated[int, Range(0)] | None
-BatchSize = Annotated[int, Range(1)]
+#: ``batch_size`` parameter: images per forward pass (None: the device-aware default)
+BatchSize = Annotated[int, Range(1)] | None
 
 #: grid used by default when the model has no feature layer.
 DEFAULT_GRID = (7, 7)
@@ -85,26 +86,6 @@ def bilinear_scale(model: SimilarityModel, z1: Tensor, z2: Tensor) -> Tensor:
         f"correspondence methods decompose a bilinear similarity (cosine or dot); model "
         f"{model.name!r} compares embeddings with {name!r}"
     )
-
-
-def pair_generators(seed: int | None, x1: Tensor, x2: Tensor) -> list[torch.Generator]:
-    """One CPU generator per pair, seeded from ``seed`` and the pair's pixels, so that a pair's
-    random draws do not depend on the batch it is in (a fresh random seed when ``seed`` is None).
-
-    The team's shared helper for this (``methods.common.pair_generators``, issue 13) replaces it
-    once merged."""
-    gens = []
-    for a, b in zip(x1, x2, strict=True):
-        g = torch.Generator()
-        if seed is None:
-            g.seed()
-        else:
-            h = hashlib.sha256(str(int(seed)).encode())
-            h.update(a.detach().float().cpu().numpy().tobytes())
-            h.update(b.detach().float().cpu().numpy().tobytes())
-            g.manual_seed(int.from_bytes(h.digest()[:8], "little") & ((1 << 63) - 1))
-        gens.append(g)
-    return gens
 
 
 def embedding_directions(
@@ -225,8 +206,6 @@ def directional_grads(
 
 def _chunks(b: int, batch_size: int, per_pair: int) -> list[slice]:
     """Slices of pairs so that one forward pass holds at most ``batch_size`` images."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     step = max(1, batch_size // per_pair)
     return [slice(i, min(i + step, b)) for i in range(0, b, step)]
 
@@ -248,7 +227,7 @@ def feature_grid(
     grid: Grid = None,
     k: Directions = None,
     seed: Seed = 0,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
 ) -> PairRelevance:
     """Feature-grid interaction: ``R[u, v] = c sum_m w_m E_m(x1)[u] E_m(x2)[v]`` with
     ``E_m(x)[u] = dot(d(u_m.z)/dA(u), A(u))`` at the feature grid A (module docstring, eq. *).
@@ -270,7 +249,7 @@ def feature_grid(
         k: embedding directions (None: all D, exact; fewer: the projection of the module
             docstring, k backward passes from the embedding to the feature layer).
         seed: seeds the random directions (only used when ``k < D``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (None: the device-aware default).
 
     Returns:
         :class:`PairRelevance` on ``grid``; marginal maps upsampled from the feature grid.
@@ -286,6 +265,7 @@ def feature_grid(
                              f"{'2' if t == 2 else ''}; feature-grid needs one")
     size = tuple(x1.shape[-2:])
     b = x1.shape[0]
+    batch_size = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2) if k is not None else []
     frozen = not any(p.requires_grad for p in model.parameters())
     rels, maps1, maps2, targets, scores = [], [], [], [], []
@@ -348,7 +328,7 @@ def bilrp(
     gamma: Annotated[float, Range(0)] = 0.25,
     epsilon: Annotated[float, Range(0)] = 1e-6,
     seed: Seed = 0,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
 ) -> PairRelevance:
     """BiLRP (Eberle et al., TPAMI 2020): ``R[i, j] = c sum_m w_m LRP_m(x1)[i] LRP_m(x2)[j]``,
     eq. (*) of the module docstring, with ``LRP_m(x)`` the pixel relevance (summed over colour
@@ -367,7 +347,7 @@ def bilrp(
             code uses 0.5 to 0 from the bottom to the top).
         epsilon: stabiliser of the epsilon rule.
         seed: seeds the random directions (only used when ``k < D``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (None: the device-aware default).
 
     Raises:
         ValueError: a non-bilinear similarity; layers zennit has no rule for (transformers);
@@ -386,6 +366,7 @@ def bilrp(
     size = tuple(x1.shape[-2:])
     grids = (resolve_grid(model, grid, x1, 1), resolve_grid(model, grid, x2, 2))
     b = x1.shape[0]
+    batch_size = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2) if k is not None else []
     with torch.no_grad():
         z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
@@ -450,7 +431,7 @@ def integrated_jacobians(
     steps: Annotated[int, Range(1)] = 32,
     reference: Literal["blur", "black", "zero"] = "blur",
     seed: Seed = 0,
-    batch_size: BatchSize = 64,
+    batch_size: BatchSize = None,
 ) -> PairRelevance:
     """Integrated Jacobians (Möller et al., EMNLP 2023; EACL 2024 for models not trained
     for it): ``R[i, j] = c sum_m w_m IG_m(x1)[i] IG_m(x2)[j]`` with
@@ -472,7 +453,8 @@ def integrated_jacobians(
             is the nearer neutral input: on the bundled photos pair the completeness error at 16
             steps was -0.04 from the blur and -2.9 from black (target 0.67 and 3.5).
         seed: seeds the random directions (only used when ``k < D``).
-        batch_size: images per forward pass (path points of several images are batched).
+        batch_size: images per forward pass (path points of several images are batched; None:
+            the device-aware default).
 
     Raises:
         ValueError: a non-bilinear similarity, ``steps < 1``, ``k < 2``, a bad reference.
@@ -481,6 +463,7 @@ def integrated_jacobians(
     size = tuple(x1.shape[-2:])
     grids = (resolve_grid(model, grid, x1, 1), resolve_grid(model, grid, x2, 2))
     b = x1.shape[0]
+    batch_size = resolve_batch_size(batch_size, x1, grad=True)
     xs = (x1.detach(), x2.detach())
     refs = tuple(reference_image(model, x, reference, t) for t, x in zip((1, 2), xs, strict=True))
     with torch.no_grad():

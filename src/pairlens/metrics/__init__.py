@@ -40,6 +40,7 @@ from pairlens.metrics.road import ROAD_FRACTIONS, ROAD_NOISE, linear_impute, roa
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
 from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
+from pairlens.runtime import resolve_batch_size
 
 ROAD_METRICS = ("SMoRF", "SLeRF", "CMoRF", "CLeRF")
 ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *REGION_METRICS,
@@ -76,7 +77,7 @@ def evaluate(
     explanation_or_maps: Any,
     metrics: Sequence[str] = DEFAULT_METRICS,
     step: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     return_curves: bool = False,
     method: str | None = None,
     method_params: Mapping[str, Any] | None = None,
@@ -105,7 +106,9 @@ def evaluate(
         metrics: names from :data:`ALL_METRICS` (case-insensitive).
         step: pixels ``L`` per insertion / deletion step; default ``max(1, round(H*W/224))``.
         batch_size: images per forward pass (altered images of several steps and pairs are
-            batched together).
+            batched together); None: :func:`pairlens.runtime.default_batch_size` for the device
+            and image size. Also passed to ``MS`` and its method (None there: the default
+            for passes with autograd).
         return_curves: also return the curves, keyed ``"SI_curve"`` etc., each (B, N+1); the
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
@@ -164,9 +167,10 @@ def evaluate(
         need_road = [m for m in wanted if m in ROAD_METRICS]
         need_pairs = [m for m in wanted if m in PAIR_METRICS]
         z1 = z2 = None
+        images = resolve_batch_size(batch_size, x1)  # (MS resolves its own, with autograd)
         if need_curves or need_drop or need_regions or need_road or need_pairs:
-            with torch.no_grad():
-                half = max(1, batch_size // 2)  # pairs per pass: batch_size images
+            with torch.inference_mode():
+                half = max(1, images // 2)  # pairs per pass: batch_size images
                 zs = [model.embed_pair(a, c) for a, c in zip(x1.split(half), x2.split(half),
                                                               strict=True)]
             z1, z2 = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
@@ -174,7 +178,7 @@ def evaluate(
             kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
                      if any(m.endswith(letter) for m in need_curves)]
             curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
-                                               batch_size=batch_size, z1=z1, z2=z2)
+                                               batch_size=images, z1=z1, z2=z2)
             for name in need_curves:
                 out[name] = auc(curves[name])
                 if return_curves:
@@ -186,7 +190,7 @@ def evaluate(
             kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
                      if any(m.endswith(letter) for m in need_regions)]
             curves = insertion_deletion_curves(model, x1, x2, map1, map2, kinds=kinds,
-                                               batch_size=batch_size, z1=z1, z2=z2,
+                                               batch_size=images, z1=z1, z2=z2,
                                                regions=(labels[:b], labels[b:]), region_size=size)
             for name in need_regions:
                 out[name] = auc(curves[name[1:]])
@@ -194,13 +198,13 @@ def evaluate(
                     out[f"{name}_curve"] = curves[name[1:]]
         if need_road:
             road = road_curves(model, x1, x2, map1, map2, fractions=road_fractions,
-                               noise=road_noise, seed=seed, batch_size=batch_size, z1=z1, z2=z2)
+                               noise=road_noise, seed=seed, batch_size=images, z1=z1, z2=z2)
             for name in need_road:
                 out[name] = road[name].mean(1)
                 if return_curves:
                     out[f"{name}_curve"] = road[name]
         if need_drop:
-            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
+            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=images,
                                           z1=z1, z2=z2)
             for name in need_drop:
                 out[name] = drops[name]
@@ -209,7 +213,7 @@ def evaluate(
                 model, x1, x2, (map1, map2),
                 relevance=getattr(explanation_or_maps, "relevance", None),
                 grids=getattr(explanation_or_maps, "grids", None), grid=pair_grid,
-                fill=pair_fill, seed=seed, batch_size=batch_size, z1=z1, z2=z2)
+                fill=pair_fill, seed=seed, batch_size=images, z1=z1, z2=z2)
             for name in need_pairs:
                 for suffix in ("", *(f"-{r}" for r in REFERENCES)):
                     out[name + suffix] = pairs[name + suffix]
@@ -220,7 +224,7 @@ def evaluate(
                 raise ValueError("metric MS needs the method: pass method=... (and method_params)")
             out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
                                         n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                        batch_size=max(1, batch_size // 2), noise=ms_noise)
+                                        batch_size=batch_size, noise=ms_noise)
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 

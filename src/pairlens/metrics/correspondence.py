@@ -48,8 +48,9 @@ from torch import Tensor
 
 from pairlens.methods.common import cell_index, regrid, regrid_pairs
 from pairlens.methods.correspondence import pair_generators
-from pairlens.metrics.faithfulness import auc, chunked_segments, gaussian_blur
+from pairlens.metrics.faithfulness import auc, gaussian_blur
 from pairlens.models.similarity import SimilarityModel
+from pairlens.runtime import resolve_batch_size
 
 PAIR_METRICS = ("PI", "PD")
 #: the reference orders reported next to the explanation's own
@@ -89,7 +90,7 @@ def random_orders(n: int, gens: Sequence[torch.Generator], device) -> tuple[Tens
     return p1, p2
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def pair_removal_curves(
     model: SimilarityModel,
     x1: Tensor,
@@ -100,7 +101,7 @@ def pair_removal_curves(
     grid: int = DEFAULT_GRID,
     fill: str = "blur",
     seed: int | None = 0,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
 ) -> dict[str, Tensor]:
@@ -115,7 +116,7 @@ def pair_removal_curves(
         fill: ``"blur"`` (Gaussian blur, kernel 11, sigma 5, in model-input space, the insertion
             metric's start) or ``"zero"`` (0 in model-input space) for removed regions.
         seed: seeds the random pairing (per pair, from the seed and the pair's pixels).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (None: the device-aware default).
         z1, z2: embeddings of the unaltered images, if known.
 
     Returns:
@@ -125,6 +126,7 @@ def pair_removal_curves(
     Raises:
         ValueError: a bad ``grid`` or ``fill``.
     """
+    batch_size = resolve_batch_size(batch_size, x1)
     if int(grid) < 1:
         raise ValueError(f"the pair-metric grid must be >= 1 regions per side; got {grid}")
     if fill not in FILLS:
@@ -171,13 +173,15 @@ def pair_removal_curves(
                 jobs.append((o, i))
             else:
                 copies.append((o, i, same))
-    def build(o: int, i: int, t0: int, t1: int) -> Tensor:
-        t = torch.arange(t0, t1 + 1, device=device)
-        removed = (ranks[o, i][cells][None] < t[:, None, None]).unsqueeze(1)  # (T, 1, H, W)
-        return torch.where(removed, filled[i][None], images[i][None])
-
-    segments = [(o, i, 1, n) for o, i in jobs]
-    for o_idx, i_idx, t_idx, altered in chunked_segments(segments, build, batch_size, device):
+    # (job, step) rows in chunks of batch_size images, built by gathers (no Python loop per step)
+    job_o = torch.tensor([o for o, _ in jobs], device=device, dtype=torch.long)
+    job_i = torch.tensor([i for _, i in jobs], device=device, dtype=torch.long)
+    total = len(jobs) * n
+    for start in range(0, total, batch_size):
+        idx = torch.arange(start, min(start + batch_size, total), device=device)
+        o_idx, i_idx, t_idx = job_o[idx // n], job_i[idx // n], idx % n + 1
+        removed = (ranks[o_idx, i_idx][:, cells] < t_idx[:, None, None]).unsqueeze(1)
+        altered = torch.where(removed, filled[i_idx], images[i_idx])
         emb[o_idx, i_idx, t_idx] = model.embed_mixed(altered, i_idx >= b).to(emb.dtype)
     for o, i, same in copies:
         emb[o, i] = emb[same, i]
