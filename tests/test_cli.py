@@ -52,7 +52,7 @@ def test_explain_params_reach_the_method(tmp_path, capsys):
     code, _, err = run(
         ["explain", a, b, "--model", "digits", "--method", "averaged-transforms",
          "--param", "transform=rotation", "--param", "strength=0,90", "--param", "guided=true",
-         "--param", "steps=3", "--out", tmp_path, "--quiet"],
+         "--param", "interpolation=strength", "--param", "steps=3", "--out", tmp_path, "--quiet"],
         capsys,
     )
     assert code == 0, err
@@ -280,7 +280,7 @@ def test_evaluate_estimates_first_and_needs_yes_for_long_runs(tmp_path, capsys, 
     from pairlens.cli import options
 
     args = ["evaluate", "--model", "digits", "--data", "digits", "--pairs", "6",
-            "--pairs-per-batch", "2", "--methods", "grad-cam,random", "--metrics", "SI",
+            "--pairs-per-unit", "2", "--methods", "grad-cam,random", "--metrics", "SI",
             "--step", "64", "--device", "cpu", "--quiet"]
     monkeypatch.setattr(options, "CONFIRM_SECONDS", 0.0)
     stopped = tmp_path / "stopped.db"

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (  # in the order --help lists them: explain first, then the pipeline
     "pairlens.cli.explain",  # explain, methods
+    "pairlens.cli.correspond",  # correspond
     "pairlens.cli.models",  # models, models info, download
     "pairlens.cli.evaluate",  # evaluate, report
     "pairlens.cli.corpus",  # corpus, corpus-eval
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_OK
+        from pairlens.runtime import tune_cpu_runtime
+
+        tune_cpu_runtime()  # before torch is imported: allocator, OpenMP (performance.md)
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code

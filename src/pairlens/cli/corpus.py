@@ -91,8 +91,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "without the corpus class (§4.3)")
     c.add_argument("--target", choices=TARGET_CHOICES, default=None,
                    help="explanation target (default: cocoa with a foil, corpus without)")
-    c.add_argument("--similarity", choices=("cosine", "dot"), default="cosine",
-                   help="(default: %(default)s)")
+    c.add_argument("--similarity", choices=("cosine", "dot"), default=None,
+                   help="how the target compares embeddings (default: the model's, cosine or "
+                   "dot)")
     add_method_options(p, default="rise", what=", ".join(METHOD_CHOICES))
     add_output_options(p, "pairlens-corpus")
     g = add_run_options(p)
@@ -307,12 +308,14 @@ def _text_target(args: argparse.Namespace, foil: Any) -> Any:
         return T.TextCorpus.from_open_clip(
             legacy, args.text, foil, arch=getattr(args, "legacy_clip_arch", None) or "ViT-B-32",
             similarity=args.similarity, device=str(resolve_device(args.device)))
-    if not args.model or not args.checkpoint:
-        raise UsageError("--text needs a CLIP model from a local file: --model clip-vit-b32 "
-                         "--checkpoint PATH (pairlens models lists the CLIP models)")
+    if not args.model:
+        raise UsageError("--text needs an image-text model from local files: --model clip-vit-b32 "
+                         "--checkpoint PATH, --model clip:ARCH --checkpoint PATH or --model "
+                         "hf:FOLDER (pairlens models lists them)")
     model = load_model(args)
-    if not hasattr(model, "embed_text"):
-        raise UsageError(f"model {args.model!r} has no text tower; --text needs a CLIP model")
+    if not model.has_text_tower:
+        raise UsageError(f"model {args.model!r} has no text tower; --text needs an image-text "
+                         "model (CLIP, SigLIP)")
     return T.TextCorpus(model, args.text, foil, text_encoder=model.embed_text,
                         similarity=args.similarity)
 
@@ -367,12 +370,12 @@ def _save(
     import numpy as np
 
     from pairlens.io import atomic_write
-    from pairlens.viz import DPI, add_colorbar, display_figure, overlay
+    from pairlens.viz import DPI, add_colorbar, display_figure, overlay, to_pil
 
     image01 = model.denormalize(x)[0].clamp(0, 1).cpu()
     fig = display_figure(6.4, 3.9)
     axes = fig.subplots(1, 2)
-    axes[0].imshow(image01.permute(1, 2, 0).numpy())
+    axes[0].imshow(to_pil(image01))
     axes[0].set_title(Path(meta["image"]).name, fontsize=9)
     axes[1].imshow(overlay(image01, amap.cpu()))
     title = meta["target"]["target"]

@@ -81,17 +81,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_method_options(p, default="all")
     m = p.add_argument_group("metrics")
     m.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
-                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
+                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS; region games "
+                   "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF; region-pair (correspondence) "
+                   "PI,PD (default: %(default)s)")
     m.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     m.add_argument("--ms-samples", type=argtype("int", 1), default=10, metavar="N",
                    help="max-sensitivity noise samples (default: %(default)s)")
     add_store_option(p)
     add_output_options(p, None, out=False)
-    g = add_run_options(p, batch_size=256, yes=True, batch_help="images per forward pass in the "
-                        "metrics")
-    g.add_argument("--pairs-per-batch", type=argtype("int", 1), default=8, metavar="N",
-                   help="pairs explained and stored together (default: %(default)s)")
+    g = add_run_options(p, batch_size=None, yes=True, batch_help="images per forward pass in "
+                        "the methods and metrics; changes speed and memory, never results "
+                        "(default: chosen from the device and image size)")
+    g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",
+                   help="pairs explained, scored and stored together (default: %(default)s)")
     add_on_error_option(g, "the pairs using it (recorded in the store)")
     add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=argtype("int", 1))
     p.set_defaults(func=run_evaluate)
@@ -136,19 +139,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     device = args.device
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    model = load_model(args, data=args.data, device=device)
+    model = load_model(args, data=args.data, device=device)  # with --amp, --channels-last
     model_key = model_label(model_name(args, args.data), args.checkpoint, args.embedding)
     pairs = usage(PairSet, model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
     bad = bad_files(args, hint="pass --on-error skip to skip the pairs using it")
     if shard.rank == 0:  # create the schema once before the other ranks open the file
         ResultStore(store_path).close()
     _barrier(dist)
-    options = dict(step=args.step, pairs_per_batch=args.pairs_per_batch,
-                   forward_batch=args.batch_size, ms_samples=args.ms_samples, bad_files=bad)
+    options = dict(step=args.step, pairs_per_batch=args.pairs_per_unit,
+                   batch_size=args.batch_size, ms_samples=args.ms_samples, bad_files=bad)
     try:
         with ResultStore(store_path) as store:
             probed = 0
-            if shard.world == 1 and len(pairs) > args.pairs_per_batch:
+            if shard.world == 1 and len(pairs) > args.pairs_per_unit:
                 probed = _estimate(args, model, model_key, pairs, specs, metrics, store, options)
             summary = run_evaluation(model, model_key, pairs, specs, metrics, store,
                                      shard=shard, progress=not args.quiet, **options)
@@ -167,18 +170,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"{who}{bad.summary()} (recorded in {store_path})")
     lines += [f"{who}  {label:40s} explanation {seconds:8.2f} s"
               for label, seconds in summary.per_method.items()]
+    if summary.computed_pairs:
+        lines.append(f"{who}  stages: " + ", ".join(f"{k} {v:.1f} s"
+                                                    for k, v in summary.stages.items()))
     if shard.rank == 0:
         lines.append(f"next: pairlens report --store {store_path} --out pairlens-report")
     out.wrote(store_path, f"results store ({summary.computed_pairs} pair evaluations computed)")
     out.add(computed=summary.computed_pairs, already_complete=summary.skipped_pairs,
             metrics_computed=sorted(summary.missing_metrics), skipped_files=summary.skipped_files,
-            explain_seconds=summary.per_method, store=str(store_path), rank=shard.rank,
-            world=shard.world)
+            explain_seconds=summary.per_method, stage_seconds=summary.stages,
+            store=str(store_path), rank=shard.rank, world=shard.world)
     return out.finish("\n".join(lines))
 
 
 def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> int:
-    """Time each method on its first batch of pairs with missing results (``--pairs-per-batch``
+    """Time each method on its first unit of pairs with missing results (``--pairs-per-unit``
     pairs, exactly a unit of the full run, so results never depend on it; stored, so never
     wasted), scale to its missing pairs after that batch and announce the estimated total; stop
     unless --yes when it is long (:func:`confirm_long_run`). Returns the number of pair
@@ -189,7 +195,7 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> 
     from pairlens.study.pairs import PairSet
     from pairlens.study.store import canonical_params
 
-    batch, n = args.pairs_per_batch, len(pairs)
+    batch, n = args.pairs_per_unit, len(pairs)
     setting = setting_key(pairs, args.step, args.ms_samples)
     total, computed = 0.0, 0
     for spec in specs:

@@ -35,14 +35,17 @@ EXPLAIN_EXAMPLES = """examples:
   pairlens explain a.jpg b.jpg --methods conditional-occlusion --out out/
   pairlens explain a.jpg b.jpg --methods interaction-cam --param reduction=max
   pairlens explain a.jpg b.jpg --methods averaged-transforms --param transform=rotation \\
-      --param strength=0,90 --param guided=true
+      --param strength=0,90 --param interpolation=strength --param guided=true
   pairlens explain a.jpg b.jpg --methods all --out out/      # every method and grid.png
   pairlens explain --pairs pairs.txt --methods grad-cam,interaction-cam --out out/
   pairlens explain a.jpg b.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth
+  pairlens explain cat.jpg --text "a photo of a cat" --model clip-vit-b32 \\
+      --checkpoint open_clip_pytorch_model.bin --methods grad-cam
 
 --pairs FILE lists one 'image1 image2' per line; --pairs DIR takes each sub-folder holding two
 images as a pair (or, in a flat folder, the images sorted by name, two at a time). Each pair gets
-its own folder under --out, and index.csv / index.html list them all.
+its own folder under --out, and index.csv / index.html list them all. --text explains one image
+against a caption (image-text models: CLIP, SigLIP); methods that need two images are skipped.
 """
 
 METHODS_EXAMPLES = """examples:
@@ -59,10 +62,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "With no images, the bundled example pair is explained with the bundled default model.",
         EXPLAIN_EXAMPLES,
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="two image files (or none)")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="two image files (or none; one with --text)")
     p.add_argument("--pairs", metavar="FILE|DIR",
                    help="explain many pairs: a file of 'image1 image2' lines, or a folder")
-    add_model_options(p)
+    p.add_argument("--text", default=None, metavar="CAPTION",
+                   help="explain one image against this caption (image-text models: "
+                   "clip-vit-b32, clip:ARCH, hf:PATH of a CLIP or SigLIP folder)")
+    add_model_options(p, execution=True)
     add_method_options(p)
     add_deprecated(p, "--method", "--methods", dest="methods")
     add_deprecated(p, "--all-methods", "--methods all", dest="methods", nargs=0,
@@ -134,11 +141,17 @@ def run_explain(args: argparse.Namespace) -> int:
     from pairlens.progress import overall, progress_bars
 
     out = Output(args, "explain")
-    if args.pairs and args.images:
-        raise UsageError("give two images or --pairs, not both")
-    if len(args.images) not in (0, 2):
+    text = args.text.strip() if args.text is not None else None
+    if args.pairs and (args.images or text is not None):
+        raise UsageError("give two images, one image and --text, or --pairs; not several")
+    if text is not None and (len(args.images) != 1 or not text):
+        raise UsageError("--text explains one image against a caption: give one image and a "
+                         "non-empty --text")
+    if text is None and len(args.images) not in (0, 2):
         raise UsageError(f"explain takes two images or none; got {len(args.images)}")
     variants = method_list(args)
+    if text is not None:
+        variants = _without_pairs_only(variants, every=_all_selected(args))
     apply_threads(args)
     if args.pairs:
         from pairlens.study.pairs import read_pairs
@@ -148,18 +161,43 @@ def run_explain(args: argparse.Namespace) -> int:
         pairs = None
         for path in args.images:
             load_image(path)  # fail early on a bad file, before loading the model
-    model = load_model(args)
+    model = load_model(args)  # with --amp / --channels-last
+    if text is not None and not model.has_text_tower:
+        raise UsageError(f"--text needs an image-text model (clip-vit-b32, clip:ARCH, hf:PATH of "
+                         f"a CLIP or SigLIP folder); {model.name!r} has no text tower")
     variants = [(name, _with_run_params(name, given, args)) for name, given in variants]
     root = Path(args.out)
     with progress_bars(not args.quiet):
         if pairs is None:
-            x1, x2, sources = _single_pair(model, args.images)
+            if text is not None:
+                x1, x2 = model.preprocess(load_image(args.images[0])), None
+                sources = (args.images[0], text)
+            else:
+                x1, x2, sources = _single_pair(model, args.images)
             with overall(len(variants), "explain", unit="method") as bar:
                 results = _explain_batch(model, x1, x2, [sources], variants, [root], args, bar,
-                                         out)
+                                         out, target=text)
             out.add(pairs=results)
             return out.finish()
         return _explain_pairs(model, pairs, variants, root, args, out)
+
+
+def _all_selected(args: argparse.Namespace) -> bool:
+    """Whether ``--methods`` asked for every method (``all``)."""
+    methods = args.methods if isinstance(args.methods, str) else ",".join(args.methods)
+    return any(m.strip().lower() == "all" for m in methods.split(","))
+
+
+def _without_pairs_only(variants: list[tuple[str, dict]], every: bool) -> list[tuple[str, dict]]:
+    """The variants that can explain one image against a fixed target: with ``--methods all``
+    the others are left out, a method named explicitly is a usage error."""
+    from pairlens.methods.registry import get_method
+
+    pairs_only = [name for name, _ in variants if get_method(name).pairs_only]
+    if pairs_only and not every:
+        raise UsageError(f"{', '.join(dict.fromkeys(pairs_only))} needs two images; with --text "
+                         "use another method (a saliency, CAM or conditional-occlusion method)")
+    return [(name, given) for name, given in variants if name not in pairs_only]
 
 
 def _explain_pairs(model, pairs, variants, root: Path, args, out: Output) -> int:
@@ -232,10 +270,15 @@ def _single_pair(model: Any, images: list[str]):
     return model.preprocess(img1), model.preprocess(img2), (name1, name2)
 
 
-def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, numbers=None):
-    """Explain a batch of pairs with every variant; write each pair's files into its folder.
-    Returns one record per pair."""
+def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, numbers=None,
+                   target=None):
+    """Explain a batch of pairs (or, with ``target`` and ``x2=None``, of images against a
+    caption) with every variant; write each pair's files into its folder. A method that cannot
+    explain this model (:class:`~pairlens.methods.registry.NotApplicableError`) is skipped with a
+    line when ``--methods all`` chose it, else it stops the command. Returns one record per
+    pair."""
     import pairlens
+    from pairlens.methods.registry import NotApplicableError
     from pairlens.viz import DPI, grid_figure
 
     records = [{"pair": (numbers or [1])[k], "image1": str(sources[k][0]),
@@ -243,9 +286,19 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
                for k in range(len(folders))]
     per_pair: list[list[Any]] = [[] for _ in folders]
     stems = _stems(variants)
+    every = _all_selected(args)
     for (name, params), stem in zip(variants, stems, strict=True):
         bar.set_postfix_str(name)
-        exp = pairlens.explain(model, x1, x2, method=name, **params)
+        try:
+            exp = pairlens.explain(model, x1, x2, method=name, target=target, **params)
+        except NotApplicableError as err:
+            if not every:
+                raise
+            out.say(f"{stem:28s} skipped: {' '.join(str(err).split())}")
+            for record in records:
+                record.setdefault("skipped", {})[name] = " ".join(str(err).split())
+            bar.update(len(folders))
+            continue
         for k, folder in enumerate(folders):
             one = exp.select(k)
             one = _with_sources(one, sources[k])
@@ -263,7 +316,7 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
             if len(folders) == 1:
                 out.say(f"{stem:28s} similarity {float(one.score[0]):.4f}  {exp.seconds:7.2f} s")
         bar.update(len(folders))
-    if len(variants) > 1:
+    if len(per_pair[0]) > 1:
         from pairlens.io import atomic_write
 
         for k, folder in enumerate(folders):

@@ -5,7 +5,8 @@ Every command builds its options from these groups, so a concept has one spellin
 ============  =================================================================================
 group         options
 ============  =================================================================================
-model         ``--model NAME``, ``--checkpoint PATH``, ``--embedding NAME``, ``--device DEV``
+model         ``--model NAME``, ``--checkpoint PATH``, ``--embedding NAME``, ``--device DEV``;
+              with ``execution=True`` also ``--amp bf16|fp16`` and ``--channels-last``
 methods       ``--methods LIST`` (comma list, ``all``, variants ``name[key=value;...]``),
               ``--param [METHOD.]KEY=VALUE`` (repeatable; see :mod:`pairlens.params`)
 store         ``--store FILE`` (the SQLite results file)
@@ -133,8 +134,11 @@ def add_model_options(
     default_help: str = DEFAULT_MODEL,
     embedding: bool = True,
     embedding_default: str | None = None,
+    execution: bool = False,
 ) -> argparse._ArgumentGroup:
-    """``--model``, ``--checkpoint``, ``--embedding`` and ``--device``."""
+    """``--model``, ``--checkpoint``, ``--embedding`` and ``--device``; with ``execution``,
+    ``--amp`` and ``--channels-last`` (speed options that :func:`load_model` applies; see
+    docs/performance.md)."""
     g = parser.add_argument_group("model")
     g.add_argument(
         "--model", default=default, metavar="NAME",
@@ -152,6 +156,13 @@ def add_model_options(
             f"{embedding_default or 'the model’s default'})",
         )
     add_device_option(g)
+    if execution:
+        g.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                       help="run the model under autocast in this precision (maps and scores "
+                       "stay float32; checked against float32 in docs/performance.md)")
+        g.add_argument("--channels-last", action="store_true",
+                       help="channels-last memory layout for convolutional models (faster on "
+                       "most CPUs and GPUs; same results up to float rounding)")
     return g
 
 
@@ -385,8 +396,17 @@ def model_name(args: argparse.Namespace, data: str | None = None) -> str:
 def load_model(args: argparse.Namespace, data: str | None = None, device: str | None = None):
     """The model of the model group: ``--model`` (default: :func:`model_name`) with
     ``--checkpoint`` and ``--embedding``; ``--checkpoint`` alone loads a model.pt written by
-    ``pairlens train``. Unknown names and embeddings are usage errors; missing files runtime
-    errors."""
+    ``pairlens train``. ``--amp`` / ``--channels-last``, when the command has them, are applied
+    (:meth:`~pairlens.models.similarity.SimilarityModel.set_execution`). Unknown names and
+    embeddings are usage errors; missing files runtime errors."""
+    model = _load_model(args, data, device)
+    amp, channels_last = getattr(args, "amp", None), getattr(args, "channels_last", False)
+    if amp or channels_last:
+        model.set_execution(amp=amp, channels_last=channels_last)
+    return model
+
+
+def _load_model(args: argparse.Namespace, data: str | None, device: str | None):
     from pairlens.models.registry import model_info
 
     checkpoint = getattr(args, "checkpoint", None)
