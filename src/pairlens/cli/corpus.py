@@ -40,7 +40,8 @@ CORPUS_EXAMPLES = """examples:
       --corpus cats/ --foil random/ --methods integrated-gradients --out out/
   pairlens corpus zebra.jpg --model clip-vit-b32 --checkpoint open_clip_pytorch_model.bin \\
       --text "This is a photo of a zebra" --text-foil cifar100 --out out/
-  pairlens corpus bee.jpg --model clip:ViT-B-32-quickgelu --checkpoint ViT-B-32.pt \\
+  pairlens corpus bee.jpg --model clip:ViT-B-32-quickgelu \\
+      --checkpoint open_clip_pytorch_model.bin \\
       --text "a photo of a bee" --text-foil "a photo of a flower" --out out/
 """
 
@@ -308,14 +309,14 @@ def _text_target(args: argparse.Namespace, foil: Any) -> Any:
         return T.TextCorpus.from_open_clip(
             legacy, args.text, foil, arch=getattr(args, "legacy_clip_arch", None) or "ViT-B-32",
             similarity=args.similarity, device=str(resolve_device(args.device)))
+    how = ("--text needs an image-text model from local files: --model clip-vit-b32 "
+           "--checkpoint PATH, --model clip:ARCH --checkpoint PATH or --model hf:FOLDER "
+           "(pairlens models lists them)")
     if not args.model:
-        raise UsageError("--text needs an image-text model from local files: --model clip-vit-b32 "
-                         "--checkpoint PATH, --model clip:ARCH --checkpoint PATH or --model "
-                         "hf:FOLDER (pairlens models lists them)")
+        raise UsageError(how)
     model = load_model(args)
     if not model.has_text_tower:
-        raise UsageError(f"model {args.model!r} has no text tower; --text needs an image-text "
-                         "model (CLIP, SigLIP)")
+        raise UsageError(f"model {args.model!r} has no text tower; {how}")
     return T.TextCorpus(model, args.text, foil, text_encoder=model.embed_text,
                         similarity=args.similarity)
 
