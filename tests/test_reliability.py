@@ -234,7 +234,7 @@ def test_bad_parameters_exit_non_zero_and_store_nothing(tmp_path, capsys):
                        "conditional-occlusion[window=-8]", "--store", str(db))
     assert code != 0 and "parameter window must be an integer >= 1" in err
     assert not db.exists() or rows(db, "SELECT COUNT(*) FROM results") == [(0,)]
-    code, out, err = cli(capsys, "explain", "--param", "guided=no", "--method",
+    code, out, err = cli(capsys, "explain", "--param", "guided=no", "--methods",
                          "input-x-gradient", "--model", "digits", "--out", str(tmp_path / "g"),
                          "--quiet")
     assert code == 0, err

@@ -229,7 +229,7 @@ def test_sigkill_then_rerun_gives_the_same_report_as_an_uninterrupted_run(toy_sc
     conn.close()
 
     for db in (killed_db, full_db):
-        assert main(["report", str(db), "--out", str(tmp_path / db.stem)]) == 0
+        assert main(["report", "--store", str(db), "--out", str(tmp_path / db.stem)]) == 0
         conn = sqlite3.connect(db)
         assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 6 * 120
         conn.close()

@@ -87,3 +87,24 @@ def test_importing_pairlens_keeps_pyplot_unloaded():
     code = "import pairlens, sys; pairlens.load_model; print('matplotlib.pyplot' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_fixed_target_and_correspondence_figures_have_the_colour_bar():
+    """An image explained against a fixed embedding has one column (no image 2) and says what it
+    was compared with; the correspondence figure labels its marginal maps like every figure."""
+    model = pairlens.load_model("digits")
+    torch.manual_seed(0)
+    x1, x2 = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        z = model.embed(x2)[0]
+    fixed = pairlens.explain(model, x1, target=z, method="grad-cam", sources=("a.png", "b"))
+    fig = pair_figure(fixed)
+    assert COLORBAR_LABEL in texts(fig)
+    assert len([ax for ax in fig.axes if ax.images]) == 2  # image and its overlay, one column
+    assert any("against a fixed" in t for t in texts(fig))
+    assert COLORBAR_LABEL in texts(grid_figure([fixed, fixed]))
+    corr = pairlens.correspond(model, x1, x2, method="feature-grid", grid=4)
+    fig = corr.figure()
+    assert COLORBAR_LABEL in texts(fig) and "pair relevance" in texts(fig)
+    one = corr.select(0)
+    assert one.relevance.shape == corr.relevance.shape and len(one) == 1

@@ -275,7 +275,7 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
     """Explain a batch of pairs (or, with ``target`` and ``x2=None``, of images against a
     caption) with every variant; write each pair's files into its folder. A method that cannot
     explain this model (:class:`~pairlens.methods.registry.NotApplicableError`) is skipped with a
-    line when ``--methods all`` chose it, else it stops the command. Returns one record per
+    warning when ``--methods all`` chose it, else it stops the command. Returns one record per
     pair."""
     import pairlens
     from pairlens.methods.registry import NotApplicableError
@@ -294,7 +294,7 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
         except NotApplicableError as err:
             if not every:
                 raise
-            out.say(f"{stem:28s} skipped: {' '.join(str(err).split())}")
+            warn(f"{stem} skipped: {' '.join(str(err).split())}")
             for record in records:
                 record.setdefault("skipped", {})[name] = " ".join(str(err).split())
             bar.update(len(folders))
