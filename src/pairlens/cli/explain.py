@@ -83,12 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="clip each shown map above this percentile before min-max "
                    "normalisation, so a few extreme pixels do not hide the rest "
                    "(default: %(default)s; 100 = no clip)")
-    add_run_options(
+    g = add_run_options(
         p, batch_size=None,
         batch_help="images per forward pass (default: each method's own); with --pairs, N/2 "
         "pairs are explained together (default: 8 pairs)",
     )
-    add_on_error_option(p, "the pairs using it (--pairs)")
+    add_on_error_option(g, "the pairs using it (--pairs)")
     p.set_defaults(func=run_explain)
 
     m = command_parser(

@@ -281,7 +281,8 @@ def add_run_options(
 
 
 def add_on_error_option(parser: argparse.ArgumentParser | Any, what: str) -> None:
-    """``--on-error stop|skip``: what an unreadable image does (:class:`pairlens.io.BadFiles`)."""
+    """``--on-error stop|skip``: what an unreadable image does (:class:`pairlens.io.BadFiles`).
+    ``parser`` is the run group that :func:`add_run_options` returns."""
     parser.add_argument(
         "--on-error", choices=("stop", "skip"), default="stop",
         help=f"an unreadable image: stop (default), or skip {what}, report each bad file once "
@@ -372,12 +373,10 @@ def method_list(args: argparse.Namespace, family: str = "pair") -> list[tuple[st
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """``torch.set_num_threads(--threads)`` when given."""
+    """``torch.set_num_threads(--threads)`` when given (checked >= 1 by its argtype)."""
     threads = getattr(args, "threads", None)
     if threads is None:
         return
-    if threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {threads}")
     import torch
 
     torch.set_num_threads(threads)

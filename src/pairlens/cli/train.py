@@ -80,8 +80,11 @@ SUPERVISED_MODES = {
 }
 
 #: what ``--batch-size`` means in training (the papers' batch size N, not images per pass)
-TRAIN_BATCH_HELP = ("source images per optimisation step, the papers' batch size N; each gives "
-                    "two views, so a forward pass holds 2N images")
+TRAIN_BATCH_HELP = ("source images per optimisation step, the papers' batch size N (not images "
+                    "per forward pass, unlike the other commands): the training pass holds their "
+                    "2N augmented views; excon and exconb first run N originals through the "
+                    "explanation and N masked images through the classifier, and exconb adds up "
+                    "to 2N misclassified masked images as background")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
