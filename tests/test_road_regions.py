@@ -197,7 +197,8 @@ def test_the_documented_evaluate_and_report_commands_run_at_a_tiny_size(tmp_path
                  "--methods", "grad-cam,random", "--metrics", "CD,rcd,CMoRF,clerf",
                  "--step", "64", "--store", str(db), "--threads", "1", "--quiet"])
     assert code == 0, capsys.readouterr().err
-    code = main(["report", "--store", str(db), "--out", str(tmp_path / "rep"), "--format", "md,csv"])
+    code = main(["report", "--store", str(db), "--out", str(tmp_path / "rep"),
+                 "--format", "md,csv"])
     assert code == 0, capsys.readouterr().err
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| method | CD ↓ | RCD ↓ | CMoRF ↓ | CLeRF ↑ |" in md
