@@ -298,3 +298,46 @@ def test_evaluate_estimates_first_and_needs_yes_for_long_runs(tmp_path, capsys, 
     straight = tmp_path / "straight.db"
     assert run([*args, "--store", straight, "--yes"], capsys)[0] == 0
     assert values(stopped) == values(straight) and len(values(straight)) == 12
+
+
+def test_evaluate_estimate_on_stores_with_methods_partly_or_fully_done(tmp_path, capsys,
+                                                                       monkeypatch):
+    """Resuming: a finished method is not probed again; a partly done one is probed on its next
+    missing unit; when only the last unit is missing nothing is estimated and the run goes on
+    without --yes. The end result equals one uninterrupted run."""
+    import sqlite3
+
+    from pairlens.cli import options
+
+    args = ["evaluate", "--model", "digits", "--data", "digits", "--pairs", "6",
+            "--pairs-per-unit", "2", "--metrics", "SI", "--step", "64", "--device", "cpu",
+            "--quiet"]
+    monkeypatch.setattr(options, "CONFIRM_SECONDS", 0.0)
+
+    def done(db):
+        with sqlite3.connect(db) as conn:
+            return sorted(conn.execute("SELECT method, pair_id FROM results"))
+
+    def values(db):
+        with sqlite3.connect(db) as conn:
+            return sorted(conn.execute("SELECT method, pair_id, metric, value FROM results"))
+
+    db = tmp_path / "resumed.db"
+    assert run([*args, "--methods", "grad-cam", "--store", db, "--yes"], capsys)[0] == 0
+    finished = values(db)
+    code, _, err = run([*args, "--methods", "grad-cam,random", "--store", db], capsys)
+    assert code == 2 and "estimated to take" in err
+    assert values(db)[: len(finished)] == finished  # grad-cam untouched, not probed again
+    assert done(db) == sorted([("grad-cam", p) for p in range(6)] +
+                              [("random", p) for p in (0, 1)])
+    code, _, err = run([*args, "--methods", "grad-cam,random", "--store", db], capsys)
+    assert code == 2  # random's next missing unit (pairs 2, 3) is the probe
+    assert [p for m, p in done(db) if m == "random"] == [0, 1, 2, 3]
+    code, out, err = run([*args, "--methods", "grad-cam,random", "--store", db, "--json"],
+                         capsys)
+    assert code == 0 and "estimated" not in err  # only the last unit was missing
+    assert json.loads(out)["computed"] == 2
+    straight = tmp_path / "straight.db"
+    assert run([*args, "--methods", "grad-cam,random", "--store", straight, "--yes"],
+               capsys)[0] == 0
+    assert values(db) == values(straight)
