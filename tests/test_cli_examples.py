@@ -237,7 +237,7 @@ def test_help_example_runs(command, workspace, request, monkeypatch, capsys):
 def test_examples_are_found_everywhere():
     commands = {path.split()[0] for path, _ in EXAMPLES}
     assert {"explain", "methods", "models", "download", "evaluate", "report", "corpus",
-            "corpus-eval", "train", "eval-classifier", "study", "demo"} <= commands
+            "corpus-eval", "train", "eval-classifier", "study", "demo", "correspond"} <= commands
     assert len(EXAMPLES) >= 30
     for _, command in EXAMPLES:  # the shared spellings only, never a deprecated one
         for old in ("--method ", "--db ", "--all-methods", "--clip-checkpoint", "--forward-batch",

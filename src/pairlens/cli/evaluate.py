@@ -33,9 +33,9 @@ from pairlens.validation import argtype
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 20 --methods grad-cam,interaction-cam \\
       --store digits.db
-      # 70 s of CPU time (8 min wall on this 2-core machine while shared)
+      # 17 s of CPU time (55 s wall on this 2-core machine while shared)
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db --yes
-      # about 70 min of CPU time (from its first 8 pairs; its own estimate said 6.4 h wall here
+      # about 18 min of CPU time (from its first 8 pairs; its own estimate said 43 min wall here
       # while shared)
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\

@@ -85,8 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s; 100 = no clip)")
     g = add_run_options(
         p, batch_size=None,
-        batch_help="images per forward pass (default: each method's own); with --pairs, N/2 "
-        "pairs are explained together (default: 8 pairs)",
+        batch_help="images per forward pass (default: chosen from the device and image size); "
+        "with --pairs, N/2 pairs are explained together (default: 8 pairs)",
     )
     add_on_error_option(g, "the pairs using it (--pairs)")
     p.set_defaults(func=run_explain)
