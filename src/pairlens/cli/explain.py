@@ -111,13 +111,14 @@ def run_methods(args: argparse.Namespace) -> int:
     out = Output(args, "methods")
     out.add(methods=[{"name": i.name, "family": i.family, "source": i.section,
                       "summary": i.summary, "deterministic": i.deterministic,
+                      "pairs_only": i.pairs_only,
                       "params": {k: _jsonable(v) for k, v in i.params.items()}} for i in infos])
     if out.json:
         return out.finish()
     lines = []
     for info in infos:
         where = info.family if info.section == info.family else f"{info.family}, {info.section}"
-        lines.append(f"{info.name}  ({where})")
+        lines.append(f"{info.name}  ({where}{'; needs two images' if info.pairs_only else ''})")
         lines.append(f"    {info.summary}")
         if info.params:
             params = "  ".join(f"{k}={format_value(v)}" for k, v in info.params.items())
