@@ -40,7 +40,8 @@ EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db --yes
-      # about 15 min of CPU time (from its first 8 pairs; estimated 48 min wall here, shared)
+      # 5.5 min of CPU time (16 min wall on this 2-core machine while shared; its own
+      # estimate after the first 8 pairs said 12 min)
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda --yes
       # a GPU job: on this 2-core CPU one pair with one method (grad-cam) took 3 min of CPU time
