@@ -472,7 +472,7 @@ def integrated_jacobians(
         reference: ``"blur"`` (default), ``"black"`` or ``"zero"`` (model-input space). The
             authors' reference is a neutral input (padding tokens); for images the blurred image
             is the nearer neutral input: on the bundled photos pair the completeness error at 16
-            steps was -0.04 from the blur and -2.9 from black (target 0.67 and 3.5).
+            steps was -0.04 from the blur and -2.5 from black (target 0.67 and 3.5).
         seed: seeds the random directions (only used when ``k < D``).
         batch_size: images per forward pass (path points of several images are batched; None:
             the device-aware default).

@@ -8,7 +8,7 @@ replaced by the Gaussian blur of the image (kernel 11, sigma 5, the insertion me
 constant fill both images converge to the same blank image, whose similarity to itself (1)
 dominates the interaction below: on 12 augmented digits pairs (similarity 0.98) the interaction of
 the fully removed pair was 2.08 with zero fill and 0.66 with blur, and with zero fill random maps
-scored as well as every method, with blur at chance (PI 0.19 against 0.18 for random pairing).
+scored as well as the methods, with blur at chance (PI 0.19 against 0.21 for random pairing).
 Three orders are compared on the same pair:
 
 * the explanation's own: for a correspondence (a pair relevance ``R``, re-binned onto the grid by
