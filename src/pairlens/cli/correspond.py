@@ -114,6 +114,7 @@ def run_correspond(args: argparse.Namespace) -> int:
             report["methods"][name] = {
                 "similarity": float(exp.score[0]),
                 "grid": [list(g) for g in exp.grids],
+                "target": float(exp.extras["target"][0]),
                 "completeness_error": float(exp.extras["completeness_error"][0]),
                 "seconds": exp.seconds,
                 "files": [str(p) for p in written],
@@ -121,7 +122,8 @@ def run_correspond(args: argparse.Namespace) -> int:
             }
             if not args.json:
                 (h1, w1), (h2, w2) = exp.grids
-                print(f"{name:22s} similarity {float(exp.score[0]):.4f}  completeness error "
+                print(f"{name:22s} similarity {float(exp.score[0]):.4f}  target "
+                      f"{float(exp.extras['target'][0]):.4f}  completeness error "
                       f"{float(exp.extras['completeness_error'][0]):+.4f}  {exp.seconds:6.2f} s  "
                       f"-> {out / (name + '.png')}")
                 for i, j, v in top[:5]:
