@@ -87,7 +87,8 @@ def bilinear_scale(model: SimilarityModel, z1: Tensor, z2: Tensor) -> Tensor:
         return torch.where(norms > COSINE_EPS, 1.0 / norms.clamp(min=COSINE_EPS), 0.0)
     raise ValueError(
         f"correspondence methods decompose a bilinear similarity (cosine or dot); model "
-        f"{model.name!r} compares embeddings with {name!r}"
+        f"{model.name!r} compares embeddings with {name!r} (first-order methods work with any "
+        "similarity)"
     )
 
 
