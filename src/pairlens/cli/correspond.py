@@ -65,6 +65,8 @@ def run_correspond(args: argparse.Namespace) -> int:
     from pairlens.cli.explain import _all_selected, _single_pair, _with_run_params
     from pairlens.explanation import correspondence_methods
     from pairlens.io import load_image
+    from pairlens.methods.common import as_grid
+    from pairlens.methods.correspondence import check_grids
     from pairlens.methods.registry import get_method
     from pairlens.progress import overall, progress_bars
 
@@ -82,36 +84,43 @@ def run_correspond(args: argparse.Namespace) -> int:
     grid = None
     if args.grid is not None:
         grid = usage(get_method(variants[0][0]).specs["grid"].coerce, args.grid, "--grid")
+        if any("grid" in given for _, given in variants):
+            raise UsageError("give the grid once: --grid G or --param [METHOD.]grid=G, not both")
     apply_threads(args)
     for path in args.images:
         load_image(path)  # fail early on a bad file, before loading the model
     model = load_model(args)
     x1, x2, sources = _single_pair(model, args.images)
+    for _, given in variants:  # a grid finer than the pixels is a bad option, found before running
+        chosen = usage(as_grid, given.get("grid", grid))
+        if chosen is not None:
+            usage(check_grids, [chosen, chosen], tuple(x1.shape[-2:]))
     root = Path(args.out)
     results = {}
     with progress_bars(not args.quiet), overall(len(variants), "correspond",
                                                  unit="method") as bar:
         for name, given in variants:
             bar.set_postfix_str(name)
-            params = _with_run_params(name, given, args)
-            exp = pairlens.correspond(model, x1, x2, method=name, grid=grid, sources=sources,
-                                      **params)
+            params = {"grid": grid, **_with_run_params(name, given, args)}  # --param grid wins
+            exp = pairlens.correspond(model, x1, x2, method=name, sources=sources, **params)
             for path in exp.save(root, stem=name, top=args.top):
                 out.wrote(path, {".png": "figure (top matches, marginal maps)",
                                  ".npz": "relevance, marginal maps, grids",
                                  ".json": "metadata"}.get(path.suffix, ""))
             top = exp.top_matches(k=args.top)
             error = float(exp.extras["completeness_error"][0])
+            target = float(exp.extras["target"][0])
             results[name] = {
                 "similarity": float(exp.score[0]),
                 "grid": [list(g) for g in exp.grids],
+                "target": target,
                 "completeness_error": error,
                 "seconds": exp.seconds,
                 "top": [{"region1": i, "region2": j, "relevance": v} for i, j, v in top],
             }
             (h1, w1), (h2, w2) = exp.grids
-            out.say(f"{name:22s} similarity {float(exp.score[0]):.4f}  completeness error "
-                    f"{error:+.4f}  {exp.seconds:6.2f} s")
+            out.say(f"{name:22s} similarity {float(exp.score[0]):.4f}  target {target:.4f}  "
+                    f"completeness error {error:+.4f}  {exp.seconds:6.2f} s")
             for i, j, v in top[:5]:
                 out.say(f"{'':22s} (row {i // w1}, col {i % w1}) of image 1 <-> "
                         f"(row {j // w2}, col {j % w2}) of image 2: {v:+.4f}")
