@@ -19,6 +19,7 @@ TRAIN_EXAMPLES = """examples:
       --batch-size 32 --out runs/photos
   pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda --out runs/mine
   pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits --resume
+  pairlens train cross-entropy --data digits --arch digits-cnn --epochs 15 --out runs/digits-ce
 """
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -51,6 +52,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
 
     add_modes(_train_sub)
+    ce = add_mode(
+        "cross-entropy",
+        run_cross_entropy,
+        help="supervised classifier (cross-entropy, crop-only views): a contrastive model's twin",
+        description="Plain supervised training: backbone + linear classifier, cross-entropy on "
+        "one random resized crop per image (no colour jitter, grayscale or blur). Used for the "
+        "supervised twin of a contrastive model (same --arch), e.g. for pairlens analyze invert. "
+        "model.pt holds the classifier; its only embedding is the backbone.",
+    )
+    for action in ce._actions:
+        if action.dest == "data":
+            action.help = "digits | cluttered-digits | DIR (one sub-folder per class)"
+    ce.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the train / val / test split (default: %(default)s)")
 
 
 def add_mode(
@@ -173,6 +188,52 @@ def run_simclr(args: argparse.Namespace) -> int:
         summary.update(attach_view_cosines(Path(args.out) / "model.pt", images, augment))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def run_cross_entropy(args: argparse.Namespace) -> int:
+    import torch
+
+    from pairlens.cli.excon import default_arch, load_labelled_data
+    from pairlens.models.bundled import get_architecture
+    from pairlens.training.classify import supervised_augment, train_cross_entropy
+    from pairlens.training.simclr import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arch_name = args.arch or default_arch(args.data)
+    arch = get_architecture(arch_name)
+    load_size = args.image_size or round(arch.input_size[0] / 0.7)
+    images, labels = load_labelled_data(args.data, "train", args.data_seed, load_size)
+    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
+    test_images, test_labels = load_labelled_data(args.data, "test", args.data_seed, load_size)
+    digits_like = args.data in ("digits", "cluttered-digits")
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, temperature=args.temperature,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+        data=args.data,
+    )
+    print(f"training {arch_name} with cross-entropy on {args.data} ({len(images)} train, "
+          f"{len(val_images)} val images); output in {args.out}")
+    net, classifier, log = train_cross_entropy(
+        _float01(images), labels, _float01(val_images), val_labels, arch_name, config,
+        augment=supervised_augment(flip=not digits_like),
+    )
+    from pairlens.training.classify import ClassifierNet, accuracy
+
+    test_acc = accuracy(ClassifierNet(net.backbone, classifier), _float01(test_images),
+                        test_labels, arch.mean, arch.std)
+    print(json.dumps({"epochs": len(log), "final_loss": log[-1]["loss"] if log else None,
+                      "val_accuracy": log[-1].get("val_accuracy") if log else None,
+                      "test_accuracy": test_acc}, indent=2))
+    return 0
+
+
+def _float01(images):
+    import torch
+
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
 def knn_hook(train_x, train_y, val_x, val_y, mean, std):
