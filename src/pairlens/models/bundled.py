@@ -16,6 +16,10 @@ the embedding is chosen with ``embedding=``:
   the invariances the projection head encodes);
 * ``"backbone"``: ``head`` = identity, the similarity is the cosine of h.
 
+``digits-supervised`` is the ``digits`` architecture trained with plain cross-entropy
+(``pairlens train cross-entropy``, :mod:`pairlens.training.classify`): the supervised twin used to
+compare feature inversions of a contrastive and a supervised model (seed 000, appendix).
+
 The ``digits`` model also carries ``model.classifier``, a linear probe (10 logits) fitted on the
 pooled **backbone** features h of the training split. It takes (B, 128) backbone features: use
 :func:`backbone_features` (works for either embedding), or load with ``embedding="backbone"`` and
@@ -244,7 +248,7 @@ def backbone_features(model: SimilarityModel, x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- weights files
 def weights_path(name: str) -> Path:
-    """Path of a bundled weights file (``digits.pt`` / ``photos.pt``) inside the package."""
+    """Path of a bundled weights file (``digits.pt``, ``photos.pt``, ...) inside the package."""
     return Path(str(resources.files(WEIGHTS_PACKAGE).joinpath("weights", f"{name}.pt")))
 
 
@@ -315,6 +319,33 @@ def digits(checkpoint: str | Path | None = None, embedding: str = "projector") -
     """Bundled ``digits`` model (see ``models/weights/digits.md``); ``model.classifier`` is the
     linear probe on backbone features (:func:`backbone_features`)."""
     return _build_bundled("digits", checkpoint, embedding)
+
+
+@register_model(
+    "digits-supervised",
+    bundled=True,
+    summary="the digits model's supervised twin: same CNN trained with cross-entropy (crop-only "
+    "views), with its classifier; for feature-inversion comparisons",
+    architecture=ARCHITECTURES["digits-cnn"].summary,
+    input_size=(32, 32),
+    normalization=f"digits mean {DIGITS_MEAN[0]} / std {DIGITS_STD[0]}",
+    embeddings=("backbone",),
+    default_embedding="backbone",
+    feature_layer="block2",
+    checkpoint_format=WEIGHTS_FORMAT,
+    checkpoint_name="digits-supervised.pt",
+)
+def digits_supervised(
+    checkpoint: str | Path | None = None, embedding: str = "backbone"
+) -> SimilarityModel:
+    """Bundled ``digits-supervised`` (see ``models/weights/digits-supervised.md``): the
+    ``digits-cnn`` backbone and a linear classifier trained together with cross-entropy by
+    ``pairlens train cross-entropy``. Its projection head is untrained, so the only embedding is
+    the pooled backbone (``model.classifier`` takes it)."""
+    if embedding != "backbone":
+        raise ValueError("digits-supervised has only the 'backbone' embedding (its projector is "
+                         "untrained)")
+    return _build_bundled("digits-supervised", checkpoint, embedding)
 
 
 @register_model(

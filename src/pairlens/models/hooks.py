@@ -56,3 +56,34 @@ def guided_relus() -> Iterator[None]:
     """Within this context every ReLU backpropagates guided gradients."""
     with _GuidedMode():
         yield
+
+
+def capture_outputs(module: torch.nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """Run ``module(x)`` once and return the outputs of its submodules ``names`` (dotted paths;
+    ``"input"`` is ``x`` itself). A tuple output is reduced to its first element.
+
+    Raises:
+        ValueError: a name that is not a submodule of ``module``.
+    """
+    out: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            if name == "input":
+                out[name] = x
+                continue
+            try:
+                sub = module.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"{name!r} is not a submodule of {type(module).__name__}") from None
+
+            def hook(_m, _inp, o, name=name):
+                out[name] = o[0] if isinstance(o, (tuple, list)) else o
+
+            handles.append(sub.register_forward_hook(hook))
+        if len(out) < len(names):
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
