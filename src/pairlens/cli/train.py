@@ -63,7 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     for action in ce._actions:
         if action.dest == "data":
-            action.help = "digits | cluttered-digits | DIR (one sub-folder per class)"
+            action.help = ("digits | cluttered-digits | photos (one class per training photo) | "
+                           "DIR (one sub-folder per class)")
     ce.add_argument("--data-seed", type=int, default=0,
                     help="seed of the train / val / test split (default: %(default)s)")
 
@@ -195,6 +196,7 @@ def run_cross_entropy(args: argparse.Namespace) -> int:
 
     from pairlens.cli.excon import default_arch, load_labelled_data
     from pairlens.models.bundled import get_architecture
+    from pairlens.training.augment import AugmentConfig
     from pairlens.training.classify import supervised_augment, train_cross_entropy
     from pairlens.training.simclr import TrainConfig
 
@@ -203,9 +205,19 @@ def run_cross_entropy(args: argparse.Namespace) -> int:
     arch_name = args.arch or default_arch(args.data)
     arch = get_architecture(arch_name)
     load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    images, labels = load_labelled_data(args.data, "train", args.data_seed, load_size)
-    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
-    test_images, test_labels = load_labelled_data(args.data, "test", args.data_seed, load_size)
+    if args.data == "photos":  # instance classification: one class per training photo
+        from pairlens.data import bundled
+
+        images, labels, _ = load_training_data("photos", load_size)
+        # the held-out stereo view of motorcycle_left is the only unseen image of a class
+        val_images = bundled.photos_tensor(load_size, ("motorcycle_right",))[0]
+        val_labels = torch.tensor([bundled.TRAIN_PHOTOS.index("motorcycle_left")])
+        test_images, test_labels = val_images, val_labels
+    else:
+        images, labels = load_labelled_data(args.data, "train", args.data_seed, load_size)
+        val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
+        test_images, test_labels = load_labelled_data(args.data, "test", args.data_seed,
+                                                      load_size)
     digits_like = args.data in ("digits", "cluttered-digits")
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -218,12 +230,13 @@ def run_cross_entropy(args: argparse.Namespace) -> int:
           f"{len(val_images)} val images); output in {args.out}")
     net, classifier, log = train_cross_entropy(
         _float01(images), labels, _float01(val_images), val_labels, arch_name, config,
-        augment=supervised_augment(flip=not digits_like),
+        augment=supervised_augment(AugmentConfig.digits() if digits_like
+                                   else AugmentConfig.photos()),
     )
     from pairlens.training.classify import ClassifierNet, accuracy
 
     test_acc = accuracy(ClassifierNet(net.backbone, classifier), _float01(test_images),
-                        test_labels, arch.mean, arch.std)
+                        test_labels, arch.mean, arch.std, size=arch.input_size)
     print(json.dumps({"epochs": len(log), "final_loss": log[-1]["loss"] if log else None,
                       "val_accuracy": log[-1].get("val_accuracy") if log else None,
                       "test_accuracy": test_acc}, indent=2))

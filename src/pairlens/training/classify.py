@@ -6,9 +6,9 @@ same model trained with a different objective, namely image classification". Thi
 exactly that for the bundled architectures: the backbone f of a
 :class:`~pairlens.models.bundled.ContrastiveNet` plus a linear classifier on the pooled features
 h = f(x), end to end, with cross-entropy, on one random view per image per step. The default view
-is the standard *supervised* augmentation: random resized crop (and flip where the data allows),
-**no** colour jitter, grayscale or blur, so that the twin differs from the contrastive model in its
-objective and in the photometric augmentations the contrastive recipe adds.
+is the contrastive model's augmentation without its photometric part: the same random resized crop
+(and flip where the preset flips), **no** colour jitter, grayscale or blur, so that the twin differs
+from the contrastive model in its objective and in the photometric augmentations only.
 
 The run uses :class:`~pairlens.training.simclr.ContrastiveTrainer` (resumable, seeded, AdamW with
 warm-up and cosine decay); after every epoch the validation accuracy is logged and ``best.pt`` is
@@ -21,6 +21,7 @@ bundled layout) and must not be used as an embedding.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,10 @@ from pairlens.training.simclr import ContrastiveTrainer, TrainConfig, _atomic_to
 EMBEDDINGS = ("backbone",)
 
 
-def supervised_augment(flip: bool) -> AugmentConfig:
-    """Crop-only view (random resized crop, area 0.4-1; horizontal flip if ``flip``): the
-    supervised recipe without the contrastive photometric augmentations."""
-    return AugmentConfig(crop_scale=(0.4, 1.0), flip=flip, jitter_p=0.0, grayscale_p=0.0,
-                         blur_p=0.0)
+def supervised_augment(base: AugmentConfig) -> AugmentConfig:
+    """The contrastive preset ``base`` without its photometric augmentations: the same random
+    resized crop (and flip, if ``base`` flips), no colour jitter, grayscale or blur."""
+    return replace(base, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
 
 
 class ClassifierNet(nn.Module):
@@ -75,8 +75,10 @@ class CrossEntropyLoss:
 
 @torch.no_grad()
 def accuracy(net: ClassifierNet, images01: Tensor, labels: Tensor, mean: Sequence[float],
-             std: Sequence[float], batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``net`` (eval mode) on pixel-space images (N, 3, H, W) in [0, 1]."""
+             std: Sequence[float], batch_size: int = 256,
+             size: Sequence[int] | None = None) -> float:
+    """Top-1 accuracy of ``net`` (eval mode) on pixel-space images (N, 3, H, W) in [0, 1],
+    resized (bilinear, antialiased) to ``size`` first when given and different."""
     was_training = net.training
     net.eval()
     dev = next(net.parameters()).device
@@ -84,7 +86,11 @@ def accuracy(net: ClassifierNet, images01: Tensor, labels: Tensor, mean: Sequenc
     s = torch.tensor(std, device=dev).view(1, 3, 1, 1)
     correct = 0
     for i in range(0, len(images01), batch_size):
-        x = (images01[i : i + batch_size].to(dev).float() - m) / s
+        x = images01[i : i + batch_size].to(dev).float()
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        x = (x - m) / s
         correct += int((net(x).argmax(1).cpu() == labels[i : i + batch_size]).sum())
     net.train(was_training)
     return correct / max(1, len(images01))
@@ -108,7 +114,7 @@ def train_cross_entropy(
         arch: a name in :data:`pairlens.models.bundled.ARCHITECTURES`.
         config: :class:`TrainConfig` (``temperature`` is unused; ``out`` set: checkpoints,
             ``log.csv``, ``model.pt``, ``best.pt``).
-        augment: the training view (default :func:`supervised_augment` without flip).
+        augment: the training view (default: :func:`supervised_augment` of the digits preset).
         n_classes: number of classes (default: largest label + 1).
 
     Returns:
@@ -116,7 +122,7 @@ def train_cross_entropy(
         the classifier (both in eval mode) and the per-epoch log rows.
     """
     spec = get_architecture(arch)
-    augment = augment or supervised_augment(flip=False)
+    augment = augment or supervised_augment(AugmentConfig.digits())
     n_classes = n_classes or int(max(labels.max(), val_labels.max())) + 1
     config.arch, config.mode = arch, "cross-entropy"
     config.augment = augment.to_dict()
@@ -129,7 +135,8 @@ def train_cross_entropy(
                             "config": config.to_dict()}
 
     def validate(trainer: ContrastiveTrainer, epoch: int, row: dict[str, Any]) -> None:
-        row["val_accuracy"] = accuracy(model, val_images, val_labels, spec.mean, spec.std)
+        row["val_accuracy"] = accuracy(model, val_images, val_labels, spec.mean, spec.std,
+                                       size=spec.input_size)
         previous = [r["val_accuracy"] for r in trainer.log if "val_accuracy" in r]
         row["best"] = not previous or row["val_accuracy"] > max(previous)
         if row["best"] and out is not None:
