@@ -111,7 +111,7 @@ def texture_pairs(
         pos = [(int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1)))
                for _ in range(2)]
         pairs.append((a, b, piece, pos))
-        info.append({"object1": a, "object2": b, "texture": t, "position1": pos[0],
+        info.append({"object1": a, "object2": b, "texture_index": t, "position1": pos[0],
                      "position2": pos[1], "patch": side})
     masks1, masks2 = [], []
     for a, b, piece, pos in pairs:
