@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pairlens.analysis import HARMFUL_METHODS
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
@@ -53,7 +54,7 @@ from pairlens.analysis.common import (
 from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import progress_bars, track
 
-DEFAULT_METHODS = "interaction-cam,grad-cam,random"
+DEFAULT_METHODS = HARMFUL_METHODS
 PAPER_FRACTION = 0.94
 CONDITIONS = ("clean", "harmful")
 

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pairlens.analysis import INVERSION_PAPER_SETTINGS
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
@@ -51,10 +52,7 @@ from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
 
 #: the paper's settings (appendix), used as defaults of :func:`invert_features`
-PAPER_SETTINGS: dict[str, float] = {
-    "steps": 200, "lr": 1e4, "momentum": 0.9, "lr_step": 50, "lr_gamma": 0.1,
-    "init_std": 0.1, "tv_weight": 1e-8, "tv_beta": 2.0, "alpha": 6.0, "alpha_weight": 1e-7,
-}
+PAPER_SETTINGS = INVERSION_PAPER_SETTINGS
 STAT_NAMES = ("saturation", "saturation_original", "colourfulness", "colourfulness_original",
               "luma_corr", "chroma_corr")
 
@@ -250,3 +248,170 @@ def _pearson(a: np.ndarray, b: np.ndarray, min_std: float) -> float:
     if b.std() < min_std or a.std() == 0:
         return math.nan
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ---------------------------------------------------------------------- the analysis
+def invert_models(
+    models: Mapping[str, SimilarityModel],
+    images01: Tensor,
+    layers: Sequence[str] | None = None,
+    *,
+    settings: Mapping[str, float] | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    resume: bool = False,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Invert the features of ``layers`` of every model for every image (Fig. 19: contrastive and
+    supervised models of one architecture side by side).
+
+    Args:
+        models: ``{label: model}``; all share ``input_size`` and the ``layers``.
+        images01: (N, 3, H, W) originals in [0, 1] pixel space at that size (each model
+            normalises them its own way).
+        layers: encoder layers (default: :func:`default_layers` of the first model).
+        settings: overrides of :data:`PAPER_SETTINGS` (and ``max_backoffs``).
+        seed: seed of the noise start (the same start for every model and layer).
+        out: output folder: ``config.json``, ``records.jsonl``, ``recon_*.npz``, ``table.md``,
+            ``table.csv``, ``inversion.png``.
+        resume: continue an interrupted run.
+        names: image names for the records.
+
+    Returns:
+        One record per (model, layer, image): the statistics of :func:`colour_statistics`,
+        ``lr`` (used), ``loss_start``, ``loss_end`` and ``seconds``.
+    """
+    if not models:
+        raise ValueError("give at least one model")
+    first = next(iter(models.values()))
+    sizes = {tuple(m.input_size) for m in models.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"the models take different input sizes {sorted(sizes)}")
+    if tuple(images01.shape[-2:]) != tuple(first.input_size):
+        raise ValueError(f"images are {tuple(images01.shape[-2:])} px; the models take "
+                         f"{tuple(first.input_size)}")
+    layers = list(layers) if layers else default_layers(first)
+    opts = {**PAPER_SETTINGS, **dict(settings or {})}
+    config = {"analysis": "invert", "models": {k: m.describe() for k, m in models.items()},
+              "layers": layers, "settings": opts, "seed": seed, "images": len(images01),
+              "names": list(names) if names is not None else None}
+    folder = RunFolder(out, config, resume) if out is not None else None
+    done = folder.units() if folder is not None else {}
+    records: list[dict[str, Any]] = [r for recs in done.values() for r in recs]
+    recon: dict[tuple[str, str], Tensor] = {}
+    units = [(label, layer) for label in models for layer in layers]
+    for label, layer in track(units, desc="invert"):
+        key = f"{label}|{layer}"
+        if key in done:
+            if folder is not None:
+                recon[(label, layer)] = _load_recon(folder.out / _recon_file(label, layer))
+            continue
+        model = models[label]
+        began = time.perf_counter()
+        inv = invert_features(model, model.normalize(images01.to(model.device)), layer,
+                              seed=seed, **opts)
+        seconds = (time.perf_counter() - began) / len(images01)
+        rec01 = model.denormalize(inv.images).clamp(0, 1).cpu()
+        recon[(label, layer)] = rec01
+        stats = colour_statistics(rec01, images01)
+        recs = []
+        for i in range(len(images01)):
+            r: dict[str, Any] = {"model": label, "layer": layer, "image": i,
+                                 "lr": float(inv.lr[i]), "loss_start": float(inv.loss_start[i]),
+                                 "loss_end": float(inv.loss_end[i]),
+                                 "seconds": round(seconds, 3)}
+            r.update({k: float(v[i]) for k, v in stats.items()})
+            if names is not None:
+                r["name"] = names[i]
+            recs.append(r)
+        records += recs
+        if folder is not None:
+            _save_recon(folder, _recon_file(label, layer), rec01)
+            folder.add(key, recs)
+    if folder is not None:
+        folder.write_text("table.md", inversion_table(records))
+        folder.write_csv("table.csv", records)
+        folder.write_figure("inversion.png", inversion_figure(images01, recon, list(models),
+                                                              layers))
+    return records
+
+
+def _recon_file(label: str, layer: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{label}_{layer}")
+    return f"recon_{safe}.npz"
+
+
+def _save_recon(folder: RunFolder, name: str, images01: Tensor) -> None:
+    from pairlens.io import atomic_write
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=(images01.numpy() * 255).round().astype(np.uint8))
+    data = buf.getvalue()
+    atomic_write(folder.out / name, lambda f: f.write(data))
+
+
+def _load_recon(path: Path) -> Tensor:
+    with np.load(path) as z:
+        return torch.from_numpy(z["images"].astype(np.float32) / 255)
+
+
+def inversion_table(records: Sequence[dict[str, Any]]) -> str:
+    """One row per (model, layer): mean and 95 % interval over images of the statistics."""
+    header = ["model", "layer", "saturation (original → reconstruction)",
+              "colourfulness (original → reconstruction)", "luma corr", "chroma corr",
+              "feature loss end / start", "lr used", "images"]
+    rows = []
+    for label, layer in dict.fromkeys((r["model"], r["layer"]) for r in records):
+        recs = [r for r in records if r["model"] == label and r["layer"] == layer]
+
+        def iv(key, recs=recs):
+            return mean_interval(r[key] for r in recs)
+
+        ratio = mean_interval(r["loss_end"] / r["loss_start"] for r in recs
+                              if r["loss_start"] > 0)
+        lrs = sorted({r["lr"] for r in recs})
+        rows.append([
+            label, layer,
+            f"{iv('saturation_original').value:.3f} → {format_interval(iv('saturation'))}",
+            f"{iv('colourfulness_original').value:.1f} → "
+            f"{format_interval(iv('colourfulness'), 1)}",
+            format_interval(iv("luma_corr")), format_interval(iv("chroma_corr")),
+            format_interval(ratio), ", ".join(f"{v:g}" for v in lrs), str(len(recs)),
+        ])
+    return markdown_table(header, rows)
+
+
+def inversion_figure(images01: Tensor, recon: Mapping[tuple[str, str], Tensor],
+                     labels: Sequence[str], layers: Sequence[str], max_images: int = 3):
+    """Fig. 19: for each image and model a row: the original, then the reconstruction from each
+    layer (titled with its mean saturation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pairlens.viz import to_pil
+
+    n = min(max_images, len(images01))
+    rows = [(i, lab) for i in range(n) for lab in labels]
+    fig, axes = plt.subplots(len(rows), len(layers) + 1, squeeze=False,
+                             figsize=(1.9 * (len(layers) + 1), 2.0 * len(rows) + 0.3))
+    for r, (i, lab) in enumerate(rows):
+        axes[r, 0].imshow(to_pil(images01[i]))
+        axes[r, 0].set_ylabel(f"{lab}\nimage {i}", fontsize=8)
+        for c, layer in enumerate(layers):
+            img = recon.get((lab, layer))
+            if img is None:
+                continue
+            sat = colour_statistics(img[i : i + 1], images01[i : i + 1])["saturation"][0]
+            axes[r, c + 1].imshow(to_pil(img[i]))
+            axes[r, c + 1].set_title(f"{layer}  sat {float(sat):.2f}", fontsize=7)
+        if r == 0:
+            axes[r, 0].set_title("original", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("feature inversion: reconstructions from deeper layers (left to right)",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig

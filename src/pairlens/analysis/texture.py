@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pairlens.analysis import TEXTURE_METHODS
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
@@ -47,7 +48,7 @@ from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import progress_bars, track
 
 TEXTURE_PHOTOS = ("brick", "grass", "gravel")
-DEFAULT_METHODS = "interaction-cam,grad-cam,input-x-gradient,conditional-occlusion,random"
+DEFAULT_METHODS = TEXTURE_METHODS
 PAPER_FRACTION = 0.64
 
 
