@@ -19,14 +19,15 @@ EXAMPLES = {
     "augmentations": """examples:
   pairlens analyze augmentations --model digits --pairs 64 --out runs/aug-digits
   pairlens analyze augmentations --model photos --pairs 8 --out runs/aug-photos
-  pairlens analyze augmentations --model digits --transforms "rotation@0,rotation@45,solarize@0.3" \\
-      --pair-mode augmented --out runs/aug-custom
+  pairlens analyze augmentations --model digits --pair-mode augmented \\
+      --transforms "rotation@0,rotation@45,solarize@0.3" --out runs/aug-custom
   pairlens analyze augmentations --model photos --pairs 8 --out runs/aug-photos --resume
 """,
     "invert": """examples:
   pairlens analyze invert --model digits --compare digits-supervised --out runs/invert-digits
   pairlens analyze invert --model photos --images 3 --out runs/invert-photos
-  pairlens analyze invert --model photos --layers layer1,layer4 --lr 100 --iterations 400 --out runs/inv
+  pairlens analyze invert --model photos --layers layer1,layer4 --lr 100 --iterations 400 \
+      --out runs/inv
 """,
     "texture": """examples:
   pairlens analyze texture --model photos --pairs 50 --out runs/texture-photos

@@ -75,7 +75,8 @@ def capture_outputs(module: torch.nn.Module, x: Tensor, names: list[str]) -> dic
             try:
                 sub = module.get_submodule(name)
             except AttributeError:
-                raise ValueError(f"{name!r} is not a submodule of {type(module).__name__}") from None
+                kind = type(module).__name__
+                raise ValueError(f"{name!r} is not a submodule of {kind}") from None
 
             def hook(_m, _inp, o, name=name):
                 out[name] = o[0] if isinstance(o, (tuple, list)) else o
