@@ -24,7 +24,10 @@ Differences, by necessity or choice (documented in docs/analyses.md):
 
 * PairLens's Averaged Transforms differentiates *through* T, so map 2 lives in x2's frame; for
   geometric transforms (rotation, flip, crop) it is warped with the same T into T(x2)'s frame
-  before scoring. ``simclr`` (geometric and photometric at once) is refused;
+  before scoring. The dissection views blend x2 and T(x2), two frames, so for these rows map 2
+  also carries the x2 component of the path, moved by the warp to where T(x2) does not show it
+  (the paper's code takes the gradient w.r.t. each view, in the view's own frame; this cannot be
+  asked of the public method). ``simclr`` (geometric and photometric at once) is refused;
 * the method is called with explicit ``interpolation="pixel"``, ``steps=10``, ``noise=False`` and
   ``strength=(0, s)``: with x1 = x2 its views are ``(1 - t) x + t T(x)``, t = 0.1 ... 1.0 (the
   paper's code stops at t = 0.9);
@@ -51,8 +54,10 @@ from torch import Tensor
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
+    interval_fields,
     markdown_table,
     mean_interval,
+    row_interval,
 )
 from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import progress_bars, track
@@ -164,7 +169,7 @@ def dissect_augmentations(
     metrics: Sequence[str] = PAPER_METRICS,
     steps: int = 10,
     step: int | None = None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     pairs_per_unit: int = 8,
     seed: int = 0,
     out: str | Path | None = None,
@@ -282,11 +287,9 @@ def summary_rows(records: Sequence[dict[str, Any]], metrics: Sequence[str]
         recs = [r for r in records if r["transform"] == label and r["guided"] == guided]
         row: dict[str, Any] = {"transform": label, "guided": guided, "pairs": len(recs),
                                "degenerate": sum(bool(r["degenerate"]) for r in recs)}
-        sim = mean_interval(r["similarity"] for r in recs)
-        row.update(similarity=sim.value, similarity_low=sim.low, similarity_high=sim.high)
+        row.update(interval_fields("similarity", mean_interval(r["similarity"] for r in recs)))
         for m in metrics:
-            iv = mean_interval(r.get(m, math.nan) for r in recs)
-            row.update({m: iv.value, f"{m}_low": iv.low, f"{m}_high": iv.high, f"{m}_n": iv.n})
+            row.update(interval_fields(m, mean_interval(r.get(m, math.nan) for r in recs)))
         rows.append(row)
     return rows
 
@@ -323,28 +326,26 @@ def augmentation_table(records: Sequence[dict[str, Any]], metrics: Sequence[str]
                 if row is None:
                     cells.append("–")
                     continue
-                text = format_interval(_iv(row, m))
+                text = format_interval(row_interval(row, m))
                 cells.append(f"**{text}**" if best.get((g, m)) == lab else text)
         cells.append(f"{first['pairs']} ({first['degenerate']})")
         out.append(cells)
     note = ""
+    if any(parse_transform(lab).family in GEOMETRIC for lab in labels if lab != CLEAN):
+        note += ("\nGeometric rows (rotation, flip, crop): map 2 is PairLens's Averaged Transforms "
+                 "map moved onto T(image 2); along the path it mixes the two frames (see "
+                 "docs/analyses.md).\n")
     if any(by[(CLEAN, g)]["degenerate"] == by[(CLEAN, g)]["pairs"] for g in variants
            if (CLEAN, g) in by):
-        note = ("\n`none` is the untransformed pair; an image paired with itself has similarity "
+        note += ("\n`none` is the untransformed pair; an image paired with itself has similarity "
                 "1 and a zero gradient, so its row is degenerate (not scored).\n")
     return markdown_table(header, out) + note
-
-
-def _iv(row: dict[str, Any], m: str):
-    from pairlens.analysis.common import Interval
-
-    return Interval(row[m], row[f"{m}_low"], row[f"{m}_high"], row[f"{m}_n"])
 
 
 # ---------------------------------------------------------------------- figure
 def dissection_figure(
     model: SimilarityModel, x1: Tensor, x2: Tensor, specs: Sequence[TransformSpec],
-    steps: int = 10, seed: int = 0, batch_size: int = 64, columns: int = 5,
+    steps: int = 10, seed: int = 0, batch_size: int = 256, columns: int = 5,
 ):
     """The dissection strip of Figs. 4-6 for one pair: one row per transform; x1 with its
     Averaged Transforms map, ``columns`` views along the strength steps, each with the

@@ -14,7 +14,9 @@ the foil's. Settings checked against the paper and its authors' code
   clockwise); cutout and rotation are not SimCLR augmentations;
 * RISE with 5000 masks, p = 0.5, a 7 x 7 grid (4 x 4 for 32-px inputs), the blurred explicand
   (kernel 21, sigma 5) as baseline; the figure shows the positive part of the attribution
-  (``relu``) on a symmetric red-blue scale, as the authors' plots;
+  (``relu``) on a symmetric red-blue scale, as the authors' plots. All augmentations of an image
+  are explained with the same masks (the authors draw fresh masks for each), so that their maps
+  differ because of the images, not because of the masks;
 * the class prediction of each augmented image by the model's linear classifier, when it has one
   (the paper used SimCLR's ImageNet linear classifier);
 * the paper's foil is 1500 random ImageNet training images; here ``foil`` images of the data set
@@ -44,9 +46,11 @@ from torch import Tensor
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
+    interval_fields,
     markdown_table,
     mean_interval,
     proportion_interval,
+    row_interval,
 )
 from pairlens.models.similarity import SimilarityModel, pool_features
 from pairlens.progress import progress_bars, track
@@ -216,8 +220,9 @@ def cocoa_augmentations(
         auged = [augment(x01, a, seed * 1_000_003 + i * 101 + j) for j, a in enumerate(augs)]
         xa = model.normalize(torch.stack([a.image for a in auged]))
         target = ContrastiveCorpus(model, xa[:1], foil_z)
-        with progress_bars(False):
-            att = attribute(target, xa, method="rise", n_masks=n_masks, seed=seed + i)
+        with progress_bars(False):  # the same RISE masks for every augmentation of an image
+            att = torch.cat([attribute(target, xa[j : j + 1], method="rise", n_masks=n_masks,
+                                       seed=seed + i) for j in range(len(augs))])
         with torch.no_grad():
             z = model.embed(xa)
             cos = model.embedding_similarity(z[:1].expand_as(z), z).cpu()
@@ -245,8 +250,9 @@ def cocoa_augmentations(
             _save_maps(folder, maps)
             folder.add(key, recs)
     if folder is not None:
-        folder.write_text("table.md", cocoa_table(records))
-        folder.write_csv("table.csv", records)
+        summary = cocoa_summary(records)
+        folder.write_text("table.md", cocoa_table(summary))
+        folder.write_csv("table.csv", summary)
         if figure_images > 0:
             folder.write_figure("cocoa-augmentations.png",
                                 cocoa_figure(images01, maps, records, augs, seed,
@@ -265,25 +271,39 @@ def _save_maps(folder: RunFolder, maps: dict[int, Any]) -> None:
     atomic_write(folder.out / "maps.npz", lambda f: f.write(data))
 
 
-def cocoa_table(records: Sequence[dict[str, Any]]) -> str:
+def cocoa_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per augmentation: class kept (Wilson 95 %, with a classifier), cosine to the original,
     COCOA score, and agreement of its map with the original's (bootstrap 95 %)."""
-    has_pred = any(r["class_kept"] is not None for r in records)
-    header = ["augmentation"] + (["class kept"] if has_pred else []) + [
-        "cosine to original", "COCOA score", "map Spearman vs original",
-        f"top-{100 * TOP:.0f} % IoU vs original", "images"]
     rows = []
     for a in dict.fromkeys(r["augmentation"] for r in records):
         recs = [r for r in records if r["augmentation"] == a]
-        row = [a + (" (not in SimCLR)" if a in NOT_IN_SIMCLR else "")]
-        if has_pred:
-            kept = [r["class_kept"] for r in recs if r["class_kept"] is not None]
-            row.append(format_interval(proportion_interval(sum(kept), len(kept)), percent=True))
-        row += [format_interval(mean_interval(r[k] for r in recs))
-                for k in ("cosine", "cocoa", "spearman", "top_iou")]
-        row.append(str(len(recs)))
+        kept = [r["class_kept"] for r in recs if r["class_kept"] is not None]
+        row: dict[str, Any] = {"augmentation": a, "in_simclr": a not in NOT_IN_SIMCLR,
+                               "images": len(recs)}
+        if kept:
+            row.update(interval_fields("class_kept", proportion_interval(sum(kept), len(kept))))
+        for k in ("cosine", "cocoa", "spearman", "top_iou"):
+            row.update(interval_fields(k, mean_interval(r[k] for r in recs)))
         rows.append(row)
-    return markdown_table(header, rows)
+    return rows
+
+
+def cocoa_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`cocoa_summary` rows."""
+    has_pred = any("class_kept" in r for r in rows)
+    header = ["augmentation"] + (["class kept"] if has_pred else []) + [
+        "cosine to original", "COCOA score", "map Spearman vs original",
+        f"top-{100 * TOP:.0f} % IoU vs original", "images"]
+    out = []
+    for r in rows:
+        cells = [r["augmentation"] + ("" if r["in_simclr"] else " (not in SimCLR)")]
+        if has_pred:
+            cells.append(format_interval(row_interval(r, "class_kept"), percent=True)
+                         if "class_kept" in r else "–")
+        cells += [format_interval(row_interval(r, k))
+                  for k in ("cosine", "cocoa", "spearman", "top_iou")]
+        out.append(cells + [str(r["images"])])
+    return markdown_table(header, out)
 
 
 def cocoa_figure(images01: Tensor, maps: dict[int, Any], records: Sequence[dict[str, Any]],

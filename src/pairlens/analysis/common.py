@@ -171,6 +171,16 @@ def format_interval(iv: Interval, digits: int = 3, percent: bool = False) -> str
     return f"{iv.value:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
 
 
+def interval_fields(name: str, iv: Interval) -> dict[str, float]:
+    """``{name: value, name_low: low, name_high: high, name_n: n}`` for a CSV row."""
+    return {name: iv.value, f"{name}_low": iv.low, f"{name}_high": iv.high, f"{name}_n": iv.n}
+
+
+def row_interval(row: dict[str, Any], name: str) -> Interval:
+    """The :class:`Interval` stored in ``row`` by :func:`interval_fields`."""
+    return Interval(row[name], row[f"{name}_low"], row[f"{name}_high"], row[f"{name}_n"])
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

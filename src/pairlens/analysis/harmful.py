@@ -44,11 +44,13 @@ from pairlens.analysis import HARMFUL_METHODS
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
+    interval_fields,
     markdown_table,
     mass_in,
     mean_interval,
     normalized_entropy,
     proportion_interval,
+    row_interval,
     top_fraction_mask,
 )
 from pairlens.models.similarity import SimilarityModel
@@ -200,8 +202,9 @@ def harmful_probe(
         if folder is not None:
             folder.add(key, recs)
     if folder is not None:
-        folder.write_text("table.md", harmful_table(records))
-        folder.write_csv("table.csv", records)
+        summary = harmful_summary(records)
+        folder.write_text("table.md", harmful_table(summary))
+        folder.write_csv("table.csv", summary)
         if figure_pairs > 0:
             folder.write_figure("harmful.png", harmful_figure(model, images01, views, specs[0],
                                                               min(figure_pairs, n)))
@@ -237,12 +240,9 @@ def _unit(model, spec, x, clean, harmful, masks, proxy):
     return recs
 
 
-def harmful_table(records: Sequence[dict[str, Any]]) -> str:
+def harmful_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method and condition: similarity, share below 0.5, entropy, object mass, chance and
-    the fraction flagged (Wilson 95 %)."""
-    header = ["method", "pairs", "n", "similarity", "similarity < 0.5", "entropy",
-              "object mass", "chance", "flagged (object mass < chance)", "masks",
-              "paper (§VI-2)"]
+    the fraction flagged (Wilson 95 %; the others bootstrap 95 %)."""
     rows = []
     for label in dict.fromkeys(r["method"] for r in records):
         for cond in CONDITIONS:
@@ -251,18 +251,37 @@ def harmful_table(records: Sequence[dict[str, Any]]) -> str:
                 continue
             flags = [r["flagged"] for r in recs if r["flagged"] is not None]
             low = sum(r["similarity"] < 0.5 for r in recs)
-            rows.append([
-                label if cond == "clean" else "", cond, str(len(recs)), format_interval(
-                    mean_interval(r["similarity"] for r in recs)),
-                format_interval(proportion_interval(low, len(recs)), percent=True),
-                format_interval(mean_interval(r["entropy"] for r in recs)),
-                format_interval(mean_interval(r["object_mass"] for r in recs)),
-                f"{mean_interval(r['chance'] for r in recs).value:.3f}",
-                format_interval(proportion_interval(sum(flags), len(flags)), percent=True),
-                recs[0]["masks"],
-                f"{100 * PAPER_FRACTION:.0f} % of 50 pairs" if cond == "harmful" else "",
-            ])
-    return markdown_table(header, rows)
+            rows.append({
+                "method": label, "condition": cond, "pairs": len(recs),
+                **interval_fields("similarity", mean_interval(r["similarity"] for r in recs)),
+                **interval_fields("low_similarity", proportion_interval(low, len(recs))),
+                **interval_fields("entropy", mean_interval(r["entropy"] for r in recs)),
+                **interval_fields("object_mass", mean_interval(r["object_mass"] for r in recs)),
+                "chance": mean_interval(r["chance"] for r in recs).value,
+                **interval_fields("flagged", proportion_interval(sum(flags), len(flags))),
+                "masks": recs[0]["masks"], "paper": PAPER_FRACTION if cond == "harmful" else None,
+            })
+    return rows
+
+
+def harmful_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`harmful_summary` rows."""
+    header = ["method", "pairs", "n", "similarity", "similarity < 0.5", "entropy",
+              "object mass", "chance", "flagged (object mass < chance)", "masks",
+              "paper (§VI-2)"]
+    out = []
+    for i, r in enumerate(rows):
+        first = i == 0 or rows[i - 1]["method"] != r["method"]
+        out.append([
+            r["method"] if first else "", r["condition"], str(r["pairs"]),
+            format_interval(row_interval(r, "similarity")),
+            format_interval(row_interval(r, "low_similarity"), percent=True),
+            format_interval(row_interval(r, "entropy")),
+            format_interval(row_interval(r, "object_mass")), f"{r['chance']:.3f}",
+            format_interval(row_interval(r, "flagged"), percent=True), r["masks"],
+            f"{100 * r['paper']:.0f} % of 50 pairs" if r["paper"] is not None else "",
+        ])
+    return markdown_table(header, out)
 
 
 def harmful_figure(model: SimilarityModel, images01: Tensor, views: HarmfulViews, spec: Any,

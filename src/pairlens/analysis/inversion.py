@@ -15,9 +15,10 @@ alpha_weight 1e-7; the feature loss is the mean squared error.
 
 The learning rate 1e4 was tuned for a ResNet-50 at 224 px; the size of a layer's gradients depends
 on the model, and 1e4 makes the optimisation diverge on the bundled models (NaN within a few
-iterations). An inversion *diverged* when its feature loss is not finite or ends above half its
-starting value; it is then redone with the learning rate divided by 10, at most ``max_backoffs``
-times, and the learning rate actually used is recorded with every result (never silently).
+iterations). An inversion *diverged* when its feature loss is not finite or ends higher than it
+started; it is then redone with the learning rate divided by 10, at most ``max_backoffs`` times,
+and the learning rate actually used is recorded with every result (never silently), next to the
+ratio of the final to the initial feature loss (how far the reconstruction got).
 
 Colour statistics of each reconstruction (clipped to [0, 1]) against its original:
 mean HSV saturation, colourfulness (Hasler & Süsstrunk 2003, on the 0-255 scale), the Pearson
@@ -44,8 +45,10 @@ from pairlens.analysis import INVERSION_PAPER_SETTINGS
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
+    interval_fields,
     markdown_table,
     mean_interval,
+    row_interval,
 )
 from pairlens.models.hooks import capture_outputs
 from pairlens.models.similarity import SimilarityModel
@@ -192,7 +195,7 @@ def invert_features(
             with torch.enable_grad():
                 img, first, last = _optimise(model, target[pending], layer, start[pending],
                                              settings, rate)
-            ok = torch.isfinite(last) & (last <= 0.5 * first)
+            ok = torch.isfinite(last) & (last < first)
             good = pending[ok.cpu()]
             out[good], used[good] = img[ok], rate
             loss0[good], loss1[good] = first[ok].cpu(), last[ok].cpu()
@@ -242,11 +245,14 @@ def _colourfulness(rgb01: np.ndarray) -> float:
 
 
 def _pearson(a: np.ndarray, b: np.ndarray, min_std: float) -> float:
-    """Pearson correlation of ``a`` and ``b``; NaN when ``b`` (the original) varies by less than
-    ``min_std`` (nothing to keep: a grey image has no chroma)."""
+    """Pearson correlation of ``a`` (reconstruction) and ``b`` (original); NaN when the original
+    varies by less than ``min_std`` (nothing to keep: a grey image has no chroma), 0 when the
+    reconstruction does not vary at all (nothing kept)."""
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-    if b.std() < min_std or a.std() == 0:
+    if b.std() < min_std:
         return math.nan
+    if a.std() < min_std:
+        return 0.0
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
@@ -329,8 +335,9 @@ def invert_models(
             _save_recon(folder, _recon_file(label, layer), rec01)
             folder.add(key, recs)
     if folder is not None:
-        folder.write_text("table.md", inversion_table(records))
-        folder.write_csv("table.csv", records)
+        summary = inversion_summary(records)
+        folder.write_text("table.md", inversion_table(summary))
+        folder.write_csv("table.csv", summary)
         folder.write_figure("inversion.png", inversion_figure(images01, recon, list(models),
                                                               layers))
     return records
@@ -355,30 +362,36 @@ def _load_recon(path: Path) -> Tensor:
         return torch.from_numpy(z["images"].astype(np.float32) / 255)
 
 
-def inversion_table(records: Sequence[dict[str, Any]]) -> str:
-    """One row per (model, layer): mean and 95 % interval over images of the statistics."""
-    header = ["model", "layer", "saturation (original → reconstruction)",
-              "colourfulness (original → reconstruction)", "luma corr", "chroma corr",
-              "feature loss end / start", "lr used", "images"]
+def inversion_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, layer): mean and bootstrap 95 % interval over images of the colour
+    statistics and of the feature loss ratio end / start, and the learning rates used."""
     rows = []
     for label, layer in dict.fromkeys((r["model"], r["layer"]) for r in records):
         recs = [r for r in records if r["model"] == label and r["layer"] == layer]
+        row: dict[str, Any] = {"model": label, "layer": layer, "images": len(recs)}
+        for k in STAT_NAMES:
+            row.update(interval_fields(k, mean_interval(r[k] for r in recs)))
+        row.update(interval_fields("loss_ratio", mean_interval(
+            r["loss_end"] / r["loss_start"] for r in recs if r["loss_start"] > 0)))
+        row["lr"] = ", ".join(f"{v:g}" for v in sorted({r["lr"] for r in recs}))
+        rows.append(row)
+    return rows
 
-        def iv(key, recs=recs):
-            return mean_interval(r[key] for r in recs)
 
-        ratio = mean_interval(r["loss_end"] / r["loss_start"] for r in recs
-                              if r["loss_start"] > 0)
-        lrs = sorted({r["lr"] for r in recs})
-        rows.append([
-            label, layer,
-            f"{iv('saturation_original').value:.3f} → {format_interval(iv('saturation'))}",
-            f"{iv('colourfulness_original').value:.1f} → "
-            f"{format_interval(iv('colourfulness'), 1)}",
-            format_interval(iv("luma_corr")), format_interval(iv("chroma_corr")),
-            format_interval(ratio), ", ".join(f"{v:g}" for v in lrs), str(len(recs)),
-        ])
-    return markdown_table(header, rows)
+def inversion_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown of :func:`inversion_summary` rows."""
+    header = ["model", "layer", "saturation (original → reconstruction)",
+              "colourfulness (original → reconstruction)", "luma corr", "chroma corr",
+              "feature loss end / start", "lr used", "images"]
+    out = [[r["model"], r["layer"],
+            f"{r['saturation_original']:.3f} → {format_interval(row_interval(r, 'saturation'))}",
+            f"{r['colourfulness_original']:.1f} → "
+            f"{format_interval(row_interval(r, 'colourfulness'), 1)}",
+            format_interval(row_interval(r, "luma_corr")),
+            format_interval(row_interval(r, "chroma_corr")),
+            format_interval(row_interval(r, "loss_ratio")), r["lr"], str(r["images"])]
+           for r in rows]
+    return markdown_table(header, out)
 
 
 def inversion_figure(images01: Tensor, recon: Mapping[tuple[str, str], Tensor],

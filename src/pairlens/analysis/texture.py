@@ -32,17 +32,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pairlens.analysis import TEXTURE_METHODS
 from pairlens.analysis.common import (
     RunFolder,
     format_interval,
+    interval_fields,
     markdown_table,
     mass_in,
     mean_interval,
     proportion_interval,
+    row_interval,
 )
 from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import progress_bars, track
@@ -229,9 +230,9 @@ def texture_probe(
         if folder is not None:
             folder.add(key, recs)
     if folder is not None:
-        folder.write_text("table.md", texture_table(records, threshold))
-        folder.write_csv("table.csv", [{k: v for k, v in r.items()
-                                        if not isinstance(v, (list, tuple))} for r in records])
+        summary = texture_summary(records)
+        folder.write_text("table.md", texture_table(summary, threshold))
+        folder.write_csv("table.csv", summary)
         if figure_pairs > 0:
             folder.write_figure("texture.png",
                                 texture_figure(model, pairs, specs, min(figure_pairs, n)))
@@ -245,28 +246,38 @@ def _explain(model: SimilarityModel, x1: Tensor, x2: Tensor, spec: Any) -> tuple
     return exp.maps[0].cpu(), exp.maps[1].cpu()
 
 
-def texture_table(records: Sequence[dict[str, Any]], threshold: float = 0.5) -> str:
-    """Per method: fraction of pairs explained by texture (Wilson 95 %), mean mass on the patch
-    (bootstrap 95 %), chance level, similarity with and without the shared patch."""
-    header = ["method", f"explained by texture (mass > {threshold:g})", "mass on the patch",
-              "chance (patch area)", "similarity with patch", "without patch", "pairs",
-              "paper (§VI-1)"]
+def texture_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: fraction explained by texture (Wilson 95 %), mass on the patch and the
+    similarities with and without the patch (bootstrap 95 %), chance level, counts."""
     rows = []
     for label in dict.fromkeys(r["method"] for r in records):
         recs = [r for r in records if r["method"] == label]
         flags = [r["texture"] for r in recs if r["texture"] is not None]
-        frac = proportion_interval(sum(flags), len(flags))
-        rows.append([
-            label, format_interval(frac, percent=True),
-            format_interval(mean_interval(r["mass"] for r in recs)),
-            f"{mean_interval(r['chance'] for r in recs).value:.3f}",
-            format_interval(mean_interval(r["similarity"] for r in recs)),
-            format_interval(mean_interval(r["similarity_plain"] for r in recs)),
-            f"{len(flags)}" + (f" ({len(recs) - len(flags)} empty maps)"
-                               if len(flags) < len(recs) else ""),
-            f"{100 * PAPER_FRACTION:.0f} % (50 pairs)",
-        ])
-    return markdown_table(header, rows)
+        rows.append({
+            "method": label, "pairs": len(recs), "empty_maps": len(recs) - len(flags),
+            **interval_fields("texture", proportion_interval(sum(flags), len(flags))),
+            **interval_fields("mass", mean_interval(r["mass"] for r in recs)),
+            "chance": mean_interval(r["chance"] for r in recs).value,
+            **interval_fields("similarity", mean_interval(r["similarity"] for r in recs)),
+            **interval_fields("similarity_plain",
+                              mean_interval(r["similarity_plain"] for r in recs)),
+            "paper": PAPER_FRACTION,
+        })
+    return rows
+
+
+def texture_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> str:
+    """Markdown of :func:`texture_summary` rows."""
+    header = ["method", f"explained by texture (mass > {threshold:g})", "mass on the patch",
+              "chance (patch area)", "similarity with patch", "without patch", "pairs",
+              "paper (§VI-1)"]
+    out = [[r["method"], format_interval(row_interval(r, "texture"), percent=True),
+            format_interval(row_interval(r, "mass")), f"{r['chance']:.3f}",
+            format_interval(row_interval(r, "similarity")),
+            format_interval(row_interval(r, "similarity_plain")),
+            f"{r['pairs']}" + (f" ({r['empty_maps']} empty maps)" if r["empty_maps"] else ""),
+            f"{100 * r['paper']:.0f} % (50 pairs)"] for r in rows]
+    return markdown_table(header, out)
 
 
 def texture_figure(model: SimilarityModel, pairs: TexturePairs, specs: Sequence[Any],
@@ -307,11 +318,3 @@ def texture_figure(model: SimilarityModel, pairs: TexturePairs, specs: Sequence[
                  "objects", fontsize=9)
     fig.tight_layout()
     return fig
-
-
-def resize_to(images01: Tensor, size: Sequence[int]) -> Tensor:
-    """(N, 3, h, w) images resized (bilinear, antialiased) to ``size``."""
-    if tuple(images01.shape[-2:]) == tuple(size):
-        return images01
-    return F.interpolate(images01, size=tuple(size), mode="bilinear", align_corners=False,
-                         antialias=True).clamp(0, 1)

@@ -215,7 +215,7 @@ def _common(a: argparse.ArgumentParser, name: str) -> None:
     a.add_argument("--out", default=f"pairlens-{name}", help="output folder (default: %(default)s)")
     a.add_argument("--resume", action="store_true",
                    help="continue the results in --out (settings must match)")
-    a.add_argument("--batch-size", type=int, default=64,
+    a.add_argument("--batch-size", type=int, default=256,
                    help="images per forward pass (default: %(default)s)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
