@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pairlens.validation import argtype
+
 EXAMPLES = {
     "augmentations": """examples:
   pairlens analyze augmentations --model digits --pairs 64 --out runs/aug-digits
@@ -119,7 +121,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(a, name)
     a = parsers["augmentations"]
-    a.add_argument("--pairs", type=int, default=8, metavar="N", help="pairs (default: %(default)s)")
+    a.add_argument("--pairs", type=argtype("int", 1), default=8, metavar="N",
+                   help="pairs (default: %(default)s)")
     a.add_argument("--pair-mode", default="self", choices=("self", "augmented", "same-class"),
                    help="self: an image and its transformed copy (the paper); augmented / "
                    "same-class: the transform is applied to the second image of pairlens "
@@ -131,8 +134,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--metrics", default="SI,SD,SAD", help="pair metrics (default: %(default)s)")
     a.add_argument("--variants", default="non-guided,guided",
                    help="Averaged Transforms variants (default: %(default)s)")
-    a.add_argument("--steps", type=int, default=10, help="dissection steps Z (default: 10)")
-    a.add_argument("--step", type=int, default=None, metavar="L",
+    a.add_argument("--steps", type=argtype("int", 1), default=10,
+                   help="dissection steps Z (default: 10)")
+    a.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     a.set_defaults(func=run_augmentations)
 
@@ -141,7 +145,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a second registered model of the same architecture shown side by side "
                    "(e.g. digits-supervised)")
     a.add_argument("--compare-checkpoint", default=None, help="checkpoint for --compare")
-    a.add_argument("--images", type=int, default=3, metavar="N",
+    a.add_argument("--images", type=argtype("int", 1), default=3, metavar="N",
                    help="images (default: %(default)s)")
     a.add_argument("--layers", default=None,
                    help="comma-separated encoder layers, 'input' for the image itself "
@@ -151,9 +155,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       ("--init-std", "init_std"), ("--tv-weight", "tv_weight"),
                       ("--tv-beta", "tv_beta"), ("--alpha", "alpha"),
                       ("--alpha-weight", "alpha_weight")):
-        a.add_argument(flag, dest=key, type=float, default=None,
+        kind = "int" if key in ("steps", "lr_step") else "float"
+        positive = key not in ("momentum", "tv_weight", "alpha_weight")
+        a.add_argument(flag, dest=key, type=argtype(kind, 0, lo_open=positive), default=None,
                        help=f"(default: the paper's {_paper(key)})")
-    a.add_argument("--max-backoffs", type=int, default=4,
+    a.add_argument("--max-backoffs", type=argtype("int", 0), default=4,
                    help="retries with lr/10 after a divergence (default: %(default)s)")
     a.set_defaults(func=run_invert)
 
@@ -162,7 +168,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, methods in (("texture", TEXTURE_METHODS), ("harmful-augmentations",
                                                          HARMFUL_METHODS)):
         a = parsers[name]
-        a.add_argument("--pairs", type=int, default=50, metavar="N",
+        a.add_argument("--pairs", type=argtype("int", 1), default=50, metavar="N",
                        help="pairs (default: %(default)s, as the paper)")
         a.add_argument("--methods", default=methods,
                        help="comma-separated methods, variants as name[key=value;key=value] "
@@ -171,30 +177,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="method parameter, repeatable")
     a = parsers["texture"]
     a.set_defaults(func=run_texture)
-    a.add_argument("--patch", type=float, default=0.35,
+    a.add_argument("--patch", type=argtype("float", 0, 1, True, True), default=0.35,
                    help="patch side as a fraction of the image side (default: %(default)s)")
-    a.add_argument("--threshold", type=float, default=0.5,
+    a.add_argument("--threshold", type=argtype("float", 0, 1), default=0.5,
                    help="mass on the patch above which a pair is explained by texture "
                    "(default: %(default)s)")
     a = parsers["harmful-augmentations"]
     a.set_defaults(func=run_harmful)
-    a.add_argument("--brightness", type=float, default=0.3,
+    a.add_argument("--brightness", type=argtype("float", 0, 1, lo_open=True), default=0.3,
                    help="blackening: brightness factor in (0, 1] (default: %(default)s)")
-    a.add_argument("--blur-sigma", type=float, default=None,
+    a.add_argument("--blur-sigma", type=argtype("float", 0), default=None,
                    help="blur sigma in px (default: 2 px at 224 px scaled, at least 1)")
-    a.add_argument("--proxy", type=float, default=0.2,
+    a.add_argument("--proxy", type=argtype("float", 0, 1, True, True), default=0.2,
                    help="without object masks: top fraction of the clean map taken as the "
                    "subject (default: %(default)s)")
 
     a = parsers["cocoa-augmentations"]
-    a.add_argument("--images", type=int, default=3, metavar="N",
+    a.add_argument("--images", type=argtype("int", 1), default=3, metavar="N",
                    help="images (default: %(default)s)")
     a.add_argument("--augmentations", default=None,
                    help="comma-separated (default: original,flip,crop,crop-flip,grayscale,"
                    "jitter,cutout,rotate-90)")
-    a.add_argument("--foil", type=int, default=1000, metavar="M",
+    a.add_argument("--foil", type=argtype("int", 1), default=1000, metavar="M",
                    help="foil images (default: %(default)s, or all available)")
-    a.add_argument("--n-masks", type=int, default=5000, help="RISE masks (default: 5000)")
+    a.add_argument("--n-masks", type=argtype("int", 1), default=5000,
+                   help="RISE masks (default: 5000)")
     a.set_defaults(func=run_cocoa)
 
 
@@ -211,42 +218,36 @@ def _common(a: argparse.ArgumentParser, name: str) -> None:
     a.add_argument("--data", default=None,
                    help="digits[:split] | photos | image folder | list file (default: digits "
                    "for 32-px digits models, photos otherwise)")
-    a.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    a.add_argument("--seed", type=argtype("int", 0), default=0,
+                   help="(default: %(default)s)")
     a.add_argument("--out", default=f"pairlens-{name}", help="output folder (default: %(default)s)")
     a.add_argument("--resume", action="store_true",
                    help="continue the results in --out (settings must match)")
-    a.add_argument("--batch-size", type=int, default=256,
+    a.add_argument("--batch-size", type=argtype("int", 1), default=256,
                    help="images per forward pass (default: %(default)s)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    a.add_argument("--threads", type=argtype("int", 1), default=None,
+                   help="torch CPU threads")
     a.add_argument("--json", action="store_true", help="print the table rows as JSON")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 # ---------------------------------------------------------------------- shared helpers
-def _setup(args: argparse.Namespace, model_name: str | None = None,
-           checkpoint: str | None = None) -> Any:
+def _setup(args: argparse.Namespace) -> Any:
     import torch
 
     from pairlens.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(model_name or args.model,
-                      checkpoint=checkpoint if model_name else args.checkpoint,
-                      embedding=None if model_name else args.embedding, device=args.device)
+    return load_model(args.model, checkpoint=args.checkpoint, embedding=args.embedding,
+                      device=args.device)
 
 
 def _data(args: argparse.Namespace, model: Any) -> str:
     from pairlens.analysis.common import default_data
 
     return args.data or default_data(model)
-
-
-def _positive(value: int, flag: str) -> int:
-    if value < 1:
-        raise ValueError(f"{flag} must be >= 1")
-    return value
 
 
 def _finish(args: argparse.Namespace, figure: str, began: float) -> int:
@@ -281,7 +282,7 @@ def run_augmentations(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     model = _setup(args)
-    data, n = _data(args, model), _positive(args.pairs, "--pairs")
+    data, n = _data(args, model), args.pairs
     transforms = (PAPER_TRANSFORMS if args.transforms is None
                   else [t for t in args.transforms.split(",") if t.strip()])
     variants = {"non-guided": False, "guided": True}
@@ -317,18 +318,25 @@ def run_invert(args: argparse.Namespace) -> int:
     model = _setup(args)
     models = {model.name: model}
     if args.compare:
-        other = _setup(args, args.compare, args.compare_checkpoint)
-        if other.name in models:
-            raise ValueError("--compare names the same model as --model")
-        models[other.name] = other
-    x, _, names = load_images(model, _data(args, model), _positive(args.images, "--images"),
+        from pairlens.models import load_model, model_info
+
+        # inversion reads encoder layers only; the backbone is every bundled model's embedding
+        offered = model_info(args.compare).embeddings
+        other = load_model(args.compare, checkpoint=args.compare_checkpoint, device=args.device,
+                           embedding="backbone" if "backbone" in offered else None)
+        label = other.name
+        if args.compare_checkpoint:
+            label = f"{label} ({Path(args.compare_checkpoint).expanduser().resolve().parent.name}"\
+                    f"/{Path(args.compare_checkpoint).name})"
+        if label in models:
+            raise ValueError("--compare names the same model as --model; give "
+                             "--compare-checkpoint or another model")
+        models[label] = other
+    x, _, names = load_images(model, _data(args, model), args.images,
                               args.seed)
     keys = ("steps", "lr", "momentum", "lr_step", "lr_gamma", "init_std", "tv_weight",
             "tv_beta", "alpha", "alpha_weight")
     settings: dict[str, Any] = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    for k in ("steps", "lr_step"):
-        if k in settings:
-            settings[k] = int(settings[k])
     settings["max_backoffs"] = args.max_backoffs
     layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
     with _progress(args):
@@ -346,7 +354,7 @@ def run_texture(args: argparse.Namespace) -> int:
     data = _data(args, model)
     objects, labels, _ = T.bundled_objects(model, data)
     side = 2 * max(model.input_size)
-    pairs = T.texture_pairs(objects, T.bundled_textures(side), _positive(args.pairs, "--pairs"),
+    pairs = T.texture_pairs(objects, T.bundled_textures(side), args.pairs,
                             labels=labels, patch=args.patch, seed=args.seed)
     description = {"data": data, "textures": list(T.TEXTURE_PHOTOS), "texture_side": side,
                    "patch": args.patch, "seed": args.seed}
@@ -364,7 +372,7 @@ def run_harmful(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     model = _setup(args)
     data = _data(args, model)
-    x, _, names = load_images(model, data, _positive(args.pairs, "--pairs"), args.seed)
+    x, _, names = load_images(model, data, args.pairs, args.seed)
     x01 = model.denormalize(x).clamp(0, 1).cpu()
     masks = H.digit_masks(x01) if data.split(":")[0] == "digits" else None
     views = H.harmful_views(x01, masks, brightness=args.brightness, blur_sigma=args.blur_sigma,
@@ -387,7 +395,7 @@ def run_cocoa(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     model = _setup(args)
     data = _data(args, model)
-    n = _positive(args.images, "--images")
+    n = args.images
     x, labels, names = load_images(model, data, n, args.seed)
     if data.split(":")[0] == "digits":  # explicands from the test split, foil from train
         foil, _, _ = load_images(model, "digits:train", None, args.seed)
@@ -395,7 +403,7 @@ def run_cocoa(args: argparse.Namespace) -> int:
         foil, _, foil_names = load_images(model, data, None, args.seed)
         foil = foil[[i for i, nm in enumerate(foil_names) if nm not in set(names)]]
     foil = foil[torch.randperm(len(foil), generator=torch.Generator().manual_seed(args.seed))
-                [: _positive(args.foil, "--foil")]]
+                [: args.foil]]
     if len(foil) == 0:
         raise ValueError(f"{data} has no images left for the foil")
     augs = (C.AUGMENTATIONS if args.augmentations is None

@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         if action.dest == "data":
             action.help = ("digits | cluttered-digits | photos (one class per training photo) | "
                            "DIR (one sub-folder per class)")
-    ce.add_argument("--data-seed", type=int, default=0,
+    ce.add_argument("--data-seed", type=argtype("int", 0), default=0,
                     help="seed of the train / val / test split (default: %(default)s)")
 
 

@@ -347,6 +347,10 @@ def _build_bundled(name: str, checkpoint: str | Path | None, embedding: str) -> 
             f"bundled weights {path.name} are missing from this installation of pairlens"
         )
     net, arch, classifier, meta = load_bundle(path, BUNDLED_ARCHITECTURES[name], name)
+    offered = meta.get("embeddings")  # a cross-entropy model: its projector is untrained
+    if offered and embedding not in offered:
+        raise ValueError(f"{path}: offers only the {', '.join(offered)} embedding (its projector "
+                         f"was not trained); pass embedding='{offered[0]}'")
     model = similarity_model_from_net(net, arch, embedding=embedding, name=name)
     model.classifier = classifier
     model.meta = meta
@@ -393,9 +397,6 @@ def digits_supervised(
     ``digits-cnn`` backbone and a linear classifier trained together with cross-entropy by
     ``pairlens train cross-entropy``. Its projection head is untrained, so the only embedding is
     the pooled backbone (``model.classifier`` takes it)."""
-    if embedding != "backbone":
-        raise ValueError("digits-supervised has only the 'backbone' embedding (its projector is "
-                         "untrained)")
     return _build_bundled("digits-supervised", checkpoint, embedding)
 
 
