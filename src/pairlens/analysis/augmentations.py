@@ -41,10 +41,10 @@ Work unit: ``pairs_per_unit`` pairs of one (transform, variant); the output fold
 from __future__ import annotations
 
 import math
-import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,10 @@ from pairlens.analysis.common import (
     markdown_table,
     mean_interval,
     row_interval,
+    run_units,
 )
 from pairlens.models.similarity import SimilarityModel
-from pairlens.progress import progress_bars, track
+from pairlens.progress import progress_bars
 
 #: Table VII's rows (strength after ``@``; ``gaussian-blur`` is scaled to the input size)
 PAPER_TRANSFORMS = (
@@ -224,28 +225,20 @@ def dissect_augmentations(
         "images": list(names) if names is not None else None,
     }
     folder = RunFolder(out, config, resume) if out is not None else None
-    done = folder.units() if folder is not None else {}
-    records = [r for recs in done.values() for r in recs]
-    units = [(spec, bool(g), start) for spec in specs for g in guided
-             for start in range(0, len(x1), pairs_per_unit)]
-    for spec, g, start in track(units, desc="augmentations"):
-        key = f"{spec.label}|guided={g}|{start}"
-        if key in done:
-            continue
+    def unit(spec: TransformSpec, g: bool, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
-        unit_seed = _unit_seed(seed, spec.label, g, start // pairs_per_unit)
-        began = time.perf_counter()
-        with progress_bars(False):
-            recs = _score_unit(model, x1[sl], x2[sl], spec, g, steps, unit_seed, metrics, step,
-                               batch_size)
-        seconds = (time.perf_counter() - began) / max(1, len(recs))
+        recs = _score_unit(model, x1[sl], x2[sl], spec, g, steps,
+                           _unit_seed(seed, spec.label, g, start // pairs_per_unit), metrics,
+                           step, batch_size)
         for i, r in enumerate(recs):
-            r.update(pair=start + i, seconds=round(seconds, 4))
+            r["pair"] = start + i
             if names is not None:
                 r["image"] = names[start + i]
-        records += recs
-        if folder is not None:
-            folder.add(key, recs)
+        return recs
+
+    units = [(f"{spec.label}|guided={bool(g)}|{start}", partial(unit, spec, bool(g), start))
+             for spec in specs for g in guided for start in range(0, len(x1), pairs_per_unit)]
+    records = run_units(folder, units, "augmentations")
     if folder is not None:
         folder.write_text("table.md", augmentation_table(records, metrics))
         folder.write_csv("table.csv", summary_rows(records, metrics))

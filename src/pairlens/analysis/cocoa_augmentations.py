@@ -33,9 +33,9 @@ Work unit: one image (all its augmentations); resumable.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,9 @@ from pairlens.analysis.common import (
     mean_interval,
     proportion_interval,
     row_interval,
+    run_units,
 )
 from pairlens.models.similarity import SimilarityModel, pool_features
-from pairlens.progress import progress_bars, track
 
 AUGMENTATIONS = ("original", "flip", "crop", "crop-flip", "grayscale", "jitter", "cutout",
                  "rotate-90")
@@ -205,50 +205,44 @@ def cocoa_augmentations(
               "n_masks": n_masks, "seed": seed,
               "names": list(names) if names is not None else None}
     folder = RunFolder(out, config, resume) if out is not None else None
-    done = folder.units() if folder is not None else {}
-    records = [r for recs in done.values() for r in recs]
-    maps: dict[int, Tensor] = {}
+    maps: dict[int, Any] = {}
     if folder is not None and (folder.out / "maps.npz").exists():
         with np.load(folder.out / "maps.npz") as z:
-            maps = {int(k.split("_")[1]): torch.from_numpy(z[k]) for k in z.files}
-    for i in track(range(len(images01)), desc="cocoa-augmentations"):
-        key = f"image {i}"
-        if key in done and i in maps:
-            continue
-        began = time.perf_counter()
+            maps = {int(k.split("_")[1]): z[k] for k in z.files}
+
+    def unit(i: int) -> list[dict[str, Any]]:
         x01 = images01[i].to(model.device)
         auged = [augment(x01, a, seed * 1_000_003 + i * 101 + j) for j, a in enumerate(augs)]
         xa = model.normalize(torch.stack([a.image for a in auged]))
         target = ContrastiveCorpus(model, xa[:1], foil_z)
-        with progress_bars(False):  # the same RISE masks for every augmentation of an image
-            att = torch.cat([attribute(target, xa[j : j + 1], method="rise", n_masks=n_masks,
-                                       seed=seed + i) for j in range(len(augs))])
+        # the same RISE masks for every augmentation of an image
+        att = torch.cat([attribute(target, xa[j : j + 1], method="rise", n_masks=n_masks,
+                                   seed=seed + i) for j in range(len(augs))]).cpu()
         with torch.no_grad():
             z = model.embed(xa)
             cos = model.embedding_similarity(z[:1].expand_as(z), z).cpu()
             score = target.score_embeddings(z).cpu()
         pred = _classify(model, xa)
-        att = att.cpu()
         maps[i] = att.numpy()
+        if folder is not None:  # before the unit is recorded: a finished unit has its maps
+            _save_maps(folder, maps)
         back = [a.back(m) for a, m in zip(auged, att, strict=True)]
-        seconds = (time.perf_counter() - began) / len(augs)
         recs = []
         for j, a in enumerate(augs):
             rho, iou = _agreement(back[j], back[0]) if j else (1.0, 1.0)
             r: dict[str, Any] = {"image": i, "augmentation": a, "cosine": float(cos[j]),
                                  "cocoa": float(score[j]), "spearman": rho, "top_iou": iou,
                                  "prediction": None if pred is None else int(pred[j]),
-                                 "class_kept": None if pred is None else bool(pred[j] == pred[0]),
-                                 "seconds": round(seconds, 3)}
+                                 "class_kept": None if pred is None else bool(pred[j] == pred[0])}
             if labels is not None:
                 r["label"] = labels[i]
             if names is not None:
                 r["name"] = names[i]
             recs.append(r)
-        records += recs
-        if folder is not None:
-            _save_maps(folder, maps)
-            folder.add(key, recs)
+        return recs
+
+    records = run_units(folder, [(f"image {i}", partial(unit, i))
+                                 for i in range(len(images01))], "cocoa-augmentations")
     if folder is not None:
         summary = cocoa_summary(records)
         folder.write_text("table.md", cocoa_table(summary))

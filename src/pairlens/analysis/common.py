@@ -15,7 +15,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,32 @@ class RunFolder:
         plt.close(fig)
         data = buf.getvalue()
         return atomic_write(self.out / name, lambda f: f.write(data))
+
+
+def run_units(folder: RunFolder | None, units: Sequence[tuple[str, Callable[[], list]]],
+              desc: str) -> list[dict[str, Any]]:
+    """Run the work units ``(key, compute)`` in order with one progress bar: a unit already
+    finished in ``folder`` is read back, any other is computed (inner progress bars off), timed
+    (``seconds`` per record, unless the unit sets it) and appended to ``folder``. Returns every
+    record in unit order, so a resumed run returns what an uninterrupted one does."""
+    from pairlens.progress import progress_bars, track
+
+    done = folder.units() if folder is not None else {}
+    records: list[dict[str, Any]] = []
+    for key, compute in track(units, desc=desc):
+        if key in done:
+            records += done[key]
+            continue
+        began = time.perf_counter()
+        with progress_bars(False):
+            recs = compute()
+        seconds = (time.perf_counter() - began) / max(1, len(recs))
+        for r in recs:
+            r.setdefault("seconds", round(seconds, 4))
+        if folder is not None:
+            folder.add(key, recs)
+        records += recs
+    return records
 
 
 # ---------------------------------------------------------------------- intervals

@@ -30,9 +30,9 @@ next to the paper's 94 %. Work unit: ``pairs_per_unit`` pairs of one method; res
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +51,11 @@ from pairlens.analysis.common import (
     normalized_entropy,
     proportion_interval,
     row_interval,
+    run_units,
     top_fraction_mask,
 )
 from pairlens.models.similarity import SimilarityModel
-from pairlens.progress import progress_bars, track
+from pairlens.progress import progress_bars
 
 DEFAULT_METHODS = HARMFUL_METHODS
 PAPER_FRACTION = 0.94
@@ -183,24 +184,17 @@ def harmful_probe(
               else f"proxy top {proxy:g}", "pairs_per_unit": pairs_per_unit,
               "construction": description or {}}
     folder = RunFolder(out, config, resume) if out is not None else None
-    done = folder.units() if folder is not None else {}
-    records = [r for recs in done.values() for r in recs]
-    units = [(s, start) for s in specs for start in range(0, n, pairs_per_unit)]
-    for spec, start in track(units, desc="harmful-augmentations"):
-        key = f"{spec.label}|{start}"
-        if key in done:
-            continue
+    def unit(spec: Any, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
-        began = time.perf_counter()
-        with progress_bars(False):
-            recs = _unit(model, spec, images01[sl], views.clean[sl], views.harmful[sl],
-                         None if masks is None else (masks[sl], views.masks[sl]), proxy)
-        seconds = (time.perf_counter() - began) / max(1, len(recs))
+        recs = _unit(model, spec, images01[sl], views.clean[sl], views.harmful[sl],
+                     None if masks is None else (masks[sl], views.masks[sl]), proxy)
         for r in recs:
-            r.update(pair=start + r.pop("index"), seconds=round(seconds, 4))
-        records += recs
-        if folder is not None:
-            folder.add(key, recs)
+            r["pair"] = start + r.pop("index")
+        return recs
+
+    units = [(f"{s.label}|{start}", partial(unit, s, start))
+             for s in specs for start in range(0, n, pairs_per_unit)]
+    records = run_units(folder, units, "harmful-augmentations")
     if folder is not None:
         summary = harmful_summary(records)
         folder.write_text("table.md", harmful_table(summary))

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import io
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,10 @@ from pairlens.analysis.common import (
     markdown_table,
     mean_interval,
     row_interval,
+    run_units,
 )
 from pairlens.models.hooks import capture_outputs
 from pairlens.models.similarity import SimilarityModel
-from pairlens.progress import track
 
 #: the paper's settings (appendix), used as defaults of :func:`invert_features`
 PAPER_SETTINGS = INVERSION_PAPER_SETTINGS
@@ -302,38 +302,36 @@ def invert_models(
               "layers": layers, "settings": opts, "seed": seed, "images": len(images01),
               "names": list(names) if names is not None else None}
     folder = RunFolder(out, config, resume) if out is not None else None
-    done = folder.units() if folder is not None else {}
-    records: list[dict[str, Any]] = [r for recs in done.values() for r in recs]
     recon: dict[tuple[str, str], Tensor] = {}
-    units = [(label, layer) for label in models for layer in layers]
-    for label, layer in track(units, desc="invert"):
-        key = f"{label}|{layer}"
-        if key in done:
-            if folder is not None:
-                recon[(label, layer)] = _load_recon(folder.out / _recon_file(label, layer))
-            continue
+
+    def unit(label: str, layer: str) -> list[dict[str, Any]]:
         model = models[label]
-        began = time.perf_counter()
         inv = invert_features(model, model.normalize(images01.to(model.device)), layer,
                               seed=seed, **opts)
-        seconds = (time.perf_counter() - began) / len(images01)
         rec01 = model.denormalize(inv.images).clamp(0, 1).cpu()
         recon[(label, layer)] = rec01
+        if folder is not None:
+            _save_recon(folder, _recon_file(label, layer), rec01)
         stats = colour_statistics(rec01, images01)
         recs = []
         for i in range(len(images01)):
             r: dict[str, Any] = {"model": label, "layer": layer, "image": i,
                                  "lr": float(inv.lr[i]), "loss_start": float(inv.loss_start[i]),
-                                 "loss_end": float(inv.loss_end[i]),
-                                 "seconds": round(seconds, 3)}
+                                 "loss_end": float(inv.loss_end[i])}
             r.update({k: float(v[i]) for k, v in stats.items()})
             if names is not None:
                 r["name"] = names[i]
             recs.append(r)
-        records += recs
-        if folder is not None:
-            _save_recon(folder, _recon_file(label, layer), rec01)
-            folder.add(key, recs)
+        return recs
+
+    units = [(f"{label}|{layer}", partial(unit, label, layer)) for label in models
+             for layer in layers]
+    records = run_units(folder, units, "invert")
+    if folder is not None:  # reconstructions of units finished by an earlier run
+        for label in models:
+            for layer in layers:
+                if (label, layer) not in recon:
+                    recon[(label, layer)] = _load_recon(folder.out / _recon_file(label, layer))
     if folder is not None:
         summary = inversion_summary(records)
         folder.write_text("table.md", inversion_table(summary))

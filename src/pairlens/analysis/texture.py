@@ -24,9 +24,9 @@ Work unit: ``pairs_per_unit`` pairs of one method; the output folder resumes.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,10 @@ from pairlens.analysis.common import (
     mean_interval,
     proportion_interval,
     row_interval,
+    run_units,
 )
 from pairlens.models.similarity import SimilarityModel
-from pairlens.progress import progress_bars, track
+from pairlens.progress import progress_bars
 
 TEXTURE_PHOTOS = ("brick", "grass", "gravel")
 DEFAULT_METHODS = TEXTURE_METHODS
@@ -197,24 +198,16 @@ def texture_probe(
               "methods": [s.label for s in specs], "threshold": threshold,
               "pairs_per_unit": pairs_per_unit, "construction": description or {}}
     folder = RunFolder(out, config, resume) if out is not None else None
-    done = folder.units() if folder is not None else {}
-    records = [r for recs in done.values() for r in recs]
     x1, x2 = model.normalize(pairs.x1.to(model.device)), model.normalize(pairs.x2.to(model.device))
     with torch.no_grad():
         sim = model.similarity(x1, x2).cpu()
         plain = model.similarity(model.normalize(pairs.plain1.to(model.device)),
                                  model.normalize(pairs.plain2.to(model.device))).cpu()
     chance = (pairs.mask1.flatten(1).float().mean(1) + pairs.mask2.flatten(1).float().mean(1)) / 2
-    units = [(s, start) for s in specs for start in range(0, n, pairs_per_unit)]
-    for spec, start in track(units, desc="texture"):
-        key = f"{spec.label}|{start}"
-        if key in done:
-            continue
+
+    def unit(spec: Any, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
-        began = time.perf_counter()
-        with progress_bars(False):
-            map1, map2 = _explain(model, x1[sl], x2[sl], spec)
-        seconds = (time.perf_counter() - began) / len(map1)
+        map1, map2 = _explain(model, x1[sl], x2[sl], spec)
         m1, m2 = mass_in(map1, pairs.mask1[sl]), mass_in(map2, pairs.mask2[sl])
         recs = []
         for i in range(len(map1)):
@@ -224,11 +217,12 @@ def texture_probe(
                          "mass2": float(m2[i]), "mass": mass,
                          "texture": bool(mass > threshold) if math.isfinite(mass) else None,
                          "chance": float(chance[k]), "similarity": float(sim[k]),
-                         "similarity_plain": float(plain[k]), "seconds": round(seconds, 4),
-                         **pairs.info[k]})
-        records += recs
-        if folder is not None:
-            folder.add(key, recs)
+                         "similarity_plain": float(plain[k]), **pairs.info[k]})
+        return recs
+
+    units = [(f"{s.label}|{start}", partial(unit, s, start))
+             for s in specs for start in range(0, n, pairs_per_unit)]
+    records = run_units(folder, units, "texture")
     if folder is not None:
         summary = texture_summary(records)
         folder.write_text("table.md", texture_table(summary, threshold))

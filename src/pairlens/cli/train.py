@@ -178,7 +178,7 @@ def run_simclr(args: argparse.Namespace) -> int:
 
     from pairlens.models.bundled import get_architecture
     from pairlens.training.augment import AugmentConfig
-    from pairlens.training.simclr import TrainConfig, train_simclr
+    from pairlens.training.simclr import train_simclr
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,13 +189,7 @@ def run_simclr(args: argparse.Namespace) -> int:
     images, labels, described = load_training_data(args.data, load_size, "train", args.seed,
                                                     bad=bad)
     augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, temperature=args.temperature,
-        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-        data=args.data, image_size=args.image_size,
-    )
+    config = train_config(args)
     record_skipped(args.out, bad)
     hooks = []
     val = None
@@ -219,6 +213,19 @@ def run_simclr(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace):
+    """The :class:`~pairlens.training.simclr.TrainConfig` of the common training options."""
+    from pairlens.training.simclr import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, temperature=args.temperature,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+        data=args.data, image_size=args.image_size,
+    )
+
+
 def run_cross_entropy(args: argparse.Namespace) -> int:
     import torch
 
@@ -226,7 +233,6 @@ def run_cross_entropy(args: argparse.Namespace) -> int:
     from pairlens.models.bundled import get_architecture
     from pairlens.training.augment import AugmentConfig
     from pairlens.training.classify import supervised_augment, train_cross_entropy
-    from pairlens.training.simclr import TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -247,13 +253,7 @@ def run_cross_entropy(args: argparse.Namespace) -> int:
         test_images, test_labels = load_labelled_data(args.data, "test", args.data_seed,
                                                       load_size)
     digits_like = args.data in ("digits", "cluttered-digits")
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, temperature=args.temperature,
-        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-        data=args.data, image_size=args.image_size,
-    )
+    config = train_config(args)
     print(f"training {arch_name} with cross-entropy on {args.data} ({len(images)} train, "
           f"{len(val_images)} val images); output in {args.out}")
     net, classifier, log = train_cross_entropy(
