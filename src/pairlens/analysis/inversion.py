@@ -15,10 +15,11 @@ alpha_weight 1e-7; the feature loss is the mean squared error.
 
 The learning rate 1e4 was tuned for a ResNet-50 at 224 px; the size of a layer's gradients depends
 on the model, and 1e4 makes the optimisation diverge on the bundled models (NaN within a few
-iterations). An inversion *diverged* when its feature loss is not finite or ends higher than it
-started; it is then redone with the learning rate divided by 10, at most ``max_backoffs`` times,
-and the learning rate actually used is recorded with every result (never silently), next to the
-ratio of the final to the initial feature loss (how far the reconstruction got).
+iterations). So an image whose feature loss does not at least halve (it diverged to NaN, grew,
+or bounced) is redone with the learning rate divided by 10, at most ``max_backoffs`` times; the
+reconstruction kept is the one with the lowest final / initial feature-loss ratio, and it is an
+error if every learning rate diverged (ratio not below 1). The learning rate used and the ratio
+are recorded with every result (never silently).
 
 Colour statistics of each reconstruction (clipped to [0, 1]) against its original:
 mean HSV saturation, colourfulness (Hasler & Süsstrunk 2003, on the 0-255 scale), the Pearson
@@ -164,14 +165,15 @@ def invert_features(
         init_std: standard deviation of the Gaussian start (model-input space; paper 0.1).
         tv_weight, tv_beta, alpha, alpha_weight: the natural-image priors (paper: 1e-8, 2, 6,
             1e-7).
-        max_backoffs: how often a diverged image is redone with the learning rate / 10.
+        max_backoffs: how often an image whose feature loss did not halve is redone with the
+            learning rate / 10.
         seed: seed of the noise start.
 
     Returns:
         An :class:`Inversion`.
 
     Raises:
-        ValueError: unknown layer, or an image that still diverges after ``max_backoffs``.
+        ValueError: unknown layer, or an image that diverges at every learning rate tried.
     """
     settings = {"steps": steps, "momentum": momentum, "lr_step": lr_step, "lr_gamma": lr_gamma,
                 "tv_weight": tv_weight, "tv_beta": tv_beta, "alpha": alpha,
@@ -186,6 +188,7 @@ def invert_features(
     out = torch.empty_like(x)
     used = torch.full((len(x),), math.nan)
     loss0, loss1 = torch.full((len(x),), math.nan), torch.full((len(x),), math.nan)
+    best = torch.full((len(x),), math.inf)  # lowest end / start feature-loss ratio so far
     pending = torch.arange(len(x))
     try:
         with torch.no_grad():
@@ -195,20 +198,23 @@ def invert_features(
             with torch.enable_grad():
                 img, first, last = _optimise(model, target[pending], layer, start[pending],
                                              settings, rate)
-            ok = torch.isfinite(last) & (last < first)
-            good = pending[ok.cpu()]
-            out[good], used[good] = img[ok], rate
-            loss0[good], loss1[good] = first[ok].cpu(), last[ok].cpu()
-            pending = pending[~ok.cpu()]
+            first, last = first.cpu(), last.cpu()
+            ratio = torch.where(torch.isfinite(last), last / first, torch.full_like(last, math.inf))
+            better = ratio < best[pending]  # finite and lower than the best lr so far
+            take = pending[better]
+            out[take], used[take] = img[better.to(img.device)], rate
+            loss0[take], loss1[take], best[take] = first[better], last[better], ratio[better]
+            pending = pending[best[pending] > 0.5]  # not yet halved: try a smaller lr
             if len(pending) == 0:
                 break
             rate /= 10
     finally:
         model.train(was_training)
-    if len(pending):
+    failed = torch.nonzero(~(best < 1)).flatten()
+    if len(failed):
         raise ValueError(
-            f"feature inversion of layer {layer!r} diverged for image(s) {pending.tolist()} "
-            f"even at learning rate {rate * 10:g}; lower lr or raise max_backoffs"
+            f"feature inversion of layer {layer!r} diverged for image(s) {failed.tolist()} "
+            f"at every learning rate from {lr:g} to {rate:g}; lower lr or raise max_backoffs"
         )
     return Inversion(out, used, loss0, loss1)
 

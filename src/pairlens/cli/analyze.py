@@ -372,8 +372,11 @@ def run_harmful(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     model = _setup(args)
     data = _data(args, model)
-    x, _, names = load_images(model, data, args.pairs, args.seed)
-    x01 = model.denormalize(x).clamp(0, 1).cpu()
+    x, _, names = load_images(model, data, None, args.seed)
+    # fewer images than pairs (the 18 photographs): images repeat, each pair with its own crop
+    pick = [i % len(x) for i in range(args.pairs)]
+    names = [names[i] + (f" #{k // len(x)}" if k >= len(x) else "") for k, i in enumerate(pick)]
+    x01 = model.denormalize(x[pick]).clamp(0, 1).cpu()
     masks = H.digit_masks(x01) if data.split(":")[0] == "digits" else None
     views = H.harmful_views(x01, masks, brightness=args.brightness, blur_sigma=args.blur_sigma,
                             seed=args.seed)
