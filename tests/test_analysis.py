@@ -191,6 +191,50 @@ def test_default_layers_resnet_digits_vit(tiny_vit):
     assert inv.images.shape == x.shape and bool(torch.isfinite(inv.images).all())
 
 
+def _other_encoder(kind: str) -> tuple[nn.Module, int]:
+    if kind == "convnext":
+        from torchvision.models import convnext_tiny
+
+        return convnext_tiny(), 32
+    timm = pytest.importorskip("timm")
+    if kind == "vit-registers":
+        return timm.models.vision_transformer.VisionTransformer(
+            img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, num_classes=0,
+            reg_tokens=4, no_embed_class=True), 32
+    if kind == "swin":
+        return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0,
+                                 img_size=56, embed_dim=16, depths=(1, 1), num_heads=(1, 2),
+                                 window_size=7), 56
+    transformers = pytest.importorskip("transformers")
+
+    class HF(nn.Module):
+        def __init__(self):
+            super().__init__()
+            cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                         num_hidden_layers=3, num_attention_heads=2,
+                                         intermediate_size=64)
+            self.vit = transformers.ViTModel(cfg, add_pooling_layer=False)
+
+        def forward(self, x):
+            return self.vit(pixel_values=x).last_hidden_state
+
+    return HF(), 32
+
+
+@pytest.mark.parametrize("kind", ["vit-registers", "swin", "convnext", "hugging-face-vit"])
+def test_inversion_layers_of_other_architectures(kind):
+    """Token sequences (with register tokens), channels-last Swin maps, ConvNeXt stages and a
+    Hugging Face ViT (its layers return tuples): three layers are found and inverted."""
+    torch.manual_seed(0)
+    enc, size = _other_encoder(kind)
+    model = SimilarityModel(enc, input_size=(size, size), name=kind)
+    layers = I.default_layers(model)
+    assert 2 <= len(layers) <= 3 and all(model.encoder.get_submodule(n) for n in layers)
+    x = model.normalize(torch.rand(1, 3, size, size))
+    inv = I.invert_features(model, x, layers[-1], steps=3, lr=1.0, max_backoffs=1)
+    assert inv.images.shape == x.shape and float(inv.loss_end[0]) < float(inv.loss_start[0])
+
+
 def test_supervised_twin_is_a_classifier_with_only_the_backbone_embedding():
     from pairlens.data.bundled import digits
     from pairlens.models.bundled import backbone_features

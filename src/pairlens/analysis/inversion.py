@@ -72,20 +72,22 @@ class Inversion:
     loss_end: Tensor
 
 
+SEQUENCES = ("blocks", "stages", "features", "layers", "layer")
+
+
 def default_layers(model: SimilarityModel) -> list[str]:
     """Three layers of the encoder at increasing depth, as the paper's stages 3, 4, 5 of a
-    ResNet-50: ``layer2``-``layer4`` of a ResNet; elements at 1/3, 2/3 and the end of a block
-    sequence (``blocks``, ``stages``, ``features``, ``encoder.layers``); otherwise the last three
-    direct children of the encoder whose output is a feature map or a token sequence."""
+    ResNet-50: ``layer2``-``layer4`` of a ResNet; elements at 1/3, 2/3 and the end of the
+    outermost block sequence (a module list named ``blocks``, ``stages``, ``features``,
+    ``layers`` or ``layer``: timm ViTs and Swin, ConvNeXt, torchvision and Hugging Face ViTs);
+    otherwise the last three direct children of the encoder whose output is a feature map or a
+    token sequence."""
     enc = model.encoder
     if all(hasattr(enc, f"layer{i}") for i in (2, 3, 4)):
         return ["layer2", "layer3", "layer4"]
-    for path in ("blocks", "stages", "features", "encoder.layers", "layers"):
-        try:
-            seq = enc.get_submodule(path)
-        except AttributeError:
-            continue
-        if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) >= 2:
+    for path, seq in enc.named_modules():
+        if (path.rsplit(".", 1)[-1] in SEQUENCES and isinstance(seq, (nn.Sequential, nn.ModuleList))
+                and len(seq) >= 2):
             names = [n for n, _ in seq.named_children()]
             picks = sorted({max(0, math.ceil(len(names) * k / 3) - 1) for k in (1, 2, 3)})
             return [f"{path}.{names[i]}" for i in picks]

@@ -60,7 +60,8 @@ def guided_relus() -> Iterator[None]:
 
 def capture_outputs(module: torch.nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
     """Run ``module(x)`` once and return the outputs of its submodules ``names`` (dotted paths;
-    ``"input"`` is ``x`` itself). A tuple output is reduced to its first element.
+    ``"input"`` is ``x`` itself). A tuple output is reduced to its first element, a Hugging Face
+    model output to its ``last_hidden_state``.
 
     Raises:
         ValueError: a name that is not a submodule of ``module``.
@@ -79,6 +80,8 @@ def capture_outputs(module: torch.nn.Module, x: Tensor, names: list[str]) -> dic
                 raise ValueError(f"{name!r} is not a submodule of {kind}") from None
 
             def hook(_m, _inp, o, name=name):
+                if hasattr(o, "last_hidden_state"):  # a Hugging Face model output
+                    o = o.last_hidden_state
                 out[name] = o[0] if isinstance(o, (tuple, list)) else o
 
             handles.append(sub.register_forward_hook(hook))
