@@ -116,8 +116,10 @@ def parse_transform(text: str, input_size: Sequence[int] = (224, 224)) -> Transf
     return TransformSpec(label, family, strength)
 
 
-def _unit_seed(seed: int, label: str, guided: bool, unit: int) -> int:
-    return zlib.crc32(f"{seed}|{label}|{guided}|{unit}".encode()) & 0x7FFFFFFF
+def _unit_seed(seed: int, label: str, unit: int) -> int:
+    """Seed of the random transform draws of a unit: the same for both variants, so the guided
+    and the non-guided columns score the same transformed images."""
+    return zlib.crc32(f"{seed}|{label}|{unit}".encode()) & 0x7FFFFFFF
 
 
 def method_draws(seed: int, n: int, device: torch.device) -> Tensor:
@@ -225,10 +227,11 @@ def dissect_augmentations(
         "images": list(names) if names is not None else None,
     }
     folder = RunFolder(out, config, resume) if out is not None else None
+
     def unit(spec: TransformSpec, g: bool, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
         recs = _score_unit(model, x1[sl], x2[sl], spec, g, steps,
-                           _unit_seed(seed, spec.label, g, start // pairs_per_unit), metrics,
+                           _unit_seed(seed, spec.label, start // pairs_per_unit), metrics,
                            step, batch_size)
         for i, r in enumerate(recs):
             r["pair"] = start + i
@@ -359,7 +362,7 @@ def dissection_figure(
     img1 = model.denormalize(x1)[0].clamp(0, 1)
     for row, spec in enumerate(specs):
         with progress_bars(False):
-            seed_row = _unit_seed(seed, spec.label, False, 0)
+            seed_row = _unit_seed(seed, spec.label, 0)
             xt, map1, map2 = explain_dissection(model, x1, x2, spec, False, steps, seed_row,
                                                 batch_size)
             u = method_draws(seed_row, 1, x1.device)
