@@ -114,16 +114,21 @@ def test_geometric_maps_land_where_the_encoder_looks(square, transform):
 
 def test_self_pairs_mark_the_identity_row_degenerate_and_resume(square, tmp_path):
     x, _ = pair_batch(2)
-    kw = dict(transforms=["rotation@90"], guided=[False], pairs_per_unit=1, figure_pair=None)
+    kw = dict(transforms=["color-jitter@0.8"], guided=[False, True], pairs_per_unit=1,
+              figure_pair=None)
     full = A.dissect_augmentations(square, x, out=tmp_path / "a", **kw)
     none = [r for r in full if r["transform"] == "none"]
-    assert len(none) == 2 and all(r["degenerate"] and math.isnan(r["SI"]) for r in none)
+    assert len(none) == 4 and all(r["degenerate"] and math.isnan(r["SI"]) for r in none)
+    jitter = {(r["guided"], r["pair"]): r["similarity"] for r in full
+              if r["transform"] == "color-jitter@0.8"}
+    for pair in (0, 1):  # both variants score the same jittered image
+        assert jitter[(False, pair)] == jitter[(True, pair)] < 1
     assert "degenerate" in (tmp_path / "a" / "table.md").read_text()
-    # an interruption: keep the first two units only, then resume
+    # an interruption: keep the first five units only, then resume
     lines = (tmp_path / "a" / "records.jsonl").read_text().splitlines()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
-    (tmp_path / "b" / "records.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    (tmp_path / "b" / "records.jsonl").write_text("\n".join(lines[:5]) + "\n")
     resumed = A.dissect_augmentations(square, x, out=tmp_path / "b", resume=True, **kw)
     key = lambda r: (r["transform"], r["guided"], r["pair"])  # noqa: E731
     for a, b in zip(sorted(full, key=key), sorted(resumed, key=key), strict=True):
