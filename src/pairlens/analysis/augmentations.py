@@ -260,15 +260,19 @@ def _score_unit(model, x1, x2, spec, guided, steps, seed, metrics, step, batch_s
     with torch.no_grad():
         sim = model.similarity(x1, xt)
     empty = (map1.flatten(1).amax(1) <= 0) | (map2.flatten(1).amax(1) <= 0)
-    degenerate = empty | (sim >= 1 - 1e-6)
-    scores = evaluate(model, x1, xt, (map1, map2), metrics=metrics, step=step,
-                      batch_size=batch_size)
+    degenerate = (empty | (sim >= 1 - 1e-6)).cpu()
+    keep = torch.nonzero(~degenerate).flatten().tolist()  # only these pairs are scored
+    scores = {m: torch.full((len(x1),), math.nan) for m in metrics}
+    if keep:
+        kept = evaluate(model, x1[keep], xt[keep], (map1[keep], map2[keep]), metrics=metrics,
+                        step=step, batch_size=batch_size)
+        for m in metrics:
+            scores[m][keep] = kept[m].float().cpu()
     recs = []
     for i in range(len(x1)):
         r: dict[str, Any] = {"transform": spec.label, "guided": guided,
                              "similarity": float(sim[i]), "degenerate": bool(degenerate[i])}
-        for m in metrics:
-            r[m] = math.nan if degenerate[i] else float(scores[m][i])
+        r.update({m: float(scores[m][i]) for m in metrics})
         recs.append(r)
     return recs
 
