@@ -13,8 +13,9 @@ the foil's. Settings checked against the paper and its authors' code
   value 0.5 in [0, 1] pixels; torchvision's aspect range 0.3-3.3) and ``rotate-90`` (counter-
   clockwise); cutout and rotation are not SimCLR augmentations;
 * RISE with 5000 masks, p = 0.5, a 7 x 7 grid (4 x 4 for 32-px inputs), the blurred explicand
-  (kernel 21, sigma 5) as baseline; the figure shows the positive part of the attribution
-  (``relu``) on a symmetric red-blue scale, as the authors' plots. All augmentations of an image
+  (kernel 21, sigma 5) as baseline; the authors' figures show the positive part of the
+  attribution (``relu``) on a symmetric red-blue scale; ours show each map minus its mean on that
+  scale (see :func:`cocoa_figure`). All augmentations of an image
   are explained with the same masks (the authors draw fresh masks for each), so that their maps
   differ because of the images, not because of the masks;
 * the class prediction of each augmented image by the model's linear classifier, when it has one
@@ -303,7 +304,10 @@ def cocoa_table(rows: Sequence[dict[str, Any]]) -> str:
 def cocoa_figure(images01: Tensor, maps: dict[int, Any], records: Sequence[dict[str, Any]],
                  augs: Sequence[str], seed: int, n: int = 3):
     """The paper's Fig. 2 layout: per image, the augmented images (titled with the class
-    prediction) above their COCOA attributions (positive part, red-blue scale)."""
+    prediction) above their COCOA attributions on a red-blue scale, each map minus its mean
+    (red: more important than the map's average pixel). The authors plot the positive part of the
+    raw map instead; on the bundled models every RISE value is positive, so that view is one
+    uniform red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,9 +326,10 @@ def cocoa_figure(images01: Tensor, maps: dict[int, Any], records: Sequence[dict[
                 title += f"\npred {rec['prediction']}" + ("" if rec["class_kept"] else " ✗")
             axes[2 * i, j].imshow(to_pil(img))
             axes[2 * i, j].set_title(title, fontsize=7)
-            if i in maps:
-                m = np.maximum(np.asarray(maps[i][j]), 0)
-                top = float(m.max()) or 1.0
+            if i in maps:  # centred: RISE maps of this target carry a large constant offset
+                m = np.asarray(maps[i][j], dtype=np.float64)
+                m = m - m.mean()
+                top = float(np.abs(m).max()) or 1.0
                 axes[2 * i + 1, j].imshow(m, cmap="seismic", vmin=-top, vmax=top)
     for ax in axes.flat:
         ax.set_xticks([])
