@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from pairlens.io import atomic_write
-from pairlens.methods.registry import get_method
-from pairlens.models.similarity import SimilarityModel, check_finite
+from pairlens.methods.registry import MethodInfo, NotApplicableError, get_method
+from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
 
 
 @dataclass(frozen=True)
@@ -24,23 +24,30 @@ class PairExplanation:
 
     Attributes:
         maps: (map1, map2), each (B, H, W) float32 at input resolution; higher = more important.
-        score: (B,) cosine similarity of the unaltered pairs.
+            Against a fixed target (``explain(..., target=z)``) there is no image 2: ``map2`` is
+            None.
+        score: (B,) similarity of the unaltered pairs (the model's similarity: cosine unless the
+            model defines another; ``model["similarity"]`` names it).
         method: registered method name.
         params: the method's parameters as used (defaults filled in).
-        images: the two input batches in [0, 1] pixel space (B, 3, H, W), for display.
+        images: the two input batches in [0, 1] pixel space (B, C, H, W), for display (image 2
+            None against a fixed target).
         model: a JSON-friendly description of the model.
         sources: where the images came from (paths or descriptions), if known.
         seconds: wall time of the explanation.
+        target: for explanations against a fixed target, what it was (``{"text": ...}`` or
+            ``{"embedding": D}``); None for pairs of images.
     """
 
-    maps: tuple[Tensor, Tensor]
+    maps: tuple[Tensor, Tensor | None]
     score: Tensor
     method: str
     params: dict[str, Any]
-    images: tuple[Tensor, Tensor] | None = None
+    images: tuple[Tensor, Tensor | None] | None = None
     model: dict[str, Any] = field(default_factory=dict)
     sources: tuple[str, str] | None = None
     seconds: float = math.nan
+    target: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return int(self.score.shape[0])
@@ -57,7 +64,8 @@ class PairExplanation:
         if self.images is None:
             raise ValueError("this explanation carries no images to overlay on")
         return tuple(
-            overlay(img[index], m[index], alpha=alpha, cmap=cmap, smooth=smooth)
+            None if m is None else overlay(img[index], m[index], alpha=alpha, cmap=cmap,
+                                           smooth=smooth)
             for img, m in zip(self.images, self.maps, strict=True)
         )
 
@@ -89,10 +97,11 @@ class PairExplanation:
                 )
                 plt.close(fig)
         arrays = {
-            "map1": self.maps[0].detach().cpu().numpy().astype(np.float32),
-            "map2": self.maps[1].detach().cpu().numpy().astype(np.float32),
-            "score": self.score.detach().cpu().numpy().astype(np.float32),
+            f"map{i + 1}": m.detach().cpu().numpy().astype(np.float32)
+            for i, m in enumerate(self.maps)
+            if m is not None
         }
+        arrays["score"] = self.score.detach().cpu().numpy().astype(np.float32)
         written.append(
             atomic_write(out / f"{stem}.npz", lambda f: np.savez_compressed(f, **arrays))
         )
@@ -104,6 +113,7 @@ class PairExplanation:
             "sources": list(self.sources) if self.sources else None,
             "seconds": self.seconds,
             "map_shape": list(self.maps[0].shape),
+            "target": self.target,
         }
         written.append(
             atomic_write(
@@ -128,60 +138,152 @@ def _jsonable(v: Any) -> Any:
 def explain(
     model: SimilarityModel,
     x1: Tensor,
-    x2: Tensor,
+    x2: Tensor | None = None,
     method: str = "interaction-cam",
     sources: tuple[str, str] | None = None,
+    target: Tensor | str | list[str] | None = None,
     **params: Any,
 ) -> PairExplanation:
-    """Explain the similarity of each pair (x1[i], x2[i]) with a registered method.
+    """Explain the similarity of each pair (x1[i], x2[i]), or of each image x1[i] with a fixed
+    ``target``, with a registered method.
 
     Args:
-        model: the similarity model.
-        x1, x2: (B, 3, H, W) batches in model-input space (see ``model.preprocess``); a (3, H, W)
-            image is taken as a batch of one.
+        model: the similarity model (one or two towers: x1 goes through tower 1, x2 tower 2).
+        x1, x2: (B, C, H, W) batches in model-input space (see ``model.preprocess``); a
+            (C, H, W) image is taken as a batch of one.
         method: a name from :func:`pairlens.methods`.
         sources: optional descriptions of the two images, kept in the saved metadata.
+        target: instead of ``x2``, a fixed embedding to explain x1 against: (D,) for every
+            image, (B, D) one per image, or caption(s) embedded with ``model.embed_text`` (an
+            image-text model). Every method where that makes sense works: saliency methods,
+            averaged-transforms (transforming x1), conditional-occlusion, grad-cam,
+            interaction-cam and deep-similarity (the target stands in for image 2's pooled
+            feature map, a 1x1 map: it needs the feature layer's width). ``maps[1]`` is None.
         **params: the method's parameters (see ``pairlens methods``), checked and converted by
             :meth:`~pairlens.methods.registry.MethodInfo.validate` (unknown names, values of the
             wrong type or out of range are an error naming the parameter and its valid range);
             ``exp.params`` records every parameter exactly as used.
 
     Returns:
-        A :class:`PairExplanation` with one (B, H, W) map per image.
+        A :class:`PairExplanation` with one (B, H, W) float32 map per image.
+
+    The model runs in eval mode (BatchNorm running statistics untouched) and gets its own mode
+    back afterwards.
 
     Raises:
         ValueError: unknown method or parameter, an invalid parameter value, mismatched shapes,
-            NaN/inf inputs, integer tensors other than uint8 pixels, or a NaN map.
+            NaN/inf inputs, integer tensors other than uint8 pixels, a NaN map, all-zero
+            embeddings (:class:`~pairlens.models.similarity.ZeroEmbeddingError`), a gradient map
+            that would be blank (:class:`~pairlens.models.similarity.BlankGradientError`), an
+            unreadable feature layout (:class:`~pairlens.models.layouts.LayoutError`).
     """
     info = get_method(method)
     used = info.validate(params)  # strict types and ranges, defaults filled in
-    x1 = model.check_input(x1, "image 1")
-    x2 = model.check_input(x2, "image 2")
+    if target is not None:
+        if x2 is not None:
+            raise ValueError("give either a second image batch x2 or target=, not both")
+        if info.pairs_only:
+            raise NotApplicableError(
+                f"{info.name} needs two images and cannot explain an image against a fixed "
+                "target; use conditional-occlusion, a saliency or a CAM method"
+            )
+        return _explain_target(model, x1, target, info, used, sources)
+    if x2 is None:
+        raise ValueError("explain needs a second image batch x2, or target= (an embedding)")
+    x1 = model.check_input(x1, "image 1", 1)
+    x2 = model.check_input(x2, "image 2", 2)
     if x1.shape != x2.shape:
         raise ValueError(
             f"the two batches must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}"
         )
     start = time.perf_counter()
+    with evaluating(model):
+        map1, map2, score = _run(info, model, x1, x2, used)
+    seconds = time.perf_counter() - start
+    return PairExplanation(
+        maps=(map1, map2),
+        score=score,
+        method=info.name,
+        params=used,
+        images=(
+            model.denormalize(x1, 1).clamp(0, 1).detach(),
+            model.denormalize(x2, 2).clamp(0, 1).detach(),
+        ),
+        model=model.describe(),
+        sources=sources,
+        seconds=seconds,
+    )
+
+
+def _run(
+    info: MethodInfo, model: SimilarityModel, x1: Tensor, x2: Tensor, used: dict[str, Any]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The method's maps and score, checked: float32 maps of the input size, finite values."""
     map1, map2, score = info.fn(model, x1, x2, **used)
     if score is None:
         with torch.no_grad():
             score = model.similarity(x1, x2)
-    seconds = time.perf_counter() - start
     check_finite(score, f"the similarity (embeddings of model {model.name!r})")
     for m, which in ((map1, "1"), (map2, "2")):
         if m.shape != (x1.shape[0], x1.shape[2], x1.shape[3]):
             raise RuntimeError(f"method {info.name} returned map {which} of shape {tuple(m.shape)}")
         check_finite(m, f"the {info.name} map of image {which}")
+    return map1.detach().float(), map2.detach().float(), score.detach().float()
+
+
+def _explain_target(
+    model: SimilarityModel,
+    x1: Tensor,
+    target: Tensor | str | list[str],
+    info: MethodInfo,
+    used: dict[str, Any],
+    sources: tuple[str, str] | None,
+) -> PairExplanation:
+    x1 = model.check_input(x1, "image", 1)
+    b = x1.shape[0]
+    if isinstance(target, str) or (
+        isinstance(target, (list, tuple)) and target and isinstance(target[0], str)
+    ):
+        texts = [target] if isinstance(target, str) else [str(t) for t in target]
+        with torch.no_grad(), evaluating(model):
+            z = model.embed_text(texts).float()
+        described: dict[str, Any] = {"text": texts[0] if len(texts) == 1 else texts}
+    else:
+        z = torch.as_tensor(target).detach().float()
+        described = {}
+    z = z.to(x1.device)
+    z = z[None] if z.dim() == 1 else z
+    if z.dim() != 2 or len(z) not in (1, b):
+        raise ValueError(
+            f"target must be (D,), (1, D) or one row per image ({b}, D); got {tuple(z.shape)}"
+        )
+    check_finite(z, "the target embedding")
+    described["embedding_dim"] = int(z.shape[1])
+    start = time.perf_counter()
+    maps, scores = [], []
+    with evaluating(model):
+        # one view per distinct target: methods batch (pair, sample) rows freely, and the fixed
+        # tower must give every row the same target (a pair's result is the same alone or batched)
+        if len(z) == 1:
+            chunks = [(slice(0, b), z[0])]
+        else:
+            chunks = [(slice(i, i + 1), z[i]) for i in range(b)]
+        for rows, zi in chunks:
+            view = model.with_target(zi)
+            image = x1[rows]
+            _, m, score = _run(info, view, torch.zeros_like(image), image, used)
+            maps.append(m)
+            scores.append(score)
+    seconds = time.perf_counter() - start
+    label = described.get("text", f"a fixed {z.shape[1]}-d embedding")
     return PairExplanation(
-        maps=(map1.detach().float(), map2.detach().float()),
-        score=score.detach(),
+        maps=(torch.cat(maps), None),
+        score=torch.cat(scores),
         method=info.name,
         params=used,
-        images=(
-            model.denormalize(x1).clamp(0, 1).detach(),
-            model.denormalize(x2).clamp(0, 1).detach(),
-        ),
+        images=(model.denormalize(x1, 1).clamp(0, 1).detach(), None),
         model=model.describe(),
-        sources=sources,
+        sources=(sources[0] if sources else "image", str(label)),
         seconds=seconds,
+        target=described,
     )

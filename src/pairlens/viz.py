@@ -34,28 +34,33 @@ def smooth_map(m: Tensor, sigma: float) -> Tensor:
     return x[0, 0]
 
 
+def _rgb(image01: Tensor) -> np.ndarray:
+    """(C, H, W) tensor in [0, 1] to an (H, W, 3) float array (a 1-channel image is gray)."""
+    arr = image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[:, :, :3]
+
+
 def to_pil(image01: Tensor) -> Image.Image:
-    """(3, H, W) tensor in [0, 1] to a PIL image."""
-    arr = (image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
-    return Image.fromarray(arr.astype(np.uint8))
+    """(C, H, W) tensor in [0, 1] to a PIL image (RGB; a 1-channel image is gray)."""
+    return Image.fromarray((_rgb(image01) * 255).round().astype(np.uint8))
 
 
 def overlay(
     image01: Tensor, heatmap: Tensor, alpha: float = 0.5, cmap: str = "jet", smooth: float = 0.0
 ) -> Image.Image:
-    """Blend a colour-mapped, min-max normalised ``heatmap`` (H, W) over ``image01`` (3, H, W)."""
+    """Blend a colour-mapped, min-max normalised ``heatmap`` (H, W) over ``image01`` (C, H, W)."""
     m = minmax(smooth_map(heatmap.detach(), smooth)[None])[0].cpu().numpy()
     colored = plt.get_cmap(cmap)(m)[..., :3]
-    img = image01.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-    out = (1 - alpha) * img + alpha * colored
+    out = (1 - alpha) * _rgb(image01) + alpha * colored
     return Image.fromarray((out * 255).round().astype(np.uint8))
 
 
 def pair_figure(exp: PairExplanation, index: int = 0, smooth: float = 0.0):
     """Figure with the two images on top and their overlays below, titled with method and score."""
     assert exp.images is not None
-    fig, axes = plt.subplots(2, 2, figsize=(6.4, 6.6))
-    for col in range(2):
+    cols = _columns(exp)
+    fig, axes = plt.subplots(2, cols, figsize=(3.2 * cols, 6.6), squeeze=False)
+    for col in range(cols):
         axes[0, col].imshow(to_pil(exp.images[col][index]))
         axes[1, col].imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
         axes[0, col].set_title(_source_title(exp, col), fontsize=9)
@@ -64,13 +69,26 @@ def pair_figure(exp: PairExplanation, index: int = 0, smooth: float = 0.0):
     params = ", ".join(
         f"{k}={v}" for k, v in exp.params.items() if k not in ("batch_size",) and v is not None
     )
+    against = ""
+    if cols == 1:
+        against = f"\nagainst {exp.sources[1] if exp.sources else 'a fixed target'}"
     fig.suptitle(
-        f"{exp.method}  ·  similarity {float(exp.score[index]):.3f}\n"
+        f"{exp.method}  ·  {_similarity_label(exp)} {float(exp.score[index]):.3f}{against}\n"
         f"{exp.model.get('name', '')}  {params}",
         fontsize=9,
     )
     fig.tight_layout()
     return fig
+
+
+def _columns(exp: PairExplanation) -> int:
+    """2 for a pair, 1 for an explanation against a fixed target (no image 2)."""
+    return 1 if exp.maps[1] is None else 2
+
+
+def _similarity_label(exp: PairExplanation) -> str:
+    name = exp.model.get("similarity", "cosine")
+    return "similarity" if name == "cosine" else f"similarity ({name})"
 
 
 def _source_title(exp: PairExplanation, col: int) -> str:
@@ -83,16 +101,18 @@ def _source_title(exp: PairExplanation, col: int) -> str:
 def grid_figure(explanations: list[PairExplanation], index: int = 0, smooth: float = 0.0):
     """One row per explanation (method) of the same pair: overlay 1, overlay 2 (Fig. 12 style)."""
     n = len(explanations)
-    fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.2 * n + 0.3), squeeze=False)
+    cols = _columns(explanations[0])
+    fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n + 0.3), squeeze=False)
     for row, exp in enumerate(explanations):
         assert exp.images is not None
-        for col in range(2):
+        for col in range(cols):
             ax = axes[row, col]
             ax.imshow(overlay(exp.images[col][index], exp.maps[col][index], smooth=smooth))
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row, 0].set_ylabel(_short_name(exp), fontsize=8)
-    fig.suptitle(f"similarity {float(explanations[0].score[index]):.3f}", fontsize=9)
+    first = explanations[0]
+    fig.suptitle(f"{_similarity_label(first)} {float(first.score[index]):.3f}", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
     p.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
-                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
+                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS; region games "
+                   "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF (default: %(default)s)")
     p.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     p.add_argument("--ms-samples", type=argtype("int", 1), default=10,

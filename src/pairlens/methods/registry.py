@@ -22,6 +22,11 @@ from torch import Tensor
 from pairlens.validation import Spec, signature_specs, validate_call
 
 
+class NotApplicableError(ValueError):
+    """A method cannot explain this model or target at all (for example interaction-cam against
+    a target whose width differs from the feature layer's): another method can."""
+
+
 class PairMaps(NamedTuple):
     """What a method returns: two (B, H, W) maps and, when it computed it anyway, the (B,)
     similarity of the unaltered pairs (so that :func:`pairlens.explain` need not recompute it)."""
@@ -44,6 +49,7 @@ class MethodInfo:
     summary: str
     family: str
     deterministic: bool
+    pairs_only: bool = False  # needs two images: no explanation against a fixed target
 
     @property
     def params(self) -> dict[str, Any]:
@@ -75,14 +81,21 @@ _METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(
-    name: str, *, section: str, summary: str, family: str, deterministic: bool = True
+    name: str,
+    *,
+    section: str,
+    summary: str,
+    family: str,
+    deterministic: bool = True,
+    pairs_only: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Decorator registering a pair explanation method under ``name``."""
+    """Decorator registering a pair explanation method under ``name``. ``pairs_only``: the
+    method needs two images and cannot explain an image against a fixed target embedding."""
 
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic)
+        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic, pairs_only)
         return fn
 
     return wrap

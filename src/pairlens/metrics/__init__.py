@@ -1,10 +1,12 @@
 """Pair evaluation metrics (seed 000, §IV): :func:`evaluate` and the functions behind it.
 
 Metric names: ``SI``, ``SD``, ``CI``, ``CD`` (insertion / deletion AUC, simultaneous and
-conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates) and ``MS``
-(maximum sensitivity, which needs the method). Arrows: higher is better for SI, CI, SAI, CAI;
-lower is better for SD, CD, SAD, CAD, MS. A metric never knows which method made the maps, except
-MS, which recomputes the explanation of noisy inputs.
+conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates), ``MS``
+(maximum sensitivity, which needs the method), the region games ``RSI``, ``RSD``, ``RCI``, ``RCD``
+(:mod:`pairlens.metrics.regions`) and ROAD ``SMoRF``, ``SLeRF``, ``CMoRF``, ``CLeRF``
+(:mod:`pairlens.metrics.road`; names are matched case-insensitively). :data:`HIGHER_IS_BETTER`
+gives each metric's direction. A metric never knows which method made the maps, except MS, which
+recomputes the explanation of noisy inputs.
 """
 
 from __future__ import annotations
@@ -25,14 +27,40 @@ from pairlens.metrics.faithfulness import (
     n_steps,
     pixel_ranks,
 )
+from pairlens.metrics.regions import (
+    REGION_METRICS,
+    Regions,
+    default_region_size,
+    region_labels,
+)
+from pairlens.metrics.road import ROAD_FRACTIONS, ROAD_NOISE, linear_impute, road_curves
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
-from pairlens.models.similarity import SimilarityModel, check_finite
+from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
 
-ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS")
+ROAD_METRICS = ("SMoRF", "SLeRF", "CMoRF", "CLeRF")
+ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *REGION_METRICS,
+               *ROAD_METRICS)
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": False,
-                    "CAD": False, "SAI": True, "CAI": True, "MS": False}
+                    "CAD": False, "SAI": True, "CAI": True, "MS": False,
+                    "RSI": True, "RSD": False, "RCI": True, "RCD": False,
+                    "SMoRF": False, "SLeRF": True, "CMoRF": False, "CLeRF": True}
+_CANONICAL = {m.upper(): m for m in ALL_METRICS}
+
+
+def canonical_metrics(names: Sequence[str]) -> list[str]:
+    """Metric names in their canonical spelling (matched case-insensitively).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    unknown = sorted({n for n in names if n.strip().upper() not in _CANONICAL})
+    if unknown:
+        raise ValueError(
+            f"unknown metric {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}"
+        )
+    return [_CANONICAL[n.strip().upper()] for n in names]
 
 
 def evaluate(
@@ -49,12 +77,20 @@ def evaluate(
     ms_samples: int = 10,
     ms_radius: float = 0.2,
     seed: int = 0,
+    ms_noise: str = "shared",
+    regions: Regions = "grid",
+    region_size: int | None = None,
+    road_fractions: Sequence[float] = ROAD_FRACTIONS,
+    road_noise: float = ROAD_NOISE,
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
     Args:
-        model: the similarity model whose cosine similarity was explained.
-        x1, x2: (B, 3, H, W) in model-input space (any H, W; the two batches share a shape).
+        model: the similarity model whose similarity was explained (its own: cosine unless it
+            defines another; see :mod:`pairlens.metrics.faithfulness` for the rules that other
+            similarities follow). It runs in eval mode and gets its own mode back.
+        x1, x2: (B, C, H, W) in model-input space (any H, W; the two batches share a shape);
+            x1 goes through tower 1 and x2 through tower 2 of a two-tower model.
         explanation_or_maps: a :class:`~pairlens.PairExplanation` or ``(map1, map2)``, each
             (B, H, W), higher meaning more important; NaN or infinite values raise
             :class:`~pairlens.models.NonFiniteError` (a ``ValueError``).
@@ -66,29 +102,38 @@ def evaluate(
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
             the explanation when it is a ``PairExplanation``.
-        ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]).
+        ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]); the
+            seed also drives ROAD's imputation noise and tie-breaking field.
+        ms_noise: ``"shared"`` (one noise sample added to both images, the authors' code) or
+            ``"independent"``.
+        regions, region_size: the regions of RSI..RCD: ``"grid"`` cells or ``"slic"``
+            superpixels of side ``region_size`` (default an eighth of the shorter side).
+        road_fractions, road_noise: ROAD's removal fractions (0.1 ... 0.9) and imputation noise
+            (0.01 in [0, 1] pixel units).
 
     Returns:
-        ``{name: (B,) float tensor}`` on the model's device. ``SAD`` / ``CAD`` are NaN for pairs
-        whose unaltered similarity is <= 0 (skipped, as the definition divides by it); count them
-        with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
+        ``{name: (B,) float tensor}`` on the model's device (ROAD values are the mean similarity
+        over the fractions; with ``return_curves`` the per-fraction values are the
+        ``"SMoRF_curve"`` etc.). ``SAD`` / ``CAD`` are NaN for pairs whose unaltered similarity
+        is <= 0 (skipped, as the definition divides by it; ``neg-l2``: = 0); count them with
+        ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
 
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
     """
-    wanted = [m.upper() for m in metrics]
-    unknown = sorted(set(wanted) - set(ALL_METRICS))
-    if unknown:
+    wanted = list(dict.fromkeys(canonical_metrics(metrics)))
+    if getattr(explanation_or_maps, "target", None) is not None:
         raise ValueError(
-            f"unknown metric {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}"
+            "this explanation is against a fixed target, not a pair of images; the pair metrics "
+            "need two images"
         )
     map1, map2 = _maps(explanation_or_maps)
     if method is None and hasattr(explanation_or_maps, "method"):
         method = explanation_or_maps.method
         if method_params is None:
             method_params = explanation_or_maps.params
-    x1 = model.check_input(x1, "image 1")
-    x2 = model.check_input(x2, "image 2")
+    x1 = model.check_input(x1, "image 1", 1)
+    x2 = model.check_input(x2, "image 2", 2)
     if x1.shape != x2.shape:
         raise ValueError(f"the two batches differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
     expected = (x1.shape[0], x1.shape[2], x1.shape[3])
@@ -98,34 +143,59 @@ def evaluate(
     map1, map2 = map1.to(x1.device), map2.to(x1.device)
 
     out: dict[str, Tensor] = {}
-    b = x1.shape[0]
-    need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
-    need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
-    z1 = z2 = None
-    if need_curves or need_drop:
-        with torch.no_grad():
-            z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
-        z1, z2 = z[:b], z[b:]
-    if need_curves:
-        kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
-                 if any(m.endswith(letter) for m in need_curves)]
-        curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
-                                           batch_size=batch_size, z1=z1, z2=z2)
-        for name in need_curves:
-            out[name] = auc(curves[name])
-            if return_curves:
-                out[f"{name}_curve"] = curves[name]
-    if need_drop:
-        drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
-                                      z1=z1, z2=z2)
-        for name in need_drop:
-            out[name] = drops[name]
-    if "MS" in wanted:
-        if method is None:
-            raise ValueError("metric MS needs the method: pass method=... (and method_params)")
-        out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
-                                    n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                    batch_size=max(1, batch_size // 2))
+    with evaluating(model):
+        b = x1.shape[0]
+        need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
+        need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
+        need_regions = [m for m in wanted if m in REGION_METRICS]
+        need_road = [m for m in wanted if m in ROAD_METRICS]
+        z1 = z2 = None
+        if need_curves or need_drop or need_regions or need_road:
+            with torch.no_grad():
+                half = max(1, batch_size // 2)  # pairs per pass: batch_size images
+                zs = [model.embed_pair(a, c) for a, c in zip(x1.split(half), x2.split(half),
+                                                              strict=True)]
+            z1, z2 = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
+        if need_curves:
+            kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
+                     if any(m.endswith(letter) for m in need_curves)]
+            curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
+                                               batch_size=batch_size, z1=z1, z2=z2)
+            for name in need_curves:
+                out[name] = auc(curves[name])
+                if return_curves:
+                    out[f"{name}_curve"] = curves[name]
+        if need_regions:
+            size = int(region_size or default_region_size(x1.shape[2], x1.shape[3]))
+            pixels = torch.cat([model.denormalize(x1, 1), model.denormalize(x2, 2)])
+            labels = region_labels(pixels, regions, size)
+            kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
+                     if any(m.endswith(letter) for m in need_regions)]
+            curves = insertion_deletion_curves(model, x1, x2, map1, map2, kinds=kinds,
+                                               batch_size=batch_size, z1=z1, z2=z2,
+                                               regions=(labels[:b], labels[b:]), region_size=size)
+            for name in need_regions:
+                out[name] = auc(curves[name[1:]])
+                if return_curves:
+                    out[f"{name}_curve"] = curves[name[1:]]
+        if need_road:
+            road = road_curves(model, x1, x2, map1, map2, fractions=road_fractions,
+                               noise=road_noise, seed=seed, batch_size=batch_size, z1=z1, z2=z2)
+            for name in need_road:
+                out[name] = road[name].mean(1)
+                if return_curves:
+                    out[f"{name}_curve"] = road[name]
+        if need_drop:
+            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
+                                          z1=z1, z2=z2)
+            for name in need_drop:
+                out[name] = drops[name]
+        if "MS" in wanted:
+            if method is None:
+                raise ValueError("metric MS needs the method: pass method=... (and method_params)")
+            out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
+                                        n_samples=ms_samples, radius=ms_radius, seed=seed,
+                                        batch_size=max(1, batch_size // 2), noise=ms_noise)
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 
@@ -149,6 +219,12 @@ __all__ = [
     "ALL_METRICS",
     "DEFAULT_METRICS",
     "HIGHER_IS_BETTER",
+    "REGION_METRICS",
+    "ROAD_METRICS",
+    "canonical_metrics",
+    "linear_impute",
+    "region_labels",
+    "road_curves",
     "SanityResult",
     "auc",
     "average_drop_increase",

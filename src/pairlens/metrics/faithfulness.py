@@ -20,6 +20,20 @@ Conventions (DESIGN.md, "Exact conventions"):
   zeros) and multiplied into its image in model-input space; ``drop = max(0, s - s') / s`` over
   pairs with ``s > 0`` (other pairs give NaN and are counted as skipped), ``increase = 1[s' > s]``.
 
+Similarities other than cosine (the model's ``similarity``; every score here is
+``model.embedding_similarity``) follow these rules:
+
+* insertion / deletion curves and their AUCs are in the similarity's own units, unscaled. Every
+  supported similarity grows with similarity (``neg-l2`` is ``-||z1 - z2||``), so insertion stays
+  higher-is-better and deletion lower-is-better; but dot-product or distance AUCs are comparable
+  only between methods on the same model and pairs, never with cosine AUCs or across models;
+* average drop of ``cosine``, ``dot`` and callables: the rule above (relative drop of a score
+  whose zero means "unrelated"; pairs with ``s <= 0`` skipped);
+* average drop of ``neg-l2`` (``s = -d <= 0``): ``max(0, s - s') / |s| = max(0, d' - d) / d``,
+  the relative increase of the distance (the relative loss of closeness); only pairs with
+  ``d = 0`` (identical embeddings) are skipped;
+* average increase ``1[s' > s]`` needs no rule.
+
 Speed: no autograd; every altered image goes through the model exactly once and is shared by the
 simultaneous and the conditional curves; the embedding of each unaltered image is computed once
 (the conditional metrics never re-encode the fixed image); altered images are built lazily and
@@ -35,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
@@ -101,17 +115,18 @@ def minmax(maps: Tensor) -> Tensor:
 
 
 def _altered_batches(
-    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], step: int,
+    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], counts: Tensor,
     batch_size: int,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Yield (kind index, image index, step index, altered images) in chunks of ``batch_size``.
 
-    Only the steps that differ from an unaltered image are produced: deletion steps 1..N and
-    insertion steps 0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk
-    is made of segments (one image, consecutive steps) built by broadcasting, without gathers.
+    At step ``k`` image ``i`` has its ``counts[i, k]`` top-ranked pixels altered. Only the steps
+    that differ from an unaltered image are produced: deletion steps 1..N and insertion steps
+    0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk is made of
+    segments (one image, consecutive steps) built by broadcasting, without gathers.
     """
     m, _, h, w = images.shape
-    n = n_steps(h, w, step)
+    n = counts.shape[1] - 1
     device = images.device
     segments: list[tuple[int, int, int, int]] = []  # (kind index, image, first step, last step)
     for kind_index, kind in enumerate(kinds):
@@ -121,7 +136,7 @@ def _altered_batches(
 
     def build(kind_index: int, img: int, k0: int, k1: int) -> Tensor:
         ks = torch.arange(k0, k1 + 1, device=device)
-        revealed = (ranks[img][None] < (ks * step)[:, None]).view(-1, 1, h, w)  # top k*L pixels
+        revealed = (ranks[img][None] < counts[img, ks][:, None]).view(-1, 1, h, w)  # top pixels
         orig = images[img][None]
         if kinds[kind_index] == "insertion":  # top pixels from the original over the blur
             return torch.where(revealed, orig, blurred[img][None])  # type: ignore[index]
@@ -167,6 +182,8 @@ def insertion_deletion_curves(
     batch_size: int = 128,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
+    regions: tuple[Tensor, Tensor] | None = None,
+    region_size: int | None = None,
 ) -> dict[str, Tensor]:
     """Similarity curves (B, N+1) of the insertion / deletion games (§IV-B).
 
@@ -174,33 +191,48 @@ def insertion_deletion_curves(
     ``"C<kind>"`` (conditional: the mean of the two one-sided curves), keyed ``SI``, ``SD``, ``CI``,
     ``CD``, plus ``"CI1"``/``"CI2"`` (``CD1``/``CD2``): the curves with image 1 (image 2) altered.
     ``z1``, ``z2`` are the embeddings of the unaltered images if already known.
+
+    With ``regions`` (labels (B, H, W) of image 1 and of image 2) the games alter whole regions
+    (:mod:`pairlens.metrics.regions`, ``N = ceil(H/size) * ceil(W/size)`` steps for
+    ``region_size``) instead of ``L`` pixels per step.
     """
+    from pairlens.metrics.regions import region_ranks_and_counts, region_steps
+
     b, _, h, w = x1.shape
-    step = int(step or default_step(h, w))
-    if step < 1:
-        raise ValueError("step L must be >= 1")
-    n = n_steps(h, w, step)
     images = torch.cat([x1, x2])
-    ranks = pixel_ranks(torch.cat([map1, map2]).to(images.device))
+    maps = torch.cat([map1, map2]).to(images.device)
+    if regions is None:
+        step = int(step or default_step(h, w))
+        if step < 1:
+            raise ValueError("step L must be >= 1")
+        n = n_steps(h, w, step)
+        ranks = pixel_ranks(maps)
+        counts = (torch.arange(n + 1, device=images.device) * step).clamp(max=h * w)
+        counts = counts.expand(2 * b, -1)
+    else:
+        if not region_size or region_size < 1:
+            raise ValueError("region games need region_size >= 1")
+        n = region_steps(h, w, region_size)
+        ranks, counts = region_ranks_and_counts(maps, torch.cat(list(regions)), n)
+        ranks, counts = ranks.to(images.device), counts.to(images.device)
     if z1 is None or z2 is None:
-        z = _embed(model, images, batch_size)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     z_orig = torch.cat([z1, z2])
     blurred = gaussian_blur(images) if "insertion" in kinds else None
     emb = torch.empty(len(kinds), 2 * b, n + 1, z_orig.shape[1], device=images.device,
                       dtype=z_orig.dtype)
     for kind_index, kind in enumerate(kinds):
         emb[kind_index, :, 0 if kind == "deletion" else n] = z_orig
-    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, step,
+    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, counts,
                                                       batch_size):
-        emb[kind_i, img_i, k] = model.embed(altered).to(emb.dtype)
+        emb[kind_i, img_i, k] = model.embed_mixed(altered, img_i >= b).to(emb.dtype)
     out: dict[str, Tensor] = {}
     for kind_index, kind in enumerate(kinds):
         letter = "I" if kind == "insertion" else "D"
         e1, e2 = emb[kind_index, :b], emb[kind_index, b:]  # (B, N+1, D)
-        out[f"S{letter}"] = cosine(e1, e2)
-        one = cosine(e1, z2[:, None].expand_as(e2))
-        two = cosine(z1[:, None].expand_as(e1), e2)
+        out[f"S{letter}"] = similarity(model, e1, e2)
+        one = similarity(model, e1, z2[:, None].expand_as(e2))
+        two = similarity(model, z1[:, None].expand_as(e1), e2)
         out[f"C{letter}1"], out[f"C{letter}2"] = one, two
         out[f"C{letter}"] = (one + two) / 2
     return out
@@ -221,24 +253,29 @@ def average_drop_increase(
 
     ``SAD``: ``max(0, s - s') / s`` with ``s'`` the similarity of the two masked images; ``CAD``:
     the mean over the two directions of the same quantity with one image masked and the other
-    whole. Both are NaN for pairs with ``s <= 0`` (skipped). ``SAI`` / ``CAI``: ``1[s' > s]``
-    (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every pair.
+    whole. Both are NaN for pairs with ``s <= 0`` (skipped). For a ``neg-l2`` model
+    (``s = -d``) the drop is ``max(0, s - s') / |s|``, the relative increase of the distance,
+    and only pairs with ``s = 0`` are skipped (see the module docstring). ``SAI`` / ``CAI``:
+    ``1[s' > s]`` (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every
+    pair.
     """
     b = x1.shape[0]
     images = torch.cat([x1, x2])
     if z1 is None or z2 is None:
-        z = _embed(model, images, batch_size)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     weights = minmax(torch.cat([map1, map2]).to(images.device)).unsqueeze(1)
-    zm = _embed(model, images * weights.to(images.dtype), batch_size)
+    second = torch.arange(2 * b, device=images.device) >= b
+    zm = _embed(model, images * weights.to(images.dtype), second, batch_size)
     m1, m2 = zm[:b], zm[b:]
-    s = cosine(z1, z2)
-    s_sim = cosine(m1, m2)
-    s_c1, s_c2 = cosine(m1, z2), cosine(z1, m2)
+    s = similarity(model, z1, z2)
+    s_sim = similarity(model, m1, m2)
+    s_c1, s_c2 = similarity(model, m1, z2), similarity(model, z1, m2)
+    distance = model.similarity_name == "neg-l2"
+    valid = s != 0 if distance else s > 0
 
     def drop(s_new: Tensor) -> Tensor:
-        value = (s - s_new).clamp_min(0) / s
-        return torch.where(s > 0, value, torch.full_like(value, math.nan))
+        value = (s - s_new).clamp_min(0) / s.abs()
+        return torch.where(valid, value, torch.full_like(value, math.nan))
 
     return {
         "SAD": drop(s_sim),
@@ -248,5 +285,17 @@ def average_drop_increase(
     }
 
 
-def _embed(model: SimilarityModel, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([model.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def _embed(model: SimilarityModel, x: Tensor, second: Tensor, batch_size: int) -> Tensor:
+    """Embeddings of images ``x`` (rows flagged in ``second`` go through tower 2), batched."""
+    return torch.cat(
+        [
+            model.embed_mixed(x[i : i + batch_size], second[i : i + batch_size])
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+def similarity(model: SimilarityModel, e1: Tensor, e2: Tensor) -> Tensor:
+    """The model's similarity of embeddings (..., D) with any leading shape, shape (...)."""
+    flat = model.embedding_similarity(e1.reshape(-1, e1.shape[-1]), e2.reshape(-1, e2.shape[-1]))
+    return flat.view(e1.shape[:-1])

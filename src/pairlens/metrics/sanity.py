@@ -15,6 +15,13 @@ Choices (documented here and tested):
 * re-initialisation calls the layer's ``reset_parameters()`` (PyTorch's default init; norm layers
   return to weight 1, bias 0 and fresh running statistics) under a generator seeded with
   ``seed + step``; layers without it get N(0, 0.02) weights and zero biases.
+* norm layers (batch, instance, group and layer norm): ``norm="reset"`` (default) as above;
+  ``norm="random"`` additionally draws their scale gamma and shift beta from N(0, 1), so that a
+  randomised norm layer no longer passes the (normalised) structure of its input through
+  unchanged. Adebayo et al.'s code re-runs each trainable variable's initialiser
+  (``adebayoj/sanity_checks_saliency``, ``src/utils.py`` ``reinitlayerlist``:
+  ``tf.initialize_variables``), which puts batch-norm beta back to 0 and gamma to 1 and keeps
+  the moving statistics: "reset" is the closer of the two to that code.
 * ``layers_per_step`` layers are randomised per step (1 by default; the figure may show only every
   few steps, like Fig. 13).
 * Spearman: ``scipy.stats.spearmanr`` of the flattened maps (average ranks for ties); NaN when a
@@ -30,14 +37,14 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pairlens.metrics.faithfulness import minmax
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, evaluating
 
 
 @dataclass(frozen=True)
@@ -96,8 +103,9 @@ class SanityResult:
         return fig
 
 
-def randomisable_layers(model: SimilarityModel, x: Tensor) -> list[str]:
-    """Names of the modules owning parameters that run when embedding ``x``, in forward order."""
+def randomisable_layers(model: SimilarityModel, x: Tensor, x2: Tensor | None = None) -> list[str]:
+    """Names of the modules owning parameters that run when embedding ``x`` (and ``x2`` through
+    tower 2 of a two-tower model), in forward order."""
     order: list[str] = []
     handles = []
     for name, module in model.named_modules():
@@ -108,22 +116,35 @@ def randomisable_layers(model: SimilarityModel, x: Tensor) -> list[str]:
 
             handles.append(module.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            model.embed(x[:1])
+        with torch.no_grad(), evaluating(model):
+            model.embed_pair(x[:1], (x2 if x2 is not None else x)[:1])
     finally:
         for h in handles:
             h.remove()
     return order
 
 
-def reinitialise(module: nn.Module, seed: int) -> None:
-    """Re-initialise ``module``'s own parameters (see the module docstring)."""
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def reinitialise(module: nn.Module, seed: int, norm: Literal["reset", "random"] = "reset") -> None:
+    """Re-initialise ``module``'s own parameters (see the module docstring).
+
+    Raises:
+        ValueError: an unknown ``norm``.
+    """
+    if norm not in ("reset", "random"):
+        raise ValueError(f"norm must be 'reset' or 'random', got {norm!r}")
+    gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+            if norm == "random" and isinstance(module, NORM_LAYERS):
+                with torch.no_grad():
+                    for p in module.parameters(recurse=False):  # gamma (weight), beta (bias)
+                        p.copy_(torch.randn(p.shape, generator=gen))
             return
-        gen = torch.Generator().manual_seed(seed)
         for name, p in module.named_parameters(recurse=False):
             with torch.no_grad():
                 if "bias" in name:
@@ -141,19 +162,23 @@ def sanity_check(
     layers_per_step: int = 1,
     max_steps: int | None = None,
     seed: int = 0,
+    norm: Literal["reset", "random"] = "reset",
 ) -> SanityResult:
     """Cascading randomisation sanity check of ``method`` on the pairs ``(x1[i], x2[i])``.
 
-    The model itself is not modified (a deep copy is randomised). ``max_steps`` stops early.
+    The model itself is not modified (a deep copy is randomised) and runs in eval mode (its own
+    mode is restored). Both towers of a two-tower model are randomised, in forward order from the
+    last layer that ran. ``max_steps`` stops early. ``norm`` chooses how norm layers are
+    randomised (see the module docstring).
     """
     from pairlens.explanation import explain
 
     params = dict(params or {})
-    x1 = model.check_input(x1, "image 1")
-    x2 = model.check_input(x2, "image 2")
+    x1 = model.check_input(x1, "image 1", 1)
+    x2 = model.check_input(x2, "image 2", 2)
     original = explain(model, x1, x2, method=method, **params)
     work = copy.deepcopy(model).eval()
-    names = list(reversed(randomisable_layers(work, x1)))
+    names = list(reversed(randomisable_layers(work, x1, x2)))
     groups = [names[i : i + layers_per_step] for i in range(0, len(names), layers_per_step)]
     if max_steps is not None:
         groups = groups[:max_steps]
@@ -161,7 +186,7 @@ def sanity_check(
     rho, ssim = [], []
     for j, group in enumerate(groups):
         for name in group:
-            reinitialise(work.get_submodule(name), seed + j)
+            reinitialise(work.get_submodule(name), seed + j, norm)
         exp = explain(work, x1, x2, method=method, **params)
         now = tuple(m.detach().cpu() for m in exp.maps)
         maps.append(now)
