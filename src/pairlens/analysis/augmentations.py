@@ -3,9 +3,9 @@
 For every transform T of a list (colour jitter, blur, grayscale, solarisation, rotations, flip: the
 rows of Table VII; any family of :mod:`pairlens.methods.transforms` at any strength can be added)
 and every pair (x1, x2), Averaged Transforms (non-guided and guided) explains the pair along the
-dissection path from x2 to T(x2), and the maps are scored with the pair metrics on the pair
-(x1, T(x2)) (SI, SD, SAD by default, the columns of Table VII). With ``x2 = x1`` (the default,
-``pairs="self"``) this is the paper's setting: an image against a transformed copy of itself.
+dissection path from x1 to T(x2), and the maps are scored with the pair metrics on the pair
+(x1, T(x2)) (SI, SD, SAD by default, the columns of Table VII). With ``x2 = x1`` (the default)
+this is the paper's setting: an image against a transformed copy of itself.
 
 What was checked against the paper and its code (fawazsammani/explain-cl):
 
@@ -14,26 +14,27 @@ What was checked against the paper and its code (fawazsammani/explain-cl):
   (scaled here to the model's input size: 5 * side / 224 px); ``RandomGrayscale(p=1)`` =
   ``grayscale@1``; ``ImageOps.solarize`` (threshold 128 of 255) = ``solarize@0.5``. Rotations and
   the flip are not in the published code; rotations fill with black (torchvision's default);
-* the pair: the code pairs the un-augmented image with a transformed copy of itself
-  (``create_mixed_images``); the dissection views mix the two in pixel space,
-  ``lambda * I1 + (1 - lambda) * T(I2)`` for lambda = 1, 0.9, ..., 0.1;
+* the dissection (``create_mixed_images``, ``averaged_transforms``): the un-augmented image I1 and
+  a transformed copy T(I2); views ``lambda * I1 + (1 - lambda) * T(I2)``, lambda = 0.9 ... 0.1;
+  gradients w.r.t. I1 and w.r.t. each view; map 2 on the last view. This is Averaged Transforms'
+  ``interpolation="paper"``, called here with explicit ``steps=10``, ``noise=False``;
 * the paper does not say which pair Table VII scores; we score (x1, T(x2)), the pair whose two
-  maps the method returns (its code draws map 2 on the last, most transformed view).
+  maps the method returns.
 
-Differences, by necessity or choice (documented in docs/analyses.md):
+How T is applied: T(x2) is computed here (random parts, e.g. the jitter direction, drawn from
+:func:`~pairlens.methods.common.pair_generators`, so a pair's T(x2) depends only on the seed and
+the pair, and both variants score the same image), and Averaged Transforms dissects the path from
+x1 to it with an identity family (``grayscale`` at strength 0). In paper mode the method never
+differentiates through T, so for photometric transforms this is exactly the method called with
+the family itself (a test checks it); for geometric ones (rotations, flip), which the method
+refuses in paper mode because map 2 lies on a blend of two frames, it is the paper's own
+construction: the views cross-fade x1 and the rotated image, and map 2 lies on the last view,
+nine tenths T(x2).
 
-* PairLens's Averaged Transforms differentiates *through* T, so map 2 lives in x2's frame; for
-  geometric transforms (rotation, flip, crop) it is warped with the same T into T(x2)'s frame
-  before scoring. The dissection views blend x2 and T(x2), two frames, so for these rows map 2
-  also carries the x2 component of the path, moved by the warp to where T(x2) does not show it
-  (the paper's code takes the gradient w.r.t. each view, in the view's own frame; this cannot be
-  asked of the public method). ``simclr`` (geometric and photometric at once) is refused;
-* the method is called with explicit ``interpolation="pixel"``, ``steps=10``, ``noise=False`` and
-  ``strength=(0, s)``: with x1 = x2 its views are ``(1 - t) x + t T(x)``, t = 0.1 ... 1.0 (the
-  paper's code stops at t = 0.9);
-* the row ``none`` (T = identity) is the clean reference: the same method on the untransformed
-  pair. With ``pairs="self"`` that pair is an image and itself, whose similarity gradient is zero:
-  such *degenerate* pairs (all-zero maps or similarity 1) are counted and left out, never scored.
+The row ``none`` (T = identity) is the clean reference: the same method on the untransformed
+pair. With self-pairs that pair is an image and itself, whose similarity is stationary (zero
+gradient): such *degenerate* pairs (similarity 1, blank maps, or refused by the method's
+blank-map guard) are counted and left out, never scored.
 
 Work unit: ``pairs_per_unit`` pairs of one (transform, variant); the output folder resumes.
 """
@@ -41,7 +42,6 @@ Work unit: ``pairs_per_unit`` pairs of one (transform, variant); the output fold
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -53,6 +53,7 @@ from torch import Tensor
 
 from pairlens.analysis.common import (
     RunFolder,
+    explain_pairs,
     format_interval,
     interval_fields,
     markdown_table,
@@ -68,12 +69,11 @@ PAPER_TRANSFORMS = (
     "color-jitter@0.8", "gaussian-blur@5", "grayscale@1", "solarize@0.5", "rotation@30",
     "rotation@60", "rotation@90", "rotation@180", "horizontal-flip@1",
 )
-#: transforms whose maps must be warped into the transformed image's frame
-GEOMETRIC = ("rotation", "horizontal-flip", "resized-crop")
-PHOTOMETRIC = ("color-jitter", "gaussian-blur", "grayscale", "solarize")
 PAPER_METRICS = ("SI", "SD", "SAD")
 #: the clean reference row: the identity (grayscale blend of weight 0 is exactly x)
 CLEAN = "none"
+#: the family Averaged Transforms dissects T(x2) with: strength 0, the identity
+IDENTITY = "grayscale"
 
 
 @dataclass(frozen=True)
@@ -91,22 +91,17 @@ def parse_transform(text: str, input_size: Sequence[int] = (224, 224)) -> Transf
     ``input_size``.
 
     Raises:
-        ValueError: unknown family, a family that mixes geometric and photometric operations
-            (``simclr``), or a strength that is not a number.
+        ValueError: unknown family or a strength that is not a number.
     """
     from pairlens.methods.transforms import FAMILIES
 
     label = text.strip()
     if label == CLEAN:
-        return TransformSpec(CLEAN, "grayscale", 0.0)
+        return TransformSpec(CLEAN, IDENTITY, 0.0)
     family, _, value = label.partition("@")
     family = family.strip()
     if family not in FAMILIES:
-        raise ValueError(f"unknown transform {family!r}; choose from "
-                         f"{', '.join(f for f in FAMILIES if f in GEOMETRIC + PHOTOMETRIC)}")
-    if family not in GEOMETRIC + PHOTOMETRIC:
-        raise ValueError(f"transform {family!r} mixes geometric and photometric operations; its "
-                         "maps cannot be placed on the transformed image")
+        raise ValueError(f"unknown transform {family!r}; choose from {', '.join(FAMILIES)}")
     try:
         strength = float(value) if value else float(FAMILIES[family][1][1])
     except ValueError:
@@ -116,50 +111,32 @@ def parse_transform(text: str, input_size: Sequence[int] = (224, 224)) -> Transf
     return TransformSpec(label, family, strength)
 
 
-def _unit_seed(seed: int, label: str, unit: int) -> int:
-    """Seed of the random transform draws of a unit: the same for both variants, so the guided
-    and the non-guided columns score the same transformed images."""
-    return zlib.crc32(f"{seed}|{label}|{unit}".encode()) & 0x7FFFFFFF
-
-
-def method_draws(seed: int, n: int, device: torch.device) -> Tensor:
-    """The per-pair random draws ``u`` (n, 8) that ``averaged-transforms`` makes for ``seed``
-    (so that T(x2) here is exactly the method's last view)."""
-    from pairlens.methods.common import generator
-
-    return torch.rand(n, 8, generator=generator(seed, device), device=device)
-
-
-def transformed(model: SimilarityModel, spec: TransformSpec, x: Tensor, u: Tensor) -> Tensor:
-    """T(x) at full strength in model-input space (the transform acts on [0, 1] pixels)."""
+def transformed(model: SimilarityModel, spec: TransformSpec, x1: Tensor, x2: Tensor,
+                seed: int) -> Tensor:
+    """T(x2) at full strength in model-input space (the transform acts on [0, 1] pixels); the
+    random parts of pair k are drawn from its :func:`pair_generators` generator."""
+    from pairlens.methods.common import pair_generators
     from pairlens.methods.transforms import apply_transform
 
-    return model.normalize(apply_transform(spec.family, model.denormalize(x), spec.strength, u))
-
-
-def warp_maps(spec: TransformSpec, maps: Tensor, u: Tensor) -> Tensor:
-    """Maps (B, H, W) in x2's frame moved into T(x2)'s frame (geometric families only)."""
-    from pairlens.methods.transforms import apply_transform
-
-    if spec.family not in GEOMETRIC:
-        return maps
-    m3 = maps[:, None].expand(-1, 3, -1, -1)
-    return apply_transform(spec.family, m3, spec.strength, u)[:, 0]
+    u = torch.stack([torch.rand(8, generator=g) for g in pair_generators(seed, x1, x2)])
+    x01 = model.denormalize(x2, 2)
+    return model.normalize(apply_transform(spec.family, x01, spec.strength, u.to(x01)), 2)
 
 
 def explain_dissection(
     model: SimilarityModel, x1: Tensor, x2: Tensor, spec: TransformSpec, guided: bool,
     steps: int, seed: int, batch_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Averaged Transforms along the dissection path of ``spec``: returns T(x2) (model-input
-    space), map 1 (on x1) and map 2 moved onto T(x2)."""
-    from pairlens.explanation import explain
-
-    exp = explain(model, x1, x2, method="averaged-transforms", transform=spec.family,
-                  steps=steps, strength=(0.0, spec.strength), interpolation="pixel",
-                  guided=guided, noise=False, batch_size=batch_size, seed=seed)
-    u = method_draws(seed, len(x1), x1.device)
-    return transformed(model, spec, x2, u), exp.maps[0], warp_maps(spec, exp.maps[1], u)
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Averaged Transforms (paper mode) along the dissection path from x1 to T(x2): returns
+    T(x2) (model-input space), map 1 (on x1), map 2 (on the last view, T(x2)'s frame) and a
+    boolean (B,) marking degenerate pairs (stationary similarity: NaN maps)."""
+    xt = transformed(model, spec, x1, x2, seed)
+    _, map1, map2 = explain_pairs(
+        model, x1, xt, "averaged-transforms", transform=IDENTITY, strength=(0.0, 0.0),
+        steps=steps, interpolation="paper", guided=guided, noise=False, batch_size=batch_size,
+        seed=seed)
+    refused = torch.isnan(map1.flatten(1)).any(1).cpu()
+    return xt, map1, map2, refused
 
 
 def dissect_augmentations(
@@ -193,9 +170,8 @@ def dissect_augmentations(
         steps: dissection steps Z of Averaged Transforms (the paper's 10).
         step: pixels per insertion / deletion step (default: the metric's, 224 at 224 px).
         batch_size: images per forward pass.
-        pairs_per_unit: pairs per resumable unit (part of the results: it fixes the random
-            draws of colour jitter).
-        seed: seed of the random transform draws.
+        pairs_per_unit: pairs per resumable unit (the results do not depend on it).
+        seed: seed of the random transform draws (per pair: :func:`pair_generators`).
         out: output folder (``config.json``, ``records.jsonl``, ``table.md``, ``table.csv``,
             ``dissection.png``); None keeps everything in memory.
         resume: continue an interrupted run in ``out``.
@@ -230,9 +206,8 @@ def dissect_augmentations(
 
     def unit(spec: TransformSpec, g: bool, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
-        recs = _score_unit(model, x1[sl], x2[sl], spec, g, steps,
-                           _unit_seed(seed, spec.label, start // pairs_per_unit), metrics,
-                           step, batch_size)
+        recs = _score_unit(model, x1[sl], x2[sl], spec, g, steps, seed, metrics, step,
+                           batch_size)
         for i, r in enumerate(recs):
             r["pair"] = start + i
             if names is not None:
@@ -256,11 +231,13 @@ def dissect_augmentations(
 def _score_unit(model, x1, x2, spec, guided, steps, seed, metrics, step, batch_size):
     from pairlens.metrics import evaluate
 
-    xt, map1, map2 = explain_dissection(model, x1, x2, spec, guided, steps, seed, batch_size)
+    xt, map1, map2, refused = explain_dissection(model, x1, x2, spec, guided, steps, seed,
+                                                 batch_size)
     with torch.no_grad():
         sim = model.similarity(x1, xt)
-    empty = (map1.flatten(1).amax(1) <= 0) | (map2.flatten(1).amax(1) <= 0)
-    degenerate = (empty | (sim >= 1 - 1e-6)).cpu()
+    blank = ~(map1.flatten(1).nan_to_num(0).amax(1) > 0) | ~(map2.flatten(1).nan_to_num(0)
+                                                             .amax(1) > 0)
+    degenerate = (blank | (sim >= 1 - 1e-6)).cpu() | refused
     keep = torch.nonzero(~degenerate).flatten().tolist()  # only these pairs are scored
     scores = {m: torch.full((len(x1),), math.nan) for m in metrics}
     if keep:
@@ -331,14 +308,15 @@ def augmentation_table(records: Sequence[dict[str, Any]], metrics: Sequence[str]
         cells.append(f"{first['pairs']} ({first['degenerate']})")
         out.append(cells)
     note = ""
-    if any(parse_transform(lab).family in GEOMETRIC for lab in labels if lab != CLEAN):
-        note += ("\nGeometric rows (rotation, flip, crop): map 2 is PairLens's Averaged Transforms "
-                 "map moved onto T(image 2); along the path it mixes the two frames (see "
-                 "docs/analyses.md).\n")
+    geometric = ("rotation", "horizontal-flip", "resized-crop", "simclr")
+    if any(parse_transform(lab).family in geometric for lab in labels if lab != CLEAN):
+        note += ("\nGeometric rows (rotation, flip): as in the paper's construction, the views "
+                 "cross-fade image 1 and T(image 2), and map 2 lies on the last view (nine tenths "
+                 "T(image 2)).\n")
     if any(by[(CLEAN, g)]["degenerate"] == by[(CLEAN, g)]["pairs"] for g in variants
            if (CLEAN, g) in by):
-        note += ("\n`none` is the untransformed pair; an image paired with itself has similarity "
-                "1 and a zero gradient, so its row is degenerate (not scored).\n")
+        note += ("\n`none` is the untransformed pair; an image paired with itself has a "
+                 "stationary similarity (zero gradient), so its row is degenerate (not scored).\n")
     return markdown_table(header, out) + note
 
 
@@ -348,38 +326,39 @@ def dissection_figure(
     steps: int = 10, seed: int = 0, batch_size: int = 256, columns: int = 5,
 ):
     """The dissection strip of Figs. 4-6 for one pair: one row per transform; x1 with its
-    Averaged Transforms map, ``columns`` views along the strength steps, each with the
-    Input x Gradient map of that single step (w.r.t. the view), and T(x2) with its Averaged
-    Transforms map."""
+    Averaged Transforms map, ``columns`` of the views lambda x1 + (1 - lambda) T(x2) along the
+    path, each with the Input x Gradient map of that single step (w.r.t. the view), and T(x2)
+    with its Averaged Transforms map (drawn on the last view, as the method computes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from pairlens.explanation import explain
-    from pairlens.methods.transforms import transform_path
+    from pairlens.methods.transforms import paper_weights
+    from pairlens.models.similarity import BlankGradientError
     from pairlens.viz import overlay, to_pil
 
-    show = sorted({max(1, round(steps * (k + 1) / columns)) for k in range(columns)})
+    rho = paper_weights(steps)  # lambda = 0.9 ... 0.1
+    show = sorted({min(len(rho), max(1, round(len(rho) * (k + 1) / columns))) - 1
+                   for k in range(columns)})
     fig, axes = plt.subplots(len(specs), len(show) + 2, squeeze=False,
                              figsize=(1.6 * (len(show) + 2), 1.75 * len(specs) + 0.4))
     img1 = model.denormalize(x1)[0].clamp(0, 1)
     for row, spec in enumerate(specs):
         with progress_bars(False):
-            seed_row = _unit_seed(seed, spec.label, 0)
-            xt, map1, map2 = explain_dissection(model, x1, x2, spec, False, steps, seed_row,
-                                                batch_size)
-            u = method_draws(seed_row, 1, x1.device)
-            views01 = transform_path(spec.family, model.denormalize(x2), steps,
-                                     (0.0, spec.strength), "pixel", u)[:, 0]
-            identical = bool(model.similarity(x1, xt)[0] >= 1 - 1e-6)
+            xt, map1, map2, refused = explain_dissection(model, x1, x2, spec, False, steps, seed,
+                                                         batch_size)
+            identical = bool(refused[0]) or bool(model.similarity(x1, xt)[0] >= 1 - 1e-6)
             cells = [(img1, None if identical else map1[0], "image 1")]
-            for z in show:
-                v = model.normalize(views01[z - 1 : z])
-                m = explain(model, x1, v, method="input-x-gradient")
-                flat = bool(m.score[0] >= 1 - 1e-6)  # the view is x1 itself: no gradient
-                cells.append((views01[z - 1].clamp(0, 1), None if flat else m.maps[1][0],
-                              f"t = {z / steps:.1f}"))
+            for k in show:
+                lam = float(rho[k])
+                v = lam * x1 + (1 - lam) * xt
+                try:
+                    m = explain(model, x1, v, method="input-x-gradient").maps[1][0]
+                except BlankGradientError:  # the view is x1 itself: no gradient
+                    m = None
+                cells.append((model.denormalize(v)[0].clamp(0, 1), m, f"λ = {lam:.1f}"))
             cells.append((model.denormalize(xt)[0].clamp(0, 1), None if identical else map2[0],
                           "T(image 2)"))
         for col, (img, m, title) in enumerate(cells):

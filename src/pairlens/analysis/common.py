@@ -258,6 +258,30 @@ def prepare(model: Any, image: Any) -> Tensor:
     return model.preprocess(image)
 
 
+# ---------------------------------------------------------------------- explanations
+def explain_pairs(model: Any, x1: Tensor, x2: Tensor, method: str, **params: Any
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """``pairlens.explain`` of the pairs (x1[i], x2[i]) as (similarity (B,), map 1, map 2), each
+    map (B, H, W). A pair the method refuses because its similarity is stationary (identical
+    embeddings: a gradient map would be blank, :class:`BlankGradientError`) gets NaN maps instead
+    of stopping the batch; the analyses count such pairs and never score them."""
+    from pairlens.explanation import explain
+    from pairlens.models.similarity import BlankGradientError
+
+    try:
+        exp = explain(model, x1, x2, method=method, **params)
+        return exp.score, exp.maps[0], exp.maps[1]
+    except BlankGradientError:
+        if len(x1) == 1:
+            with torch.no_grad():
+                score = model.similarity(x1, x2)
+            blank = torch.full((1, *x1.shape[2:]), math.nan, device=x1.device)
+            return score, blank, blank.clone()
+    parts = [explain_pairs(model, x1[i : i + 1], x2[i : i + 1], method, **params)
+             for i in range(len(x1))]
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------------- map statistics
 def positive_mass(maps: Tensor) -> Tensor:
     """Maps (B, H, W) as distributions: negative values clipped to 0, each map divided by its

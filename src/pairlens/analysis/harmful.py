@@ -43,6 +43,7 @@ from torch import Tensor
 from pairlens.analysis import HARMFUL_METHODS
 from pairlens.analysis.common import (
     RunFolder,
+    explain_pairs,
     format_interval,
     interval_fields,
     markdown_table,
@@ -206,11 +207,10 @@ def harmful_probe(
 
 
 def _explain(model, spec, a01, b01):
-    from pairlens.explanation import explain
-
-    exp = explain(model, model.normalize(a01.to(model.device)),
-                  model.normalize(b01.to(model.device)), method=spec.name, **spec.given)
-    return exp.score.cpu(), exp.maps[0].cpu(), exp.maps[1].cpu()
+    score, map1, map2 = explain_pairs(model, model.normalize(a01.to(model.device)),
+                                      model.normalize(b01.to(model.device)), spec.name,
+                                      **spec.given)
+    return score.cpu(), map1.cpu(), map2.cpu()
 
 
 def _unit(model, spec, x, clean, harmful, masks, proxy):

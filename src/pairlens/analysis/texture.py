@@ -37,6 +37,7 @@ from torch import Tensor
 from pairlens.analysis import TEXTURE_METHODS
 from pairlens.analysis.common import (
     RunFolder,
+    explain_pairs,
     format_interval,
     interval_fields,
     markdown_table,
@@ -234,10 +235,8 @@ def texture_probe(
 
 
 def _explain(model: SimilarityModel, x1: Tensor, x2: Tensor, spec: Any) -> tuple[Tensor, Tensor]:
-    from pairlens.explanation import explain
-
-    exp = explain(model, x1, x2, method=spec.name, **spec.given)
-    return exp.maps[0].cpu(), exp.maps[1].cpu()
+    _, map1, map2 = explain_pairs(model, x1, x2, spec.name, **spec.given)
+    return map1.cpu(), map2.cpu()
 
 
 def texture_summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
