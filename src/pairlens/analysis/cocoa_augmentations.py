@@ -51,6 +51,7 @@ from pairlens.analysis.common import (
     markdown_table,
     mean_interval,
     proportion_interval,
+    random_box,
     row_interval,
     run_units,
 )
@@ -91,11 +92,7 @@ def augment(x01: Tensor, name: str, seed: int) -> Augmented:
     if name == "flip":
         return Augmented(x01.flip(-1), lambda m: m.flip(-1))
     if name in ("crop", "crop-flip"):
-        area = rng.uniform(0.2, 0.5) * h * w
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw = min(w, max(1, round(math.sqrt(area * ratio))))
-        ch = min(h, max(1, round(math.sqrt(area / ratio))))
-        top, left = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        top, left, ch, cw = random_box(rng, h, w, (0.2, 0.5))
         img = TF.resized_crop(x01, top, left, ch, cw, [h, w], antialias=True).clamp(0, 1)
         flip = name == "crop-flip"
 
@@ -115,11 +112,7 @@ def augment(x01: Tensor, name: str, seed: int) -> Augmented:
             img = T.ColorJitter(0.8, 0.8, 0.8, 0.2)(x01.cpu()).to(x01.device)
         return Augmented(img.clamp(0, 1), same)
     if name == "cutout":
-        area = rng.uniform(0.1, 0.25) * h * w
-        ratio = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
-        ew = min(w, max(1, round(math.sqrt(area * ratio))))
-        eh = min(h, max(1, round(math.sqrt(area / ratio))))
-        top, left = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
+        top, left, eh, ew = random_box(rng, h, w, (0.1, 0.25), (0.3, 3.3))
         img = x01.clone()
         img[:, top : top + eh, left : left + ew] = 0.5
         return Augmented(img, same)

@@ -258,6 +258,19 @@ def prepare(model: Any, image: Any) -> Tensor:
     return model.preprocess(image)
 
 
+def random_box(rng: Any, height: int, width: int, area: tuple[float, float],
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """A random box ``(top, left, h, w)`` inside a ``height`` x ``width`` image: area fraction
+    uniform in ``area``, aspect ratio w/h log-uniform in ``ratio`` (torchvision's
+    ``RandomResizedCrop`` / ``RandomErasing`` recipe, without its retries: sides are clipped),
+    position uniform; ``rng`` a :class:`numpy.random.Generator`."""
+    a = rng.uniform(*area) * height * width
+    r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = min(width, max(1, round(math.sqrt(a * r))))
+    h = min(height, max(1, round(math.sqrt(a / r))))
+    return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1)), h, w
+
+
 # ---------------------------------------------------------------------- explanations
 def explain_pairs(model: Any, x1: Tensor, x2: Tensor, method: str, **params: Any
                   ) -> tuple[Tensor, Tensor, Tensor]:

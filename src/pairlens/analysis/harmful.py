@@ -51,6 +51,7 @@ from pairlens.analysis.common import (
     mean_interval,
     normalized_entropy,
     proportion_interval,
+    random_box,
     row_interval,
     run_units,
     top_fraction_mask,
@@ -115,12 +116,7 @@ def harmful_views(
         raise ValueError("blur_sigma must be >= 0")
     clean, boxes, moved = [], [], []
     for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        area = rng.uniform(*crop_scale) * h * w
-        ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        bw = min(w, max(1, round(math.sqrt(area * ratio))))
-        bh = min(h, max(1, round(math.sqrt(area / ratio))))
-        top, left = int(rng.integers(h - bh + 1)), int(rng.integers(w - bw + 1))
+        top, left, bh, bw = random_box(np.random.default_rng([seed, i]), h, w, crop_scale)
         boxes.append((top, left, bh, bw))
         clean.append(TF.resized_crop(images01[i], top, left, bh, bw, [h, w], antialias=True))
         if masks is not None:
