@@ -18,6 +18,9 @@ FAST = {  # smaller settings of the costly methods, same code paths
     "smoothgrad": {"n_samples": 8},
     "pairwise-occlusion": {"n_samples": 40},
     "averaged-transforms": {"steps": 5},
+    "feature-grid": {"k": 4},
+    "bilrp": {"k": 2},
+    "integrated-jacobians": {"k": 2, "steps": 4},
 }
 
 
@@ -143,6 +146,10 @@ def test_other_seed_other_maps(square, name):
 @pytest.mark.parametrize("name", ALL)
 def test_every_method_works_on_a_vit(tiny_vit, name):
     x1, x2 = pair_batch(2)
+    if name == "bilrp":  # zennit has no LRP rules for transformer blocks: refused, not wrong
+        with pytest.raises(ValueError, match="no rules"):
+            pairlens.explain(tiny_vit, x1, x2, method=name, **params(name))
+        return
     exp = pairlens.explain(tiny_vit, x1, x2, method=name, **params(name))
     for m in exp.maps:
         assert m.shape == (2, 32, 32) and torch.isfinite(m).all()
@@ -380,7 +387,9 @@ def test_every_method_on_the_bundled_digits_model(digits_pairs, name):
         assert torch.isfinite(m).all() and (m.flatten(1).amax(1) > m.flatten(1).amin(1)).all()
         torch.testing.assert_close(m, m_again)  # deterministic (seeded where stochastic)
     if get_method(name).deterministic:
+        # LRP's rule ratios amplify float32 differences of batched convolutions
+        tol = {"rtol": 1e-3, "atol": 1e-4} if name == "bilrp" else {"rtol": 1e-4, "atol": 1e-6}
         for i in range(3):
             one = pairlens.explain(model, x1[i : i + 1], x2[i : i + 1], method=name, **p)
             for mb, ms in zip(batch.maps, one.maps, strict=True):
-                torch.testing.assert_close(mb[i : i + 1], ms, rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(mb[i : i + 1], ms, **tol)

@@ -55,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth", type=argtype("float", 0), default=0.0,
                    help="display-only blur sigma in pixels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_execution_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain)
 
@@ -67,6 +68,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m.set_defaults(func=run_methods)
+
+
+def add_execution_options(p: argparse.ArgumentParser) -> None:
+    """``--amp`` and ``--channels-last`` (speed options; see docs/performance.md)."""
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="run the model under autocast in this precision (maps and scores stay "
+                   "float32; checked against float32 in docs/performance.md)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory layout for convolutional models (faster on most "
+                   "CPUs and GPUs; same results up to float rounding)")
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -114,6 +125,7 @@ def run_explain(args: argparse.Namespace) -> int:
     names = [info.name for info in infos]
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
+    model.set_execution(amp=args.amp, channels_last=args.channels_last)
     if text is not None:
         if not model.has_text_tower:
             raise ValueError(f"--text needs an image-text model (clip:ARCH, hf:PATH of a CLIP "

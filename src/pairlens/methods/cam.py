@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import upsample
+from pairlens.methods.common import by_pairs, upsample
 from pairlens.methods.registry import NotApplicableError, PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_feature_gradients
+from pairlens.validation import Annotated, Range
 
 Reduction = Literal["mean", "max", "attention"]
 
@@ -28,14 +29,25 @@ Reduction = Literal["mean", "max", "attention"]
     summary="Baseline-Grad-CAM: sum_k [dS/dA_k]_+ * A_k for each image separately",
     family="activation",
 )
-def grad_cam(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+def grad_cam(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    batch_size: Annotated[int, Range(1)] | None = None,
+) -> PairMaps:
     """Baseline-Grad-CAM, eq. (1): E = sum_k [W^k]_+ (.) A^k with W^k = dS/dA^k (point-wise,
-    not spatially averaged, as in the paper and its code)."""
-    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    size = tuple(x1.shape[-2:])
-    e1 = (g1.clamp(min=0) * a1).sum(1)
-    e2 = (g2.clamp(min=0) * a2).sum(1)
-    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+    not spatially averaged, as in the paper and its code). ``batch_size``: images per forward
+    pass (None: :func:`pairlens.runtime.default_batch_size`)."""
+
+    def run(a: Tensor, c: Tensor) -> PairMaps:
+        s, a1, a2, g1, g2 = similarity_feature_gradients(model, a, c)
+        size = tuple(a.shape[-2:])
+        e1 = (g1.clamp(min=0) * a1).sum(1)
+        e2 = (g2.clamp(min=0) * a2).sum(1)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
@@ -86,6 +98,7 @@ def interaction_cam(
     *,
     reduction: Reduction = "mean",
     grad_interaction: bool = True,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Interaction-CAM, eq. (2): E_{1,2} = sum_k [j^k g^k_{1,2}]_+ A^k_{1,2}.
 
@@ -101,25 +114,30 @@ def interaction_cam(
     When the two feature grids differ in size (two towers of different strides, or a fixed
     target, which is a 1x1 map), G is computed with the smaller gradient map resized bilinearly
     to the larger grid (a 1x1 map is constant over it): our choice, as eq. (2) assumes one grid.
+    ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
-    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    same_channels(model, a1, a2, "interaction-cam")
-    j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
-    if grad_interaction:
-        if g1.shape[-2:] != g2.shape[-2:]:  # resize the smaller grid's gradients to the other's
-            if g1.shape[2] * g1.shape[3] >= g2.shape[2] * g2.shape[3]:
-                g2 = F.interpolate(g2, size=g1.shape[-2:], mode="bilinear")
-            else:
-                g1 = F.interpolate(g1, size=g2.shape[-2:], mode="bilinear")
-        gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
-        w1 = gram.amax(dim=2)[:, :, None, None]
-        w2 = gram.amax(dim=1)[:, :, None, None]
-    else:
-        w1, w2 = g1, g2
-    size = tuple(x1.shape[-2:])
-    e1 = ((j * w1).clamp(min=0) * a1).sum(1)
-    e2 = ((j * w2).clamp(min=0) * a2).sum(1)
-    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    def run(x1: Tensor, x2: Tensor) -> PairMaps:
+        s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
+        same_channels(model, a1, a2, "interaction-cam")
+        j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
+        if grad_interaction:
+            if g1.shape[-2:] != g2.shape[-2:]:  # resize the smaller grid's gradients to the other's
+                if g1.shape[2] * g1.shape[3] >= g2.shape[2] * g2.shape[3]:
+                    g2 = F.interpolate(g2, size=g1.shape[-2:], mode="bilinear")
+                else:
+                    g1 = F.interpolate(g1, size=g2.shape[-2:], mode="bilinear")
+            gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
+            w1 = gram.amax(dim=2)[:, :, None, None]
+            w2 = gram.amax(dim=1)[:, :, None, None]
+        else:
+            w1, w2 = g1, g2
+        size = tuple(x1.shape[-2:])
+        e1 = ((j * w1).clamp(min=0) * a1).sum(1)
+        e2 = ((j * w2).clamp(min=0) * a2).sum(1)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 @register_method(
@@ -128,7 +146,13 @@ def interaction_cam(
     summary="Similarity decomposition: each location's features dotted with the other's pooled",
     family="activation",
 )
-def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+def deep_similarity(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    batch_size: Annotated[int, Range(1)] | None = None,
+) -> PairMaps:
     """Spatial decomposition of the similarity of the average-pooled feature-layer vectors.
 
     With f_i = mean_u A_i(u), cos(f1, f2) = sum_u A1(u).f2 / (hw |f1| |f2|); the map of image 1
@@ -136,22 +160,28 @@ def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
     so each map sums to the pooled-feature cosine. For a model whose similarity is the dot
     product the summand is A1(u).f2 / hw (the maps sum to f1.f2); other similarities do not
     decompose over locations (an error). Like the original method it explains the pooled
-    features and ignores any head after them. No gradients are needed.
+    features and ignores any head after them. No gradients are needed. ``batch_size``: images
+    per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
     if model.similarity_name not in ("cosine", "dot"):
         raise NotApplicableError(
             "deep-similarity decomposes a cosine or dot product over locations; model "
             f"{model.name!r} uses the {model.similarity_name!r} similarity"
         )
-    size = tuple(x1.shape[-2:])
-    with torch.no_grad():
+
+    @torch.no_grad()
+    def run(x1: Tensor, x2: Tensor) -> PairMaps:
+        size = tuple(x1.shape[-2:])
         z1, z2, r1, r2 = model.embed_pair_with_features(x1, x2)
         a1, a2 = model.to_grid(r1, size, 1).float(), model.to_grid(r2, size, 2).float()
-    same_channels(model, a1, a2, "deep-similarity")
-    f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
-    norms = torch.ones(len(f1), 1, 1, device=a1.device)
-    if model.similarity_name == "cosine":
-        norms = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None]
-    e1 = torch.einsum("bchw,bc->bhw", a1, f2) / (norms * a1.shape[2] * a1.shape[3])
-    e2 = torch.einsum("bchw,bc->bhw", a2, f1) / (norms * a2.shape[2] * a2.shape[3])
-    return PairMaps(upsample(e1, size), upsample(e2, size), model.embedding_similarity(z1, z2))
+        same_channels(model, a1, a2, "deep-similarity")
+        f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
+        norms = torch.ones(len(f1), 1, 1, device=a1.device)
+        if model.similarity_name == "cosine":
+            norms = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None]
+        e1 = torch.einsum("bchw,bc->bhw", a1, f2) / (norms * a1.shape[2] * a1.shape[3])
+        e2 = torch.einsum("bchw,bc->bhw", a2, f1) / (norms * a2.shape[2] * a2.shape[3])
+        s = model.embedding_similarity(z1, z2)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=False)

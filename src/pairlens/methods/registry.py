@@ -7,6 +7,10 @@ similarity of the unaltered pairs when the method computed it anyway. Register i
 :func:`register_method`; its keyword parameters, their defaults, types and valid ranges are read
 from the signature (see :mod:`pairlens.validation`: ``Annotated[int, Range(1)]``, ``Literal[...]``),
 and :meth:`MethodInfo.validate` is the one check every caller (API, CLI, evaluate, demo) uses.
+
+Methods of the family ``"correspondence"`` return a :class:`PairRelevance` instead: the
+contribution of every (region of image 1, region of image 2) pair, from which
+:func:`pairlens.explain` derives the two maps (its marginals).
 """
 
 from __future__ import annotations
@@ -36,7 +40,28 @@ class PairMaps(NamedTuple):
     score: Tensor | None = None
 
 
-MethodFn = Callable[..., PairMaps]
+class PairRelevance(NamedTuple):
+    """What a correspondence method returns.
+
+    Attributes:
+        relevance: (B, h1*w1, h2*w2) float, the contribution of each (region i of image 1,
+            region j of image 2) pair, regions numbered row-major on ``grids``.
+        grids: ((h1, w1), (h2, w2)), the region grid of each image.
+        maps: the two marginals (B, H, W) at input resolution if the method has them at a finer
+            resolution than its grid, else None (the grid marginals are upsampled).
+        score: (B,) similarity of the unaltered pairs, if computed anyway.
+        extras: per-pair diagnostics, each (B,): at least ``target`` (what the relevance sums to
+            in theory) and ``completeness_error`` (its sum minus ``target``).
+    """
+
+    relevance: Tensor
+    grids: tuple[tuple[int, int], tuple[int, int]]
+    maps: tuple[Tensor, Tensor] | None = None
+    score: Tensor | None = None
+    extras: dict[str, Tensor] | None = None
+
+
+MethodFn = Callable[..., PairMaps | PairRelevance]
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,9 @@ from torch import Tensor
 
 from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, saliency
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, check_embeddings
 from pairlens.progress import track
+from pairlens.runtime import resolve_batch_size
 from pairlens.validation import Annotated, Choices, Ordered, Range
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -246,7 +247,7 @@ def averaged_transforms(
     noise: bool = False,
     noise_level: Annotated[float, Range(0)] = 0.15,
     noise_scale: NoiseScale = "divide",
-    batch_size: Annotated[int, Range(1)] = 64,
+    batch_size: Annotated[int, Range(1)] | None = None,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Averaged Transforms (seed 000, §III-A2): input x gradient of the similarity of image 1 with
@@ -280,7 +281,11 @@ def averaged_transforms(
       (see :func:`~pairlens.methods.common.noise_sigma`; ``"divide"`` is the code's formula).
     * Random draws (the family's random parts, the noise) come from
       :func:`~pairlens.methods.common.pair_generators`: a pair's map does not depend on its batch.
-    * ``batch_size`` images per forward pass (image 1 and its pair's views go together).
+    * ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
+      Image 1 is embedded once per pair with its graph kept; the views go through the model
+      ``batch_size`` at a time, and the gradients dS/dz1 and dS/dview of all chunks are summed
+      before the backward passes through image 1's network and (strength mode) the transform:
+      the chain rule, so the maps do not depend on ``batch_size``.
     * Against a fixed target (``pairlens.explain(..., target=z)``) the transformed image is the
       explained one, and the paper mode's path goes from that image to its transform.
 
@@ -300,8 +305,6 @@ def averaged_transforms(
         raise ValueError(
             f"steps must be >= {2 if paper else 1} with interpolation={interpolation!r}"
         )
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
     if paper and transform in GEOMETRIC:
         raise ValueError(
             f"transform {transform!r} moves pixels: with interpolation='paper' the map of image 2 "
@@ -318,14 +321,16 @@ def averaged_transforms(
     lo, hi = strength_range(transform, strength)
     b = x1.shape[0]
     n_views = steps - 1 if paper else steps
+    bs = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2)
     u = torch.stack([torch.rand(8, generator=g) for g in gens]).to(x1.device, x1.dtype)
     image1 = x1 if model.fixed_tower != 1 else x2  # against a fixed target: the image itself
     sigma = noise_sigma(image1 if paper else x2, noise_level, noise_scale)
     rho = paper_weights(steps).to(x1.device, x1.dtype).view(-1, 1, 1, 1, 1)
     g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
+    scores = torch.empty(b, device=x1.device)
     last_view = torch.empty_like(x2) if paper else x2
-    per_chunk = max(1, batch_size // (n_views + 1))
+    per_chunk = min(b, bs)  # pairs whose image 1 goes through the model together
     for start in track(range(0, b, per_chunk), desc="averaged-transforms"):
         sl = slice(start, start + per_chunk)
         n = x1[sl].shape[0]
@@ -344,8 +349,6 @@ def averaged_transforms(
                     last_view[sl] = views[-1]
                     if eps is not None:
                         views[:-1] += eps * sigma[sl]
-                leaf = views.detach().requires_grad_(True)
-                inputs, views_flat = (a, leaf), leaf.flatten(0, 1)
             else:
                 c = x2[sl].detach().requires_grad_(True)
                 views = model.normalize(
@@ -353,13 +356,35 @@ def averaged_transforms(
                 )
                 if eps is not None:
                     views = torch.cat([views[:-1] + eps * sigma[sl], views[-1:]])
-                inputs, views_flat = (a, c), views.flatten(0, 1)
-            za, zv = model.embed_pair(a, views_flat, check=False)
-            s = model.embedding_similarity(za.repeat(n_views, 1), zv)
-            g1, g2 = torch.autograd.grad(s.sum() / n_views, inputs, materialize_grads=True)
+            views_flat = views.flatten(0, 1)  # (V * n, C, H, W), view-major
+            z1 = model.embed(a, 1)
+            z1_leaf = z1.detach().requires_grad_(True)
+            g_z1 = torch.zeros_like(z1_leaf)
+            g_views = torch.empty_like(views_flat)
+            for v0 in range(0, len(views_flat), bs):  # the views (tower 2), bs images per pass
+                leaf = views_flat[v0 : v0 + bs].detach().requires_grad_(True)
+                pair = torch.arange(v0, v0 + len(leaf), device=x1.device) % n
+                s = model.embedding_similarity(z1_leaf[pair], model.embed(leaf, 2))
+                gz, gv = torch.autograd.grad(
+                    s.sum() / n_views, (z1_leaf, leaf), materialize_grads=True
+                )
+                g_z1 += gz
+                g_views[v0 : v0 + len(leaf)] = gv
+            if z1.requires_grad:  # (a fixed target in tower 1 ignores its input: zero gradient)
+                (g1,) = torch.autograd.grad(z1, a, grad_outputs=g_z1, materialize_grads=True)
+            else:
+                g1 = torch.zeros_like(a)
+            if paper:  # gradient w.r.t. the views themselves, summed over the views
+                g2 = g_views.view(n_views, n, *x2.shape[1:]).sum(0)
+            else:  # through the differentiable transform back to image 2
+                (g2,) = torch.autograd.grad(views_flat, c, grad_outputs=g_views)
+        with torch.no_grad():  # the score of the unaltered pair: only image 2 is new
+            z1, z2 = z1.detach(), model.embed(x2[sl], 2)
+            check_embeddings(z1, "image 1", model.name, z2)
+            scores[sl] = model.embedding_similarity(z1, z2)
         g1_total[sl] = g1
-        g2_total[sl] = g2.sum(0) if paper else g2
-    return PairMaps(saliency(x1, g1_total), saliency(last_view, g2_total))
+        g2_total[sl] = g2
+    return PairMaps(saliency(x1, g1_total), saliency(last_view, g2_total), scores)
 
 
 def _start(model: SimilarityModel, x1: Tensor, x2: Tensor) -> Tensor:

@@ -4,8 +4,10 @@ Metric names: ``SI``, ``SD``, ``CI``, ``CD`` (insertion / deletion AUC, simultan
 conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates), ``MS``
 (maximum sensitivity, which needs the method), the region games ``RSI``, ``RSD``, ``RCI``, ``RCD``
 (:mod:`pairlens.metrics.regions`) and ROAD ``SMoRF``, ``SLeRF``, ``CMoRF``, ``CLeRF``
-(:mod:`pairlens.metrics.road`; names are matched case-insensitively). :data:`HIGHER_IS_BETTER`
-gives each metric's direction. A metric never knows which method made the maps, except MS, which
+(:mod:`pairlens.metrics.road`; names are matched case-insensitively) and the correspondence
+(region-pair) metrics ``PI`` / ``PD``, each reported with its ``-marginal`` and ``-random``
+reference orders (:mod:`pairlens.metrics.correspondence`). :data:`HIGHER_IS_BETTER` gives each
+metric's direction. A metric never knows which method made the maps, except MS, which
 recomputes the explanation of noisy inputs.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pairlens.metrics.correspondence import PAIR_METRICS, REFERENCES, pair_removal_curves
 from pairlens.metrics.faithfulness import (
     auc,
     average_drop_increase,
@@ -37,15 +40,19 @@ from pairlens.metrics.road import ROAD_FRACTIONS, ROAD_NOISE, linear_impute, roa
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
 from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
+from pairlens.runtime import resolve_batch_size
 
 ROAD_METRICS = ("SMoRF", "SLeRF", "CMoRF", "CLeRF")
 ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *REGION_METRICS,
-               *ROAD_METRICS)
+               *ROAD_METRICS, *PAIR_METRICS)
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": False,
                     "CAD": False, "SAI": True, "CAI": True, "MS": False,
                     "RSI": True, "RSD": False, "RCI": True, "RCD": False,
                     "SMoRF": False, "SLeRF": True, "CMoRF": False, "CLeRF": True}
+for _name, _higher in (("PI", True), ("PD", False)):
+    for _suffix in ("", *(f"-{r}" for r in REFERENCES)):
+        HIGHER_IS_BETTER[_name + _suffix] = _higher
 _CANONICAL = {m.upper(): m for m in ALL_METRICS}
 
 
@@ -70,7 +77,7 @@ def evaluate(
     explanation_or_maps: Any,
     metrics: Sequence[str] = DEFAULT_METRICS,
     step: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     return_curves: bool = False,
     method: str | None = None,
     method_params: Mapping[str, Any] | None = None,
@@ -82,6 +89,8 @@ def evaluate(
     region_size: int | None = None,
     road_fractions: Sequence[float] = ROAD_FRACTIONS,
     road_noise: float = ROAD_NOISE,
+    pair_grid: int = 7,
+    pair_fill: str = "blur",
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
@@ -97,7 +106,9 @@ def evaluate(
         metrics: names from :data:`ALL_METRICS` (case-insensitive).
         step: pixels ``L`` per insertion / deletion step; default ``max(1, round(H*W/224))``.
         batch_size: images per forward pass (altered images of several steps and pairs are
-            batched together).
+            batched together); None: :func:`pairlens.runtime.default_batch_size` for the device
+            and image size. Also passed to ``MS`` and its method (None there: the default
+            for passes with autograd).
         return_curves: also return the curves, keyed ``"SI_curve"`` etc., each (B, N+1); the
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
@@ -110,13 +121,18 @@ def evaluate(
             superpixels of side ``region_size`` (default an eighth of the shorter side).
         road_fractions, road_noise: ROAD's removal fractions (0.1 ... 0.9) and imputation noise
             (0.01 in [0, 1] pixel units).
+        pair_grid, pair_fill: regions per side and fill (``"blur"`` or ``"zero"``) of ``PI`` /
+            ``PD``. Their explanation order is the pair relevance's for a
+            :class:`~pairlens.PairCorrespondence`, the maps' own (marginal) order otherwise; the
+            seed draws their random pairing.
 
     Returns:
         ``{name: (B,) float tensor}`` on the model's device (ROAD values are the mean similarity
         over the fractions; with ``return_curves`` the per-fraction values are the
         ``"SMoRF_curve"`` etc.). ``SAD`` / ``CAD`` are NaN for pairs whose unaltered similarity
         is <= 0 (skipped, as the definition divides by it; ``neg-l2``: = 0); count them with
-        ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
+        ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map. ``PI`` / ``PD`` add their
+        ``-marginal`` and ``-random`` references.
 
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
@@ -149,10 +165,12 @@ def evaluate(
         need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
         need_regions = [m for m in wanted if m in REGION_METRICS]
         need_road = [m for m in wanted if m in ROAD_METRICS]
+        need_pairs = [m for m in wanted if m in PAIR_METRICS]
         z1 = z2 = None
-        if need_curves or need_drop or need_regions or need_road:
-            with torch.no_grad():
-                half = max(1, batch_size // 2)  # pairs per pass: batch_size images
+        images = resolve_batch_size(batch_size, x1)  # (MS resolves its own, with autograd)
+        if need_curves or need_drop or need_regions or need_road or need_pairs:
+            with torch.inference_mode():
+                half = max(1, images // 2)  # pairs per pass: batch_size images
                 zs = [model.embed_pair(a, c) for a, c in zip(x1.split(half), x2.split(half),
                                                               strict=True)]
             z1, z2 = torch.cat([z[0] for z in zs]), torch.cat([z[1] for z in zs])
@@ -160,7 +178,7 @@ def evaluate(
             kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
                      if any(m.endswith(letter) for m in need_curves)]
             curves = insertion_deletion_curves(model, x1, x2, map1, map2, step=step, kinds=kinds,
-                                               batch_size=batch_size, z1=z1, z2=z2)
+                                               batch_size=images, z1=z1, z2=z2)
             for name in need_curves:
                 out[name] = auc(curves[name])
                 if return_curves:
@@ -172,7 +190,7 @@ def evaluate(
             kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
                      if any(m.endswith(letter) for m in need_regions)]
             curves = insertion_deletion_curves(model, x1, x2, map1, map2, kinds=kinds,
-                                               batch_size=batch_size, z1=z1, z2=z2,
+                                               batch_size=images, z1=z1, z2=z2,
                                                regions=(labels[:b], labels[b:]), region_size=size)
             for name in need_regions:
                 out[name] = auc(curves[name[1:]])
@@ -180,22 +198,33 @@ def evaluate(
                     out[f"{name}_curve"] = curves[name[1:]]
         if need_road:
             road = road_curves(model, x1, x2, map1, map2, fractions=road_fractions,
-                               noise=road_noise, seed=seed, batch_size=batch_size, z1=z1, z2=z2)
+                               noise=road_noise, seed=seed, batch_size=images, z1=z1, z2=z2)
             for name in need_road:
                 out[name] = road[name].mean(1)
                 if return_curves:
                     out[f"{name}_curve"] = road[name]
         if need_drop:
-            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
+            drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=images,
                                           z1=z1, z2=z2)
             for name in need_drop:
                 out[name] = drops[name]
+        if need_pairs:
+            pairs = pair_removal_curves(
+                model, x1, x2, (map1, map2),
+                relevance=getattr(explanation_or_maps, "relevance", None),
+                grids=getattr(explanation_or_maps, "grids", None), grid=pair_grid,
+                fill=pair_fill, seed=seed, batch_size=images, z1=z1, z2=z2)
+            for name in need_pairs:
+                for suffix in ("", *(f"-{r}" for r in REFERENCES)):
+                    out[name + suffix] = pairs[name + suffix]
+                if return_curves:
+                    out[f"{name}_curve"] = pairs[f"{name}_curve"]
         if "MS" in wanted:
             if method is None:
                 raise ValueError("metric MS needs the method: pass method=... (and method_params)")
             out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
                                         n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                        batch_size=max(1, batch_size // 2), noise=ms_noise)
+                                        batch_size=batch_size, noise=ms_noise)
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 
@@ -236,6 +265,7 @@ __all__ = [
     "max_sensitivity",
     "minmax",
     "n_steps",
+    "pair_removal_curves",
     "pixel_ranks",
     "sanity_check",
     "spearman",

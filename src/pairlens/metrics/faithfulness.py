@@ -34,10 +34,11 @@ Similarities other than cosine (the model's ``similarity``; every score here is
   ``d = 0`` (identical embeddings) are skipped;
 * average increase ``1[s' > s]`` needs no rule.
 
-Speed: no autograd; every altered image goes through the model exactly once and is shared by the
-simultaneous and the conditional curves; the embedding of each unaltered image is computed once
-(the conditional metrics never re-encode the fixed image); altered images are built lazily and
-embedded ``batch_size`` at a time across steps and pairs.
+Speed: no autograd (inference mode); every altered image goes through the model exactly once and
+is shared by the simultaneous and the conditional curves; the embedding of each unaltered image
+is computed once (the conditional metrics never re-encode the fixed image); the blur is computed
+once per call; altered images are built lazily from the precomputed pixel ranks, one vectorised
+comparison per chunk, and embedded ``batch_size`` images at a time across steps and pairs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pairlens.models.similarity import SimilarityModel
+from pairlens.runtime import resolve_batch_size
 
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
@@ -122,55 +124,32 @@ def _altered_batches(
 
     At step ``k`` image ``i`` has its ``counts[i, k]`` top-ranked pixels altered. Only the steps
     that differ from an unaltered image are produced: deletion steps 1..N and insertion steps
-    0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk is made of
-    segments (one image, consecutive steps) built by broadcasting, without gathers.
+    0..N-1 (deletion step 0 and insertion step N are the image itself). The (kind, image, step)
+    grid is flattened; each chunk is built by one comparison of the precomputed ranks with the
+    steps' counts and one ``where``, without Python per step.
     """
-    m, _, h, w = images.shape
+    m, c, h, w = images.shape
     n = counts.shape[1] - 1
     device = images.device
-    segments: list[tuple[int, int, int, int]] = []  # (kind index, image, first step, last step)
-    for kind_index, kind in enumerate(kinds):
-        first, last = (1, n) if kind == "deletion" else (0, n - 1)
-        for img in range(m):
-            segments.append((kind_index, img, first, last))
-
-    def build(kind_index: int, img: int, k0: int, k1: int) -> Tensor:
-        ks = torch.arange(k0, k1 + 1, device=device)
-        revealed = (ranks[img][None] < counts[img, ks][:, None]).view(-1, 1, h, w)  # top pixels
-        orig = images[img][None]
-        if kinds[kind_index] == "insertion":  # top pixels from the original over the blur
-            return torch.where(revealed, orig, blurred[img][None])  # type: ignore[index]
-        return orig.masked_fill(revealed, 0.0)  # deletion: top pixels set to 0
-
-    pending: list[tuple[int, int, int, int]] = []
-    room = batch_size
-    for kind_index, img, k0, k1 in segments:
-        while k0 <= k1:
-            take = min(room, k1 - k0 + 1)
-            pending.append((kind_index, img, k0, k0 + take - 1))
-            k0 += take
-            room -= take
-            if room == 0:
-                yield _assemble(pending, build, device)
-                pending, room = [], batch_size
-    if pending:
-        yield _assemble(pending, build, device)
+    first = torch.tensor([1 if k == "deletion" else 0 for k in kinds], device=device)
+    insertion = torch.tensor([k == "insertion" for k in kinds], device=device)
+    total = len(kinds) * m * n
+    for start in range(0, total, batch_size):
+        idx = torch.arange(start, min(start + batch_size, total), device=device)
+        kind_i, img_i, j = idx // (m * n), (idx // n) % m, idx % n
+        k = j + first[kind_i]
+        revealed = (ranks[img_i] < counts[img_i, k][:, None]).view(-1, 1, h, w)  # top pixels
+        orig = images[img_i]
+        if blurred is None:  # deletion only: the top pixels set to 0
+            altered = orig.masked_fill(revealed, 0.0)
+        else:  # insertion rows: original over the blur; deletion rows: 0 over the original
+            ins = insertion[kind_i].view(-1, 1, 1, 1)
+            altered = torch.where(revealed, torch.where(ins, orig, 0.0),
+                                  torch.where(ins, blurred[img_i], orig))
+        yield kind_i, img_i, k, altered
 
 
-def _assemble(pending, build, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    kind_i, img_i, k = [], [], []
-    for kind_index, img, k0, k1 in pending:
-        count = k1 - k0 + 1
-        kind_i.append(torch.full((count,), kind_index, dtype=torch.long))
-        img_i.append(torch.full((count,), img, dtype=torch.long))
-        k.append(torch.arange(k0, k1 + 1))
-    parts = [build(*seg) for seg in pending]
-    altered = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return (torch.cat(kind_i).to(device), torch.cat(img_i).to(device), torch.cat(k).to(device),
-            altered)
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def insertion_deletion_curves(
     model: SimilarityModel,
     x1: Tensor,
@@ -179,7 +158,7 @@ def insertion_deletion_curves(
     map2: Tensor,
     step: int | None = None,
     kinds: Sequence[str] = ("insertion", "deletion"),
-    batch_size: int = 128,
+    batch_size: int | None = None,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
     regions: tuple[Tensor, Tensor] | None = None,
@@ -194,11 +173,13 @@ def insertion_deletion_curves(
 
     With ``regions`` (labels (B, H, W) of image 1 and of image 2) the games alter whole regions
     (:mod:`pairlens.metrics.regions`, ``N = ceil(H/size) * ceil(W/size)`` steps for
-    ``region_size``) instead of ``L`` pixels per step.
+    ``region_size``) instead of ``L`` pixels per step. ``batch_size``: images per forward pass
+    (None: :func:`pairlens.runtime.default_batch_size`).
     """
     from pairlens.metrics.regions import region_ranks_and_counts, region_steps
 
     b, _, h, w = x1.shape
+    batch_size = resolve_batch_size(batch_size, x1)
     images = torch.cat([x1, x2])
     maps = torch.cat([map1, map2]).to(images.device)
     if regions is None:
@@ -238,14 +219,14 @@ def insertion_deletion_curves(
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def average_drop_increase(
     model: SimilarityModel,
     x1: Tensor,
     x2: Tensor,
     map1: Tensor,
     map2: Tensor,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
 ) -> dict[str, Tensor]:
@@ -257,9 +238,11 @@ def average_drop_increase(
     (``s = -d``) the drop is ``max(0, s - s') / |s|``, the relative increase of the distance,
     and only pairs with ``s = 0`` are skipped (see the module docstring). ``SAI`` / ``CAI``:
     ``1[s' > s]`` (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every
-    pair.
+    pair. ``batch_size``: images per forward pass (None:
+    :func:`pairlens.runtime.default_batch_size`).
     """
     b = x1.shape[0]
+    batch_size = resolve_batch_size(batch_size, x1)
     images = torch.cat([x1, x2])
     if z1 is None or z2 is None:
         z1, z2 = model.embed_pair(x1, x2)
@@ -288,10 +271,8 @@ def average_drop_increase(
 def _embed(model: SimilarityModel, x: Tensor, second: Tensor, batch_size: int) -> Tensor:
     """Embeddings of images ``x`` (rows flagged in ``second`` go through tower 2), batched."""
     return torch.cat(
-        [
-            model.embed_mixed(x[i : i + batch_size], second[i : i + batch_size])
-            for i in range(0, len(x), batch_size)
-        ]
+        [model.embed_mixed(t, f) for t, f in zip(x.split(batch_size), second.split(batch_size),
+                                                 strict=True)]
     )
 
 

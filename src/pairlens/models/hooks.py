@@ -91,3 +91,20 @@ def capture_outputs(module: torch.nn.Module, x: Tensor, names: list[str]) -> dic
         for h in handles:
             h.remove()
     return out
+
+
+@contextmanager
+def replaced_output(module: torch.nn.Module, fn) -> Iterator[None]:
+    """Within this context the output of ``module`` is replaced by ``fn(output)`` (a tuple output
+    has its first element replaced), e.g. ``torch.zeros_like`` for a reference forward pass."""
+
+    def hook(_m, _inp, out):
+        if isinstance(out, (tuple, list)):
+            return type(out)([fn(out[0]), *out[1:]])
+        return fn(out)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

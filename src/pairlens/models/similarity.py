@@ -44,6 +44,9 @@ from pairlens.models.layouts import to_grid as layout_to_grid
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COSINE_EPS = 1e-8
+#: ``--amp`` choices: autocast dtype of the encoder and head (None: float32)
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # |dS/dz| * |z| below this fraction of |S| counts as a stationary similarity (identical embeddings)
 STATIONARY_TOL = 1e-5
 
@@ -370,7 +373,30 @@ class SimilarityModel(nn.Module):
             self.register_buffer("std2", _channel_vector(std2 if std2 is not None else std, "std2"))
         self._probes: dict[tuple, GridProbe] = {}  # (tower, layer, H, W) -> what a pass revealed
         self._fixed_sizes: dict[int, tuple[int, int] | None] = {}  # tower -> only input size
+        self.amp: str | None = None
+        self.channels_last = False
         self.eval()
+
+    def set_execution(self, amp: str | None = None, channels_last: bool = False) -> SimilarityModel:
+        """How forward passes run (both towers); changes speed, and results only within the
+        checked tolerance.
+
+        Args:
+            amp: ``None`` (float32), ``"bf16"`` or ``"fp16"``: the encoder and head run under
+                ``torch.autocast`` on the model's device; embeddings, maps and scores stay float32.
+                Checked against float32 in ``benchmarks/precision.py`` (docs/performance.md).
+            channels_last: store conv weights and feed images in the channels-last memory layout
+                (faster convolutions with oneDNN / cuDNN; no effect on a ViT's results).
+
+        Returns:
+            ``self``. Raises ValueError for an unknown ``amp``.
+        """
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(map(str, AMP_DTYPES))}; got {amp!r}")
+        self.amp = amp
+        self.channels_last = bool(channels_last)
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return self
 
     # ------------------------------------------------------------------ towers and basics
     def tower(self, index: int = 1) -> Tower:
@@ -505,12 +531,21 @@ class SimilarityModel(nn.Module):
 
     def embed(self, x: Tensor, tower: int = 1) -> Tensor:
         """Embedding (B, D), float32, of images through ``tower``. Keeps autograd if enabled.
-        Images are cast to the encoder's dtype (half-precision weights run)."""
+
+        Images are cast to the encoder's dtype (half-precision weights run) and run in the
+        memory layout and precision set by :meth:`set_execution`."""
         t = self.tower(tower)
         p = next(t.encoder.parameters(), None)
         if p is not None and p.is_floating_point() and x.dtype != p.dtype:
             x = x.to(p.dtype)
-        z = t.head(pool_features(t.encoder(x), (x.shape[-2], x.shape[-1])))
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        hw = (x.shape[-2], x.shape[-1])
+        if self.amp is None:
+            z = t.head(pool_features(t.encoder(x), hw))
+        else:
+            with torch.autocast(x.device.type, dtype=AMP_DTYPES[self.amp]):
+                z = t.head(pool_features(t.encoder(x), hw))
         return z if z.dtype == torch.float32 else z.float()
 
     def embed_pair(self, x1: Tensor, x2: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
@@ -572,13 +607,21 @@ class SimilarityModel(nn.Module):
         )
 
     # ------------------------------------------------------------------ feature maps
-    def embed_with_features(self, x: Tensor, tower: int = 1) -> tuple[Tensor, Tensor]:
+    def embed_with_features(
+        self, x: Tensor, tower: int = 1, grad_from_features: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Embedding (B, D) and the raw output of ``tower``'s feature layer, one forward pass.
 
         The raw output keeps its own layout ((B, C, h, w), (B, h, w, C) or (B, N, C));
         differentiate with respect to it and convert activation and gradient with
         :meth:`to_grid`. The first pass at each input size also reads the layout from the model
         (:func:`pairlens.models.layouts.probe_grid`).
+
+        ``grad_from_features=True``: the layers before the feature layer run without autograd
+        and its output is returned as a leaf requiring grad, from which the rest of the forward
+        pass is recorded (the CAM methods need gradients down to that layer only; this saves the
+        autograd bookkeeping and activation memory of the backbone below it). The gradient with
+        respect to that leaf is the same as with respect to the layer's output in a full graph.
         """
         t = self.tower(tower)
         if t.feature_layer is None:
@@ -590,16 +633,32 @@ class SimilarityModel(nn.Module):
         key = (self._index(tower), t.feature_layer, *x.shape[-2:])
         store: dict[str, Tensor] = {}
 
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            store["a"] = _first_tensor(out)
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+            a = _first_tensor(out)
+            if not grad_from_features:
+                store["a"] = a
+                return None
+            torch.set_grad_enabled(True)  # record from here on (restored below)
+            store["a"] = a.detach().requires_grad_(True)
+            a = store["a"].clone()  # later in-place ops must not touch the leaf
+            if isinstance(out, Tensor):
+                return a
+            if isinstance(out, (tuple, list)):
+                return [a, *out[1:]] if isinstance(out, list) else (a, *out[1:])
+            out[next(iter(out.keys()))] = a  # transformers' ModelOutput: its first field
+            return None
 
         handle = module.register_forward_hook(hook)
         probing = key not in self._probes
+        grad_mode = torch.is_grad_enabled()
         try:
+            if grad_from_features:
+                torch.set_grad_enabled(False)
             with probe_grid(t.encoder, module) if probing else nullcontext() as state:
                 z = self.embed(x, tower)
         finally:
             handle.remove()
+            torch.set_grad_enabled(grad_mode)
         if "a" not in store:
             raise ValueError(
                 f"feature layer {t.feature_layer!r} of model {self.name!r} did not run in the "
@@ -610,18 +669,20 @@ class SimilarityModel(nn.Module):
         return z, store["a"]
 
     def embed_pair_with_features(
-        self, x1: Tensor, x2: Tensor
+        self, x1: Tensor, x2: Tensor, grad_from_features: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Embeddings z1, z2 (checked as in :meth:`embed_pair`) and raw feature-layer outputs
         a1, a2 of image 1 (tower 1) and image 2 (tower 2); one pass for a one-tower model (then
-        a1 and a2 are slices of one tensor)."""
+        a1 and a2 are slices of one tensor). ``grad_from_features``: see
+        :meth:`embed_with_features`."""
+        g = grad_from_features
         if not self.two_towers:
-            z, a = self.embed_with_features(torch.cat([x1, x2]))
+            z, a = self.embed_with_features(torch.cat([x1, x2]), grad_from_features=g)
             b = len(x1)
             z1, z2, a1, a2 = z[:b], z[b:], a[:b], a[b:]
         else:
-            z1, a1 = self.embed_with_features(x1, 1)
-            z2, a2 = self.embed_with_features(x2, 2)
+            z1, a1 = self.embed_with_features(x1, 1, grad_from_features=g)
+            z2, a2 = self.embed_with_features(x2, 2, grad_from_features=g)
         check_embeddings(z1, "image 1", self.name, z2)
         return z1, z2, a1, a2
 
@@ -679,6 +740,7 @@ class SimilarityModel(nn.Module):
             reshape_transform2=t.reshape_transform,
         ).to(self.device)
         view.similarity_name = self.similarity_name
+        view.amp, view.channels_last = self.amp, self.channels_last  # (modules shared: converted)
         return view
 
     # ------------------------------------------------------------------ guided backprop
@@ -703,6 +765,7 @@ class SimilarityModel(nn.Module):
             "std": [round(v, 6) for v in self.std.flatten().tolist()],
             "feature_layer": self.feature_layer,
             "similarity": self.similarity_name,
+            **({"amp": self.amp} if self.amp else {}),
         }
         if self.two_towers:
             out["tower2"] = {
@@ -838,24 +901,28 @@ def similarity_feature_gradients(
     """Similarity (B,), feature grids A1, A2 (B, C, h, w) and dS/dA1, dS/dA2 (same shapes).
 
     One forward pass of the 2B images (one per tower for two-tower models) with a hook on the
-    feature layer and one backward pass down to that layer. Raises
-    :class:`BlankGradientError` when the gradient at the feature layer is exactly zero for a pair
-    (the layer does not reach the embedding: the message names the layer to use) or the
-    similarity is stationary.
+    feature layer (the layers below it without autograd) and one backward pass down to that
+    layer. Raises :class:`BlankGradientError` when the gradient at the feature layer is exactly
+    zero for a pair (the layer does not reach the embedding: the message names the layer to use)
+    or the similarity is stationary.
     """
     b = x1.shape[0]
     with torch.enable_grad():
-        frozen = not any(p.requires_grad for p in model.parameters())
-        a_in, c_in = x1.detach(), x2.detach()
-        if frozen:  # make the activations part of a graph
-            a_in, c_in = a_in.requires_grad_(True), c_in.requires_grad_(True)
         if not model.two_towers:
-            z, a = model.embed_with_features(torch.cat([a_in, c_in]))
+            z, a = model.embed_with_features(torch.cat([x1, x2]), grad_from_features=True)
             z1, z2 = z[:b], z[b:]
         else:
-            z1, a1 = model.embed_with_features(a_in, 1)
-            z2, a2 = model.embed_with_features(c_in, 2)
+            z1, a1 = model.embed_with_features(x1, 1, grad_from_features=True)
+            z2, a2 = model.embed_with_features(x2, 2, grad_from_features=True)
         s = model.embedding_similarity(z1, z2)
+        if not s.requires_grad:  # the feature layer's output never reaches the embedding
+            better = suggest_feature_layer(model.encoder)
+            raise BlankGradientError(
+                f"the similarity of model {model.name!r} does not depend on feature layer "
+                f"{model.feature_layer!r}: every CAM map would be blank; "
+                + (f"use feature_layer={better!r}" if better and better != model.feature_layer
+                   else "choose a layer whose output reaches the embedding")
+            )
         if not model.two_towers:
             g, dz1, dz2 = torch.autograd.grad(s.sum(), (a, z1, z2), materialize_grads=True)
             a1, a2, g1, g2 = a[:b], a[b:], g[:b], g[b:]
