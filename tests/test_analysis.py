@@ -297,6 +297,32 @@ def test_a_texture_only_encoder_is_flagged_every_time():
                                                                           abs=0.02)
 
 
+def test_batch_size_never_changes_a_probe_result(square, monkeypatch):
+    """batch_size (images per forward pass) reaches the methods and changes nothing."""
+    import pairlens.explanation
+
+    seen = []
+    real = pairlens.explanation.explain
+
+    def spy(*args, **kw):
+        seen.append(kw.get("batch_size"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pairlens.explanation, "explain", spy)
+    x01 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tex = [torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(1))]
+    pairs = T.texture_pairs(x01, tex, 2, patch=0.35, seed=0)
+    method = "conditional-occlusion[stride=4]"  # 36 windows per image
+    runs = [T.texture_probe(square, pairs, method, batch_size=b) for b in (None, 7)]
+    for a, b in zip(*runs, strict=True):
+        assert a["mass"] == pytest.approx(b["mass"], abs=1e-4)  # float32 batching
+    views = H.harmful_views(x01, seed=0)
+    runs = [H.harmful_probe(square, x01, views, None, method, batch_size=b) for b in (None, 7)]
+    for a, b in zip(*runs, strict=True):
+        assert a["object_mass"] == pytest.approx(b["object_mass"], abs=1e-4, nan_ok=True)
+    assert set(seen) == {None, 7}
+
+
 def test_texture_pairs_share_the_exact_patch_on_different_objects():
     objects = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     tex = [torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))]

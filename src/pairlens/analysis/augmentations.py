@@ -125,7 +125,7 @@ def transformed(model: SimilarityModel, spec: TransformSpec, x1: Tensor, x2: Ten
 
 def explain_dissection(
     model: SimilarityModel, x1: Tensor, x2: Tensor, spec: TransformSpec, guided: bool,
-    steps: int, seed: int, batch_size: int,
+    steps: int, seed: int, batch_size: int | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Averaged Transforms (paper mode) along the dissection path from x1 to T(x2): returns
     T(x2) (model-input space), map 1 (on x1), map 2 (on the last view, T(x2)'s frame) and a
@@ -149,7 +149,7 @@ def dissect_augmentations(
     metrics: Sequence[str] = PAPER_METRICS,
     steps: int = 10,
     step: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     pairs_per_unit: int = 8,
     seed: int = 0,
     out: str | Path | None = None,
@@ -169,7 +169,8 @@ def dissect_augmentations(
         metrics: pair metrics (:data:`pairlens.metrics.ALL_METRICS` except MS).
         steps: dissection steps Z of Averaged Transforms (the paper's 10).
         step: pixels per insertion / deletion step (default: the metric's, 224 at 224 px).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (None: the device-aware default); never changes
+            a result.
         pairs_per_unit: pairs per resumable unit (the results do not depend on it).
         seed: seed of the random transform draws (per pair: :func:`pair_generators`).
         out: output folder (``config.json``, ``records.jsonl``, ``table.md``, ``table.csv``,
@@ -323,7 +324,7 @@ def augmentation_table(records: Sequence[dict[str, Any]], metrics: Sequence[str]
 # ---------------------------------------------------------------------- figure
 def dissection_figure(
     model: SimilarityModel, x1: Tensor, x2: Tensor, specs: Sequence[TransformSpec],
-    steps: int = 10, seed: int = 0, batch_size: int = 256, columns: int = 5,
+    steps: int = 10, seed: int = 0, batch_size: int | None = None, columns: int = 5,
 ):
     """The dissection strip of Figs. 4-6 for one pair: one row per transform; x1 with its
     Averaged Transforms map, ``columns`` of the views lambda x1 + (1 - lambda) T(x2) along the

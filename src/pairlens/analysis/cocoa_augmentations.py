@@ -156,6 +156,7 @@ def cocoa_augmentations(
     augmentations: Sequence[str] = AUGMENTATIONS,
     n_masks: int = 5000,
     seed: int = 0,
+    batch_size: int | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     names: Sequence[str] | None = None,
@@ -171,6 +172,8 @@ def cocoa_augmentations(
         augmentations: names from :data:`AUGMENTATIONS` (``original`` is always included).
         n_masks: RISE masks per explicand (the paper's 5000).
         seed: seed of the augmentations and of the RISE masks.
+        batch_size: masked images per forward pass of RISE (None: the device-aware default);
+            never changes a result.
         out: output folder (``config.json``, ``records.jsonl``, ``maps.npz``, ``table.md``,
             ``table.csv``, ``cocoa-augmentations.png``).
         resume: continue an interrupted run.
@@ -211,6 +214,7 @@ def cocoa_augmentations(
         target = ContrastiveCorpus(model, xa[:1], foil_z)
         # the same RISE masks for every augmentation of an image
         att = torch.cat([attribute(target, xa[j : j + 1], method="rise", n_masks=n_masks,
+                                   batch_size=batch_size,
                                    seed=seed + i) for j in range(len(augs))]).cpu()
         with torch.no_grad():
             z = model.embed(xa)

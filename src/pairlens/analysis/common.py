@@ -272,15 +272,22 @@ def random_box(rng: Any, height: int, width: int, area: tuple[float, float],
 
 
 # ---------------------------------------------------------------------- explanations
-def explain_pairs(model: Any, x1: Tensor, x2: Tensor, method: str, **params: Any
+def explain_pairs(model: Any, x1: Tensor, x2: Tensor, method: str,
+                  batch_size: int | None = None, **params: Any
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """``pairlens.explain`` of the pairs (x1[i], x2[i]) as (similarity (B,), map 1, map 2), each
-    map (B, H, W). A pair the method refuses because its similarity is stationary (identical
-    embeddings: a gradient map would be blank, :class:`BlankGradientError`) gets NaN maps instead
-    of stopping the batch; the analyses count such pairs and never score them."""
+    map (B, H, W). ``batch_size`` (images per forward pass; None: the device-aware default) goes
+    to methods that take one, unless ``params`` sets it. A pair the method refuses because its
+    similarity is stationary (identical embeddings: a gradient map would be blank,
+    :class:`BlankGradientError`) gets NaN maps instead of stopping the batch; the analyses count
+    such pairs and never score them."""
     from pairlens.explanation import explain
+    from pairlens.methods.registry import get_method
     from pairlens.models.similarity import BlankGradientError
 
+    if batch_size is not None and "batch_size" not in params \
+            and "batch_size" in get_method(method).params:
+        params["batch_size"] = batch_size
     try:
         exp = explain(model, x1, x2, method=method, **params)
         return exp.score, exp.maps[0], exp.maps[1]

@@ -141,6 +141,7 @@ def harmful_probe(
     *,
     proxy: float = 0.2,
     pairs_per_unit: int = 10,
+    batch_size: int | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     description: dict[str, Any] | None = None,
@@ -157,6 +158,8 @@ def harmful_probe(
         methods: ``--methods`` syntax or a list of :class:`pairlens.study.loop.MethodSpec`.
         proxy: fraction of the clean map's pixels standing in for the subject without masks.
         pairs_per_unit: pairs per resumable unit.
+        batch_size: images per forward pass of the methods that take one (None: the
+            device-aware default); never changes a result.
         out: output folder (``config.json``, ``records.jsonl``, ``table.md``, ``table.csv``,
             ``harmful.png``).
         resume: continue an interrupted run.
@@ -184,7 +187,7 @@ def harmful_probe(
     def unit(spec: Any, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
         recs = _unit(model, spec, images01[sl], views.clean[sl], views.harmful[sl],
-                     None if masks is None else (masks[sl], views.masks[sl]), proxy)
+                     None if masks is None else (masks[sl], views.masks[sl]), proxy, batch_size)
         for r in recs:
             r["pair"] = start + r.pop("index")
         return recs
@@ -198,19 +201,20 @@ def harmful_probe(
         folder.write_csv("table.csv", summary)
         if figure_pairs > 0:
             folder.write_figure("harmful.png", harmful_figure(model, images01, views, specs[0],
-                                                              min(figure_pairs, n)))
+                                                              min(figure_pairs, n), batch_size))
     return records
 
 
-def _explain(model, spec, a01, b01):
+def _explain(model, spec, a01, b01, batch_size=None):
     score, map1, map2 = explain_pairs(model, model.normalize(a01.to(model.device)),
                                       model.normalize(b01.to(model.device)), spec.name,
-                                      **spec.given)
+                                      batch_size, **spec.given)
     return score.cpu(), map1.cpu(), map2.cpu()
 
 
-def _unit(model, spec, x, clean, harmful, masks, proxy):
-    out = {c: _explain(model, spec, x, v) for c, v in (("clean", clean), ("harmful", harmful))}
+def _unit(model, spec, x, clean, harmful, masks, proxy, batch_size=None):
+    out = {c: _explain(model, spec, x, v, batch_size)
+           for c, v in (("clean", clean), ("harmful", harmful))}
     if masks is None:  # the clean explanation's top pixels stand in for the subject
         _, c1, c2 = out["clean"]
         m1, m2, kind = top_fraction_mask(c1, proxy), top_fraction_mask(c2, proxy), "proxy"
@@ -275,7 +279,7 @@ def harmful_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def harmful_figure(model: SimilarityModel, images01: Tensor, views: HarmfulViews, spec: Any,
-                   n: int = 3):
+                   n: int = 3, batch_size: int | None = None):
     """For ``n`` images: the clean pair (x, v) and the harmful pair (x, h) with the maps of
     ``spec``, titled with the similarities."""
     import matplotlib
@@ -287,8 +291,8 @@ def harmful_figure(model: SimilarityModel, images01: Tensor, views: HarmfulViews
 
     fig, axes = plt.subplots(n, 4, squeeze=False, figsize=(7.0, 1.9 * n + 0.5))
     with progress_bars(False):
-        clean = _explain(model, spec, images01[:n], views.clean[:n])
-        harm = _explain(model, spec, images01[:n], views.harmful[:n])
+        clean = _explain(model, spec, images01[:n], views.clean[:n], batch_size)
+        harm = _explain(model, spec, images01[:n], views.harmful[:n], batch_size)
     for i in range(n):
         cells = [(images01[i], clean[1][i], f"x  (clean pair {float(clean[0][i]):.2f})"),
                  (views.clean[i], clean[2][i], "clean view"),

@@ -164,6 +164,7 @@ def texture_probe(
     *,
     threshold: float = 0.5,
     pairs_per_unit: int = 10,
+    batch_size: int | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     description: dict[str, Any] | None = None,
@@ -179,6 +180,8 @@ def texture_probe(
         threshold: a pair is explained by texture when the mean mass of its two maps inside the
             patch exceeds this.
         pairs_per_unit: pairs per resumable unit.
+        batch_size: images per forward pass of the methods that take one (None: the
+            device-aware default); never changes a result.
         out: output folder (``config.json``, ``records.jsonl``, ``table.md``, ``table.csv``,
             ``texture.png``).
         resume: continue an interrupted run.
@@ -208,7 +211,7 @@ def texture_probe(
 
     def unit(spec: Any, start: int) -> list[dict[str, Any]]:
         sl = slice(start, start + pairs_per_unit)
-        map1, map2 = _explain(model, x1[sl], x2[sl], spec)
+        map1, map2 = _explain(model, x1[sl], x2[sl], spec, batch_size)
         m1, m2 = mass_in(map1, pairs.mask1[sl]), mass_in(map2, pairs.mask2[sl])
         recs = []
         for i in range(len(map1)):
@@ -230,12 +233,14 @@ def texture_probe(
         folder.write_csv("table.csv", summary)
         if figure_pairs > 0:
             folder.write_figure("texture.png",
-                                texture_figure(model, pairs, specs, min(figure_pairs, n)))
+                                texture_figure(model, pairs, specs, min(figure_pairs, n),
+                                               batch_size))
     return records
 
 
-def _explain(model: SimilarityModel, x1: Tensor, x2: Tensor, spec: Any) -> tuple[Tensor, Tensor]:
-    _, map1, map2 = explain_pairs(model, x1, x2, spec.name, **spec.given)
+def _explain(model: SimilarityModel, x1: Tensor, x2: Tensor, spec: Any,
+             batch_size: int | None = None) -> tuple[Tensor, Tensor]:
+    _, map1, map2 = explain_pairs(model, x1, x2, spec.name, batch_size, **spec.given)
     return map1.cpu(), map2.cpu()
 
 
@@ -274,7 +279,7 @@ def texture_table(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> str
 
 
 def texture_figure(model: SimilarityModel, pairs: TexturePairs, specs: Sequence[Any],
-                   n: int = 3):
+                   n: int = 3, batch_size: int | None = None):
     """For ``n`` pairs: the two images (patch outlined) and every method's two maps."""
     import matplotlib
 
@@ -288,7 +293,7 @@ def texture_figure(model: SimilarityModel, pairs: TexturePairs, specs: Sequence[
     x1 = model.normalize(pairs.x1[:n].to(model.device))
     x2 = model.normalize(pairs.x2[:n].to(model.device))
     with progress_bars(False):
-        maps = [_explain(model, x1, x2, s) for s in specs]
+        maps = [_explain(model, x1, x2, s, batch_size) for s in specs]
     for i in range(n):
         for j, (img, mask) in enumerate(((pairs.x1[i], pairs.mask1[i]),
                                          (pairs.x2[i], pairs.mask2[i]))):

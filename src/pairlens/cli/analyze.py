@@ -223,8 +223,10 @@ def _common(a: argparse.ArgumentParser, name: str) -> None:
     a.add_argument("--out", default=f"pairlens-{name}", help="output folder (default: %(default)s)")
     a.add_argument("--resume", action="store_true",
                    help="continue the results in --out (settings must match)")
-    a.add_argument("--batch-size", type=argtype("int", 1), default=256,
-                   help="images per forward pass (default: %(default)s)")
+    if name != "invert":  # inversion optimises one batch of images: nothing to chunk
+        a.add_argument("--batch-size", type=argtype("int", 1), default=None, metavar="B",
+                       help="images per forward pass; changes speed and memory, never results "
+                       "(default: chosen from the device and image size)")
     a.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     a.add_argument("--threads", type=argtype("int", 1), default=None,
                    help="torch CPU threads")
@@ -359,7 +361,7 @@ def run_texture(args: argparse.Namespace) -> int:
     description = {"data": data, "textures": list(T.TEXTURE_PHOTOS), "texture_side": side,
                    "patch": args.patch, "seed": args.seed}
     with _progress(args):
-        T.texture_probe(model, pairs, _methods(args),
+        T.texture_probe(model, pairs, _methods(args), batch_size=args.batch_size,
                         threshold=args.threshold, out=args.out, resume=args.resume,
                         description=description)
     return _finish(args, "texture.png", began)
@@ -383,7 +385,7 @@ def run_harmful(args: argparse.Namespace) -> int:
     description = {"data": data, "images": names, "brightness": args.brightness,
                    "blur_sigma": args.blur_sigma, "proxy": args.proxy, "seed": args.seed}
     with _progress(args):
-        H.harmful_probe(model, x01, views, masks, _methods(args),
+        H.harmful_probe(model, x01, views, masks, _methods(args), batch_size=args.batch_size,
                         proxy=args.proxy, out=args.out, resume=args.resume,
                         description=description)
     return _finish(args, "harmful.png", began)
@@ -414,5 +416,6 @@ def run_cocoa(args: argparse.Namespace) -> int:
     with _progress(args):
         C.cocoa_augmentations(model, model.denormalize(x).clamp(0, 1), foil, labels=labels,
                               augmentations=augs, n_masks=args.n_masks, seed=args.seed,
+                              batch_size=args.batch_size,
                               out=args.out, resume=args.resume, names=names)
     return _finish(args, "cocoa-augmentations.png", began)
