@@ -396,13 +396,18 @@ def test_cocoa_augmentations_on_digits(tmp_path):
     x, y = digits("test")
     foil = model.normalize(digits("train")[0][:200])
     recs = C.cocoa_augmentations(model, x[:2], foil, labels=y[:2].tolist(), n_masks=200,
-                                 augmentations=["flip", "grayscale"], out=tmp_path)
-    assert [r["augmentation"] for r in recs] == ["original", "flip", "grayscale"] * 2
+                                 augmentations=["flip", "grayscale", "remasked"], out=tmp_path)
+    assert [r["augmentation"] for r in recs] == ["original", "flip", "grayscale",
+                                                 "remasked"] * 2
     orig = [r for r in recs if r["augmentation"] == "original"]
     assert all(r["class_kept"] and r["cosine"] == pytest.approx(1.0, abs=1e-5) for r in orig)
     # digits are grey: grayscale changes nothing, so its map is the original's
     grey = [r for r in recs if r["augmentation"] == "grayscale"]
     assert all(r["spearman"] > 0.99 for r in grey)
+    # the control: the very same image with other masks; only the mask noise differs
+    again = [r for r in recs if r["augmentation"] == "remasked"]
+    assert all(r["cosine"] == pytest.approx(1.0, abs=1e-5) and r["spearman"] < 0.99
+               for r in again)
     assert (tmp_path / "cocoa-augmentations.png").stat().st_size > 0
     assert "class kept" in (tmp_path / "table.md").read_text()
 

@@ -17,7 +17,10 @@ the foil's. Settings checked against the paper and its authors' code
   attribution (``relu``) on a symmetric red-blue scale; ours show each map minus its mean on that
   scale (see :func:`cocoa_figure`). All augmentations of an image
   are explained with the same masks (the authors draw fresh masks for each), so that their maps
-  differ because of the images, not because of the masks;
+  differ because of the images, not because of the masks. Shared masks also share the masks'
+  sampling noise, which inflates the agreement of two maps; the control ``remasked`` (the
+  original explained again with other masks) measures how far two maps of the *same* image agree
+  under independent masks: agreements below it are not evidence of a change;
 * the class prediction of each augmented image by the model's linear classifier, when it has one
   (the paper used SimCLR's ImageNet linear classifier);
 * the paper's foil is 1500 random ImageNet training images; here ``foil`` images of the data set
@@ -58,8 +61,11 @@ from pairlens.analysis.common import (
 from pairlens.models.similarity import SimilarityModel, pool_features
 
 AUGMENTATIONS = ("original", "flip", "crop", "crop-flip", "grayscale", "jitter", "cutout",
-                 "rotate-90")
+                 "rotate-90", "remasked")
 NOT_IN_SIMCLR = ("cutout", "rotate-90")
+#: the control: the original image explained with RISE masks of another seed (offset below)
+REMASKED = "remasked"
+REMASK_SEED_OFFSET = 1_000_003
 TOP = 0.2
 
 
@@ -87,7 +93,7 @@ def augment(x01: Tensor, name: str, seed: int) -> Augmented:
     _, h, w = x01.shape
     rng = np.random.default_rng(seed)
     same = lambda m: m  # noqa: E731 - the frame does not change
-    if name == "original":
+    if name in ("original", REMASKED):
         return Augmented(x01.clone(), same)
     if name == "flip":
         return Augmented(x01.flip(-1), lambda m: m.flip(-1))
@@ -212,10 +218,11 @@ def cocoa_augmentations(
         auged = [augment(x01, a, seed * 1_000_003 + i * 101 + j) for j, a in enumerate(augs)]
         xa = model.normalize(torch.stack([a.image for a in auged]))
         target = ContrastiveCorpus(model, xa[:1], foil_z)
-        # the same RISE masks for every augmentation of an image
+        # the same RISE masks for every augmentation of an image; other masks for the control
         att = torch.cat([attribute(target, xa[j : j + 1], method="rise", n_masks=n_masks,
                                    batch_size=batch_size,
-                                   seed=seed + i) for j in range(len(augs))]).cpu()
+                                   seed=seed + i + (REMASK_SEED_OFFSET if a == REMASKED else 0))
+                         for j, a in enumerate(augs)]).cpu()
         with torch.no_grad():
             z = model.embed(xa)
             cos = model.embedding_similarity(z[:1].expand_as(z), z).cpu()
@@ -288,7 +295,9 @@ def cocoa_table(rows: Sequence[dict[str, Any]]) -> str:
         f"top-{100 * TOP:.0f} % IoU vs original", "images"]
     out = []
     for r in rows:
-        cells = [r["augmentation"] + ("" if r["in_simclr"] else " (not in SimCLR)")]
+        note = ("" if r["in_simclr"] else " (not in SimCLR)") if r["augmentation"] != REMASKED \
+            else " (control: the original, other RISE masks)"
+        cells = [r["augmentation"] + note]
         if has_pred:
             cells.append(format_interval(row_interval(r, "class_kept"), percent=True)
                          if "class_kept" in r else "–")

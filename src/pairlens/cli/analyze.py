@@ -94,7 +94,8 @@ DESCRIPTIONS = {
         "colour jitter, cutout, rotation 90) are explained with COCOA + RISE, the image itself "
         "as corpus and other images as foil; class predictions (when the model has a "
         "classifier), cosine and COCOA score to the original, and the agreement of each map "
-        "with the original's map.",
+        "with the original's map, next to the control 'remasked' (the original explained with "
+        "other RISE masks: the agreement that mask noise alone allows).",
     ),
 }
 
@@ -197,7 +198,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="images (default: %(default)s)")
     a.add_argument("--augmentations", default=None,
                    help="comma-separated (default: original,flip,crop,crop-flip,grayscale,"
-                   "jitter,cutout,rotate-90)")
+                   "jitter,cutout,rotate-90,remasked; remasked is the control: the original "
+                   "explained with other RISE masks)")
     a.add_argument("--foil", type=argtype("int", 1), default=1000, metavar="M",
                    help="foil images (default: %(default)s, or all available)")
     a.add_argument("--n-masks", type=argtype("int", 1), default=5000,
