@@ -47,13 +47,15 @@ EXAMPLES = {
 """,
 }
 
-#: measured wall-clock times at the default size (1 CPU thread of a shared 2-core machine)
+#: CPU time at the default size, measured with /usr/bin/time on one thread (--threads 1) for the
+#: runs of docs/analyses.md; wall time on the loaded shared 2-core machine was 10-15 times longer
 TIMES = {
-    "augmentations": "digits ~1 min, photos ~12 min",
-    "invert": "digits with --compare ~1 min, photos ~2 min",
-    "texture": "digits ~1 min, photos ~6 min",
-    "harmful-augmentations": "digits ~1 min, photos ~3 min",
-    "cocoa-augmentations": "digits ~1 min, photos ~12 min",
+    "augmentations": "digits 0.8 CPU-min (a quarter of the 32-pair run's 3.1), photos 6.1 CPU-min",
+    "invert": "digits with --compare 0.2 CPU-min, photos with --compare 0.7 CPU-min",
+    "texture": "digits 0.6 CPU-min, photos 2.3 CPU-min",
+    "harmful-augmentations": "digits 0.1 CPU-min, photos 0.15 CPU-min",
+    "cocoa-augmentations": "digits 1.0 CPU-min, photos about 7 CPU-min (estimated: 2 images "
+                           "with 2000 masks took 1.8)",
 }
 
 DESCRIPTIONS = {
@@ -118,7 +120,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, (short, long) in DESCRIPTIONS.items():
         parsers[name] = a = analyses.add_parser(
             name, help=short,
-            description=f"{long} Default size: {TIMES[name]} (measured, see docs/analyses.md).",
+            description=f"{long} Time at the default size, measured on one CPU thread: "
+            f"{TIMES[name]} (see docs/analyses.md).",
             epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter)
         _common(a, name)
     a = parsers["augmentations"]
