@@ -11,7 +11,10 @@ channels (Mahendran & Vedaldi's R_V^beta; beta = 2 in the reference code the pap
 from). Defaults are the paper's text (checked: the authors' repository fawazsammani/explain-cl does
 not contain this experiment): x starts from N(0, 0.1^2); SGD, momentum 0.9, 200 iterations,
 learning rate 1e4 multiplied by 0.1 every 50 iterations; tv_weight 1e-8 (beta 2); alpha = 6,
-alpha_weight 1e-7; the feature loss is the mean squared error.
+alpha_weight 1e-7; the feature loss is the mean squared error. (That reference code, Utku
+Ozbulak's ``pytorch-cnn-visualizations`` ``inverted_representation.py``, has the same start,
+optimiser and priors, but its feature loss is 0.1 x ||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 and it
+decays the learning rate every 40 iterations; we follow the paper's text.)
 
 The learning rate 1e4 was tuned for a ResNet-50 at 224 px; the size of a layer's gradients depends
 on the model, and 1e4 makes the optimisation diverge on the bundled models (NaN within a few
