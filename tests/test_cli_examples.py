@@ -99,6 +99,22 @@ def shrink(command: str) -> str:
         command = re.sub(pattern, replacement, command)
     if command.startswith("pairlens train") and "--steps-per-epoch" not in command:
         command += " --steps-per-epoch 2"
+    if command.startswith("pairlens analyze"):  # the analyses at their smallest
+        for pattern, replacement in ((r"--pairs \d+", "--pairs 2"), (r"--images \d+", "--images 1"),
+                                     (r"n_masks=\d+", "n_masks=50"),
+                                     (r"--iterations \d+", "--iterations 3")):
+            command = re.sub(pattern, replacement, command)
+        kind = command.split()[2]
+        extra = {"augmentations": "--pairs 2 --transforms rotation@90 --variants non-guided",
+                 "invert": "--images 1 --iterations 3 --layers stem",
+                 "texture": "--pairs 2 --methods grad-cam,random",
+                 "harmful-augmentations": "--pairs 2 --methods grad-cam",
+                 "cocoa-augmentations": "--images 1 --param n_masks=50 --foil-size 20 "
+                                        "--augmentations flip"}.get(kind, "")
+        for option in re.findall(r"(--[a-z-]+ \S+)", extra):  # only what the example leaves open
+            if option.split()[0] not in command:
+                command += " " + option
+        command += " --threads 1"
     if command.startswith("pairlens corpus-eval") and "--report" not in command:
         if "--classes" not in command:
             command += " --seeds 0 --classes 3 --corpus-size 20 --foil-size 30"
@@ -237,7 +253,8 @@ def test_help_example_runs(command, workspace, request, monkeypatch, capsys):
 def test_examples_are_found_everywhere():
     commands = {path.split()[0] for path, _ in EXAMPLES}
     assert {"explain", "methods", "models", "download", "evaluate", "report", "corpus",
-            "corpus-eval", "train", "eval-classifier", "study", "demo", "correspond"} <= commands
+            "corpus-eval", "train", "eval-classifier", "study", "demo", "correspond",
+            "analyze"} <= commands
     assert len(EXAMPLES) >= 30
     for _, command in EXAMPLES:  # the shared spellings only, never a deprecated one
         for old in ("--method ", "--db ", "--all-methods", "--clip-checkpoint", "--forward-batch",

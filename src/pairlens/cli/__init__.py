@@ -29,6 +29,7 @@ COMMAND_MODULES = (  # in the order --help lists them: explain first, then the p
     "pairlens.cli.eval_classifier",  # eval-classifier
     "pairlens.cli.study",  # study excon
     "pairlens.cli.demo",  # demo
+    "pairlens.cli.analyze",  # analyze augmentations|invert|texture|harmful-augmentations|...
 )
 
 

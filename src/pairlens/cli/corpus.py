@@ -115,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "probe (default: the bundled digits model): four targets x three attribution methods "
         "and random attributions, same-class and different-class explicands, insertion and "
         "deletion of corpus majority probability and contrastive corpus similarity, means and "
-        "95%% CIs over seeds. Results go to the corpus_results table of --store; the tables to "
+        "95 % CIs over seeds. Results go to the corpus_results table of --store; the tables to "
         "--out/corpus-eval.md.",
         EVAL_EXAMPLES,
     )

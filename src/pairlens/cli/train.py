@@ -38,6 +38,7 @@ TRAIN_EXAMPLES = """examples:
       # 3.6 min of CPU time (11 min wall on this 2-core machine while shared)
   pairlens train exconb --data my_classes/ --arch resnet-mini --epochs 100 --device cuda \\
       --out runs/mine                                                   # a GPU job
+  pairlens train cross-entropy --data digits --arch digits-cnn --epochs 15 --out runs/digits-ce
 
 Times: user + system CPU time measured on this project's 2-core CPU (the bundled models' from
 their model cards in src/pairlens/models/weights/); "shared" means other jobs ran meanwhile.
@@ -49,6 +50,14 @@ SIMCLR = (
     "NT-Xent loss on the projection head. With labelled data (digits, or a folder with one "
     "sub-folder per class) a k-NN validation accuracy is logged every epoch and a linear probe "
     "on the backbone features is fitted at the end and stored in model.pt.",
+)
+
+CROSS_ENTROPY = (
+    "supervised classifier (cross-entropy, crop-only views): a contrastive model's twin",
+    "Plain supervised training: backbone + linear classifier, cross-entropy on one random "
+    "resized crop per image (no colour jitter, grayscale or blur). Used for the supervised twin "
+    "of a contrastive model (same --arch), e.g. for pairlens analyze invert. model.pt holds the "
+    "classifier; its only embedding is the backbone.",
 )
 
 SUPERVISED_MODES = {
@@ -106,11 +115,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              "class)", temperature=0.1)
         add_supervised_options(m)
         m.set_defaults(func=run_supervised, mode=name)
+    ce = command_parser(modes, "cross-entropy", CROSS_ENTROPY[0], CROSS_ENTROPY[1],
+                        TRAIN_EXAMPLES)
+    add_training_options(ce, data_help="digits | cluttered-digits | photos (one class per "
+                         "training photo) | DIR (one sub-folder per class)", temperature=None)
+    ce.add_argument("--data-seed", type=argtype("int", 0), default=0,
+                    help="seed of the train / val / test split (default: %(default)s)")
+    ce.set_defaults(func=run_cross_entropy)
 
 
-def add_training_options(p: argparse.ArgumentParser, data_help: str, temperature: float) -> None:
-    """The options every training mode shares. Numbers are checked at parse time by the ranges
-    the trainer declares (:class:`~pairlens.training.simclr.TrainConfig`)."""
+def add_training_options(p: argparse.ArgumentParser, data_help: str,
+                         temperature: float | None) -> None:
+    """The options every training mode shares (``--temperature`` unless ``temperature`` is None:
+    a mode without a contrastive loss). Numbers are checked at parse time by the ranges the
+    trainer declares (:class:`~pairlens.training.simclr.TrainConfig`)."""
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--arch", default=None,
                    help="architecture: digits-cnn | resnet-mini | resnet18 "
@@ -125,8 +143,9 @@ def add_training_options(p: argparse.ArgumentParser, data_help: str, temperature
                    help="(default: %(default)s)")
     p.add_argument("--warmup-epochs", type=train_arg("warmup_epochs"), default=1.0,
                    help="linear warm-up, then cosine decay (default: %(default)s)")
-    p.add_argument("--temperature", type=train_arg("temperature"), default=temperature,
-                   help="τ of the contrastive loss (default: %(default)s)")
+    if temperature is not None:
+        p.add_argument("--temperature", type=train_arg("temperature"), default=temperature,
+                       help="τ of the contrastive loss (default: %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out exactly where it stopped")
     p.add_argument("--image-size", type=train_arg("image_size"), default=None,
@@ -171,9 +190,10 @@ def _train_config(args: argparse.Namespace):
     if (Path(args.out) / "checkpoint.pt").exists() and not args.resume:
         raise UsageError(f"{Path(args.out) / 'checkpoint.pt'} exists; pass --resume to continue "
                          "it or choose another --out")
+    loss = {"temperature": args.temperature} if hasattr(args, "temperature") else {}
     return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, temperature=args.temperature,
+        weight_decay=args.weight_decay, **loss,
         warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
         data=args.data, image_size=args.image_size,
@@ -274,3 +294,55 @@ def _finish(out: Output, folder: str, summary: dict[str, Any]) -> int:
     text = "\n".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
                      for k, v in summary.items() if v is not None)
     return out.finish(text)
+
+
+def run_cross_entropy(args: argparse.Namespace) -> int:
+    """``pairlens train cross-entropy``: the supervised twin of a contrastive model."""
+    import torch
+
+    from pairlens.data.loading import DIGITS_LIKE, load_labelled_data, load_training_data
+    from pairlens.training.augment import AugmentConfig
+    from pairlens.training.classify import (
+        ClassifierNet,
+        accuracy,
+        supervised_augment,
+        train_cross_entropy,
+    )
+
+    out, config, arch_name, arch, load_size, bad = _prepare(args, "train cross-entropy")
+    if args.data == "photos":  # instance classification: one class per training photo
+        from pairlens.data import bundled
+
+        images, labels, _ = load_training_data("photos", load_size)
+        # the held-out stereo view of motorcycle_left is the only unseen image of a class
+        val_images = bundled.photos_tensor(load_size, ("motorcycle_right",))[0]
+        val_labels = torch.tensor([bundled.TRAIN_PHOTOS.index("motorcycle_left")])
+        test_images, test_labels = val_images, val_labels
+    else:
+        images, labels = usage(load_labelled_data, args.data, "train", args.data_seed,
+                               load_size, bad)
+        val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size,
+                                                    bad)
+        test_images, test_labels = load_labelled_data(args.data, "test", args.data_seed,
+                                                      load_size, bad)
+    _record_skipped(out, args.out, bad)
+    digits_like = args.data.split(":", 1)[0] in DIGITS_LIKE
+    out.say(f"training {arch_name} with cross-entropy on {args.data} ({len(images)} train, "
+            f"{len(val_images)} val images); output in {args.out}")
+    net, classifier, log = train_cross_entropy(
+        _float01(images), labels, _float01(val_images), val_labels, arch_name, config,
+        augment=supervised_augment(AugmentConfig.digits() if digits_like
+                                   else AugmentConfig.photos()),
+    )
+    test_acc = accuracy(ClassifierNet(net.backbone, classifier), _float01(test_images),
+                        test_labels, arch.mean, arch.std, size=arch.input_size)
+    summary: dict[str, Any] = {
+        "epochs": len(log), "final_loss": log[-1]["loss"] if log else None,
+        "val_accuracy": log[-1].get("val_accuracy") if log else None, "test_accuracy": test_acc}
+    return _finish(out, args.out, summary)
+
+
+def _float01(images):
+    import torch
+
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
