@@ -341,3 +341,25 @@ def test_evaluate_estimate_on_stores_with_methods_partly_or_fully_done(tmp_path,
     assert run([*args, "--methods", "grad-cam,random", "--store", straight, "--yes"],
                capsys)[0] == 0
     assert values(db) == values(straight)
+
+
+def test_execution_options_reach_the_model(tmp_path, capsys):
+    """--amp / --channels-last (explain, evaluate) are applied by the shared model loader."""
+    import argparse
+
+    from pairlens.cli import build_parser
+    from pairlens.cli.options import load_model
+
+    for command in (["explain"], ["evaluate"]):
+        args = build_parser().parse_args([*command, "--model", "digits", "--amp", "bf16",
+                                          "--channels-last", "--device", "cpu"])
+        assert args.amp == "bf16" and args.channels_last
+    model = load_model(argparse.Namespace(model="digits", checkpoint=None, embedding=None,
+                                          device="cpu", amp="bf16", channels_last=True))
+    assert model.amp == "bf16" and model.channels_last
+    plain = load_model(argparse.Namespace(model="digits", checkpoint=None, embedding=None,
+                                          device="cpu"))
+    assert plain.amp is None and not plain.channels_last
+    code, out, _ = run(["explain", "--model", "digits", "--amp", "bf16", "--device", "cpu",
+                        "--out", tmp_path, "--json", "--quiet"], capsys)
+    assert code == 0 and json.loads(out)["pairs"][0]["results"][0]["similarity"] > -1

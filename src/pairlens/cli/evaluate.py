@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "resumes; under torchrun the pairs are sharded across processes.",
         EVALUATE_EXAMPLES,
     )
-    add_model_options(p, default_help="digits for --data digits, else photos")
+    add_model_options(p, default_help="digits for --data digits, else photos", execution=True)
     d = p.add_argument_group("pairs")
     d.add_argument("--data", default="digits",
                    help="digits[:split] | photos | image folder | list file (default: digits)")
