@@ -12,8 +12,10 @@ reference code, all measured in one run (so machine load affects every side alik
 * **reference**: ``benchmarks/reference_impl.py``, the paper's code re-written as plain batch-1
   loops (see its docstring for where each loop comes from).
 
-The metrics are timed on a random (tie-free) map, and PairLens's six values are checked against the
-reference's (they must agree to 1e-3). Peak RSS is that of the whole process at the end of each
+The three sides of a row are timed in interleaved blocks of calls (``common.timed_together``),
+so that a change of machine load during the run affects them alike. The metrics are timed on a
+random (tie-free) map, and PairLens's six values are checked against the reference's (they must
+agree to 1e-3). Peak RSS is that of the whole process at the end of each
 model (the methods run in the order printed).
 
 Usage:  python benchmarks/methods.py [--models digits,resnet50] [--repeats 3] [--threads 2]
@@ -37,7 +39,7 @@ from common import (  # noqa: E402
     pair,
     peak_rss_mb,
     set_clock,
-    timed,
+    timed_together,
 )
 
 import pairlens  # noqa: E402
@@ -145,22 +147,31 @@ def bench_model(model_name: str, names: list[str], repeats: int, execution: dict
             maps = (torch.rand(1, h, w, generator=g), torch.rand(1, h, w, generator=g))
             if not execution.get("amp"):
                 check_metrics(model, x1, x2, maps, step)
-            t_ours = timed(lambda maps=maps, step=step: pairlens.evaluate(
-                model, x1, x2, maps, metrics=METRICS, step=step), repeats)
-            t_ref = timed(lambda maps=maps, step=step: ref.six_metrics(model, x1, x2, *maps, step),
-                          repeats)
+            params: dict = {}
+
+            def ours(maps=maps, step=step):
+                pairlens.evaluate(model, x1, x2, maps, metrics=METRICS, step=step)
+
+            def theirs(maps=maps, step=step):
+                ref.six_metrics(model, x1, x2, *maps, step)
+
             label = "six metrics"
         else:
             params = get_method(name).params
-            t_ours = timed(lambda name=name: pairlens.explain(model, x1, x2, method=name), repeats)
             kw = {}
             if name == "conditional-occlusion":  # the sizes PairLens scales to the image
                 kw = {"w_size": scaled(64, min(h, w)), "stride": scaled(8, min(h, w))}
-            t_ref = timed(lambda name=name, kw=kw: ref.METHODS[name](model, x1, x2, **kw),
-                          repeats)
+
+            def ours(name=name):
+                pairlens.explain(model, x1, x2, method=name)
+
+            def theirs(name=name, kw=kw):
+                ref.METHODS[name](model, x1, x2, **kw)
+
             label = name
-        t_floor = timed(floor_fn(model, name, {} if name == "metrics" else params, x1, x2, step),
-                        repeats)
+        # interleaved (ours, floor, reference, ours, ...): load changes hit all three alike
+        t_ours, t_floor, t_ref = timed_together(
+            [ours, floor_fn(model, name, params, x1, x2, step), theirs], repeats)
         row = (f"| {model_name} | {label} | {t_ours:.4f} | {t_floor:.4f} | {t_ref:.4f} | "
                f"{t_ours / t_floor:.2f} | {t_ours / t_ref:.2f} |")
         print(row, flush=True)
