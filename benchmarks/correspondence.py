@@ -32,6 +32,7 @@ import torchvision
 
 import pairlens
 from pairlens.methods.registry import get_method
+from pairlens.runtime import resolve_batch_size
 
 METHODS = ("feature-grid", "bilrp", "integrated-jacobians")
 
@@ -66,7 +67,7 @@ def vjps(z: torch.Tensor, wrt: torch.Tensor, k: int, per_call: int) -> None:
 def floor_fn(model, name: str, params: dict, x1, x2, lrp: bool = False):
     """A plain-PyTorch function doing exactly the passes the method needs."""
     x = torch.cat([x1, x2])
-    bs = params["batch_size"]
+    bs = resolve_batch_size(params["batch_size"], x1, grad=True)  # None: the method's default
 
     if name == "feature-grid":
         def run():
