@@ -444,8 +444,6 @@ def test_batch_size_knob_with_two_towers_and_fixed_targets(kind):
         info = next(i for i in method_infos() if i.name == name)
         if kind == "target" and info.pairs_only:
             continue
-        if name == "bilrp":  # no LRP rules for the toy towers' LayerNorm (test_towers.py)
-            continue
         out = {}
         for bs in (1, 1000):
             sizes: list[int] = []
