@@ -50,7 +50,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import as_grid, check_grid_fits, pair_generators, regrid, upsample
+from pairlens.methods.common import (
+    as_grid,
+    check_grid_fits,
+    pair_embeddings,
+    pair_generators,
+    regrid,
+    upsample,
+)
 from pairlens.methods.registry import NotApplicableError, PairRelevance, register_method
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_embeddings
 from pairlens.runtime import resolve_batch_size
@@ -391,7 +398,7 @@ def bilrp(
     batch_size = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2) if k is not None else []
     with torch.no_grad():
-        z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
+        z1, z2 = pair_embeddings(model, x1, x2, batch_size)  # checked; batch_size images a pass
     s = model.embedding_similarity(z1, z2)
     c = bilinear_scale(model, z1, z2)
     u, w = embedding_directions(z1, z2, k, gens)
@@ -491,8 +498,9 @@ def integrated_jacobians(
     xs = (x1.detach(), x2.detach())
     refs = tuple(reference_image(model, x, reference, t) for t, x in zip((1, 2), xs, strict=True))
     with torch.no_grad():
-        z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
-        zr1, zr2 = model.embed_pair(refs[0], refs[1], check=False)
+        # checked: non-finite or zero embeddings raise; at most batch_size images per pass
+        z1, z2 = pair_embeddings(model, x1, x2, batch_size)
+        zr1, zr2 = pair_embeddings(model, refs[0], refs[1], batch_size, check=False)
     s = model.embedding_similarity(z1, z2)
     c = bilinear_scale(model, z1, z2)
     a1, a2 = z1 - zr1, z2 - zr2
