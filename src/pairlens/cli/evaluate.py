@@ -11,6 +11,7 @@ EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db
+  pairlens evaluate --data composites --pairs 200 --methods all --store composites.db
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda
   torchrun --standalone --nproc_per_node 4 $(which pairlens) evaluate ...  (pairs are sharded)
@@ -36,20 +37,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EVALUATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default=None, help="registered model name (default: digits)")
+    p.add_argument("--model", default=None,
+                   help="registered model name (default: composites for --data composites, "
+                   "digits otherwise)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
     p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
     p.add_argument("--data", default="digits",
-                   help="digits[:split] | photos | image folder | list file (default: digits)")
+                   help="digits[:split] | photos | composites (pairs with ground truth) | "
+                   "image folder | list file (default: digits)")
     p.add_argument("--pairs", type=int, default=None, metavar="N",
-                   help="number of pairs (default: every image once / every listed pair)")
-    p.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"))
+                   help="number of pairs (default: every image once / every listed pair / 200 "
+                   "composites pairs)")
+    p.add_argument("--pair-mode", default=None,
+                   choices=("augmented", "same-class", "list", "shared-object"),
+                   help="default: shared-object for composites, augmented otherwise")
     p.add_argument("--methods", default="all",
                    help="all | comma-separated names, variants as name[key=value;key=value]")
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
-    p.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
-                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS (default: %(default)s)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS and, with ground truth "
+                   "(composites), PG,EPG (default: SI,SD,CI,CD,SAD,CAD, plus PG,EPG for "
+                   "composites)")
     p.add_argument("--step", type=int, default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     p.add_argument("--ms-samples", type=int, default=10, help="max-sensitivity noise samples")
@@ -88,7 +97,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from pairlens.cli.explain import load_cli_model
     from pairlens.study.loop import Shard, parse_methods, parse_metrics, run_evaluation
-    from pairlens.study.pairs import PairSet
+    from pairlens.study.pairs import PairSet, default_pair_mode, is_composites
     from pairlens.study.store import ResultStore
 
     if args.threads:
@@ -100,19 +109,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.step is not None and args.step < 1:
         raise ValueError("--step must be >= 1")
     specs = parse_methods(args.methods, args.param)
-    metrics = parse_metrics(args.metrics)
+    composites = is_composites(args.data)
+    default_metrics = "SI,SD,CI,CD,SAD,CAD" + (",PG,EPG" if composites else "")
+    metrics = parse_metrics(args.metrics or default_metrics)
+    model_name = args.model or ("composites" if composites else "digits")
     shard = Shard.from_env()
     dist = _init_distributed(shard)
     device = args.device
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    model = load_cli_model(args.model or "digits", args.checkpoint, args.embedding, device)
-    model_key = args.model or "digits"
+    model = load_cli_model(model_name, args.checkpoint, args.embedding, device)
+    model_key = model_name
     if args.checkpoint:
         model_key += f"@{Path(args.checkpoint).name}"
     if args.embedding:
         model_key += f"#{args.embedding}"
-    pairs = PairSet(model, args.data, mode=args.pair_mode, n=args.pairs, seed=args.seed)
+    pairs = PairSet(model, args.data, mode=args.pair_mode or default_pair_mode(args.data),
+                    n=args.pairs, seed=args.seed)
     if shard.rank == 0:  # create the schema once before the other ranks open the file
         ResultStore(args.store).close()
     _barrier(dist)

@@ -2,9 +2,10 @@
 
 Metric names: ``SI``, ``SD``, ``CI``, ``CD`` (insertion / deletion AUC, simultaneous and
 conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates) and ``MS``
-(maximum sensitivity, which needs the method). Arrows: higher is better for SI, CI, SAI, CAI;
-lower is better for SD, CD, SAD, CAD, MS. A metric never knows which method made the maps, except
-MS, which recomputes the explanation of noisy inputs.
+(maximum sensitivity, which needs the method), ``PG``, ``EPG`` (pointing game and energy-based
+pointing game against ground-truth masks, :mod:`pairlens.metrics.ground_truth`). Arrows: higher is
+better for SI, CI, SAI, CAI, PG, EPG; lower is better for SD, CD, SAD, CAD, MS. A metric never
+knows which method made the maps, except MS, which recomputes the explanation of noisy inputs.
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ from pairlens.metrics.faithfulness import (
     n_steps,
     pixel_ranks,
 )
+from pairlens.metrics.ground_truth import (
+    GROUND_TRUTH_METRICS,
+    energy_pointing_game,
+    ground_truth_scores,
+    pointing_game,
+)
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
 from pairlens.models.similarity import SimilarityModel
 
-ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS")
+ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *GROUND_TRUTH_METRICS)
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": False,
-                    "CAD": False, "SAI": True, "CAI": True, "MS": False}
+                    "CAD": False, "SAI": True, "CAI": True, "MS": False, "PG": True,
+                    "EPG": True}
 
 
 def evaluate(
@@ -49,6 +57,7 @@ def evaluate(
     ms_samples: int = 10,
     ms_radius: float = 0.2,
     seed: int = 0,
+    masks: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
@@ -66,11 +75,14 @@ def evaluate(
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
             the explanation when it is a ``PairExplanation``.
         ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]).
+        masks: ground-truth ``(mask1, mask2)``, each (B, H, W) bool, needed by ``PG`` / ``EPG``
+            only (e.g. from :func:`pairlens.data.composites.pair_batch`).
 
     Returns:
         ``{name: (B,) float tensor}`` on the model's device. ``SAD`` / ``CAD`` are NaN for pairs
         whose unaltered similarity is <= 0 (skipped, as the definition divides by it); count them
-        with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map.
+        with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map. ``PG`` / ``EPG``
+        are NaN for an empty mask (``EPG`` also for a constant map).
 
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
@@ -119,6 +131,16 @@ def evaluate(
                                       z1=z1, z2=z2)
         for name in need_drop:
             out[name] = drops[name]
+    if any(m in GROUND_TRUTH_METRICS for m in wanted):
+        if masks is None:
+            raise ValueError("metrics PG / EPG need ground-truth masks: pass masks=(mask1, mask2) "
+                             "(the composites data provides them)")
+        mask1, mask2 = (torch.as_tensor(m).to(map1.device).bool() for m in masks)
+        for m, which in ((mask1, 1), (mask2, 2)):
+            if tuple(m.shape) != expected:
+                raise ValueError(f"mask {which} has shape {tuple(m.shape)}; expected {expected}")
+        gt = ground_truth_scores(map1, map2, mask1, mask2)
+        out.update({m: gt[m] for m in wanted if m in GROUND_TRUTH_METRICS})
     if "MS" in wanted:
         if method is None:
             raise ValueError("metric MS needs the method: pass method=... (and method_params)")
@@ -138,19 +160,23 @@ def _maps(explanation_or_maps: Any) -> tuple[Tensor, Tensor]:
 __all__ = [
     "ALL_METRICS",
     "DEFAULT_METRICS",
+    "GROUND_TRUTH_METRICS",
     "HIGHER_IS_BETTER",
     "SanityResult",
     "auc",
     "average_drop_increase",
     "default_step",
+    "energy_pointing_game",
     "evaluate",
     "gaussian_blur",
+    "ground_truth_scores",
     "insertion_deletion_curves",
     "map_ssim",
     "max_sensitivity",
     "minmax",
     "n_steps",
     "pixel_ranks",
+    "pointing_game",
     "sanity_check",
     "spearman",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pairlens.methods.registry import get_method, method_infos
-from pairlens.metrics import ALL_METRICS, evaluate
+from pairlens.metrics import ALL_METRICS, GROUND_TRUTH_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
@@ -172,6 +172,10 @@ def run_evaluation(
     from tqdm.auto import tqdm
 
     ms = {"samples": ms_samples} if "MS" in metrics else {}
+    ground_truth = [m for m in metrics if m in GROUND_TRUTH_METRICS]
+    if ground_truth and not pairs.has_masks:
+        raise ValueError(f"metric(s) {', '.join(ground_truth)} need ground-truth masks; "
+                         f"--data {pairs.data} has none (use --data composites)")
     setting = setting_key(pairs, step, ms)
     units: list[tuple[MethodSpec, str, list[int]]] = []
     summary = RunSummary()
@@ -198,9 +202,10 @@ def run_evaluation(
             t0 = time.perf_counter()
             exp = _explain(model, x1, x2, spec)
             t1 = time.perf_counter()
+            masks = pairs.masks(ids) if ground_truth else None
             scores = evaluate(model, x1, x2, exp, metrics=metrics, step=step,
                               batch_size=forward_batch, return_curves=True,
-                              ms_samples=ms_samples, seed=0)
+                              ms_samples=ms_samples, seed=0, masks=masks)
             t2 = time.perf_counter()
             k = len(ids)
             results = []

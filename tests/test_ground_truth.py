@@ -1,0 +1,194 @@
+"""The composites benchmark (data, pairs, training batches) and the ground-truth metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pairlens
+from pairlens.data import composites as C
+from pairlens.metrics import evaluate
+from pairlens.metrics.ground_truth import energy_pointing_game, pointing_game
+from pairlens.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
+
+
+# ---------------------------------------------------------------- metrics against plain loops
+def ref_pointing(m: torch.Tensor, mask: torch.Tensor) -> float:
+    values = m.flatten().tolist()
+    inside = mask.flatten().tolist()
+    if not any(inside):
+        return math.nan
+    top = max(values)
+    at_max = [i for i, v in enumerate(values) if v == top]
+    return sum(inside[i] for i in at_max) / len(at_max)
+
+
+def ref_energy(m: torch.Tensor, mask: torch.Tensor) -> float:
+    values = m.flatten().tolist()
+    inside = mask.flatten().tolist()
+    lo, hi = min(values), max(values)
+    if not any(inside) or hi == lo:
+        return math.nan
+    e = [(v - lo) / (hi - lo) for v in values]
+    return sum(v for v, i in zip(e, inside, strict=True) if i) / sum(e)
+
+
+def test_pointing_games_match_plain_loops_with_ties():
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randint(0, 3, (6, 9, 7), generator=g).float()  # few levels: many tied maxima
+    maps[1] = 2.5  # constant map
+    maps[2, 4, 4] = 9.0  # one clear maximum
+    masks = torch.rand(6, 9, 7, generator=g) < 0.3
+    masks[3] = False  # empty mask
+    masks[2, 4, 4] = True
+    pg, epg = pointing_game(maps, masks), energy_pointing_game(maps, masks)
+    for i in range(6):
+        for got, ref in ((pg[i], ref_pointing(maps[i], masks[i])),
+                         (epg[i], ref_energy(maps[i], masks[i]))):
+            if math.isnan(ref):
+                assert math.isnan(float(got))
+            else:
+                assert float(got) == pytest.approx(ref, abs=1e-6)
+    assert float(pg[2]) == 1.0
+    assert float(pg[1]) == pytest.approx(float(masks[1].float().mean()))  # constant map: chance
+    assert math.isnan(float(epg[1]))  # a constant map has no energy
+
+
+def test_pointing_games_guard_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        pointing_game(torch.full((1, 4, 4), math.nan), torch.ones(1, 4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        energy_pointing_game(torch.zeros(1, 4, 4), torch.ones(1, 4, 5, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------- the data
+def test_library_objects_and_masks():
+    lib = C.object_library()
+    assert len(lib) == C.N_OBJECTS == 75
+    assert len({o.name for o in lib}) == 75
+    for obj in lib:
+        assert obj.rgb.shape[1:] == obj.alpha.shape
+        assert float(obj.rgb.min()) >= 0 and float(obj.rgb.max()) <= 1
+        assert bool((obj.alpha >= C.MASK_THRESHOLD).any())
+        # cropped to the mask: every border row/column touches the object
+        inside = obj.alpha >= C.MASK_THRESHOLD
+        assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_pairs_share_exactly_one_object_and_masks_are_exact(size):
+    for pid in range(6):
+        pair = C.composite_pair(pid, seed=3, size=size)
+        ids1 = {p.object_id for p in pair.layout1.objects}
+        ids2 = {p.object_id for p in pair.layout2.objects}
+        assert ids1 & ids2 == {pair.shared}
+        assert len(ids1) == len(ids2) == 1 + C.DEFAULT_DISTRACTORS
+        x1, x2, m1, m2 = pair.render()
+        assert x1.shape == (3, size, size) and m1.shape == (size, size) and m1.dtype == torch.bool
+        assert m1.any() and m2.any()
+        for layout, x, m in ((pair.layout1, x1, m1), (pair.layout2, x2, m2)):
+            scene = C.render(layout)
+            assert torch.equal(scene.image, x)
+            masks = scene.masks
+            assert int(masks.sum(0).max()) == 1  # objects never overlap
+            # the shared object's mask is exactly where the picture changes when it is removed
+            without = C.render(layout.without([pair.shared])).image
+            changed = (without - x).abs().amax(0) > 0
+            assert not (m & ~changed).any()  # every mask pixel changes (alpha >= 0.5)
+            place = next(p for p in layout.objects if p.object_id == pair.shared)
+            box = torch.zeros_like(m)
+            box[place.top : place.top + place.height, place.left : place.left + place.width] = True
+            assert not (changed & ~box).any()  # nothing outside its box changes
+
+
+def test_pair_does_not_depend_on_batch():
+    x1, x2, m1, m2 = C.pair_batch([4, 0, 7], seed=1)
+    alone = C.pair_batch([7], seed=1)
+    assert torch.equal(x1[2], alone[0][0]) and torch.equal(m2[2], alone[3][0])
+    other_seed = C.pair_batch([7], seed=2)
+    assert not torch.equal(alone[0], other_seed[0])
+
+
+def test_training_batch_distractors_are_distinct():
+    g = torch.Generator().manual_seed(0)
+    anchors = [3, 10, 3, 40]
+    state = g.get_state()
+    v1, v2 = C.shared_object_batch(anchors, g, size=64)
+    assert v1.shape == v2.shape == (4, 3, 64, 64)
+    # replay the generator to recover the layouts: the distractors are the batch's first draw
+    g.set_state(state)
+    pool = [i for i in range(C.N_OBJECTS) if i not in set(anchors)]
+    drawn = [pool[i] for i in torch.randperm(len(pool), generator=g)[: 2 * 4 * 2].tolist()]
+    assert len(set(drawn)) == len(drawn) and not set(drawn) & set(anchors)
+    with pytest.raises(ValueError, match="distinct objects"):
+        C.shared_object_batch(list(range(16)), g)
+
+
+# ---------------------------------------------------------------- an encoder with a known answer
+KEY = (1.0, 0.0, 1.0)
+
+
+class KeyRegionEncoder(nn.Module):
+    """Sees only the pixels of one exact colour (the shared object, painted with it)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        for conv in (self.conv1, self.conv2):
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.5)
+                conv.bias.copy_(torch.rand(conv.bias.shape, generator=g) * 0.1)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("key", torch.tensor(KEY).view(1, 3, 1, 1))
+        self.features = nn.Identity()
+
+    def forward(self, x):
+        region = ((x * self.std + self.mean - self.key).abs().amax(1, keepdim=True) < 1e-4)
+        region = region.float().detach()
+        h = F.relu(self.conv1(x * region)) * region
+        h = F.relu(self.conv2(h)) * region
+        return self.features(F.avg_pool2d(h, 2))
+
+
+def key_painted_pairs(n: int, size: int = 64):
+    x1, x2, m1, m2 = C.pair_batch(range(n), seed=0, size=size)
+    key = torch.tensor(KEY).view(1, 3, 1, 1)
+    x1 = torch.where(m1[:, None], key, x1)
+    x2 = torch.where(m2[:, None], key, x2)
+    return x1, x2, m1, m2
+
+
+def test_ground_truth_region_encoder_gives_pointing_game_one():
+    torch.manual_seed(1)
+    model = SimilarityModel(KeyRegionEncoder(), head=nn.Linear(16, 8), feature_layer="features",
+                            input_size=(64, 64), crop_fraction=1.0, name="key-region")
+    x01_1, x01_2, m1, m2 = key_painted_pairs(6)
+    x1, x2 = model.normalize(x01_1), model.normalize(x01_2)
+    # the encoder's region is exactly the ground truth
+    enc = model.encoder
+    for x, m in ((x1, m1), (x2, m2)):
+        seen = (x * enc.std + enc.mean - enc.key).abs().amax(1) < 1e-4
+        assert torch.equal(seen, m)
+    scores = {}
+    for method in ("input-x-gradient", "random"):
+        exp = pairlens.explain(model, x1, x2, method=method)
+        scores[method] = evaluate(model, x1, x2, exp, metrics=("PG", "EPG"), masks=(m1, m2))
+    assert torch.equal(scores["input-x-gradient"]["PG"], torch.ones(6))
+    assert torch.allclose(scores["input-x-gradient"]["EPG"], torch.ones(6))
+    assert float(scores["random"]["PG"].mean()) < 0.5
+    assert float(scores["random"]["EPG"].mean()) < 0.2  # about the masks' area fraction
+
+
+def test_evaluate_needs_masks_for_ground_truth_metrics(square):
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="masks"):
+        evaluate(square, x, x, (torch.rand(1, 32, 32), torch.rand(1, 32, 32)), metrics=("PG",))
+    with pytest.raises(ValueError, match="mask 2"):
+        evaluate(square, x, x, (torch.rand(1, 32, 32), torch.rand(1, 32, 32)), metrics=("EPG",),
+                 masks=(torch.ones(1, 32, 32), torch.ones(1, 16, 16)))
