@@ -19,6 +19,8 @@ TRAIN_EXAMPLES = """examples:
       --batch-size 32 --out runs/photos
   pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda --out runs/mine
   pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits --resume
+  pairlens train simclr --data composites --epochs 40 --steps-per-epoch 100 --batch-size 12 \
+      --out runs/composites   (positives = two scenes sharing an object)
 """
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -46,7 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Self-supervised SimCLR training (Chen et al. 2020): two SimCLR-augmented "
         "views per image, NT-Xent loss on the projection head. With labelled data (digits, or a "
         "folder with one sub-folder per class) a k-NN validation accuracy is logged every epoch "
-        "and a linear probe on the backbone features is fitted at the end and stored in model.pt.",
+        "and a linear probe on the backbone features is fitted at the end and stored in model.pt. "
+        "With --data composites the positives are two scenes that share an object instead "
+        "(shared-object pairs; --batch-size counts anchor objects, at most 15; "
+        "--steps-per-epoch is required), and the similarity drop when the shared object or a "
+        "distractor is removed is measured at the end and stored in model.pt.",
     )
     from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
 
@@ -70,10 +76,12 @@ def add_mode(
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True,
-                   help="digits | photos | DIR (images, optionally one sub-folder per class)")
+                   help="digits | photos | composites (simclr only) | DIR (images, optionally "
+                   "one sub-folder per class)")
     p.add_argument("--arch", default=None,
-                   help="architecture: digits-cnn | resnet-mini | resnet18 "
-                   "(default: digits-cnn for digits, resnet-mini otherwise)")
+                   help="architecture: digits-cnn | resnet-mini | resnet-mini-64 | resnet18 "
+                   "(default: digits-cnn for digits, resnet-mini-64 for composites, resnet-mini "
+                   "otherwise)")
     p.add_argument("--epochs", type=int, default=30, help="epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128,
                    help="source images per step; each gives two views (default: %(default)s)")
@@ -146,6 +154,8 @@ def run_simclr(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data == "composites" and not Path(args.data).exists():
+        return run_shared_object(args)
     arch_name = args.arch or ("digits-cnn" if args.data == "digits" else "resnet-mini")
     arch = get_architecture(arch_name)
     load_size = args.image_size or round(arch.input_size[0] / 0.7)
@@ -173,6 +183,48 @@ def run_simclr(args: argparse.Namespace) -> int:
         summary.update(attach_view_cosines(Path(args.out) / "model.pt", images, augment))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def run_shared_object(args: argparse.Namespace) -> int:
+    """``pairlens train simclr --data composites``: positives = scenes sharing an object."""
+    from pairlens.training.composites import train_shared_object
+    from pairlens.training.simclr import TrainConfig
+
+    arch_name = args.arch or "resnet-mini-64"
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, temperature=args.temperature,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+    )
+    print(f"training {arch_name} on composites scenes (positives share an object); "
+          f"output in {args.out}")
+    _, log = train_shared_object(arch_name, config)
+    summary: dict[str, Any] = {"epochs": len(log), "final_loss": log[-1]["loss"] if log else None}
+    summary.update(attach_removal_drops(Path(args.out) / "model.pt"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def attach_removal_drops(model_path: Path, n_pairs: int = 200, seed: int = 1) -> dict:
+    """Similarity drops when the shared object / a distractor is removed
+    (:func:`pairlens.training.composites.removal_drops`, benchmark pairs of seed 1, never used in
+    training), for both embeddings, stored in the ``meta`` of ``model_path``."""
+    import torch
+
+    from pairlens.training.composites import removal_drops
+    from pairlens.training.simclr import _atomic_torch_save, load_trained
+
+    out: dict[str, Any] = {}
+    for embedding in ("projector", "backbone"):
+        r = removal_drops(load_trained(model_path, embedding), n_pairs=n_pairs, seed=seed)
+        r.pop("per_pair")
+        out.update({f"{k}_{embedding}": v for k, v in r.items() if k not in ("n_pairs", "seed")})
+    out.update(removal_pairs=n_pairs, removal_seed=seed)
+    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state.setdefault("meta", {}).update(out)
+    _atomic_torch_save(state, model_path)
+    return out
 
 
 def knn_hook(train_x, train_y, val_x, val_y, mean, std):

@@ -6,7 +6,9 @@ Files written to ``out``:
   table like Tables I-IV (methods x SI, SD, CI, CD, SAD, CAD and the increase rates, arrows for the
   direction, the best value per column in bold, skipped pairs counted), Table V (MS), Table VI
   (mean seconds per pair), the Fig. 14 heatmap, mean insertion / deletion curves and, with
-  ``downstream``, the Fig. 15 scatter with Pearson coefficients;
+  ``downstream``, the Fig. 15 scatter with Pearson coefficients; for stores with ground truth
+  (``--data composites``) a ground-truth table: every method's pointing game (PG) and energy
+  pointing game (EPG) next to the ``random`` baseline's, with 95 % intervals;
 * ``metrics.csv`` (study, method, metric, mean, std, n, skipped), ``timings.csv``,
   ``heatmap.csv``, ``downstream.csv`` (with ``downstream``);
 * ``heatmap.png``, ``curves-<k>.png`` (one per study), ``downstream.png``.
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pairlens.io import atomic_write
-from pairlens.metrics import HIGHER_IS_BETTER
+from pairlens.metrics import GROUND_TRUTH_METRICS, HIGHER_IS_BETTER
 from pairlens.report.tables import GROUPS, Study, build_studies, pearson
 from pairlens.study.store import read_tables
 
@@ -49,7 +51,7 @@ def _atomic_write(path: Path, data: bytes | str) -> Path:
 # ------------------------------------------------------------------------------ tables
 def metric_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """Header, rows and bold flags of the Tables I-IV table of a study (MS excluded)."""
-    metrics = [m for m in study.metrics() if m != "MS"]
+    metrics = [m for m in study.metrics() if m != "MS" and m not in GROUND_TRUTH_METRICS]
     header = ["method"] + [f"{m} {_arrow(m)}" for m in metrics] + ["pairs", "skipped (SAD/CAD)"]
     best = {m: study.best(m) for m in metrics}
     rows, bold = [], []
@@ -61,6 +63,57 @@ def metric_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bo
         rows.append([label] + [_fmt(study.value(label, m)) for m in metrics]
                     + [str(n), "/".join(map(str, skipped)) or "–"])
         bold.append([False] + [best[m] == label for m in metrics] + [False, False])
+    return header, rows, bold
+
+
+def _interval(cell) -> str:
+    """``mean [lo, hi]``: 95 % normal-approximation interval of the mean over pairs
+    (mean ± 1.96·s/√n with the sample standard deviation s)."""
+    if cell is None or cell.n == 0 or math.isnan(cell.mean):
+        return "–"
+    if cell.n < 2:
+        return f"{cell.mean:.3f}"
+    half = 1.96 * cell.std * math.sqrt(cell.n / (cell.n - 1)) / math.sqrt(cell.n)
+    return f"{cell.mean:.3f} [{cell.mean - half:.3f}, {cell.mean + half:.3f}]"
+
+
+def ground_truth_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Every method's PG and EPG (mean and 95 % interval over pairs) next to ``random``'s; empty
+    when the study has no ground-truth metrics. Bold: the method's interval lies above random's
+    mean."""
+    metrics = [m for m in GROUND_TRUTH_METRICS if any(mm == m for _, mm in study.cells)]
+    if not metrics:
+        return [], [], []
+    baseline = next((lab for lab in study.methods if lab.split("[", 1)[0] == "random"), None)
+    header = ["method"]
+    for m in metrics:
+        header += [f"{m} ↑ [95 % interval]", f"random {m}"]
+    header.append("pairs")
+    rows, bold = [], []
+    for label in study.methods:
+        if label == baseline:
+            continue
+        row, flags = [label], [False]
+        for m in metrics:
+            cell, base = study.cells.get((label, m)), study.cells.get((baseline, m))
+            row += [_interval(cell), _fmt(base.mean) if base else "–"]
+            above = False
+            if cell and base and cell.n > 1:
+                half = 1.96 * cell.std * math.sqrt(cell.n / (cell.n - 1)) / math.sqrt(cell.n)
+                above = cell.mean - half > base.mean
+            flags += [above, False]
+        n = max((c.n + c.skipped for m in metrics if (c := study.cells.get((label, m)))),
+                default=0)
+        rows.append(row + [str(n)])
+        bold.append(flags + [False])
+    if baseline is not None:
+        row = [baseline]
+        for m in metrics:
+            row += [_interval(study.cells.get((baseline, m))), "–"]
+        n = max((c.n + c.skipped for m in metrics if (c := study.cells.get((baseline, m)))),
+                default=0)
+        rows.append(row + [str(n)])
+        bold.append([False] * len(row) + [False])
     return header, rows, bold
 
 
@@ -351,6 +404,11 @@ def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tup
         header, rows, bold = metric_table(study)
         out.append((f"Metrics: {study.title}", "table", (header, rows, bold),
                     f"curves-{k}.png" if study.curves else None))
+    for study in studies:
+        header, rows, bold = ground_truth_table(study)
+        if rows:
+            out.append((f"Ground truth (pointing game, energy pointing game): {study.title}",
+                        "table", (header, rows, bold), None))
     header, rows, bold = sensitivity_table(studies)
     if rows:
         out.append(("Maximum sensitivity (Table V)", "table", (header, rows, bold), None))
