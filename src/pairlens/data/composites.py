@@ -33,7 +33,7 @@ fixed order, so a seed gives the same scene everywhere):
 1. background: a uniformly chosen texture, a random square crop of side ``U{96..256}`` px (of the
    texture at its own resolution), resized to ``S`` (bilinear, antialiased), multiplied by a
    brightness ``U(0.45, 0.85)`` so that the objects stand out;
-2. each object: its longest side becomes ``U(0.25, 0.42)·S`` px (aspect ratio kept; bilinear,
+2. each object: its longest side becomes ``U(0.3, 0.5)·S`` px (aspect ratio kept; bilinear,
    antialiased), photo objects are mirrored with probability 0.5 (digits never), its colour is
    multiplied by ``U(0.8, 1.2)`` (clamped to [0, 1]); its top-left corner is uniform among the
    positions where its box lies inside the image and does not overlap (with a 1 px gap) the box
@@ -81,7 +81,7 @@ ELLIPSES = {
 }
 BACKGROUNDS = ("grass", "gravel", "brick", "moon", "immunohistochemistry", "hubble_deep_field")
 N_COINS = 6
-OBJECT_SIDE = (0.25, 0.42)  # longest side as a fraction of the scene side
+OBJECT_SIDE = (0.3, 0.5)  # longest side as a fraction of the scene side
 BACKGROUND_CROP = (96, 256)
 BACKGROUND_BRIGHTNESS = (0.45, 0.85)
 OBJECT_BRIGHTNESS = (0.8, 1.2)
