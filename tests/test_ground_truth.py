@@ -192,3 +192,54 @@ def test_evaluate_needs_masks_for_ground_truth_metrics(square):
     with pytest.raises(ValueError, match="mask 2"):
         evaluate(square, x, x, (torch.rand(1, 32, 32), torch.rand(1, 32, 32)), metrics=("EPG",),
                  masks=(torch.ones(1, 32, 32), torch.ones(1, 16, 16)))
+
+
+# ---------------------------------------------------------------- evaluate --data composites
+def _toy64(checkpoint=None, embedding=None, **kw):
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2),
+                        nn.ReLU())
+    return SimilarityModel(enc, head=nn.Linear(16, 8), feature_layer="2", input_size=(64, 64),
+                           crop_fraction=1.0, name="toy64")
+
+
+def test_evaluate_cli_on_composites_stores_ground_truth_and_reports_it(tmp_path, capsys):
+    import sqlite3
+
+    from pairlens.cli import main
+    from pairlens.models.registry import _MODELS, register_model
+
+    if "toy64" not in _MODELS:
+        register_model("toy64", summary="toy", input_size=(64, 64))(_toy64)
+    db = tmp_path / "gt.db"
+    args = ["evaluate", "--model", "toy64", "--data", "composites", "--pairs", "3",
+            "--methods", "grad-cam,random", "--metrics", "PG,EPG", "--store", str(db),
+            "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT method, pair_id, metric, value FROM results").fetchall()
+    assert len(rows) == 2 * 3 * 2
+    assert all(0.0 <= v <= 1.0 for *_, v in rows)
+    # the stored PG is the pointing game of the maps on the benchmark's own masks
+    from pairlens.study import PairSet
+
+    model = _toy64()
+    pairs = PairSet(model, "composites", mode="shared-object", n=3)
+    x1, x2 = pairs.batch([0, 1, 2])
+    m1, m2 = pairs.masks([0, 1, 2])
+    exp = pairlens.explain(model, x1, x2, method="grad-cam")
+    expected = evaluate(model, x1, x2, exp, metrics=("PG",), masks=(m1, m2))["PG"]
+    stored = sorted((pid, v) for meth, pid, met, v in rows if meth == "grad-cam" and met == "PG")
+    assert [v for _, v in stored] == pytest.approx(expected.tolist())
+
+    assert main(["report", str(db), "--out", str(tmp_path / "rep"), "--format", "md"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    table = md.split("## Ground truth")[1]
+    assert "| grad-cam |" in table and "| random |" in table
+
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "toy64", "--data", "digits", "--pairs", "1",
+                 "--methods", "random", "--metrics", "PG", "--store", str(tmp_path / "x.db"),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pairlens: error:") and "composites" in err and "\n" not in err
