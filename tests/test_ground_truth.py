@@ -243,3 +243,64 @@ def test_evaluate_cli_on_composites_stores_ground_truth_and_reports_it(tmp_path,
                  "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pairlens: error:") and "composites" in err and "\n" not in err
+
+
+# ---------------------------------------------------------------- the shared-object trainer
+def _shared_object_run(out, epochs, fail_after_epoch=None):
+    from pairlens.training.composites import train_shared_object
+    from pairlens.training.simclr import TrainConfig, TrainingInterrupted
+
+    config = TrainConfig(epochs=epochs, batch_size=4, steps_per_epoch=2, lr=1e-3,
+                         temperature=0.2, out=str(out), resume=(out / "checkpoint.pt").exists(),
+                         device="cpu", progress=False)
+    hooks = []
+    if fail_after_epoch is not None:
+        def crash(trainer, epoch, row):
+            if epoch == fail_after_epoch + 1:
+                raise TrainingInterrupted("simulated crash")
+        hooks.append(crash)
+    return train_shared_object("resnet-mini-64", config, hooks=hooks)
+
+
+def test_shared_object_training_resumes_exactly(tmp_path):
+    from pairlens.training.simclr import TrainingInterrupted, load_trained
+
+    net, log = _shared_object_run(tmp_path / "full", epochs=2)
+    assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
+    with pytest.raises(TrainingInterrupted):
+        _shared_object_run(tmp_path / "crash", epochs=2, fail_after_epoch=1)
+    resumed, _ = _shared_object_run(tmp_path / "crash", epochs=2)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    model = load_trained(tmp_path / "full" / "model.pt")
+    assert model.input_size == (64, 64) and model.feature_layer == "layer3"
+    with pytest.raises(ValueError, match="batch-size"):
+        from pairlens.training.composites import train_shared_object
+        from pairlens.training.simclr import TrainConfig
+
+        train_shared_object("resnet-mini-64", TrainConfig(batch_size=16, steps_per_epoch=1))
+
+
+def test_removal_drops_match_a_plain_loop():
+    from pairlens.training.composites import removal_drops
+
+    model = _toy64()
+    res = removal_drops(model, n_pairs=3, seed=5)
+
+    def sim(a, b):
+        with torch.no_grad():
+            return float(model.similarity(model.normalize(a[None]), model.normalize(b[None])))
+
+    for i in range(3):
+        pair = C.composite_pair(i, 5, 64)
+        x1, x2 = C.render(pair.layout1).image, C.render(pair.layout2).image
+        s = sim(x1, x2)
+        no1 = C.render(pair.layout1.without([pair.shared])).image
+        no2 = C.render(pair.layout2.without([pair.shared])).image
+        d1 = C.render(pair.layout1.without(pair.distractors(1)[:1])).image
+        d2 = C.render(pair.layout2.without(pair.distractors(2)[:1])).image
+        shared = res["per_pair"]["drop_shared"][i].tolist()
+        distractor = res["per_pair"]["drop_distractor"][i].tolist()
+        assert shared == pytest.approx([s - sim(no1, x2), s - sim(x1, no2)], abs=1e-5)
+        assert distractor == pytest.approx([s - sim(d1, x2), s - sim(x1, d2)], abs=1e-5)
+    assert 0.0 <= res["retrieval_top1"] <= 1.0
