@@ -19,8 +19,8 @@ TRAIN_EXAMPLES = """examples:
       --batch-size 32 --out runs/photos
   pairlens train simclr --data my_images/ --arch resnet18 --epochs 100 --device cuda --out runs/mine
   pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits --resume
-  pairlens train simclr --data composites --epochs 40 --steps-per-epoch 100 --batch-size 12 \
-      --out runs/composites   (positives = two scenes sharing an object)
+  pairlens train simclr --data composites --epochs 40 --steps-per-epoch 100 --batch-size 24 \
+      --distractors 1 --out runs/composites   (positives = two scenes sharing an object)
 """
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     _train_sub = p.add_subparsers(dest="mode", metavar="MODE")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
-    add_mode(
+    simclr = add_mode(
         "simclr",
         run_simclr,
         help="SimCLR: NT-Xent on two augmented views per image (no labels)",
@@ -50,10 +50,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "folder with one sub-folder per class) a k-NN validation accuracy is logged every epoch "
         "and a linear probe on the backbone features is fitted at the end and stored in model.pt. "
         "With --data composites the positives are two scenes that share an object instead "
-        "(shared-object pairs; --batch-size counts anchor objects, at most 15; "
-        "--steps-per-epoch is required), and the similarity drop when the shared object or a "
-        "distractor is removed is measured at the end and stored in model.pt.",
+        "(shared-object pairs; --batch-size counts anchor objects, at most 75 / (1 + 2 K) "
+        "with K = --distractors; --steps-per-epoch is required), and the similarity drop when "
+        "the shared object or a distractor is removed is measured at the end and stored in "
+        "model.pt.",
     )
+    simclr.add_argument("--distractors", type=int, default=2, metavar="K",
+                        help="composites only: distractor objects per training scene "
+                        "(default: %(default)s)")
     from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
 
     add_modes(_train_sub)
@@ -199,7 +203,7 @@ def run_shared_object(args: argparse.Namespace) -> int:
     )
     print(f"training {arch_name} on composites scenes (positives share an object); "
           f"output in {args.out}")
-    _, log = train_shared_object(arch_name, config)
+    _, log = train_shared_object(arch_name, config, n_distractors=args.distractors)
     summary: dict[str, Any] = {"epochs": len(log), "final_loss": log[-1]["loss"] if log else None}
     summary.update(attach_removal_drops(Path(args.out) / "model.pt"))
     print(json.dumps(summary, indent=2))
