@@ -26,14 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pairlens.data import composites
-from pairlens.models.bundled import ContrastiveNet, bundle_state, get_architecture
+from pairlens.models.bundled import ContrastiveNet, get_architecture
 from pairlens.training.losses import supcon_loss
-from pairlens.training.simclr import (
-    ContrastiveTrainer,
-    EpochHook,
-    TrainConfig,
-    _atomic_torch_save,
-)
+from pairlens.training.simclr import ContrastiveTrainer, EpochHook, TrainConfig, fit_and_bundle
 
 MODE = "shared-object"
 
@@ -109,15 +104,7 @@ def train_shared_object(
     loss = SharedObjectLoss(h, config.temperature, n_distractors)
     trainer = ContrastiveTrainer(net, images, labels, config, loss, mean=spec.mean, std=spec.std,
                                  hooks=hooks)
-    log = trainer.fit()
-    net.eval()
-    if trainer.out is not None:
-        _atomic_torch_save(
-            bundle_state(net.cpu(), arch, config=config.to_dict(), epochs_done=trainer.epoch),
-            trainer.out / "model.pt",
-        )
-        net.to(trainer.device)
-    return net, log
+    return net, fit_and_bundle(trainer, arch)
 
 
 # ---------------------------------------------------------------------- what the model learned
