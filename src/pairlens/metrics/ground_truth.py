@@ -11,10 +11,11 @@ is scored against its image's mask, and the two scores are averaged:
   mask** (Quantus' ``PointingGame`` counts a hit if *any* of them is inside, which gives a constant
   map a hit whenever the mask is not empty; here a constant map scores the mask's area fraction,
   i.e. chance);
-* **energy-based pointing game** ``EPG`` (Wang et al., *Score-CAM*, CVPRW 2020, §4.2): the map is
-  min-max normalised to [0, 1] (:func:`pairlens.metrics.faithfulness.minmax`, as Score-CAM's maps
-  are) and the score is the fraction of its total mass inside the mask,
-  ``Σ_{mask} m / Σ m``. A constant map (no energy after normalisation) gives NaN (skipped).
+* **energy-based pointing game** ``EPG`` (Wang et al., *Score-CAM*, CVPRW 2020): the fraction of
+  the map's total mass inside the mask, ``Σ_{mask} m / Σ m``. Score-CAM scores non-negative CAM
+  maps; PairLens maps may have any offset or sign, so each map is first min-max normalised to
+  [0, 1] (:func:`pairlens.metrics.faithfulness.minmax`, our choice: an offset is not energy). A
+  constant map (no energy after normalisation) gives NaN (skipped).
 
 Chance level: a map that ignores the image scores the mask's area fraction on average in both
 metrics (a few per cent on composites), which is what the ``random`` baseline measures.
