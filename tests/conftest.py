@@ -90,3 +90,26 @@ def pair_batch(b: int = 2, size: int = 32, seed: int = 0) -> tuple[torch.Tensor,
     x1 = torch.rand(b, 3, size, size, generator=g)
     x2 = (x1 + 0.3 * torch.rand(b, 3, size, size, generator=g)).clamp(0, 1)
     return (x1 - 0.5) / 0.25, (x2 - 0.5) / 0.25
+
+
+def bomb_png(path, width: int = 28_000, height: int = 28_000):
+    """Write a valid 1-bit black PNG of ``width x height`` pixels that is small on disk (about
+    100 KB at 28000 x 28000, 784 megapixels: decoding it as RGB would take 2.4 GB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
+    comp = zlib.compressobj(9)
+    rows_per_block = max(1, (1 << 22) // len(row))
+    parts = []
+    for start in range(0, height, rows_per_block):
+        parts.append(comp.compress(row * min(rows_per_block, height - start)))
+    parts.append(comp.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts))
+    path.write_bytes(data + chunk(b"IEND", b""))
+    return path

@@ -217,8 +217,10 @@ def test_errors_are_clear(cocoa_setup):
     model, target, x = cocoa_setup
     with pytest.raises(ValueError, match="unknown attribution method"):
         pairlens.attribute(target, x, "lime")
-    with pytest.raises(ValueError, match="does not take n_masks"):
+    with pytest.raises(ValueError, match="has no parameter n_masks"):
         pairlens.attribute(target, x, "integrated-gradients", n_masks=10)
+    with pytest.raises(ValueError, match="n_masks must be an integer >= 1; got 0"):
+        pairlens.attribute(target, x, "rise", n_masks=0)
     with pytest.raises(ValueError, match="holds 2 explicands"):
         pairlens.attribute(targets.LabelFree(model, x), x[:1], "rise")
     with pytest.raises(ValueError, match="reduce"):

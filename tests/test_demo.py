@@ -83,12 +83,14 @@ def test_coerce_params_converts_widget_values(method, raw, expected):
     ("method", "raw", "needle"),
     [
         ("smoothgrad", {"n_samples": 100000}, "n_samples must be between"),
-        ("smoothgrad", {"n_samples": 2.5}, "whole number"),
-        ("smoothgrad", {"noise_level": "lots"}, "must be a number"),
+        ("smoothgrad", {"n_samples": 2.5}, "must be an integer >= 1; got 2.5"),
+        ("smoothgrad", {"noise_level": "lots"}, "must be a number >= 0"),
+        ("smoothgrad", {"guided": "perhaps"}, "true or false"),
         ("pairwise-occlusion", {"area": "0.3"}, "two numbers"),
         ("pairwise-occlusion", {"area": "0.5, 0.1"}, "lo <= hi"),
         ("interaction-cam", {"reduction": "median"}, "must be one of"),
         ("conditional-occlusion", {"stride": 1}, "stride must be between"),
+        ("conditional-occlusion", {"window": 0}, "window must be an integer >= 1"),
     ],
 )
 def test_coerce_params_rejects_bad_values_naming_the_parameter(method, raw, needle):

@@ -644,7 +644,9 @@ def test_missing_checkpoint_and_unsafe_pickles(files):
         pairlens.load_model("simsiam-r50")
     path = files / "pickled_object.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "config": _Config()}, path)
-    assert "weights_only" in one_line_error("simsiam-r50", path)
+    msg = one_line_error("simsiam-r50", path)
+    assert "pickled Python objects" in msg and str(path) in msg
+    assert "weights_only" not in msg  # never the advice to load it with weights_only=False
     text = files / "notes.pth"
     text.write_text("hello")
     assert "not a" in one_line_error("dino-r50", text)

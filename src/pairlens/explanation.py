@@ -141,29 +141,26 @@ def explain(
             image is taken as a batch of one.
         method: a name from :func:`pairlens.methods`.
         sources: optional descriptions of the two images, kept in the saved metadata.
-        **params: the method's parameters (see ``pairlens methods``); unknown names are an error.
+        **params: the method's parameters (see ``pairlens methods``), checked and converted by
+            :meth:`~pairlens.methods.registry.MethodInfo.validate` (unknown names, values of the
+            wrong type or out of range are an error naming the parameter and its valid range);
+            ``exp.params`` records every parameter exactly as used.
 
     Returns:
         A :class:`PairExplanation` with one (B, H, W) map per image.
 
     Raises:
-        ValueError: unknown method or parameter, mismatched shapes, NaN/inf inputs, or a NaN map.
+        ValueError: unknown method or parameter, an invalid parameter value, mismatched shapes,
+            NaN/inf inputs, integer tensors other than uint8 pixels, or a NaN map.
     """
     info = get_method(method)
-    defaults = info.params
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"method {info.name!r} has no parameter {', '.join(unknown)}; "
-            f"its parameters: {', '.join(defaults) or '(none)'}"
-        )
+    used = info.validate(params)  # strict types and ranges, defaults filled in
     x1 = model.check_input(x1, "image 1")
     x2 = model.check_input(x2, "image 2")
     if x1.shape != x2.shape:
         raise ValueError(
             f"the two batches must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}"
         )
-    used = {**defaults, **params}
     start = time.perf_counter()
     map1, map2, score = info.fn(model, x1, x2, **used)
     if score is None:

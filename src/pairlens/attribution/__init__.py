@@ -23,7 +23,6 @@ explicand, or give a number, a tensor or a callable of the input.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from pairlens.attribution.baselines import Baseline, blur, resolve_baseline
 from pairlens.attribution.gradients import gradient_shap, integrated_gradients
 from pairlens.attribution.relax import relax_maps
 from pairlens.attribution.rise import default_grid, rise_maps, rise_masks
+from pairlens.validation import signature_specs, validate_call
 
 ATTRIBUTION_METHODS: dict[str, str] = {
     "integrated-gradients": "Integrated Gradients from the baseline (captum), 50 steps",
@@ -184,17 +184,14 @@ def _one(target: Any, i: int, per_explicand: bool) -> Any:
 
 
 def _check_params(fn: Callable, params: dict[str, Any], name: str) -> None:
-    allowed = [
-        p
-        for p in inspect.signature(fn).parameters
-        if p not in ("target", "score_fn", "x", "baseline", "generator")
-    ]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"{name} does not take {', '.join(unknown)}; its parameters: "
-            f"{', '.join(allowed) or 'none'}"
-        )
+    """Unknown names and values outside the declared ranges (``Annotated[int, Range(1)]`` in the
+    method's signature) raise a one-line ``ValueError``; valid values are converted in place by
+    the shared rules of :mod:`pairlens.validation`."""
+    specs = {
+        k: v for k, v in signature_specs(fn, keyword=True).items()
+        if k not in ("target", "score_fn", "x", "baseline", "generator")
+    }
+    params.update(validate_call(specs, params, name, defaults=False))
 
 
 class _seeded:

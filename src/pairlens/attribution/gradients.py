@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pairlens.validation import Annotated, Range
+
 # input values per forward/backward batch when not given: 1365 images at 32 px, 27 at 224 px
 AUTO_BATCH_VALUES = 2**22
 
@@ -36,9 +38,9 @@ def integrated_gradients(
     target: Any,
     x: Tensor,
     baseline: Tensor,
-    n_steps: int = 50,
+    n_steps: Annotated[int, Range(1)] = 50,
     method: str = "gausslegendre",
-    internal_batch_size: int | None = None,
+    internal_batch_size: Annotated[int, Range(1)] | None = None,
 ) -> Tensor:
     """Raw IG attributions (B, 3, H, W) of ``target`` for a batch sharing one target direction."""
     ig = _captum().IntegratedGradients(target)
@@ -58,9 +60,9 @@ def gradient_shap(
     target: Any,
     x: Tensor,
     baseline: Tensor,
-    n_samples: int = 50,
-    stdevs: float = 0.2,
-    samples_batch_size: int | None = None,
+    n_samples: Annotated[int, Range(1)] = 50,
+    stdevs: Annotated[float, Range(0)] = 0.2,
+    samples_batch_size: Annotated[int, Range(1)] | None = None,
 ) -> Tensor:
     """Raw GradientSHAP attributions (1, 3, H, W) of one explicand against its own baseline(s).
 

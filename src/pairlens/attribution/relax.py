@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pairlens.attribution.rise import auto_batch_size, default_grid, rise_masks
+from pairlens.validation import Annotated, Range
 
 
 @torch.no_grad()
@@ -30,10 +31,10 @@ def relax_maps(
     score_fn: Callable[[Tensor], Tensor],
     x: Tensor,
     baseline: Tensor,
-    n_masks: int = 3000,
+    n_masks: Annotated[int, Range(1)] = 3000,
     grid: int | tuple[int, int] | None = None,
-    p_keep: float = 0.5,
-    batch_size: int | None = None,
+    p_keep: Annotated[float, Range(0, 1, lo_open=True)] = 0.5,
+    batch_size: Annotated[int, Range(1)] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Importance and uncertainty maps, each (H, W), of one explicand ``x`` (1, 3, H, W)."""

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pairlens.validation import Annotated, Range
+
 # input values (3 * H * W per image) per forward batch when batch_size is not given: 1365 masks
 # at 32 px (5000 masks in 4 batches), 27 at 224 px; bounded so activations fit in a few GB
 AUTO_BATCH_VALUES = 2**22
@@ -67,10 +69,10 @@ def rise_maps(
     score_fn: Callable[[Tensor], Tensor],
     x: Tensor,
     baseline: Tensor,
-    n_masks: int = 5000,
+    n_masks: Annotated[int, Range(1)] = 5000,
     grid: int | tuple[int, int] | None = None,
-    p_keep: float = 0.5,
-    batch_size: int | None = None,
+    p_keep: Annotated[float, Range(0, 1, lo_open=True)] = 0.5,
+    batch_size: Annotated[int, Range(1)] | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """RISE saliency of one explicand ``x`` (1, 3, H, W) against ``baseline`` (1, 3, H, W).

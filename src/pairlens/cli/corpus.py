@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pairlens.io import atomic_write
+from pairlens.io import BadFiles, atomic_write
+from pairlens.validation import argtype
 
 CORPUS_EXAMPLES = """examples:
   pairlens corpus digit.png --corpus threes/ --foil-from digits:1060 --out out/
@@ -55,8 +56,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="N random images of a bundled dataset as foil (digits or photos); without N, the "
         "foil size of Proposition C.2 for --delta / --epsilon",
     )
-    p.add_argument("--delta", type=float, default=0.01, help="Prop. C.2 delta (default 0.01)")
-    p.add_argument("--epsilon", type=float, default=0.05, help="Prop. C.2 epsilon (default 0.05)")
+    p.add_argument("--delta", type=argtype("float", 0, 1, True, True), default=0.01,
+                   help="Prop. C.2 delta (default 0.01)")
+    p.add_argument("--epsilon", type=argtype("float", 0, lo_open=True), default=0.05,
+                   help="Prop. C.2 epsilon (default 0.05)")
     p.add_argument(
         "--target",
         choices=TARGET_CHOICES,
@@ -70,9 +73,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="attribution method (default: %(default)s)",
     )
     p.add_argument("--similarity", choices=("cosine", "dot"), default="cosine")
-    p.add_argument("--n-masks", type=int, default=None, help="RISE / RELAX masks (5000 / 3000)")
-    p.add_argument("--n-steps", type=int, default=None, help="integrated-gradients steps (50)")
-    p.add_argument("--n-samples", type=int, default=None, help="gradient-shap samples (50)")
+    p.add_argument("--n-masks", type=argtype("int", 1), default=None,
+                   help="RISE / RELAX masks (5000 / 3000)")
+    p.add_argument("--n-steps", type=argtype("int", 1), default=None,
+                   help="integrated-gradients steps (50)")
+    p.add_argument("--n-samples", type=argtype("int", 1), default=None,
+                   help="gradient-shap samples (50)")
     p.add_argument(
         "--text",
         action="append",
@@ -94,9 +100,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="ViT-B-32",
         help="open_clip architecture or model-config .json (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for masks, noise and foil sampling")
+    p.add_argument("--seed", type=argtype("int", 0), default=0,
+                   help="seed for masks, noise and foil sampling")
     p.add_argument("--out", default="pairlens-corpus", help="output directory")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="an unreadable image (explicand, corpus or foil): stop (default), or "
+                   "skip it, report each bad file once and list them at the end and in "
+                   "OUT/skipped.json")
     p.set_defaults(func=run_corpus)
 
     e = sub.add_parser(
@@ -117,17 +128,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="backbone",
         help="embedding to explain (default: %(default)s, the probe's input)",
     )
-    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    e.add_argument("--classes", type=int, nargs="+", default=None, help="default: all")
-    e.add_argument("--explicands-per-class", type=int, default=1)
-    e.add_argument("--corpus-size", type=int, default=100)
-    e.add_argument("--foil-size", type=int, default=None, help="default: Prop. C.2 bound")
-    e.add_argument("--n-masks", type=int, default=5000, help="RISE masks (default 5000)")
-    e.add_argument("--ig-steps", type=int, default=50)
-    e.add_argument("--shap-samples", type=int, default=50)
+    e.add_argument("--seeds", type=argtype("int", 0), nargs="+", default=[0, 1, 2, 3, 4])
+    e.add_argument("--classes", type=argtype("int", 0), nargs="+", default=None,
+                   help="default: all")
+    e.add_argument("--explicands-per-class", type=argtype("int", 1), default=1)
+    e.add_argument("--corpus-size", type=argtype("int", 1), default=100)
+    e.add_argument("--foil-size", type=argtype("int", 1), default=None,
+                   help="default: Prop. C.2 bound")
+    e.add_argument("--n-masks", type=argtype("int", 1), default=5000,
+                   help="RISE masks (default 5000)")
+    e.add_argument("--ig-steps", type=argtype("int", 1), default=50)
+    e.add_argument("--shap-samples", type=argtype("int", 1), default=50)
     e.add_argument("--methods", nargs="+", default=None, choices=METHOD_CHOICES[:3])
     e.add_argument("--similarity", choices=("cosine", "dot"), default="cosine")
-    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    e.add_argument("--threads", type=argtype("int", 1), default=None, help="torch CPU threads")
     e.add_argument("--db", default="pairlens-results.sqlite", help="results database (SQLite)")
     e.add_argument("--run-id", default=None, help="name of this run (default: a timestamp)")
     e.add_argument("--report", action="store_true", help="only print the tables of --db")
@@ -145,6 +159,8 @@ def run_corpus(args: argparse.Namespace) -> int:
     from pairlens.models.similarity import resolve_device
 
     device = str(resolve_device(args.device))
+    bad = BadFiles(args.on_error, log=lambda line: print(f"pairlens: {line}", file=sys.stderr),
+                   hint="pass --on-error skip to go on without it")
     text_mode = bool(args.text or args.text_foil or args.clip_checkpoint)
     if text_mode:
         if not args.clip_checkpoint:
@@ -179,9 +195,10 @@ def run_corpus(args: argparse.Namespace) -> int:
             raise ValueError("give the corpus with --corpus DIR|FILES (or --text for CLIP)")
         if args.foil and args.foil_from:
             raise ValueError("give either --foil or --foil-from, not both")
-        foil = _foil(model, args)
+        foil = _foil(model, args, bad)
         target = None  # built per image for explicand targets
         description = {"corpus": [str(c) for c in args.corpus or []]}
+        corpus = _images(model, args.corpus, bad, "corpus") if args.corpus else None
     kind = "cocoa" if text_mode else (args.target or ("cocoa" if foil is not None else "corpus"))
     if kind in ("cocoa", "contrastive-label-free") and foil is None and not text_mode:
         raise ValueError(f"target {kind} needs a foil: --foil DIR|FILES or --foil-from digits:N")
@@ -197,12 +214,16 @@ def run_corpus(args: argparse.Namespace) -> int:
     corpus_target = None
     if not text_mode and kind in ("cocoa", "corpus"):
         corpus_target = (
-            T.ContrastiveCorpus(model, args.corpus, foil, args.similarity)
+            T.ContrastiveCorpus(model, corpus, foil, args.similarity)
             if kind == "cocoa"
-            else T.Corpus(model, args.corpus, args.similarity)
+            else T.Corpus(model, corpus, args.similarity)
         )
+    done = 0
     for path in args.images:
-        x = model.preprocess(path)
+        image = bad.load(path)
+        if image is None:
+            continue
+        x = model.preprocess(image)
         if text_mode:
             t = target
         elif corpus_target is not None:
@@ -226,16 +247,53 @@ def run_corpus(args: argparse.Namespace) -> int:
             "seconds": round(time.perf_counter() - start, 3),
             **description,
         }
+        if bad.skipped:
+            meta["skipped"] = dict(bad.skipped)
         written = _save(out_dir, Path(path).stem, args.method, model, x, amap, meta)
+        done += 1
         print(f"{path}: {t.name} score {score:.4f}; wrote {', '.join(str(w) for w in written)}")
+    if bad.skipped:
+        text = json.dumps(bad.skipped, indent=2)
+        atomic_write(out_dir / "skipped.json", lambda f: f.write(text.encode()))
+        print(f"pairlens: {bad.summary()} (listed in {out_dir / 'skipped.json'})",
+              file=sys.stderr)
+    if not done:
+        raise ValueError("no image could be explained (every explicand was unreadable)")
     return 0
 
 
-def _foil(model: Any, args: argparse.Namespace) -> Any:
+def _images(model: Any, sources: list[str], bad: Any, what: str) -> Any:
+    """The images of ``--corpus`` / ``--foil`` (files and folders, read with the shared scanner)
+    preprocessed for ``model`` as one (N, 3, H, W) tensor, unreadable files following ``bad``."""
+    import torch
+
+    from pairlens.io import scan_images
+
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src).expanduser()
+        if p.is_dir():
+            found = scan_images(p, recursive=False)
+            if not found:
+                raise ValueError(f"--{what} {src}: no image files in this folder")
+            files.extend(found)
+        else:
+            files.append(p)
+    tensors = []
+    for f in files:
+        image = bad.load(f)
+        if image is not None:
+            tensors.append(model.preprocess(image))
+    if not tensors:
+        raise ValueError(f"--{what}: none of its {len(files)} images could be read")
+    return torch.cat(tensors)
+
+
+def _foil(model: Any, args: argparse.Namespace, bad: Any) -> Any:
     from pairlens.corpus import targets as T
 
     if args.foil:
-        return args.foil
+        return _images(model, args.foil, bad, "foil")
     if not args.foil_from:
         return None
     name, _, count = args.foil_from.partition(":")

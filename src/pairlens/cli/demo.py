@@ -6,6 +6,8 @@ import argparse
 import importlib.util
 import sys
 
+from pairlens.validation import argtype
+
 DEMO_EXAMPLES = """examples:
   pairlens demo                                   # bundled models, http://127.0.0.1:7860
   pairlens demo --model photos --port 8080
@@ -34,13 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="offer registered model NAME with the local checkpoint PATH, repeatable")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    p.add_argument("--port", type=argtype("int", 1, 65535), default=7860,
+                   help="port (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=1, choices=(1, 2),
                    help="requests computed at once (default: %(default)s)")
-    p.add_argument("--queue-size", type=int, default=16,
+    p.add_argument("--queue-size", type=argtype("int", 1), default=16,
                    help="requests allowed to wait (default: %(default)s)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0,
+    p.add_argument("--max-upload-mb", type=argtype("float", 0, lo_open=True), default=10.0,
                    help="largest upload in MB (default: %(default)s)")
     p.add_argument("--no-examples", action="store_true", help="do not offer the example pairs")
     p.set_defaults(func=run_demo)
@@ -49,10 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from pairlens.demo.core import DemoError, model_choices, parse_checkpoint_args
 
-    if not 1 <= args.port <= 65535:
-        raise DemoError(f"--port must be between 1 and 65535, got {args.port}")
-    if args.max_upload_mb <= 0 or args.queue_size < 1:
-        raise DemoError("--max-upload-mb and --queue-size must be positive")
     if importlib.util.find_spec("gradio") is None:  # not imported yet: see app._import_gradio
         raise DemoError("the web demo needs Gradio: pip install 'pairlens[demo]'")
     names = [n.strip() for item in args.model for n in item.split(",") if n.strip()]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
+import sys
+
+from pairlens.validation import argtype
 
 EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db
@@ -45,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="digits",
                    help="digits[:split] | photos | composites (pairs with ground truth) | "
                    "image folder | list file (default: digits)")
-    p.add_argument("--pairs", type=int, default=None, metavar="N",
+    p.add_argument("--pairs", type=argtype("int", 1), default=None, metavar="N",
                    help="number of pairs (default: every image once / every listed pair / 200 "
                    "composites pairs)")
     p.add_argument("--pair-mode", default=None,
@@ -59,19 +61,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS and, with ground truth "
                    "(composites), PG,EPG (default: SI,SD,CI,CD,SAD,CAD, plus PG,EPG for "
                    "composites)")
-    p.add_argument("--step", type=int, default=None, metavar="L",
+    p.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
-    p.add_argument("--ms-samples", type=int, default=10, help="max-sensitivity noise samples")
-    p.add_argument("--seed", type=int, default=0, help="selects images and augmentations")
+    p.add_argument("--ms-samples", type=argtype("int", 1), default=10,
+                   help="max-sensitivity noise samples")
+    p.add_argument("--seed", type=argtype("int", 0), default=0,
+                   help="selects images and augmentations")
     p.add_argument("--store", default="results.db",
                    help="SQLite results file (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B",
+    p.add_argument("--batch-size", type=argtype("int", 1), default=8, metavar="B",
                    help="pairs explained and stored together (default: %(default)s)")
-    p.add_argument("--forward-batch", type=int, default=256,
+    p.add_argument("--forward-batch", type=argtype("int", 1), default=256,
                    help="images per forward pass in the metrics (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--threads", type=argtype("int", 1), default=None,
+                   help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="an unreadable image: stop (default), or skip its pairs, report each "
+                   "bad file once and list them at the end and in the store")
     p.set_defaults(func=run_evaluate)
 
     r = sub.add_parser(
@@ -96,18 +104,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from pairlens.cli.explain import load_cli_model
-    from pairlens.study.loop import Shard, parse_methods, parse_metrics, run_evaluation
+    from pairlens.io import BadFiles
+    from pairlens.study.loop import (
+        Shard,
+        model_label,
+        parse_methods,
+        parse_metrics,
+        run_evaluation,
+    )
     from pairlens.study.pairs import PairSet, default_pair_mode, is_composites
     from pairlens.study.store import ResultStore
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.pairs is not None and args.pairs < 1:
-        raise ValueError("--pairs must be >= 1")
-    if args.batch_size < 1 or args.forward_batch < 1:
-        raise ValueError("--batch-size and --forward-batch must be >= 1")
-    if args.step is not None and args.step < 1:
-        raise ValueError("--step must be >= 1")
     specs = parse_methods(args.methods, args.param)
     composites = is_composites(args.data)
     default_metrics = "SI,SD,CI,CD,SAD,CAD" + (",PG,EPG" if composites else "")
@@ -119,13 +128,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model = load_cli_model(model_name, args.checkpoint, args.embedding, device)
-    model_key = model_name
-    if args.checkpoint:
-        model_key += f"@{Path(args.checkpoint).name}"
-    if args.embedding:
-        model_key += f"#{args.embedding}"
+    model_key = model_label(model_name, args.checkpoint, args.embedding)
     pairs = PairSet(model, args.data, mode=args.pair_mode or default_pair_mode(args.data),
                     n=args.pairs, seed=args.seed)
+    bad = BadFiles(args.on_error, log=lambda line: print(f"pairlens: {line}", file=sys.stderr),
+                   hint="pass --on-error skip to skip the pairs using it")
     if shard.rank == 0:  # create the schema once before the other ranks open the file
         ResultStore(args.store).close()
     _barrier(dist)
@@ -134,15 +141,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
             summary = run_evaluation(
                 model, model_key, pairs, specs, metrics, store, step=args.step,
                 pairs_per_batch=args.batch_size, forward_batch=args.forward_batch, shard=shard,
-                progress=not args.quiet, ms_samples=args.ms_samples,
+                progress=not args.quiet, ms_samples=args.ms_samples, bad_files=bad,
             )
         _barrier(dist)
     finally:
         if dist:
             torch.distributed.destroy_process_group()
     who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
-    print(f"{who}{summary.computed_pairs} pair evaluations computed, {summary.skipped_pairs} "
-          f"already in {args.store}; {summary.seconds:.1f} s")
+    computed = ", ".join(m for m in metrics if m in summary.missing_metrics) or "nothing"
+    print(f"{who}{summary.computed_pairs} pair evaluations computed ({computed}), "
+          f"{summary.skipped_pairs} already complete in {args.store}; {summary.seconds:.1f} s")
+    if summary.skipped_files:
+        print(f"{who}{bad.summary()} (recorded in {args.store})")
     for label, seconds in summary.per_method.items():
         print(f"{who}  {label:40s} explanation {seconds:8.2f} s")
     if shard.rank == 0:

@@ -17,6 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pairlens.validation import argtype, field_argtype
+
+_TRAIN = "pairlens.training.simclr:TrainConfig"  # options checked by these classes' fields
+_SETTINGS = "pairlens.training.supcon:SupervisedSettings"
+
 SUPERVISED_MODES = {
     "supcon": (
         "SupCon (Algorithm 1 with random views): per epoch one encoder epoch, then one "
@@ -67,8 +72,10 @@ STUDY_EXAMPLES = """examples:
 
 
 # ---------------------------------------------------------------------- data
-def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int = 160):
-    """``(images, labels)`` of ``split`` (train / val / test / all) for ``--data``."""
+def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int = 160,
+                       bad=None):
+    """``(images, labels)`` of ``split`` (train / val / test / all) for ``--data``; unreadable
+    files of a folder follow ``bad`` (a :class:`pairlens.io.BadFiles`, default: stop)."""
     import torch
 
     if data == "digits":
@@ -84,7 +91,7 @@ def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int
     if data == "photos" or not Path(data).expanduser().is_dir():
         raise ValueError(f"{data}: not digits, cluttered-digits or a directory of class "
                          "sub-folders")
-    images, labels, _ = load_training_data(data, load_size)
+    images, labels, _ = load_training_data(data, load_size, bad=bad)
     if labels is None:
         raise ValueError(f"{data}: supervised training needs one sub-folder per class")
     if split == "all":
@@ -133,15 +140,15 @@ def add_supervised_arguments(p: argparse.ArgumentParser) -> None:
             action.help = "digits | cluttered-digits | DIR (one sub-folder per class)"
         if action.dest == "temperature":
             action.help = "τ of the supervised contrastive loss (default: 0.1)"
-    p.add_argument("--start-epoch", type=int, default=0,
+    p.add_argument("--start-epoch", type=field_argtype(_SETTINGS, "start_epoch"), default=0,
                    help="0-based epoch from which explanation-driven views are used "
                    "(excon, exconb; default: %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.5,
+    p.add_argument("--threshold", type=field_argtype(_SETTINGS, "threshold"), default=0.5,
                    help="Grad-CAM threshold τ: pixels at or below it are masked "
                    "(default: %(default)s)")
-    p.add_argument("--classifier-lr", type=float, default=5e-2,
+    p.add_argument("--classifier-lr", type=field_argtype(_SETTINGS, "classifier_lr"), default=5e-2,
                    help="Adam learning rate of the linear classifier (default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=0,
+    p.add_argument("--data-seed", type=argtype("int", 0), default=0,
                    help="seed of the train / val / test split (default: %(default)s)")
 
 
@@ -166,8 +173,12 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
     arch_name = args.arch or default_arch(args.data)
     arch = get_architecture(arch_name)
     load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    images, labels = load_labelled_data(args.data, "train", args.data_seed, load_size)
-    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
+    from pairlens.cli.train import bad_files, record_skipped
+
+    bad = bad_files(args)
+    images, labels = load_labelled_data(args.data, "train", args.data_seed, load_size, bad)
+    val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size, bad)
+    record_skipped(args.out, bad)
     digits_like = args.data in ("digits", "cluttered-digits")
     augment = AugmentConfig.digits() if digits_like else AugmentConfig.photos()
     config = TrainConfig(
@@ -175,7 +186,7 @@ def train_from_args(args: argparse.Namespace) -> dict[str, Any]:
         weight_decay=args.weight_decay, temperature=args.temperature,
         warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-        data=args.data,
+        data=args.data, image_size=args.image_size,
     )
     n_classes = int(max(labels.max(), val_labels.max())) + 1
     settings = SupervisedSettings(mode=args.mode, start_epoch=args.start_epoch,
@@ -211,18 +222,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="digits | cluttered-digits | DIR (one sub-folder per class)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                    help="(default: %(default)s)")
-    p.add_argument("--data-seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128, help="(default: %(default)s)")
-    p.add_argument("--infidelity-samples", type=int, default=10,
+    p.add_argument("--data-seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=argtype("int", 1), default=128,
+                   help="(default: %(default)s)")
+    p.add_argument("--infidelity-samples", type=argtype("int", 1), default=10,
                    help="perturbations per image, 0 to skip (default: %(default)s)")
-    p.add_argument("--noise-std", type=float, default=0.1,
+    p.add_argument("--noise-std", type=argtype("float", 0), default=0.1,
                    help="σ of the infidelity perturbations, model-input space "
                    "(default: %(default)s)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE figure")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
     p.add_argument("--out", default=None, help="directory for metrics.json and tsne.png")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=argtype("int", 1), default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_eval)
 
@@ -247,21 +259,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--data", default="cluttered-digits",
                    help="digits | cluttered-digits | DIR (default: %(default)s)")
-    s.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: %(default)s)")
+    s.add_argument("--seeds", type=argtype("int", 1), default=3,
+                   help="seeds 0..N-1 (default: %(default)s)")
     s.add_argument("--modes", default="supcon,supcon-ori,excon,exconb",
                    help="comma-separated (default: %(default)s)")
     s.add_argument("--arch", default=None, help="(default: digits-cnn for the digits data sets)")
-    s.add_argument("--epochs", type=int, default=6, help="(default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
-    s.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
-    s.add_argument("--classifier-lr", type=float, default=5e-2, help="(default: %(default)s)")
-    s.add_argument("--temperature", type=float, default=0.1, help="(default: %(default)s)")
-    s.add_argument("--start-epoch", type=int, default=2, help="(default: %(default)s)")
-    s.add_argument("--threshold", type=float, default=0.5, help="(default: %(default)s)")
-    s.add_argument("--data-seed", type=int, default=0, help="(default: %(default)s)")
+    s.add_argument("--epochs", type=field_argtype(_TRAIN, "epochs"), default=6,
+                   help="(default: %(default)s)")
+    s.add_argument("--batch-size", type=field_argtype(_TRAIN, "batch_size"), default=32,
+                   help="(default: %(default)s)")
+    s.add_argument("--lr", type=field_argtype(_TRAIN, "lr"), default=1e-3,
+                   help="(default: %(default)s)")
+    s.add_argument("--classifier-lr", type=field_argtype(_SETTINGS, "classifier_lr"), default=5e-2,
+                   help="(default: %(default)s)")
+    s.add_argument("--temperature", type=field_argtype(_TRAIN, "temperature"), default=0.1,
+                   help="(default: %(default)s)")
+    s.add_argument("--start-epoch", type=field_argtype(_SETTINGS, "start_epoch"), default=2,
+                   help="(default: %(default)s)")
+    s.add_argument("--threshold", type=field_argtype(_SETTINGS, "threshold"), default=0.5,
+                   help="(default: %(default)s)")
+    s.add_argument("--data-seed", type=argtype("int", 0), default=0, help="(default: %(default)s)")
     s.add_argument("--out", required=True, help="study directory")
     s.add_argument("--device", default="auto", help="(default: %(default)s)")
-    s.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    s.add_argument("--threads", type=argtype("int", 1), default=1,
+                   help="torch CPU threads (default: 1)")
     s.add_argument("--report-only", action="store_true",
                    help="only aggregate the runs already finished in --out")
     s.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import ast
 from pathlib import Path
 from typing import Any
+
+from pairlens.validation import argtype, parse_assignments
 
 EXPLAIN_EXAMPLES = """examples:
   pairlens explain                                   # bundled example pair, bundled 'photos' model
@@ -42,7 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--all-methods", action="store_true", help="run every method (default params)")
     p.add_argument("--out", default="pairlens-out", help="output directory (default: %(default)s)")
-    p.add_argument("--smooth", type=float, default=0.0, help="display-only blur sigma in pixels")
+    p.add_argument("--smooth", type=argtype("float", 0), default=0.0,
+                   help="display-only blur sigma in pixels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain)
@@ -59,22 +61,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` to a dict; values are Python literals, true/false/none accepted."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--param expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        low = raw.strip().lower()
-        if low in ("true", "false", "none"):
-            out[key] = {"true": True, "false": False, "none": None}[low]
-            continue
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
+    """``["k=v", ...]`` to ``{k: "v"}``; the text values are converted and checked by the
+    method's declared types and ranges (:meth:`MethodInfo.validate`: ``guided=no``,
+    ``strength=0,90``, ``window=none``)."""
+    return parse_assignments(items)
 
 
 def run_methods(args: argparse.Namespace) -> int:
@@ -103,7 +93,7 @@ def run_explain(args: argparse.Namespace) -> int:
         raise ValueError("--param cannot be combined with --all-methods")
     names = [info.name for info in method_infos()] if args.all_methods else [args.method]
     for name in names:
-        get_method(name)  # fail early on a typo
+        get_method(name).validate(params)  # fail early on a typo or a bad value
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
     x1, x2, sources = load_pair(model, images, args.images)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pairlens.validation import argtype, field_argtype
 
 TRAIN_EXAMPLES = """examples:
   pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits
@@ -22,8 +25,6 @@ TRAIN_EXAMPLES = """examples:
   pairlens train simclr --data composites --epochs 40 --steps-per-epoch 100 --batch-size 24 \
       --distractors 1 --out runs/composites   (positives = two scenes sharing an object)
 """
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 _train_sub: argparse._SubParsersAction | None = None
 
@@ -86,37 +87,54 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="architecture: digits-cnn | resnet-mini | resnet-mini-64 | resnet18 "
                    "(default: digits-cnn for digits, resnet-mini-64 for composites, resnet-mini "
                    "otherwise)")
-    p.add_argument("--epochs", type=int, default=30, help="epochs (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=128,
+    arg = config_argtypes()
+    p.add_argument("--epochs", type=arg["epochs"], default=30,
+                   help="epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=arg["batch_size"], default=128,
                    help="source images per step; each gives two views (default: %(default)s)")
-    p.add_argument("--steps-per-epoch", type=int, default=None,
+    p.add_argument("--steps-per-epoch", type=arg["steps_per_epoch"], default=None,
                    help="steps per epoch (default: one pass over the data)")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--lr", type=arg["lr"], default=1e-3,
                    help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="(default: %(default)s)")
-    p.add_argument("--warmup-epochs", type=float, default=1.0,
+    p.add_argument("--weight-decay", type=arg["weight_decay"], default=1e-4,
+                   help="(default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=arg["warmup_epochs"], default=1.0,
                    help="linear warm-up, then cosine decay (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.5, help="τ (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--temperature", type=arg["temperature"], default=0.5,
+                   help="τ (default: %(default)s)")
+    p.add_argument("--seed", type=arg["seed"], default=0, help="(default: %(default)s)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out exactly where it stopped")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--threads", type=argtype("int", 1), default=None, help="torch CPU threads")
+    p.add_argument("--image-size", type=arg["image_size"], default=None,
                    help="side of the square images held in memory for photos / DIR "
                    "(default: input size / 0.7)")
+    p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                   help="an unreadable image in DIR: stop (default), or skip it, report each "
+                   "bad file once and list them at the end and in OUT/skipped.json")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def load_training_data(data: str, load_size: int, split: str = "train", seed: int = 0):
+def config_argtypes() -> dict:
+    """argparse converters for the numeric training options: the declared ranges of
+    :class:`pairlens.training.simclr.TrainConfig`, the rules the trainer itself checks."""
+    fields = ("epochs", "batch_size", "lr", "weight_decay", "temperature", "warmup_epochs",
+              "seed", "steps_per_epoch", "image_size")
+    return {f: field_argtype("pairlens.training.simclr:TrainConfig", f) for f in fields}
+
+
+def load_training_data(data: str, load_size: int, split: str = "train", seed: int = 0,
+                       bad=None):
     """``(images, labels or None, description)`` for ``--data``.
 
     ``digits``: the ``split`` of :func:`pairlens.data.bundled.digits` (float, 32 px).
     ``photos``: :data:`~pairlens.data.bundled.TRAIN_PHOTOS` as ``load_size`` squares (labels =
-    photo index). ``DIR``: every image under DIR (recursively), shorter side resized to
-    ``load_size`` and centre-cropped, stored as uint8 in memory; labels from the first-level
-    sub-folder names when every image is in one, else None.
+    photo index). ``DIR``: every image under DIR (:func:`pairlens.io.scan_images`), shorter side
+    resized to ``load_size`` and centre-cropped, stored as uint8 in memory; labels from the
+    first-level sub-folder names when every image is in one, else None. Unreadable files follow
+    ``bad`` (a :class:`pairlens.io.BadFiles`; default: stop at the first).
     """
     import torch
 
@@ -131,15 +149,17 @@ def load_training_data(data: str, load_size: int, split: str = "train", seed: in
     root = Path(data).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{data}: not digits, photos or an existing directory")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"{data}: no image files found")
-    from pairlens.io import load_image
+    from pairlens.io import BadFiles, scan_images
 
-    imgs = [
-        (bundled.square_tensor(load_image(f), load_size) * 255).round().to(torch.uint8)
-        for f in files
-    ]
+    bad = bad or BadFiles("stop")
+    imgs, files = [], []
+    for f in scan_images(root):
+        image = bad.load(f)
+        if image is not None:
+            imgs.append((bundled.square_tensor(image, load_size) * 255).round().to(torch.uint8))
+            files.append(f)
+    if not files:
+        raise ValueError(f"{data}: no readable image files found")
     parts = [f.relative_to(root).parts for f in files]
     classes = sorted({p[0] for p in parts if len(p) > 1})
     labels = None
@@ -163,15 +183,18 @@ def run_simclr(args: argparse.Namespace) -> int:
     arch_name = args.arch or ("digits-cnn" if args.data == "digits" else "resnet-mini")
     arch = get_architecture(arch_name)
     load_size = args.image_size or round(arch.input_size[0] / 0.7)
-    images, labels, described = load_training_data(args.data, load_size, "train", args.seed)
+    bad = bad_files(args)
+    images, labels, described = load_training_data(args.data, load_size, "train", args.seed,
+                                                    bad=bad)
     augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, temperature=args.temperature,
         warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-        data=args.data,
+        data=args.data, image_size=args.image_size,
     )
+    record_skipped(args.out, bad)
     hooks = []
     val = None
     if args.data == "digits":
@@ -185,7 +208,12 @@ def run_simclr(args: argparse.Namespace) -> int:
                                     args.data, args.seed))
     else:
         summary.update(attach_view_cosines(Path(args.out) / "model.pt", images, augment))
+    if bad.skipped:
+        summary["skipped_files"] = dict(bad.skipped)
     print(json.dumps(summary, indent=2))
+    if bad.skipped:
+        print(f"pairlens: {bad.summary()} (listed in {Path(args.out) / 'skipped.json'})",
+              file=sys.stderr)
     return 0
 
 
@@ -214,8 +242,7 @@ def attach_removal_drops(model_path: Path, n_pairs: int = 200, seed: int = 1) ->
     """Similarity drops when the shared object / a distractor is removed
     (:func:`pairlens.training.composites.removal_drops`, benchmark pairs of seed 1, never used in
     training), for both embeddings, stored in the ``meta`` of ``model_path``."""
-    import torch
-
+    from pairlens.models.checkpoint import read_checkpoint
     from pairlens.training.composites import removal_drops
     from pairlens.training.simclr import _atomic_torch_save, load_trained
 
@@ -225,10 +252,31 @@ def attach_removal_drops(model_path: Path, n_pairs: int = 200, seed: int = 1) ->
         r.pop("per_pair")
         out.update({f"{k}_{embedding}": v for k, v in r.items() if k not in ("n_pairs", "seed")})
     out.update(removal_pairs=n_pairs, removal_seed=seed)
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(model_path, "model.pt of pairlens train")
     state.setdefault("meta", {}).update(out)
     _atomic_torch_save(state, model_path)
     return out
+
+
+def bad_files(args: argparse.Namespace):
+    """The :class:`pairlens.io.BadFiles` policy of ``--on-error``, logging to stderr."""
+    from pairlens.io import BadFiles
+
+    return BadFiles(getattr(args, "on_error", "stop"),
+                    log=lambda line: print(f"pairlens: {line}", file=sys.stderr),
+                    hint="pass --on-error skip to train without it")
+
+
+def record_skipped(out: str, bad) -> None:
+    """Write ``OUT/skipped.json`` (file -> reason) when files were skipped."""
+    if not bad.skipped:
+        return
+    from pairlens.io import atomic_write
+
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(bad.skipped, indent=2)
+    atomic_write(path / "skipped.json", lambda f: f.write(text.encode()))
 
 
 def knn_hook(train_x, train_y, val_x, val_y, mean, std):
@@ -249,6 +297,7 @@ def attach_probe(model_path: Path, net, arch, images, labels, val, data: str, se
     import torch
 
     from pairlens.models.bundled import bundle_state
+    from pairlens.models.checkpoint import read_checkpoint
     from pairlens.training.simclr import _atomic_torch_save, fit_linear_probe, pooled_features
 
     net = net.cpu().eval()
@@ -265,7 +314,7 @@ def attach_probe(model_path: Path, net, arch, images, labels, val, data: str, se
         with torch.no_grad():
             pred = probe(pooled_features(net, xt, arch.mean, arch.std)).argmax(1)
         out["probe_test_accuracy"] = float((pred == yt).float().mean())
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(model_path, "model.pt of pairlens train")
     meta = dict(state.get("meta", {}))
     meta.update(out)
     _atomic_torch_save(bundle_state(net, arch.name, classifier=probe, **meta), model_path)
@@ -278,6 +327,7 @@ def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64)
     stored in the ``meta`` of ``model_path``."""
     import torch
 
+    from pairlens.models.checkpoint import read_checkpoint
     from pairlens.training.simclr import _atomic_torch_save, augmented_view_cosines, load_trained
 
     x = images[:max_images]
@@ -286,7 +336,7 @@ def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64)
     for embedding in ("projector", "backbone"):
         cos = augmented_view_cosines(load_trained(model_path, embedding), x, augment, 8, seed=0)
         out.update({f"view_cosine_{k}_{embedding}": v for k, v in cos.items()})
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(model_path, "model.pt of pairlens train")
     state.setdefault("meta", {}).update(out)
     _atomic_torch_save(state, model_path)
     return out

@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pairlens.io import IMAGE_SUFFIXES, scan_images
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_finite
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 SIMILARITIES = ("cosine", "dot")
 
 # images: a (N, 3, H, W) tensor in model-input space, a folder, an image path, or a list of paths /
@@ -111,11 +111,12 @@ def _device(model: Any) -> torch.device:
 
 
 def list_image_files(folder: str | Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
+    """Image files directly inside ``folder`` (:func:`pairlens.io.scan_images`, not recursive:
+    the same suffixes as everywhere, sub-folders never taken for images), sorted by name."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = scan_images(folder, recursive=False)
     if not files:
         raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files

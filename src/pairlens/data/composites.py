@@ -239,6 +239,23 @@ def background_textures() -> tuple[Tensor, ...]:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def fingerprint() -> str:
+    """sha256 of everything scenes are made of: every object's and texture's pixels and the
+    construction constants (a different scikit-image release or a changed rule changes it)."""
+    h = hashlib.sha256()
+    constants = (OBJECT_SIDE, BACKGROUND_CROP, BACKGROUND_BRIGHTNESS, OBJECT_BRIGHTNESS,
+                 MASK_THRESHOLD, ELLIPSES, BACKGROUNDS, N_COINS, DIGITS_PER_CLASS)
+    h.update(repr(constants).encode())
+    for obj in object_library():
+        h.update(obj.name.encode())
+        h.update(obj.rgb.numpy().tobytes())
+        h.update(obj.alpha.numpy().tobytes())
+    for tex in background_textures():
+        h.update(tex.numpy().tobytes())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------- layouts and scenes
 @dataclass(frozen=True)
 class Placement:

@@ -7,9 +7,11 @@ Safety and load, by construction:
 
 * every handler catches its errors and shows them in the page (a status line and a toast), so a
   bad upload, a wrong parameter or a failing model never leaves a dead page;
-* uploads are limited in bytes (Gradio's ``max_file_size``) and in decoded pixels
-  (:data:`~pairlens.demo.core.MAX_IMAGE_PIXELS`); image handlers read only files inside the
-  app's own temporary folder and its copy of the bundled examples;
+* uploads are limited in bytes (Gradio's ``max_file_size``) and in pixels
+  (:data:`~pairlens.demo.core.MAX_IMAGE_PIXELS`), the latter checked on the file's header before
+  any decoding: the image inputs hand the upload over undecoded (:func:`_undecoded`), so Gradio
+  never converts a huge image; image handlers read only files inside the app's own temporary
+  folder and its copy of the bundled examples;
 * Gradio's own cache lives in the app's temporary folder (``GRADIO_TEMP_DIR``), ``allowed_paths``
   is only the examples folder, and the folder is deleted when the app stops;
 * requests wait in a queue (``concurrency`` at a time, default 1, at most ``queue_size``
@@ -65,6 +67,21 @@ def _status(kind: str, message: str) -> str:
     role = ' role="alert"' if kind == "error" else ""
     prefix = "Error: " if kind == "error" else ""
     return f'<div class="pl-{kind}"{role}>{prefix}{html.escape(message)}</div>'
+
+
+def _undecoded(component):
+    """Make an image input hand over the upload itself (``{"path", "url", "orig_name"}``)
+    instead of letting Gradio open, convert (decode) or re-encode it: the handlers then check the
+    pixel limit on the file's header before anything is decoded (:func:`core.load_upload`)."""
+
+    def preprocess(payload: Any) -> dict[str, Any] | None:
+        if payload is None:
+            return None
+        data = payload.model_dump() if hasattr(payload, "model_dump") else dict(payload)
+        return {k: data.get(k) for k in ("path", "url", "orig_name")}
+
+    component.preprocess = preprocess
+    return component
 
 
 def _copy_examples(dest: Path) -> list[tuple[str, str, str]]:
@@ -124,10 +141,10 @@ def build_app(
             "similar. Everything runs on this machine; uploads stay in the app's temporary folder."
         )
         with gr.Row():
-            img1 = gr.Image(label="Image 1", sources=["upload", "clipboard"], type="filepath",
-                            height=260, elem_id="pl-image1")
-            img2 = gr.Image(label="Image 2", sources=["upload", "clipboard"], type="filepath",
-                            height=260, elem_id="pl-image2")
+            img1 = _undecoded(gr.Image(label="Image 1", sources=["upload", "clipboard"],
+                                       type="filepath", height=260, elem_id="pl-image1"))
+            img2 = _undecoded(gr.Image(label="Image 2", sources=["upload", "clipboard"],
+                                       type="filepath", height=260, elem_id="pl-image2"))
         mode = gr.Radio([MODE_PAIR, MODE_AUG], value=MODE_PAIR, label="Image 2 is",
                         elem_id="pl-mode")
         with gr.Row(visible=False) as aug_row:

@@ -4,7 +4,8 @@ The page (:mod:`pairlens.demo.app`) only moves values between widgets and these 
 
 * :func:`model_choices` / :class:`ModelPool`: which models the page offers and their cache;
 * :func:`param_specs` / :func:`coerce_params`: each method's keyword parameters as widgets, with
-  the defaults read from the method's signature (the paper's defaults) and the values checked;
+  the defaults, kinds and ranges read from the method's signature (the paper's defaults) and the
+  values checked by the library's one validation layer (:mod:`pairlens.validation`);
 * :func:`load_upload`: an uploaded or pasted file to an RGB image, refusing files outside the
   app's own folders, oversized files and non-images with a one-line :class:`DemoError`;
 * :func:`run_pair`: preprocess, optionally make image 2 an augmentation of image 1
@@ -28,8 +29,6 @@ import math
 import shutil
 import threading
 import time
-import types
-import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,14 +41,17 @@ from PIL import Image
 from torch import Tensor
 
 from pairlens.explanation import PairExplanation, explain
-from pairlens.io import ImageError, load_image
+from pairlens.io import MAX_PIXELS_ENV, ImageError, load_image, open_image, pixel_limit
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.methods.transforms import FAMILIES, apply_transform
 from pairlens.models.similarity import SimilarityModel
+from pairlens.validation import ParamError, Spec, validate_call
 
 #: largest upload accepted, in bytes (the page also tells Gradio, which refuses bigger files).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-#: largest decoded image accepted, in pixels (guards against decompression bombs).
+#: largest image accepted by the demo, in pixels: stricter than the library's limit
+#: (:func:`pairlens.io.pixel_limit`) because the server is shared. Checked on the file's header,
+#: before any pixel is decoded (:func:`pairlens.io.load_image` with ``max_pixels``).
 MAX_IMAGE_PIXELS = 40_000_000
 #: the metrics shown on request (seed 000, §IV-B).
 FAITHFULNESS_METRICS = ("SI", "SD", "CI", "CD")
@@ -224,99 +226,53 @@ class ParamSpec:
 
 
 def param_specs(method: str) -> list[ParamSpec]:
-    """The keyword parameters of ``method`` with their defaults (from the method's signature)."""
-    info = get_method(method)
-    try:
-        hints = typing.get_type_hints(info.fn)
-    except Exception:  # noqa: BLE001 - fall back to the defaults' types
-        hints = {}
-    return [_spec(name, default, hints.get(name)) for name, default in info.params.items()]
+    """The keyword parameters of ``method`` with their defaults, kinds and ranges, read from the
+    method's signature (:attr:`MethodInfo.specs`); numeric bounds are the declared range narrowed
+    by the demo's :data:`PARAM_BOUNDS`."""
+    return [_spec(spec) for spec in get_method(method).specs.values()]
 
 
-def _spec(name: str, default: Any, ann: Any) -> ParamSpec:
-    optional = False
-    base = ann
-    if ann is not None and typing.get_origin(ann) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(ann) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(ann))
-        base = args[0] if len(args) == 1 else None
-    if base is None and ann is None:
-        base = type(default) if default is not None else None
-        optional = default is None
-    common = {"optional": optional or default is None, "help": PARAM_HELP.get(name, "")}
-    bounds = PARAM_BOUNDS.get(name)
-    if typing.get_origin(base) is Literal:
-        return ParamSpec(name, default, "choice", choices=typing.get_args(base), **common)
-    if base is bool:
-        return ParamSpec(name, default, "bool", **common)
-    if base is int:
-        return ParamSpec(name, default, "int", bounds=bounds, **common)
-    if base is float:
-        return ParamSpec(name, default, "float", bounds=bounds, **common)
-    if base is tuple or typing.get_origin(base) is tuple:
-        return ParamSpec(name, default, "pair", **common)
-    if base is str and name == "transform":
-        return ParamSpec(name, default, "choice", choices=tuple(FAMILIES), **common)
-    return ParamSpec(name, default, "text", **common)
+def _spec(spec: Spec) -> ParamSpec:
+    kind: ParamKind = "text" if spec.kind == "str" else spec.kind
+    bounds = None
+    if spec.kind in ("int", "float"):
+        lo, hi = PARAM_BOUNDS.get(spec.name, (-math.inf, math.inf))
+        if spec.range is not None:
+            lo = max(lo, spec.range.lo if spec.range.lo is not None else -math.inf)
+            hi = min(hi, spec.range.hi if spec.range.hi is not None else math.inf)
+        bounds = (lo, hi) if math.isfinite(lo) or math.isfinite(hi) else None
+    return ParamSpec(spec.name, spec.default, kind, optional=spec.optional,
+                     choices=tuple(spec.choices), bounds=bounds,
+                     help=PARAM_HELP.get(spec.name, ""))
 
 
 def coerce_params(method: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Widget values to the method's keyword arguments; missing names keep their defaults.
 
-    Raises :class:`DemoError` naming the parameter for a value of the wrong kind or outside the
-    demo's bounds (:data:`PARAM_BOUNDS`).
+    Values are converted and checked by the library's own rules
+    (:meth:`~pairlens.methods.registry.MethodInfo.validate`: strict booleans, declared ranges and
+    choices), then against the demo's work bounds (:data:`PARAM_BOUNDS`). Raises
+    :class:`DemoError` naming the parameter.
     """
-    out: dict[str, Any] = {}
-    for spec in param_specs(method):
-        if spec.name in raw:
-            out[spec.name] = _coerce(spec, raw[spec.name])
+    info = get_method(method)
+    given = {}
+    for name, spec in info.specs.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if spec.kind == "bool" and (value is None or value == ""):
+            value = False  # a cleared checkbox
+        given[name] = value
+    try:
+        out = validate_call(info.specs, given, f"method {info.name}", defaults=False)
+    except ParamError as err:
+        raise DemoError(str(err)) from None
+    for name, value in out.items():
+        lo_hi = PARAM_BOUNDS.get(name)
+        if lo_hi is not None and value is not None and not lo_hi[0] <= value <= lo_hi[1]:
+            raise DemoError(f"parameter {name} must be between {lo_hi[0]:g} and {lo_hi[1]:g} "
+                            f"in the demo, got {value:g}")
     return out
-
-
-def _coerce(spec: ParamSpec, value: Any) -> Any:
-    what = f"parameter {spec.name}"
-    if isinstance(value, str):
-        value = value.strip()
-    if value is None or (isinstance(value, str) and value == "" and spec.kind != "text"):
-        if spec.optional:
-            return None
-        if spec.kind == "bool":
-            return False
-        raise DemoError(f"{what} needs a value")
-    if spec.kind == "bool":
-        if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if spec.kind in ("int", "float"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise DemoError(f"{what} must be a number, got {value!r}") from None
-        if not math.isfinite(number):
-            raise DemoError(f"{what} must be finite")
-        if spec.kind == "int":
-            if number != round(number):
-                raise DemoError(f"{what} must be a whole number, got {value!r}")
-            number = int(round(number))
-        if spec.bounds is not None and not spec.bounds[0] <= number <= spec.bounds[1]:
-            lo, hi = spec.bounds
-            raise DemoError(f"{what} must be between {lo:g} and {hi:g} in the demo, got {number:g}")
-        return number
-    if spec.kind == "choice":
-        if value not in spec.choices:
-            raise DemoError(f"{what} must be one of {', '.join(map(str, spec.choices))}")
-        return value
-    if spec.kind == "pair":
-        text = str(value).replace(";", ",")
-        parts = value if isinstance(value, (list, tuple)) else text.split(",")
-        try:
-            pair = tuple(float(p) for p in parts)
-        except (TypeError, ValueError):
-            raise DemoError(f"{what} must be two numbers 'lo, hi', got {value!r}") from None
-        if len(pair) != 2 or not all(math.isfinite(v) for v in pair) or pair[0] > pair[1]:
-            raise DemoError(f"{what} must be two numbers 'lo, hi' with lo <= hi, got {value!r}")
-        return pair
-    return str(value)
 
 
 def method_labels() -> dict[str, str]:
@@ -341,13 +297,11 @@ def load_upload(
     """
     if payload is None or payload == "" or payload == {}:
         raise DemoError(f"{what}: upload an image, paste one or pick an example")
-    if isinstance(payload, Image.Image):
-        return load_image(payload)
-    if isinstance(payload, np.ndarray):
+    if isinstance(payload, (Image.Image, np.ndarray)):
         try:
-            return load_image(payload)
+            return load_image(payload, max_pixels=_limit(max_pixels))
         except ImageError as err:
-            raise DemoError(f"{what}: {err}") from None
+            raise DemoError(f"{what}: {_demo_words(str(err))}") from None
     name = what
     path: str | None = None
     url: str | None = None
@@ -373,12 +327,11 @@ def load_upload(
     if size > max_bytes:
         raise DemoError(f"{what} ({name}): file is {size / 2**20:.1f} MB; the limit is "
                         f"{max_bytes / 2**20:.0f} MB")
-    _check_pixels(resolved, f"{what} ({name})", max_pixels)
-    try:
-        return load_image(resolved)
+    try:  # the pixel limit is checked on the header, before decoding
+        return load_image(resolved, max_pixels=_limit(max_pixels))
     except ImageError as err:
         message = str(err).replace(str(resolved), "").lstrip(": ")
-        raise DemoError(f"{what} ({name}): {message}") from None
+        raise DemoError(f"{what} ({name}): {_demo_words(message)}") from None
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -389,15 +342,13 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _check_pixels(source: Any, what: str, max_pixels: int) -> None:
-    try:
-        with Image.open(source) as im:
-            w, h = im.size
-    except Exception:  # noqa: BLE001 - load_image gives the precise reason next
-        return
-    if w * h > max_pixels:
-        raise DemoError(f"{what}: image is {w}x{h} pixels; the demo accepts up to "
-                        f"{max_pixels / 1e6:.0f} megapixels")
+def _limit(max_pixels: int) -> int:
+    """The demo's pixel limit, never above the library's own."""
+    return min(int(max_pixels), pixel_limit())
+
+
+def _demo_words(message: str) -> str:
+    return message.replace(f" (set {MAX_PIXELS_ENV} to change it)", " in this demo")
 
 
 def _from_data_url(url: str, what: str, max_bytes: int, max_pixels: int) -> Image.Image:
@@ -407,13 +358,13 @@ def _from_data_url(url: str, what: str, max_bytes: int, max_pixels: int) -> Imag
         raise DemoError(f"{what}: the pasted data is not a valid image") from None
     if len(data) > max_bytes:
         raise DemoError(f"{what}: pasted image is larger than {max_bytes / 2**20:.0f} MB")
-    _check_pixels(io.BytesIO(data), what, max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return load_image(im)
-    except Exception:  # noqa: BLE001 - any decoder error means: not an image
-        raise DemoError(f"{what}: the pasted data is not an image PairLens can read") from None
+    try:  # header first: the pixel limit holds before decoding
+        return open_image(io.BytesIO(data), what, _limit(max_pixels))
+    except ImageError as err:
+        text = _demo_words(str(err))
+        if "not an image" in text or "unreadable" in text:
+            raise DemoError(f"{what}: the pasted data is not an image PairLens can read") from None
+        raise DemoError(text) from None
 
 
 def augment(

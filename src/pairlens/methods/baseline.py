@@ -12,6 +12,7 @@ from torch import Tensor
 
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel
+from pairlens.validation import Annotated, Range
 
 
 @register_method(
@@ -20,7 +21,9 @@ from pairlens.models.similarity import SimilarityModel
     summary="Uniform random maps (seeded): the chance-level floor for the metrics",
     family="baseline",
 )
-def random_maps(model: SimilarityModel, x1: Tensor, x2: Tensor, *, seed: int = 0) -> PairMaps:
+def random_maps(
+    model: SimilarityModel, x1: Tensor, x2: Tensor, *, seed: Annotated[int, Range(0)] = 0
+) -> PairMaps:
     """Two (B, H, W) maps of independent U[0, 1) values, drawn with ``seed``."""
     b, _, h, w = x1.shape
     gen = torch.Generator().manual_seed(int(seed))

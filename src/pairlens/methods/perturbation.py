@@ -17,6 +17,7 @@ from pairlens.methods.common import generator, scaled
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
 from pairlens.progress import track
+from pairlens.validation import Annotated, Ordered, Range
 
 
 def _windows(size: int, window: int, stride: int) -> list[int]:
@@ -54,10 +55,10 @@ def conditional_occlusion(
     x1: Tensor,
     x2: Tensor,
     *,
-    window: int | None = None,
-    stride: int | None = None,
-    fill: float = 0.0,
-    batch_size: int = 64,
+    window: Annotated[int, Range(1)] | None = None,
+    stride: Annotated[int, Range(1)] | None = None,
+    fill: Annotated[float, Range()] = 0.0,
+    batch_size: Annotated[int, Range(1)] = 64,
 ) -> PairMaps:
     """Conditional Occlusion: occlude one image with a sliding square while the other is whole.
 
@@ -134,12 +135,12 @@ def pairwise_occlusion(
     x1: Tensor,
     x2: Tensor,
     *,
-    n_samples: int = 100,
-    area: tuple[float, float] = (0.1, 0.3),
-    ratio: tuple[float, float] = (1.0, 1.5),
-    fill: float = 0.0,
-    batch_size: int = 64,
-    seed: int | None = 0,
+    n_samples: Annotated[int, Range(1)] = 100,
+    area: Annotated[tuple[float, float], Range(0, 1, lo_open=True), Ordered()] = (0.1, 0.3),
+    ratio: Annotated[tuple[float, float], Range(0, lo_open=True), Ordered()] = (1.0, 1.5),
+    fill: Annotated[float, Range()] = 0.0,
+    batch_size: Annotated[int, Range(1)] = 64,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Pairwise Occlusion: ``n_samples`` pairs of random rectangles erased simultaneously.
 

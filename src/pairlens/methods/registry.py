@@ -4,17 +4,22 @@ A method is a small function ``fn(model, x1, x2, *, **params) -> PairMaps`` taki
 :class:`~pairlens.models.SimilarityModel` and two (B, 3, H, W) batches in model-input space and
 returning two (B, H, W) maps at input resolution, higher meaning more important, plus the
 similarity of the unaltered pairs when the method computed it anyway. Register it with
-:func:`register_method`; its keyword parameters and their defaults are read from the signature.
+:func:`register_method`; its keyword parameters, their defaults, types and valid ranges are read
+from the signature (see :mod:`pairlens.validation`: ``Annotated[int, Range(1)]``, ``Literal[...]``),
+and :meth:`MethodInfo.validate` is the one check every caller (API, CLI, evaluate, demo) uses.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from torch import Tensor
+
+from pairlens.validation import Spec, signature_specs, validate_call
 
 
 class PairMaps(NamedTuple):
@@ -47,6 +52,23 @@ class MethodInfo:
         return {
             p.name: p.default for p in list(sig.parameters.values())[3:] if p.kind is p.KEYWORD_ONLY
         }
+
+    @property
+    def specs(self) -> dict[str, Spec]:
+        """Each keyword parameter's :class:`~pairlens.validation.Spec` (kind, range, choices)."""
+        return dict(_specs(self.fn))
+
+    def validate(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Every parameter as it will be used: ``given`` converted and checked (strict booleans,
+        ranges, choices; text values such as ``"no"`` or ``"0.1,0.3"`` are parsed), defaults
+        filled in, in signature order. Raises :class:`~pairlens.validation.ParamError` (a
+        ``ValueError``) naming the method, the parameter and its valid values."""
+        return validate_call(self.specs, given, f"method {self.name}")
+
+
+@functools.cache
+def _specs(fn: MethodFn) -> dict[str, Spec]:
+    return signature_specs(fn, skip=3)
 
 
 _METHODS: dict[str, MethodInfo] = {}

@@ -14,6 +14,7 @@ from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
 from pairlens.progress import track
+from pairlens.validation import Annotated, Range
 
 
 @register_method(
@@ -42,11 +43,11 @@ def smoothgrad(
     x1: Tensor,
     x2: Tensor,
     *,
-    n_samples: int = 50,
-    noise_level: float = 0.15,
+    n_samples: Annotated[int, Range(1)] = 50,
+    noise_level: Annotated[float, Range(0)] = 0.15,
     guided: bool = False,
-    batch_size: int = 32,
-    seed: int | None = 0,
+    batch_size: Annotated[int, Range(1)] = 32,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """SmoothGrad (Smilkov et al., 2017) on the pair similarity.
 

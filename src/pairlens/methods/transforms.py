@@ -38,6 +38,7 @@ from pairlens.methods.common import generator, noise_sigma, saliency
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
 from pairlens.progress import track
+from pairlens.validation import Annotated, Choices, Ordered, Range
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
 _LUMA = (0.299, 0.587, 0.114)
@@ -222,15 +223,15 @@ def averaged_transforms(
     x1: Tensor,
     x2: Tensor,
     *,
-    transform: str = "color-jitter",
-    steps: int = 10,
-    strength: tuple[float, float] | None = None,
+    transform: Annotated[str, Choices(tuple(FAMILIES))] = "color-jitter",
+    steps: Annotated[int, Range(1)] = 10,
+    strength: Annotated[tuple[float, float], Ordered()] | None = None,
     interpolation: Literal["pixel", "strength"] = "pixel",
     guided: bool = False,
     noise: bool = False,
-    noise_level: float = 0.15,
-    batch_size: int = 32,
-    seed: int | None = 0,
+    noise_level: Annotated[float, Range(0)] = 0.15,
+    batch_size: Annotated[int, Range(1)] = 32,
+    seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Averaged Transforms: S_z = cos(x1, t^z(x2)) for the Z steps of ``transform``;
     map_1 = |x1 * mean_z dS_z/dx1|, map_2 = |x2 * mean_z dS_z/dx2| (max over channels).

@@ -34,7 +34,7 @@ from pairlens.metrics.ground_truth import (
 )
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, check_finite
 
 ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *GROUND_TRUTH_METRICS)
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
@@ -65,7 +65,8 @@ def evaluate(
         model: the similarity model whose cosine similarity was explained.
         x1, x2: (B, 3, H, W) in model-input space (any H, W; the two batches share a shape).
         explanation_or_maps: a :class:`~pairlens.PairExplanation` or ``(map1, map2)``, each
-            (B, H, W), higher meaning more important.
+            (B, H, W), higher meaning more important; NaN or infinite values raise
+            :class:`~pairlens.models.NonFiniteError` (a ``ValueError``).
         metrics: names from :data:`ALL_METRICS` (case-insensitive).
         step: pixels ``L`` per insertion / deletion step; default ``max(1, round(H*W/224))``.
         batch_size: images per forward pass (altered images of several steps and pairs are
@@ -154,7 +155,16 @@ def _maps(explanation_or_maps: Any) -> tuple[Tensor, Tensor]:
     maps = getattr(explanation_or_maps, "maps", explanation_or_maps)
     if not isinstance(maps, (tuple, list)) or len(maps) != 2:
         raise TypeError("expected a PairExplanation or a pair (map1, map2) of (B, H, W) tensors")
-    return torch.as_tensor(maps[0]).float(), torch.as_tensor(maps[1]).float()
+    out = []
+    for which, m in enumerate(maps, start=1):
+        t = torch.as_tensor(m)
+        if t.is_complex() or not (t.is_floating_point() or t.dtype in _REAL_INT):
+            raise TypeError(f"map {which} has dtype {t.dtype}; expected real numbers")
+        out.append(check_finite(t.float(), f"map {which}"))  # NaN would rank as the top pixel
+    return out[0], out[1]
+
+
+_REAL_INT = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
 
 
 __all__ = [

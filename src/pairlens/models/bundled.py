@@ -2,9 +2,10 @@
 trainer builds.
 
 The bundled models were trained by ``pairlens train simclr`` (NT-Xent, :mod:`pairlens.training`;
-``composites`` with ``--positives shared-object``) on data that ships inside scikit-learn /
-scikit-image, and their weights ship in
-``pairlens/models/weights`` next to a model card (``digits.md``, ``photos.md``) with the exact
+``composites`` with ``--data composites``, whose positives are two scenes sharing an object) on
+data that ships inside scikit-learn / scikit-image, and their weights ship in
+``pairlens/models/weights`` next to a model card (``digits.md``, ``photos.md``,
+``composites.md``) with the exact
 command, seed and measured numbers. Loading never touches the network:
 ``torch.load(..., weights_only=True)`` of a file found with :mod:`importlib.resources`.
 
@@ -256,13 +257,25 @@ def weights_path(name: str) -> Path:
     return Path(str(resources.files(WEIGHTS_PACKAGE).joinpath("weights", f"{name}.pt")))
 
 
+def preprocessing_of(arch: Architecture) -> dict[str, Any]:
+    """The preprocessing a network of ``arch`` expects (saved in every weights file)."""
+    return {
+        "input_size": list(arch.input_size),
+        "mean": [float(v) for v in arch.mean],
+        "std": [float(v) for v in arch.std],
+        "crop_fraction": float(arch.crop_fraction),
+    }
+
+
 def bundle_state(
     net: ContrastiveNet, arch: str, classifier: nn.Linear | None = None, **meta: Any
 ) -> dict[str, Any]:
-    """The dict saved as a bundled weights file (tensors and plain values only)."""
+    """The dict saved as a bundled weights file (tensors and plain values only): the format tag,
+    the architecture name and its preprocessing, the weights and ``meta``."""
     state: dict[str, Any] = {
         "format": WEIGHTS_FORMAT,
         "arch": arch,
+        "preprocessing": preprocessing_of(get_architecture(arch)),
         "backbone": net.backbone.state_dict(),
         "projector": net.projector.state_dict(),
         "meta": meta,
@@ -272,23 +285,62 @@ def bundle_state(
     return state
 
 
-def load_bundle(path: str | Path) -> tuple[ContrastiveNet, Architecture, nn.Linear | None, dict]:
-    """Read a bundled-format weights file: (net, architecture, classifier or None, meta)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+#: the architecture of each bundled model name (a checkpoint loaded under the name must match)
+BUNDLED_ARCHITECTURES = {"digits": "digits-cnn", "photos": "resnet-mini",
+                         "composites": "resnet-mini-64"}
+
+
+def load_bundle(
+    path: str | Path, expected_arch: str | None = None, model_name: str | None = None
+) -> tuple[ContrastiveNet, Architecture, nn.Linear | None, dict]:
+    """Read a bundled-format weights file: (net, architecture, classifier or None, meta).
+
+    The file names its architecture and preprocessing; it is refused (a one-line
+    :class:`~pairlens.models.checkpoint.CheckpointError` naming the file) if it is not a PairLens
+    weights file, if its architecture is not ``expected_arch`` (when given: the file is loaded
+    under ``model_name``, whose network it must be), if its preprocessing differs from what the
+    architecture uses, or if its tensors do not fit the architecture.
+    """
+    from pairlens.models.checkpoint import CheckpointError, load_strict, read_checkpoint
+
+    path = Path(path).expanduser()
+    what = "a PairLens weights file (bundled, or model.pt of pairlens train)"
+    state = read_checkpoint(path, what)
     if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: not a PairLens bundled weights file")
-    arch = get_architecture(state["arch"])
+        from pairlens.models.checkpoint import describe_object
+
+        raise CheckpointError(f"{path}: not a PairLens weights file ({describe_object(state)}); "
+                              f"expected {what}")
+    name = state.get("arch")
+    if name not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture {name!r}; this PairLens knows "
+                              f"{', '.join(ARCHITECTURES)}")
+    if expected_arch is not None and name != expected_arch:
+        owners = [m for m, a in BUNDLED_ARCHITECTURES.items() if a == name]
+        how = (f"load it with --model {owners[0]}" if owners else
+               "load it without --model (as a pairlens train output)")
+        raise CheckpointError(
+            f"{path}: holds a {name!r} network, not the {expected_arch!r} network of model "
+            f"{model_name or expected_arch!r}; {how}")
+    arch = get_architecture(name)
+    saved = state.get("preprocessing")
+    if saved is not None and saved != preprocessing_of(arch):
+        diff = ", ".join(f"{k} {saved.get(k)} in the file vs {v} for {name}"
+                         for k, v in preprocessing_of(arch).items() if saved.get(k) != v)
+        raise CheckpointError(f"{path}: its preprocessing differs from architecture {name}'s "
+                              f"({diff})")
     net = arch.build()
-    net.backbone.load_state_dict(state["backbone"])
-    net.projector.load_state_dict(state["projector"])
+    for part in ("backbone", "projector"):
+        if not isinstance(state.get(part), dict):
+            raise CheckpointError(f"{path}: has no {part} weights; expected {what}")
+        load_strict(getattr(net, part), state[part], path, f"the {part} of a {name} network")
     classifier = None
     if "classifier" in state:
-        w = state["classifier"]["weight"]
+        w = state["classifier"].get("weight")
+        if not isinstance(w, torch.Tensor) or w.dim() != 2:
+            raise CheckpointError(f"{path}: its classifier has no 2-d weight")
         classifier = nn.Linear(w.shape[1], w.shape[0])
-        classifier.load_state_dict(state["classifier"])
+        load_strict(classifier, state["classifier"], path, "a linear classifier")
         classifier.eval()
     return net.eval(), arch, classifier, dict(state.get("meta", {}))
 
@@ -299,7 +351,7 @@ def _build_bundled(name: str, checkpoint: str | Path | None, embedding: str) -> 
         raise FileNotFoundError(
             f"bundled weights {path.name} are missing from this installation of pairlens"
         )
-    net, arch, classifier, meta = load_bundle(path)
+    net, arch, classifier, meta = load_bundle(path, BUNDLED_ARCHITECTURES[name], name)
     model = similarity_model_from_net(net, arch, embedding=embedding, name=name)
     model.classifier = classifier
     model.meta = meta

@@ -5,7 +5,9 @@ Every real-model loader in :mod:`pairlens.models.zoo` goes through these helpers
 * :func:`read_checkpoint` opens a file with ``torch.load(..., weights_only=True)`` (or safetensors)
   and turns every failure (missing, empty, truncated, corrupt, not a checkpoint, pickled Python
   objects) into a :class:`CheckpointError` whose message is one line naming the file and what was
-  expected;
+  expected. It never passes on torch's advice to retry with ``weights_only=False`` (which would
+  run the code a malicious file carries). Every checkpoint PairLens reads, published or written by
+  its own trainer, goes through it;
 * :func:`find_state_dict`, :func:`strip_prefix`, :func:`sub_state_dict` unwrap the nesting used by
   training scripts (``{'state_dict': ...}``, ``{'model': ...}``, ``module.`` prefixes of
   DistributedDataParallel);
@@ -16,6 +18,7 @@ Every real-model loader in :mod:`pairlens.models.zoo` goes through these helpers
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -54,11 +57,13 @@ def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint") ->
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        raw = str(err)
         text = _one_line(err)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if "weights_only" in raw or "Unsupported global" in raw or "GLOBAL" in raw:
             raise CheckpointError(
-                f"{p}: holds Python objects that cannot be loaded safely with "
-                f"weights_only=True (expected {expected}); re-save its state_dict only"
+                f"{p}: holds pickled Python objects that PairLens does not load, because loading "
+                f"them could run code (expected {expected}); if you trust the file, re-save only "
+                "its tensors (its state_dict) and load that"
             ) from None
         raise CheckpointError(
             f"{p}: not a PyTorch checkpoint or corrupt ({_short(text)}); expected {expected}"
@@ -201,8 +206,14 @@ def _list(label: str, items: list[str]) -> str:
     return f"{label} ({shown}{', ...' if len(items) > _SHOW else ''})"
 
 
+_UNSAFE_ADVICE = re.compile(r"[^.;()]*weights_only[^.;]*[.;]?", re.IGNORECASE)
+
+
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+    """The error as one line, without any sentence about ``weights_only`` (torch advises
+    ``weights_only=False``, which would execute a malicious pickle)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return " ".join(_UNSAFE_ADVICE.sub(" ", text).split()) or type(err).__name__
 
 
 def _short(text: str, n: int = 160) -> str:

@@ -195,7 +195,13 @@ class SimilarityModel(nn.Module):
         return x * self.std + self.mean
 
     def check_input(self, x: Tensor, what: str = "input") -> Tensor:
-        """Validate a (B, 3, H, W) batch and move it to the model's device."""
+        """Validate a (B, 3, H, W) batch and return it as float32 on the model's device.
+
+        Floating-point tensors are taken as model-input space (see :meth:`preprocess`) and must
+        be finite. Integer tensors cannot be model-input space, so one clear rule applies:
+        ``uint8`` is taken as pixels in 0..255 and converted (``/ 255``, then
+        :meth:`normalize`); any other integer or boolean dtype raises ``TypeError``.
+        """
         if not isinstance(x, Tensor):
             raise TypeError(
                 f"{what} must be a tensor of shape (B, 3, H, W); got {type(x).__name__}"
@@ -204,6 +210,13 @@ class SimilarityModel(nn.Module):
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"{what} must have shape (B, 3, H, W); got {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            return self.normalize(x.to(self.device, torch.float32) / 255.0)
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{what} has dtype {x.dtype}; give float images in model-input space "
+                "(model.preprocess) or uint8 pixels in 0..255"
+            )
         check_finite(x, what)
         return x.to(self.device, torch.float32)
 

@@ -1,27 +1,36 @@
 """The evaluation loop of ``pairlens evaluate``: methods x pairs -> metrics -> results store.
 
+Before any work the store binds the model label to the model's fingerprint and the data label to
+the data's (:meth:`ResultStore.claim`): a store built from other weights or other files under
+the same labels is refused with a line naming the difference.
+
 Work is cut into *units*: the pairs ``[j*B, (j+1)*B)`` (``B`` = pairs per batch) for one method
 variant. Unit ``j`` belongs to rank ``j mod world_size``, so a ``torchrun`` run computes exactly
 the same batches as a single process, and a resumed run computes the same batches as an
-uninterrupted one (a unit is stored in one transaction, so it is either complete or absent). Per
-unit: the explanation (timed), :func:`pairlens.evaluate` with the curves, one store transaction.
+uninterrupted one (a unit is stored in one transaction, so it is either complete or absent).
+Within a unit only the (pair, metric) values missing from the store are computed: pairs lacking
+the same metrics are explained and scored together. Per unit: the explanation (timed),
+:func:`pairlens.evaluate` with the curves, one store transaction. Pairs whose images cannot be
+read are stopped at or skipped according to a :class:`~pairlens.io.BadFiles` policy.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from pairlens.io import BadFiles
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.metrics import ALL_METRICS, GROUND_TRUTH_METRICS, evaluate
 from pairlens.models.similarity import SimilarityModel
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
+from pairlens.validation import parse_assignments, validate_call
 
 EXCLUDED_FAMILIES = ("corpus",)
 
@@ -62,10 +71,10 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
     ``text`` is ``all`` (every registered pair method) or comma-separated items ``name`` or
     ``name[key=value;key=value]`` (a variant; ``,`` also separates parameters inside brackets).
     ``--param method.key=value`` sets ``key`` for every variant of ``method``; a value given inside
-    brackets wins. Values are Python literals (``true``/``false``/``none`` accepted).
+    brackets wins. Values are converted and checked by the method's declared types and ranges
+    (:meth:`~pairlens.methods.registry.MethodInfo.validate`), so the stored parameters are
+    exactly the ones used.
     """
-    from pairlens.cli.explain import parse_params
-
     items, depth, cur = [], 0, ""
     for ch in text:
         depth += ch == "["
@@ -84,11 +93,12 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
                       if info.family not in EXCLUDED_FAMILIES]
             continue
         name, _, rest = item.partition("[")
-        given = {}
+        given: dict[str, Any] = {}
         if rest:
             if not rest.endswith("]"):
                 raise ValueError(f"--methods: unbalanced brackets in {item!r}")
-            given = parse_params([p for p in rest[:-1].replace(";", ",").split(",") if p])
+            given = parse_assignments([p for p in rest[:-1].replace(";", ",").split(",") if p],
+                                      "--methods")
         specs.append((get_method(name.strip()).name, given))
     by_method: dict[str, dict[str, Any]] = {}
     for item in overrides:
@@ -96,14 +106,12 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
             raise ValueError(f"--param expects METHOD.KEY=VALUE, got {item!r}")
         method, _, kv = item.partition(".")
         name = get_method(method).name
-        by_method.setdefault(name, {}).update(parse_params([kv]))
+        by_method.setdefault(name, {}).update(parse_assignments([kv]))
     out: list[MethodSpec] = []
     for name, given in specs:
-        params = {**by_method.get(name, {}), **given}
-        unknown = sorted(set(params) - set(get_method(name).params))
-        if unknown:
-            raise ValueError(f"method {name!r} has no parameter {', '.join(unknown)}; its "
-                             f"parameters: {', '.join(get_method(name).params) or '(none)'}")
+        info = get_method(name)
+        params = validate_call(info.specs, {**by_method.get(name, {}), **given},
+                               f"method {name}", defaults=False)
         spec = MethodSpec(name, params)
         if spec not in out:
             out.append(spec)
@@ -139,18 +147,34 @@ class Shard:
 
 @dataclass
 class RunSummary:
+    """What a run did: pairs explained (with at least one missing metric), metric values
+    computed, pairs that were already complete, files skipped, time."""
+
     computed_pairs: int = 0
+    computed_values: int = 0
     skipped_pairs: int = 0
     seconds: float = 0.0
     per_method: dict[str, float] = field(default_factory=dict)
+    missing_metrics: set[str] = field(default_factory=set)
+    skipped_files: dict[str, str] = field(default_factory=dict)
 
 
-def setting_key(pairs: PairSet, step: int | None, ms: Mapping[str, Any]) -> str:
-    """What, besides the model and method, determines a metric value."""
-    extra = f"|step={step or 'default'}"
-    if ms:
-        extra += "|ms=" + ",".join(f"{k}={v}" for k, v in sorted(ms.items()))
-    return pairs.key + extra
+def setting_key(pairs: PairSet, step: int | None, ms_samples: int) -> str:
+    """What, besides the model, method and metric, determines a metric value: the data label,
+    pair mode and seed (:attr:`PairSet.key`), the insertion/deletion step and the number of
+    max-sensitivity samples (the data label's files are bound by the store's identities)."""
+    return f"{pairs.key}|step={step or 'default'}|ms={ms_samples}"
+
+
+def model_label(name: str, checkpoint: str | None = None, embedding: str | None = None) -> str:
+    """The label of a model in a store: ``name``, ``name@CHECKPOINT`` (the path as given, so two
+    checkpoints with the same file name in different folders are two models), ``#embedding``."""
+    label = name
+    if checkpoint:
+        label += f"@{checkpoint}"
+    if embedding:
+        label += f"#{embedding}"
+    return label
 
 
 def run_evaluation(
@@ -167,52 +191,81 @@ def run_evaluation(
     progress: bool = True,
     on_unit: Callable[[str, list[int]], None] | None = None,
     ms_samples: int = 10,
+    bad_files: BadFiles | None = None,
 ) -> RunSummary:
-    """Evaluate every method variant on every pair of this shard, skipping finished pairs."""
+    """Evaluate every method variant on every pair of this shard, computing exactly the (pair,
+    metric) values missing from ``store``.
+
+    Raises :class:`~pairlens.study.identity.IdentityMismatch` if ``store`` holds results of
+    another model under ``model_key`` or of other files under the data label, and
+    :class:`~pairlens.io.ImageError` for an unreadable image under the ``stop`` policy.
+    """
     from tqdm.auto import tqdm
 
-    ms = {"samples": ms_samples} if "MS" in metrics else {}
+    from pairlens.study.identity import (
+        explain_data_difference,
+        explain_model_difference,
+        model_fingerprint,
+    )
+
+    if pairs_per_batch < 1 or forward_batch < 1 or ms_samples < 1:
+        raise ValueError("pairs_per_batch, forward_batch and ms_samples must be >= 1")
+    metrics = list(dict.fromkeys(m.upper() for m in metrics))
     ground_truth = [m for m in metrics if m in GROUND_TRUTH_METRICS]
     if ground_truth and not pairs.has_masks:
         raise ValueError(f"metric(s) {', '.join(ground_truth)} need ground-truth masks; "
                          f"--data {pairs.data} has none (use --data composites)")
-    setting = setting_key(pairs, step, ms)
-    units: list[tuple[MethodSpec, str, list[int]]] = []
+    bad = bad_files or BadFiles("stop")
+    fingerprint, detail = model_fingerprint(model)
+    store.claim("model", model_key, fingerprint, detail, explain_model_difference)
+    data_fp, manifest = pairs.fingerprint()
+    store.claim("data", pairs.data, data_fp, manifest, explain_data_difference)
+    setting = setting_key(pairs, step, ms_samples)
+    units: list[tuple[MethodSpec, str, list[int], list[str]]] = []
     summary = RunSummary()
     n = len(pairs)
     for spec in specs:
         params_key = canonical_params(spec.params)
-        done = store.done_pairs(model_key, setting, spec.name, params_key)
+        present = store.present(model_key, setting, spec.name, params_key)
         for j, start in enumerate(range(0, n, pairs_per_batch)):
             if j % shard.world != shard.rank:
                 continue
-            ids = [i for i in range(start, min(start + pairs_per_batch, n)) if i not in done]
-            summary.skipped_pairs += min(start + pairs_per_batch, n) - start - len(ids)
-            if ids:
-                units.append((spec, params_key, ids))
-    total = sum(len(ids) for _, _, ids in units)
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for pid in range(start, min(start + pairs_per_batch, n)):
+                missing = tuple(m for m in metrics if m not in present.get(pid, ()))
+                if missing:
+                    groups.setdefault(missing, []).append(pid)
+                else:
+                    summary.skipped_pairs += 1
+            for missing, ids in groups.items():
+                units.append((spec, params_key, ids, list(missing)))
+    total = sum(len(ids) for _, _, ids, _ in units)
     bar = tqdm(total=total, disable=not progress, unit="pair", dynamic_ncols=True,
                desc=f"rank {shard.rank}" if shard.world > 1 else "evaluate",
                position=shard.rank if shard.world > 1 else None)
     start_all = time.perf_counter()
     try:
-        for spec, params_key, ids in units:
+        for spec, params_key, ids, wanted in units:
             bar.set_postfix_str(spec.label[:40])
-            x1, x2 = pairs.batch(ids)
+            kept, x1, x2 = pairs.load(ids, bad)
+            if not kept:
+                bar.update(len(ids))
+                continue
             t0 = time.perf_counter()
             exp = _explain(model, x1, x2, spec)
             t1 = time.perf_counter()
-            masks = pairs.masks(ids) if ground_truth else None
-            scores = evaluate(model, x1, x2, exp, metrics=metrics, step=step,
+            needs_masks = any(m in GROUND_TRUTH_METRICS for m in wanted)
+            masks = pairs.masks(kept) if needs_masks else None
+            scores = evaluate(model, x1, x2, exp, metrics=wanted, step=step,
                               batch_size=forward_batch, return_curves=True,
                               ms_samples=ms_samples, seed=0, masks=masks)
             t2 = time.perf_counter()
-            k = len(ids)
+            k = len(kept)
             results = []
-            for row, pid in enumerate(ids):
+            for row, pid in enumerate(kept):
                 results.append(PairResult(
                     pair_id=pid,
-                    metrics={m: float(scores[m][row]) for m in metrics},
+                    metrics={m: float(scores[m][row]) for m in wanted},
                     curves={name[:-6]: scores[name][row].float().cpu().numpy()
                             for name in scores if name.endswith("_curve")},
                     explain_seconds=(t1 - t0) / k,
@@ -221,12 +274,16 @@ def run_evaluation(
             store.add_batch(model_key, setting, spec.name, params_key, spec.label, results,
                             rank=shard.rank)
             summary.computed_pairs += k
+            summary.computed_values += k * len(wanted)
+            summary.missing_metrics.update(wanted)
             summary.per_method[spec.label] = summary.per_method.get(spec.label, 0.0) + (t1 - t0)
-            bar.update(k)
+            bar.update(len(ids))
             if on_unit is not None:
-                on_unit(spec.label, ids)
+                on_unit(spec.label, kept)
     finally:
         bar.close()
+        summary.skipped_files = dict(bad.skipped)
+        store.add_skipped(pairs.data, bad.skipped)
     summary.seconds = time.perf_counter() - start_all
     return summary
 

@@ -7,13 +7,19 @@ Image sources (``--data``):
   ``digits:train|val|test|all``; labels are the digit classes;
 * ``photos``: the bundled photographs (:func:`pairlens.data.bundled.photos`), no labels;
 * a directory: ImageNet style class sub-folders (labels = folder names) or a flat folder of
-  images (no labels), searched recursively for ``.jpg .jpeg .png .bmp .webp .tif .tiff`` files,
-  sorted by relative path;
+  images (no labels), read with :func:`pairlens.io.scan_images` (recursive, the suffixes of
+  :data:`pairlens.io.IMAGE_SUFFIXES`, directories never taken for images), sorted by relative
+  path;
 * a text file listing one image path per line, optionally followed by whitespace and a label
   (relative paths are relative to the list file; ``#`` starts a comment);
 * ``composites``: the ground-truth benchmark (:mod:`pairlens.data.composites`): its pairs are
   two scenes sharing one object, rendered at the model's (square) input size, and each pair
   carries the shared object's masks (:meth:`PairSet.masks`) for the PG / EPG metrics.
+
+Every source has a :meth:`PairSet.fingerprint`: what the pairs are made of (the bundled tensors'
+bytes; for folders and lists, every file's relative path, size and modification time), so that a
+results store can refuse to mix pairs of data that changed. Unreadable files follow a
+:class:`pairlens.io.BadFiles` policy (:meth:`PairSet.load`: stop, or skip the pairs using them).
 
 Pair modes (``--pair-mode``):
 
@@ -36,6 +42,8 @@ list), nor on which process or batch materialises it.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pairlens.io import BadFiles, ImageError, is_image_name, scan_images
 from pairlens.models.similarity import SimilarityModel
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PAIR_MODES = ("augmented", "same-class", "list", "shared-object")
 COMPOSITES_DEFAULT_PAIRS = 200
 
@@ -87,7 +95,7 @@ def load_images(data: str) -> tuple[list[ImageItem], str]:
         return [ImageItem(img, None, f"photos:{n}") for n, img in photos.items()], "photos"
     path = Path(data).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = scan_images(path)
         if not files:
             raise ValueError(f"{path}: no image files found")
         labelled = all(f.parent != path for f in files)
@@ -111,8 +119,20 @@ def load_images(data: str) -> tuple[list[ImageItem], str]:
 
 
 def _lines(path: Path) -> list[str]:
+    """Non-empty lines of a list file without ``#`` comments; one-line errors for an image or a
+    binary file given where a list file is expected."""
+    if is_image_name(path):
+        raise ValueError(f"{path}: is an image file; --data takes a folder of images, a list "
+                         "file (one image path per line), digits or photos")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text list file (one image path per line); --data takes "
+                         "a folder of images, a list file, digits or photos") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
     out = []
-    for raw in path.read_text().splitlines():
+    for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
         if line:
             out.append(line)
@@ -122,6 +142,26 @@ def _lines(path: Path) -> list[str]:
 def _resolve(name: str, base: Path) -> Path:
     p = Path(name).expanduser()
     return p if p.is_absolute() else base / p
+
+
+def _source_identity(image: Any) -> Any:
+    """``[size, mtime_ns]`` of a file (``[-1, -1]`` if missing), or the sha256 of an in-memory
+    image's pixels (tensor, array or PIL image)."""
+    if isinstance(image, (str, Path)):
+        try:
+            st = os.stat(Path(image).expanduser())
+            return [st.st_size, st.st_mtime_ns]
+        except OSError:
+            return [-1, -1]
+    if isinstance(image, Tensor):
+        arr = image.detach().cpu().contiguous().numpy()
+    elif isinstance(image, np.ndarray):
+        arr = np.ascontiguousarray(image)
+    else:  # a PIL image
+        arr = np.asarray(image)
+    h = hashlib.sha256(f"{arr.dtype}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 def _seed_of(*parts: Any) -> int:
@@ -146,6 +186,7 @@ class PairSet:
             raise ValueError(f"unknown pair mode {mode!r}; choose from {', '.join(PAIR_MODES)}")
         self.model, self.data, self.mode, self.seed = model, data, mode, int(seed)
         self.preset = "photos"
+        self._fingerprint: tuple[str, dict[str, Any]] | None = None
         if (mode == "shared-object") != is_composites(data):
             raise ValueError("pair mode 'shared-object' goes with --data composites, and "
                              f"composites only with it (got data {data!r}, mode {mode!r})")
@@ -268,25 +309,87 @@ class PairSet:
         return model.preprocess(image)
 
     def batch(self, ids: Sequence[int]) -> tuple[Tensor, Tensor]:
-        """Model-input tensors (len(ids), 3, H, W) of the first and second images."""
-        if self.mode == "shared-object":
+        """Model-input tensors (len(ids), 3, H, W) of the first and second images; an unreadable
+        image raises :class:`~pairlens.io.ImageError` naming the file."""
+        kept, x1, x2 = self.load(ids)
+        assert x1 is not None and x2 is not None and len(kept) == len(ids)
+        return x1, x2
+
+    def load(self, ids: Sequence[int], bad: BadFiles | None = None
+             ) -> tuple[list[int], Tensor | None, Tensor | None]:
+        """The pairs ``ids`` as model-input tensors, following ``bad`` (default: stop) for
+        unreadable images: under ``skip`` a pair using a bad file is left out (and the file
+        reported once). Returns the ids kept and their (k, 3, H, W) batches (None when k = 0)."""
+        if self.mode == "shared-object":  # generated: nothing can be unreadable
             x1, x2, _, _ = self._composites(ids)
             dev = self.model.device
-            return self.model.normalize(x1.to(dev)), self.model.normalize(x2.to(dev))
-        firsts, seconds = [], []
+            return (list(ids), self.model.normalize(x1.to(dev)),
+                    self.model.normalize(x2.to(dev)))
+        bad = bad or BadFiles("stop")
+        kept, firsts, seconds = [], [], []
         for pid in ids:
             if not 0 <= pid < self.n:
                 raise IndexError(f"pair id {pid} out of range 0..{self.n - 1}")
             if self.mode == "list":
                 a, b = self._pairs[pid]
-                firsts.append(self._prepare(a))
-                seconds.append(self._prepare(b))
+                x1 = self._load_one(a, a, bad)
+                x2 = self._load_one(b, b, bad) if x1 is not None else None
+            else:
+                ia, ib = self._index[pid]
+                first = self._items[ia]
+                x1 = self._load_one(first.image, first.name, bad)
+                if x1 is None:
+                    x2 = None
+                elif ib < 0:
+                    x2 = self._augment(x1, pid)
+                else:
+                    x2 = self._load_one(self._items[ib].image, self._items[ib].name, bad)
+            if x1 is None or x2 is None:
                 continue
-            a, b = self._index[pid]
-            x1 = self._prepare(self._items[a].image)
+            kept.append(pid)
             firsts.append(x1)
-            seconds.append(self._augment(x1, pid) if b < 0 else self._prepare(self._items[b].image))
-        return torch.cat(firsts), torch.cat(seconds)
+            seconds.append(x2)
+        if not kept:
+            return [], None, None
+        return kept, torch.cat(firsts), torch.cat(seconds)
+
+    def _load_one(self, image: Any, name: str, bad: BadFiles) -> Tensor | None:
+        try:
+            return self._prepare(image)
+        except ImageError as err:
+            bad.failed(str(image) if isinstance(image, (str, Path)) else name, err)
+            return None
+
+    # ------------------------------------------------------------------ identity of the data
+    def fingerprint(self) -> tuple[str, dict[str, Any]]:
+        """``(sha256, manifest)`` of what the pairs are made of. The manifest maps each source
+        to ``[size, mtime_ns]`` for files (``[-1, -1]`` when missing), or to the sha256 of the
+        pixels for bundled images; list files also contribute their own content. The fingerprint
+        is the sha256 of the manifest, so any added, removed, resized or touched file changes
+        it (a file copied with a new modification time does too: identical content is not
+        assumed)."""
+        if self._fingerprint is None and self.mode == "shared-object":
+            from pairlens.data.composites import fingerprint
+
+            manifest = {"composites": fingerprint()}
+            text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+            self._fingerprint = (hashlib.sha256(text.encode()).hexdigest(), manifest)
+        if self._fingerprint is None:
+            manifest: dict[str, Any] = {}
+            if self.mode == "list" or Path(self.data).expanduser().is_file():
+                lst = Path(self.data).expanduser()
+                manifest[f"<list {lst.name}>"] = hashlib.sha256(lst.read_bytes()).hexdigest()
+            sources: list[tuple[str, Any]] = []
+            if self.mode == "list":
+                sources = [(p, p) for pair in self._pairs for p in pair]
+            else:
+                sources = [(it.name, it.image) for it in self._items]
+            for name, image in sources:
+                if name not in manifest:
+                    manifest[name] = _source_identity(image)
+            text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+            self._fingerprint = (hashlib.sha256(text.encode()).hexdigest(), manifest)
+        return self._fingerprint
 
     def _augment(self, x1: Tensor, pair_id: int) -> Tensor:
         from pairlens.training.augment import AugmentConfig, SimCLRAugment

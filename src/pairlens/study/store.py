@@ -5,17 +5,27 @@ Layout (one row per fact, every table keyed so that a fact can be stored only on
 * ``results(model, setting, method, params, pair_id, metric, value)``: one metric value of one
   pair; ``value`` is NULL for a skipped pair (average drop with a non-positive similarity);
 * ``pairs_done(model, setting, method, params, pair_id, label, explain_seconds, metric_seconds,
-  rank, finished)``: the pair is complete for that method; its time taken (Table VI);
+  rank, finished)``: the pair was explained for that method variant; its time taken (Table VI);
 * ``curves(model, setting, method, params, pair_id, metric, curve)``: insertion / deletion curves
-  (float32 bytes) for the report's curve plots.
+  (float32 bytes) for the report's curve plots;
+* ``identities(kind, label, fingerprint, detail)``: the one model (``kind='model'``) or data
+  (``kind='data'``) each label in the other tables stands for: the fingerprint of its weights
+  and preprocessing, or of its files (:mod:`pairlens.study.identity`); :meth:`ResultStore.claim`
+  refuses a command whose model or data has a known label but another fingerprint;
+* ``skipped(data, file, reason, seen)``: files that could not be read (``--on-error skip``);
+* ``meta(key, value)``: ``schema`` = :data:`SCHEMA_VERSION`.
 
-``setting`` identifies the pairs and the metric settings (data, pair mode, seed, step), ``params``
-is the canonical JSON of the method's parameters (defaults filled in). All rows of a batch of pairs
-are written in **one transaction**, so a process killed at any moment (SIGKILL included) leaves
-either the whole batch or none of it, and work is resumed by skipping pairs present in
-``pairs_done``. Inserts use ``INSERT OR IGNORE`` on the primary keys, so nothing is ever stored
-twice. The database runs in WAL mode with a busy timeout, so several processes (``torchrun`` ranks)
-can write to one file on a local file system.
+The key of a value is therefore: the model (label, bound to its weights), ``setting`` (data label
+bound to its files, pair mode, pair seed, insertion/deletion step, max-sensitivity samples), the
+method, ``params`` (the canonical JSON of *every* parameter of the method after defaults,
+validated, seeds included), the pair and the metric. Work is resumed, and metrics, pairs or
+methods added to a store are computed, by asking which (pair, metric) values are missing
+(:meth:`ResultStore.present`).
+
+All rows of a batch of pairs are written in **one transaction**, so a process killed at any moment
+(SIGKILL included) leaves either the whole batch or none of it. Inserts use ``INSERT OR IGNORE`` on
+the primary keys, so nothing is ever stored twice. The database runs in WAL mode with a busy
+timeout, so several processes (``torchrun`` ranks) can write to one file on a local file system.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +58,21 @@ CREATE TABLE IF NOT EXISTS curves (
     pair_id INTEGER NOT NULL, metric TEXT NOT NULL, curve BLOB NOT NULL,
     PRIMARY KEY (model, setting, method, params, pair_id, metric)
 );
+CREATE TABLE IF NOT EXISTS identities (
+    kind TEXT NOT NULL, label TEXT NOT NULL, fingerprint TEXT NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (kind, label)
+);
+CREATE TABLE IF NOT EXISTS skipped (
+    data TEXT NOT NULL, file TEXT NOT NULL, reason TEXT NOT NULL, seen REAL,
+    PRIMARY KEY (data, file)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SCHEMA_VERSION = "2"
+
+
+class StoreError(ValueError):
+    """The file is not a results store this version of PairLens can extend."""
 
 
 def canonical_params(params: Mapping[str, Any]) -> str:
@@ -83,13 +107,70 @@ class ResultStore:
     def __init__(self, path: str | Path, timeout: float = 600.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a results store")
         self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        try:
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.DatabaseError as err:
+            self.conn.close()
+            raise StoreError(f"{self.path}: not a PairLens results store ({err})") from None
         if str(mode).lower() != "wal":
             raise RuntimeError(f"{self.path}: could not switch the database to WAL mode")
         self.conn.execute("PRAGMA synchronous = NORMAL")
+        self._check_version()
         self._write("".join(SCHEMA), script=True)
+        self._write(f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}')")
+
+    def _check_version(self) -> None:
+        try:
+            tables = {r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"{self.path}: not a PairLens results store ({err})") from None
+        if "results" in tables and "meta" not in tables:
+            raise StoreError(
+                f"{self.path}: written by an older PairLens whose keys did not hold the model's "
+                "weights or the data's files; it cannot be extended safely: use a new --store "
+                "(pairlens report still reads it)")
+        if "meta" in tables:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row and row[0] != SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: results store schema {row[0]}; this PairLens "
+                                 f"writes schema {SCHEMA_VERSION}: use a new --store")
+
+    def claim(self, kind: str, label: str, fingerprint: str, detail: Mapping[str, Any],
+              explain: Callable[[str, Mapping[str, Any], Mapping[str, Any], str], str]) -> None:
+        """Bind ``label`` (of kind ``model`` or ``data``) to ``fingerprint`` in this store, or
+        raise :class:`~pairlens.study.identity.IdentityMismatch` with ``explain(label, stored
+        detail, detail, store path)`` if the label is already bound to another fingerprint."""
+        from pairlens.study.identity import IdentityMismatch
+
+        text = json.dumps(_plain(dict(detail)), sort_keys=True)
+        for attempt in range(20):
+            try:
+                self.conn.execute("INSERT OR IGNORE INTO identities VALUES (?,?,?,?)",
+                                  (kind, label, fingerprint, text))
+                break
+            except sqlite3.OperationalError as err:  # pragma: no cover - contention only
+                if "locked" not in str(err) or attempt == 19:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        stored_fp, stored_detail = self.conn.execute(
+            "SELECT fingerprint, detail FROM identities WHERE kind=? AND label=?", (kind, label)
+        ).fetchone()
+        if stored_fp != fingerprint:
+            raise IdentityMismatch(explain(label, json.loads(stored_detail), _plain(dict(detail)),
+                                           str(self.path)))
+
+    def add_skipped(self, data: str, skipped: Mapping[str, str]) -> None:
+        """Record unreadable files of ``data`` (file -> reason); a file is listed once."""
+        now = time.time()
+        rows = [(data, f, r, now) for f, r in skipped.items()]
+        if rows:
+            with self.conn:
+                self.conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?,?,?,?)", rows)
 
     def close(self) -> None:
         self.conn.close()
@@ -114,12 +195,23 @@ class ResultStore:
                 time.sleep(0.2 * (attempt + 1))
 
     def done_pairs(self, model: str, setting: str, method: str, params: str) -> set[int]:
-        """Pair ids already complete for this model, setting and method variant."""
+        """Pair ids explained (at least one metric stored) for this model, setting and method
+        variant."""
         rows = self.conn.execute(
             "SELECT pair_id FROM pairs_done WHERE model=? AND setting=? AND method=? AND params=?",
             (model, setting, method, params),
         )
         return {int(r[0]) for r in rows}
+
+    def present(self, model: str, setting: str, method: str, params: str) -> dict[int, set[str]]:
+        """The metrics stored for each pair of this model, setting and method variant."""
+        out: dict[int, set[str]] = {}
+        for pid, metric in self.conn.execute(
+            "SELECT pair_id, metric FROM results WHERE model=? AND setting=? AND method=? "
+            "AND params=?", (model, setting, method, params),
+        ):
+            out.setdefault(int(pid), set()).add(str(metric))
+        return out
 
     def add_batch(self, model: str, setting: str, method: str, params: str, label: str,
                   results: Iterable[PairResult], rank: int = 0) -> None:

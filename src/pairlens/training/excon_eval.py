@@ -47,7 +47,9 @@ def load_classifier_model(path: str | Path, device: str = "cpu", embedding: str 
 
     model = load_trained(path, embedding=embedding, device="cpu")
     if model.classifier is None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from pairlens.models.checkpoint import read_checkpoint
+
+        state = read_checkpoint(path, "model.pt, best.pt or checkpoint.pt of pairlens train")
         extra = state.get("extra", {}) if state.get("format") == CHECKPOINT_FORMAT else {}
         if "classifier" not in extra:
             raise ValueError(f"{path}: this checkpoint has no linear classifier; train one with "

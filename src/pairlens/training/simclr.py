@@ -49,33 +49,39 @@ from pairlens.models.bundled import (
 )
 from pairlens.training.augment import AugmentConfig, SimCLRAugment
 from pairlens.training.losses import supcon_loss
+from pairlens.validation import Annotated, Range, validate_fields
 
 CHECKPOINT_FORMAT = "pairlens-train-v1"
-#: config keys that must match when resuming (others, e.g. device or progress, may change)
-RESUME_KEYS = (
-    "epochs", "batch_size", "lr", "weight_decay", "temperature", "warmup_epochs", "seed",
-    "steps_per_epoch", "arch", "data", "mode", "augment",
-)
+#: the only config keys that may change when resuming; every other key (hyper-parameters, data,
+#: its content hash, image size, architecture, augmentation) must match the checkpoint's
+RESUME_FREE = ("out", "resume", "device", "progress")
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters and bookkeeping of a training run (stored in every checkpoint).
 
+    Numeric fields declare their valid ranges (checked by :class:`ContrastiveTrainer` with
+    :func:`pairlens.validation.validate_fields`, and by the CLI options with the same rules).
     ``batch_size`` counts source images (each gives two views, so 2·batch_size rows reach the
-    loss). ``steps_per_epoch=None`` means ``len(data) // batch_size`` (one pass, last partial batch
-    dropped); a larger value cycles through fresh permutations (for tiny data sets). The learning
-    rate follows a linear warm-up over ``warmup_epochs`` then a cosine decay to 0, per step (AdamW).
+    loss). ``image_size`` is the side of the images held in memory (CLI data loading) and
+    ``data_hash`` the sha256 of the training images and labels, set by the trainer: both are
+    checked when resuming. ``steps_per_epoch=None`` means ``len(data) // batch_size`` (one
+    pass, last partial batch dropped); a larger value cycles through fresh permutations (for
+    tiny data sets). The learning rate follows a linear warm-up over ``warmup_epochs`` then a
+    cosine decay to 0, per step (AdamW).
     """
 
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.5
-    warmup_epochs: float = 1.0
-    seed: int = 0
-    steps_per_epoch: int | None = None
+    epochs: Annotated[int, Range(1)] = 30
+    batch_size: Annotated[int, Range(1)] = 128
+    lr: Annotated[float, Range(0, lo_open=True)] = 1e-3
+    weight_decay: Annotated[float, Range(0)] = 1e-4
+    temperature: Annotated[float, Range(0, lo_open=True)] = 0.5
+    warmup_epochs: Annotated[float, Range(0)] = 1.0
+    seed: Annotated[int, Range(0)] = 0
+    steps_per_epoch: Annotated[int, Range(1)] | None = None
+    image_size: Annotated[int, Range(8)] | None = None
+    data_hash: str = ""
     out: str | None = None
     resume: bool = False
     device: str = "auto"
@@ -138,6 +144,10 @@ class ContrastiveTrainer:
 
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W); got {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError("no training images")
+        validate_fields(config)
+        config.data_hash = data_digest(images, labels)
         self.config = config
         self.device = resolve_device(config.device)
         self.net = net.to(self.device)
@@ -273,14 +283,15 @@ class ContrastiveTrainer:
         _atomic_torch_save(self.state(), path)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a PairLens training checkpoint")
+        state = read_training_checkpoint(path)
         saved, now = state["config"], self.config.to_dict()
-        diff = [k for k in RESUME_KEYS if saved.get(k) != now.get(k)]
+        keys = sorted((set(saved) | set(now)) - set(RESUME_FREE))
+        diff = [k for k in keys if saved.get(k) != now.get(k)]
         if diff:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
-            raise ValueError(f"cannot resume {path}: settings differ ({detail})")
+            detail = ", ".join(f"{k}: {_short(saved.get(k))} -> {_short(now.get(k))}"
+                               for k in diff)
+            raise ValueError(f"cannot resume {path}: settings differ ({detail}); resume with "
+                             "the original settings or choose another --out")
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -291,6 +302,41 @@ class ContrastiveTrainer:
         for k, v in self.extra_state.items():
             v.load_state_dict(state["extra"][k])
         self.epoch, self.step, self.log = state["epoch"], state["step"], list(state["log"])
+
+
+def data_digest(images: Tensor, labels: Tensor | None) -> str:
+    """sha256 of the training images (dtype, shape, bytes) and labels: the data a run trained on,
+    compared when resuming."""
+    import hashlib
+
+    h = hashlib.sha256(f"{images.dtype}|{tuple(images.shape)}|".encode())
+    flat = images.detach().cpu().contiguous().reshape(-1)
+    h.update(flat.view(torch.uint8).numpy().tobytes())
+    if labels is not None:
+        h.update(labels.detach().cpu().long().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    if isinstance(v, str) and len(v) == 64:  # a digest
+        text = repr(v[:12] + "...")
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training ``checkpoint.pt`` read safely (:func:`~pairlens.models.checkpoint.
+    read_checkpoint`); one-line :class:`CheckpointError` naming the file otherwise."""
+    from pairlens.models.checkpoint import CheckpointError, read_checkpoint
+
+    state = read_checkpoint(path, "a PairLens training checkpoint (pairlens train)")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a PairLens training checkpoint (format "
+                              f"{CHECKPOINT_FORMAT})")
+    missing = [k for k in ("config", "model", "optimizer", "epoch") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: training checkpoint without {', '.join(missing)}")
+    return state
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -403,16 +449,20 @@ def fit_and_bundle(trainer: ContrastiveTrainer, arch: str) -> list[dict[str, Any
 def load_trained(path: str | Path, embedding: str = "projector", device: str = "cpu"):
     """A :class:`~pairlens.models.similarity.SimilarityModel` from a trainer output: ``model.pt``
     (or any bundled-format file) or a training ``checkpoint.pt``."""
+    from pairlens.models.checkpoint import CheckpointError, load_strict, read_checkpoint
     from pairlens.models.similarity import resolve_device
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path = Path(path).expanduser()
+    state = read_checkpoint(path, "model.pt or checkpoint.pt of pairlens train")
     if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-        arch = get_architecture(state["config"]["arch"])
+        state = read_training_checkpoint(path)
+        name = state["config"].get("arch")
+        try:
+            arch = get_architecture(name)
+        except ValueError as err:
+            raise CheckpointError(f"{path}: {err}") from None
         net = arch.build()
-        net.load_state_dict(state["model"])
+        load_strict(net, state["model"], path, f"a {name} network")
         classifier = None
     else:
         net, arch, classifier, _ = load_bundle(path)

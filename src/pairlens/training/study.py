@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from pairlens.models.checkpoint import read_checkpoint
+
 MODE_TITLES = {"excon": "ExCon", "exconb": "ExConB", "supcon-ori": "SupConOri",
                "supcon": "SupCon"}
 TABLE_ORDER = ("excon", "exconb", "supcon-ori", "supcon")
@@ -121,7 +123,7 @@ def _train_and_evaluate(config: StudyConfig, mode: str, seed: int, run_dir: Path
         xt = F.interpolate(xt.float() / (255.0 if xt.dtype == torch.uint8 else 1.0), size=size,
                            mode="bilinear", align_corners=False, antialias=True)
     metrics = evaluate_classifier(model, xt, yt, seed=seed)
-    best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["meta"]
+    best = read_checkpoint(run_dir / "best.pt", "best.pt of pairlens train")["meta"]
     metrics.update(mode=mode, seed=seed, best_epoch=best.get("epoch"),
                    best_val_accuracy=best.get("val_accuracy"),
                    train_seconds=round(train_seconds, 1))

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 
 from pairlens.metrics.faithfulness import minmax
 from pairlens.models.bundled import ContrastiveNet, bundle_state, get_architecture
+from pairlens.models.checkpoint import CheckpointError, read_checkpoint
 from pairlens.training import losses
 from pairlens.training.augment import AugmentConfig, SimCLRAugment
 from pairlens.training.simclr import (
@@ -71,6 +72,7 @@ from pairlens.training.simclr import (
     pooled_features,
     write_log_csv,
 )
+from pairlens.validation import Annotated, Choices, Range, validate_fields
 
 MODES = ("supcon", "supcon-ori", "excon", "exconb")
 EXPLANATION_MODES = ("excon", "exconb")
@@ -301,12 +303,12 @@ class SupervisedSettings:
     """Settings of the supervised modes that :class:`TrainConfig` does not hold (stored in
     ``supervised.json`` and checked when resuming)."""
 
-    mode: str = "supcon"
-    start_epoch: int = 0
-    threshold: float = 0.5
-    classifier_lr: float = 5e-2
-    background_copies: int = 2
-    n_classes: int = 10
+    mode: Annotated[str, Choices("supcon", "supcon-ori", "excon", "exconb")] = "supcon"
+    start_epoch: Annotated[int, Range(0)] = 0
+    threshold: Annotated[float, Range(0, 1)] = 0.5
+    classifier_lr: Annotated[float, Range(0, lo_open=True)] = 5e-2
+    background_copies: Annotated[int, Range(0)] = 2
+    n_classes: Annotated[int, Range(1)] = 10
 
 
 def train_supervised(
@@ -336,9 +338,8 @@ def train_supervised(
         The trained network (eval mode), the linear classifier and the per-epoch log rows
         (for ``supcon-ori`` the encoder rows followed by the classifier-phase rows).
     """
+    validate_fields(settings)
     mode = settings.mode
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     spec = get_architecture(arch)
     augment = augment or AugmentConfig.digits()
     config.arch, config.mode = arch, mode
@@ -402,7 +403,11 @@ def _classifier_phase(trainer: ContrastiveTrainer, epochs: ClassifierEpochs,
     rows: list[dict[str, Any]] = []
     ckpt = out / "classifier_checkpoint.pt" if out is not None else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = read_checkpoint(ckpt, "the classifier checkpoint of a supcon-ori run")
+        if not isinstance(state, dict) or not {"classifier", "optimizer", "generator",
+                                               "rows"} <= set(state):
+            raise CheckpointError(f"{ckpt}: not a classifier checkpoint of pairlens train "
+                                  "supcon-ori")
         epochs.classifier.load_state_dict(state["classifier"])
         epochs.optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])

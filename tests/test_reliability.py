@@ -1,0 +1,339 @@
+"""Issue 12's numbered failures, each through the path a user takes (store keys, limits,
+parameters, images and checkpoints, folders with bad files, file modes).
+
+The killed-and-resumed evaluation and training stay bit-identical: tests/test_runner.py and
+tests/test_training.py. The table of single bad inputs is tests/test_bad_inputs.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import bomb_png, pair_batch, square_model
+from PIL import Image
+
+import pairlens
+from pairlens.cli import main
+from pairlens.io import BadFiles
+from pairlens.models import bundled
+from pairlens.study import PairSet, ResultStore, parse_methods
+from pairlens.study.identity import IdentityMismatch
+from pairlens.study.loop import run_evaluation
+
+EVAL = ["evaluate", "--model", "digits", "--data", "digits", "--methods", "grad-cam",
+        "--step", "128", "--batch-size", "4", "--device", "cpu", "--quiet"]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def image_folder(root: Path, n: int, seed: int = 0, size: int = 24) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / f"img{i}.png")
+    return root
+
+
+# ---------------------------------------------------------------- 1. store keys
+def test_adding_metrics_pairs_and_methods_computes_exactly_what_is_missing(tmp_path):
+    model = square_model()
+    pairs = PairSet(model, "digits", "augmented", n=4, seed=0)
+    grad_cam = parse_methods("grad-cam")
+    with ResultStore(tmp_path / "m.db") as store:
+        first = run_evaluation(model, "square", pairs, grad_cam, ["SI"], store, step=128,
+                               pairs_per_batch=4, progress=False)
+        assert (first.computed_pairs, first.computed_values) == (4, 4)
+        # today's bug: "0 computed, 4 already" and SD, CI never stored
+        second = run_evaluation(model, "square", pairs, grad_cam, ["SI", "SD", "CI"], store,
+                                step=128, pairs_per_batch=4, progress=False)
+        assert (second.computed_pairs, second.computed_values) == (4, 8)
+        assert second.missing_metrics == {"SD", "CI"}
+        third = run_evaluation(model, "square", pairs, grad_cam, ["SI", "SD", "CI"], store,
+                               step=128, pairs_per_batch=4, progress=False)
+        assert (third.computed_values, third.skipped_pairs) == (0, 4)
+        # more pairs and another method: only the new (pair, method) cells
+        more = PairSet(model, "digits", "augmented", n=6, seed=0)
+        fourth = run_evaluation(model, "square", more, parse_methods("grad-cam,random"),
+                                ["SI", "SD", "CI"], store, step=128, pairs_per_batch=4,
+                                progress=False)
+        assert (fourth.computed_pairs, fourth.computed_values) == (2 + 6, 3 * 8)
+    counts = dict(rows(tmp_path / "m.db", "SELECT metric, COUNT(*) FROM results "
+                                          "WHERE method='grad-cam' GROUP BY metric"))
+    assert counts == {"SI": 6, "SD": 6, "CI": 6}
+
+
+def test_every_parameter_and_the_seed_are_in_the_key(tmp_path):
+    model = square_model()
+    pairs = PairSet(model, "digits", "augmented", n=2, seed=0)
+    with ResultStore(tmp_path / "k.db") as store:
+        for seed in ("0", "1"):
+            specs = parse_methods(f"random[seed={seed}]")
+            run_evaluation(model, "square", pairs, specs, ["SI"], store, step=128,
+                           progress=False)
+    params = sorted(r[0] for r in rows(tmp_path / "k.db", "SELECT DISTINCT params FROM results"))
+    assert params == ['{"seed":0}', '{"seed":1}']
+    smooth = parse_methods("smoothgrad[guided=no]")[0]
+    assert smooth.params == {"n_samples": 50, "noise_level": 0.15, "guided": False,
+                             "batch_size": 32, "seed": 0} and smooth.label == "smoothgrad"
+
+
+def _bundle_with_offset(src: Path, dst: Path, offset: float) -> Path:
+    state = torch.load(src, weights_only=True)
+    state["projector"] = {k: v + offset if v.is_floating_point() else v
+                          for k, v in state["projector"].items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dst)
+    return dst
+
+
+def test_two_checkpoints_named_model_pt_are_two_models_and_a_changed_one_is_refused(
+        tmp_path, capsys):
+    digits = bundled.weights_path("digits")
+    a = _bundle_with_offset(digits, tmp_path / "A" / "model.pt", 0.0)
+    b = _bundle_with_offset(digits, tmp_path / "B" / "model.pt", 0.05)
+    db = tmp_path / "s.db"
+    for ckpt in (a, b):
+        code, _, err = cli(capsys, *EVAL, "--pairs", "2", "--metrics", "SI", "--checkpoint",
+                           str(ckpt), "--store", str(db))
+        assert code == 0, err
+    per_model = rows(db, "SELECT model, SUM(value) FROM results GROUP BY model ORDER BY model")
+    assert [m for m, _ in per_model] == [f"digits@{a}", f"digits@{b}"]
+    assert per_model[0][1] != per_model[1][1]  # B's report shows B's numbers
+    a.write_bytes(b.read_bytes())  # same path, other weights
+    code, _, err = cli(capsys, *EVAL, "--pairs", "2", "--metrics", "SI", "--checkpoint", str(a),
+                       "--store", str(db))
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert f"holds results of another model under the label 'digits@{a}'" in err
+
+
+def test_a_changed_image_folder_is_refused_naming_the_files(tmp_path, capsys):
+    data = image_folder(tmp_path / "imgs", 4)
+    args = [*EVAL, "--data", str(data), "--pairs", "4", "--metrics", "SI",
+            "--store", str(tmp_path / "f.db")]
+    assert cli(capsys, *args)[0] == 0
+    image_folder(tmp_path / "more", 1, seed=9)
+    os.replace(tmp_path / "more" / "img0.png", data / "new.png")
+    code, _, err = cli(capsys, *args)
+    assert code != 0 and "1 added (new.png)" in err and "use another --store" in err
+    (data / "new.png").unlink()
+    assert cli(capsys, *args)[0] == 0  # back as it was: accepted again
+    os.utime(data / "img2.png", ns=(1, 1))
+    code, _, err = cli(capsys, *args)
+    assert code != 0 and "1 modified (img2.png)" in err
+
+
+def test_stochastic_maps_do_not_depend_on_the_batch():
+    """Issue 12 item 1, second bullet (per-pair generators, built by the issue-13 engineer):
+    a pair explained inside a batch equals the same pair explained alone."""
+    from pairlens.methods import common
+
+    if not hasattr(common, "pair_generators"):
+        pytest.xfail("per-pair generators (methods.common.pair_generators) not merged yet")
+    model = square_model()
+    x1, x2 = pair_batch(3)
+    for method, params in (("pairwise-occlusion", {"n_samples": 4}),
+                           ("smoothgrad", {"n_samples": 4}), ("random", {})):
+        batch = pairlens.explain(model, x1, x2, method=method, **params)
+        alone = pairlens.explain(model, x1[1:2], x2[1:2], method=method, **params)
+        assert torch.allclose(batch.maps[0][1], alone.maps[0][0], atol=1e-6), method
+
+
+# ---------------------------------------------------------------- 2. limits
+def test_huge_small_png_is_refused_before_decoding_in_every_path(tmp_path, capsys):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 200_000
+    good = image_folder(tmp_path / "one", 1) / "img0.png"
+    code, _, err = cli(capsys, "explain", str(good), str(bomb), "--out", str(tmp_path / "o"),
+                       "--quiet")
+    assert code != 0 and "bomb.png: image is 784.0 megapixels; the limit is 100.0" in err
+    folder = image_folder(tmp_path / "imgs", 3)
+    os.replace(bomb, folder / "bomb.png")
+    # training: stops naming the file and the way out, then skips it
+    train = ["train", "simclr", "--data", str(folder), "--arch", "digits-cnn", "--epochs", "1",
+             "--batch-size", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]
+    code, _, err = cli(capsys, *train)
+    assert code != 0 and "bomb.png" in err and "--on-error skip" in err
+    code, out, err = cli(capsys, *train, "--on-error", "skip")
+    assert code == 0 and "skipped 1 unreadable file" in err
+    assert "bomb.png" in (tmp_path / "run" / "skipped.json").read_text()
+    # corpus: the bomb in the corpus folder is skipped and listed
+    code, _, err = cli(capsys, "corpus", str(folder / "img0.png"), "--corpus", str(folder),
+                       "--target", "corpus", "--n-masks", "8", "--device", "cpu",
+                       "--on-error", "skip", "--out", str(tmp_path / "c"))
+    assert code == 0 and "bomb.png" in err and (tmp_path / "c" / "skipped.json").is_file()
+
+
+def test_demo_refuses_a_huge_upload_before_decoding_and_memory_stays_at_baseline(tmp_path):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    script = f"""
+import resource
+from pairlens.demo import core
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    core.load_upload({{"path": {str(bomb)!r}, "orig_name": "b.png"}}, "image 1",
+                     [{str(tmp_path)!r}])
+except core.DemoError as err:
+    print("refused:", err)
+print("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "refused: image 1 (b.png): image is 784.0 megapixels; the limit is 40.0 megapixels" \
+        in res.stdout
+    grew = int(res.stdout.split("grew_kb")[1])
+    assert grew < 50_000, f"peak memory grew by {grew} KB"  # decoding would take 2.4 GB
+
+
+def test_demo_inputs_hand_the_upload_over_undecoded():
+    from types import SimpleNamespace
+
+    from pairlens.demo.app import _undecoded
+
+    class Payload:  # what Gradio passes (its ImageData): it must not be opened
+        def model_dump(self):
+            return {"path": "/nowhere/x.png", "url": None, "orig_name": "x.png", "size": 3}
+
+    # gr.Image's own preprocess would open and convert the file; ours replaces it
+    component = _undecoded(SimpleNamespace(preprocess=None))
+    assert component.preprocess(Payload()) == {"path": "/nowhere/x.png", "url": None,
+                                               "orig_name": "x.png"}
+    assert component.preprocess(None) is None
+
+
+# ---------------------------------------------------------------- 3. parameters
+def test_bad_parameters_exit_non_zero_and_store_nothing(tmp_path, capsys):
+    db = tmp_path / "p.db"
+    code, _, err = cli(capsys, *EVAL, "--pairs", "2", "--methods",
+                       "conditional-occlusion[window=-8]", "--store", str(db))
+    assert code != 0 and "parameter window must be an integer >= 1" in err
+    assert not db.exists() or rows(db, "SELECT COUNT(*) FROM results") == [(0,)]
+    code, out, err = cli(capsys, "explain", "--param", "guided=no", "--method",
+                         "input-x-gradient", "--model", "digits", "--out", str(tmp_path / "g"),
+                         "--quiet")
+    assert code == 0, err
+    import json
+
+    assert json.loads((tmp_path / "g" / "input-x-gradient.json").read_text())["params"] == \
+        {"guided": False}
+
+
+def test_train_refuses_zero_epochs_in_the_library_too(tmp_path):
+    from pairlens.training.simclr import ContrastiveTrainer, TrainConfig
+    from pairlens.validation import ParamError
+
+    config = TrainConfig(epochs=0, out=str(tmp_path / "r"), device="cpu", progress=False)
+    with pytest.raises(ParamError, match="parameter epochs must be an integer >= 1; got 0"):
+        ContrastiveTrainer(torch.nn.Linear(2, 2), torch.rand(4, 3, 8, 8), None, config,
+                           lambda *a: None)
+    assert not (tmp_path / "r").exists()  # no untrained model written
+
+
+# ---------------------------------------------------------------- 4. images and checkpoints
+def test_exif_orientation_is_applied_in_the_library_and_the_demo(tmp_path, capsys):
+    from pairlens.demo import core
+
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :10] = 255  # a white band on the left of the stored pixels
+    im = Image.fromarray(arr)
+    tags = im.getexif()
+    tags[0x0112] = 6  # displayed rotated 90° clockwise: the band is on top
+    path = tmp_path / "phone.jpg"
+    im.save(path, exif=tags.tobytes(), quality=95)
+    for loaded in (pairlens.io.load_image(path), core.load_upload(str(path), "image 1",
+                                                                  [tmp_path])):
+        a = np.asarray(loaded)
+        assert loaded.size == (20, 40)
+        assert a[:8].mean() > 200 and a[12:].mean() < 50
+    x = square_model().preprocess(path)
+    top, bottom = x[0, :, :4].mean(), x[0, :, -4:].mean()
+    assert top > bottom
+
+
+def test_checkpoint_of_another_bundled_model_is_refused_by_the_cli(tmp_path, capsys):
+    code, _, err = cli(capsys, "explain", "--model", "digits", "--checkpoint",
+                       str(bundled.weights_path("photos")), "--out", str(tmp_path), "--quiet")
+    assert code != 0 and len(err.strip().splitlines()) == 1
+    assert "not the 'digits-cnn' network of model 'digits'" in err and "--model photos" in err
+
+
+def test_resume_names_every_setting_that_differs(tmp_path, capsys):
+    data = image_folder(tmp_path / "imgs", 4)
+    args = ["train", "simclr", "--data", str(data), "--arch", "digits-cnn", "--epochs", "1",
+            "--batch-size", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]
+    assert cli(capsys, *args, "--image-size", "40")[0] == 0
+    code, _, err = cli(capsys, *args, "--image-size", "48", "--resume")
+    assert code != 0 and "image_size: 40 -> 48" in err and "data_hash" in err
+    image_folder(tmp_path / "imgs", 5, seed=3)  # the data changed (and one more image)
+    code, _, err = cli(capsys, *args, "--image-size", "40", "--resume")
+    assert code != 0 and "data_hash" in err and "image_size" not in err
+
+
+# ---------------------------------------------------------------- 5. folders with bad files
+def test_evaluate_stops_or_skips_a_bad_file_and_lists_it(tmp_path, capsys):
+    data = image_folder(tmp_path / "imgs", 4)
+    (data / "img1.png").write_bytes(b"broken")
+    (data / "x.png").mkdir()  # a folder with an image name is never an image
+    db = tmp_path / "b.db"
+    args = [*EVAL, "--data", str(data), "--pairs", "4", "--metrics", "SI", "--store", str(db)]
+    code, _, err = cli(capsys, *args)
+    assert code != 0 and "img1.png" in err and "--on-error skip" in err
+    code, out, err = cli(capsys, *args, "--on-error", "skip")
+    assert code == 0
+    assert err.count("skipped") == 1 and "img1.png" in err  # logged once
+    assert "skipped 1 unreadable file: " in out and "img1.png" in out
+    assert rows(db, "SELECT file FROM skipped") == [(str(data / "img1.png"),)]
+    assert rows(db, "SELECT COUNT(DISTINCT pair_id) FROM results") == [(3,)]
+
+
+def test_every_file_written_respects_the_umask(tmp_path):
+    from pairlens.io import atomic_write
+
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+        exp = pairlens.explain(square_model(), *pair_batch(1), method="grad-cam")
+        written = exp.save(tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
+    assert written and all(p.stat().st_mode & 0o777 == 0o640 for p in written)
+
+
+def test_bad_files_policy_is_shared():
+    assert BadFiles("skip").summary() == ""
+    with pytest.raises(ValueError):
+        BadFiles("maybe")
+
+
+def test_store_written_with_identities_cannot_mix_models(tmp_path):
+    model = square_model()
+    pairs = PairSet(model, "digits", "augmented", n=2, seed=0)
+    specs = parse_methods("random")
+    with ResultStore(tmp_path / "i.db") as store:
+        run_evaluation(model, "square", pairs, specs, ["SI"], store, step=128, progress=False)
+        other = square_model(size=40)  # same weights, other input size
+        with pytest.raises(IdentityMismatch, match="input_size"):
+            run_evaluation(other, "square", PairSet(other, "digits", n=2), specs, ["SI"],
+                           store, step=128, progress=False)
