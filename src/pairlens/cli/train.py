@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the shared object or a distractor is removed is measured at the end and stored in "
         "model.pt.",
     )
-    simclr.add_argument("--distractors", type=int, default=2, metavar="K",
+    simclr.add_argument("--distractors", type=argtype("int", 0, 37), default=2, metavar="K",
                         help="composites only: distractor objects per training scene "
                         "(default: %(default)s)")
     from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
