@@ -74,22 +74,29 @@ def test_seed000_claims_on_made_up_values(claims):
     assert res["000-ms"].verdict == "n/a"
 
 
-def test_seed000_cocoa_excon_and_render_at_tiny_size(claims, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("claims")
+
+
+def test_seed000_at_tiny_size(claims, out):
     torch.set_num_threads(1)
-    out = tmp_path / "claims"
     quick = ["--param", "smoothgrad.n_samples=2", "--param", "averaged-transforms.steps=2",
              "--param", "pairwise-occlusion.n_samples=4", "--param",
              "conditional-occlusion.stride=8"]
-    assert claims.main(["seed000", "--data", "digits", "--pairs", "3", "--ms-pairs", "2",
+    assert claims.main(["seed000", "--data", "digits", "--pairs", "2", "--ms-pairs", "2",
                         "--ms-samples", "2", "--sanity-pairs", "1", "--step", "256",
                         *quick, "--out", str(out), "--quiet"]) == 0
     s = json.loads((out / "seed000-digits.json").read_text())
     assert s["command"].startswith("python scripts/paper_claims.py seed000 --data digits")
     assert len(s["claims"]["000-random"]["comparisons"]) == 17 * 3
-    assert all(c["n"] == 3 for c in s["claims"]["000-occlusion"]["comparisons"])
+    assert all(c["n"] == 2 for c in s["claims"]["000-occlusion"]["comparisons"])
     assert s["claims"]["000-ms"]["comparisons"][0]["n"] == 2
     assert len(s["sanity_rho"]) == 7
 
+
+def test_cocoa_at_tiny_size(claims, out):
+    torch.set_num_threads(1)
     assert claims.main(["cocoa", "--seeds", "0", "1", "--classes", "0", "1", "--n-masks", "16",
                         "--ig-steps", "2", "--shap-samples", "2", "--out", str(out),
                         "--quiet"]) == 0
@@ -97,7 +104,10 @@ def test_seed000_cocoa_excon_and_render_at_tiny_size(claims, tmp_path, monkeypat
     assert len(c["claims"]["cocoa-same"]["comparisons"]) == 18
     assert all(cmp["n"] == 2 for cmp in c["claims"]["cocoa-random"]["comparisons"])
 
-    # ExCon: the study script on a tiny subset, then the claims step and the docs block
+
+def test_excon_study_docs_claims_and_render_at_tiny_size(claims, out, tmp_path, monkeypatch):
+    """The ExCon study script on a tiny subset, the docs block, the claims step, the page."""
+    torch.set_num_threads(1)
     excon_docs = load_script("excon_docs")
     from pairlens.training import study
 
@@ -128,6 +138,7 @@ def test_seed000_cocoa_excon_and_render_at_tiny_size(claims, tmp_path, monkeypat
     text = doc.read_text()
     for claim in claims.SEED000_CLAIMS + claims.COCOA_CLAIMS + claims.EXCON_CLAIMS:
         assert f"| {claim.text} |" in text
-    for r in (s, c, e):
+    for name in ("seed000-digits", "cocoa", "excon"):
+        r = json.loads((out / f"{name}.json").read_text())
         assert r["command"] in text  # every number's command is printed on the page
     assert "not run" in text  # photos and composites were not measured here
