@@ -303,4 +303,16 @@ def test_removal_drops_match_a_plain_loop():
         distractor = res["per_pair"]["drop_distractor"][i].tolist()
         assert shared == pytest.approx([s - sim(no1, x2), s - sim(x1, no2)], abs=1e-5)
         assert distractor == pytest.approx([s - sim(d1, x2), s - sim(x1, d2)], abs=1e-5)
-    assert 0.0 <= res["retrieval_top1"] <= 1.0
+    sims = torch.zeros(3, 3)
+    for i in range(3):
+        for j in range(3):
+            sims[i, j] = sim(C.render(C.composite_pair(i, 5, 64).layout1).image,
+                             C.render(C.composite_pair(j, 5, 64).layout2).image)
+    aucs = []
+    for i in range(3):
+        objs = {p.object_id for p in C.composite_pair(i, 5, 64).layout1.objects}
+        others = [j for j in range(3) if j != i and not objs & {
+            p.object_id for p in C.composite_pair(j, 5, 64).layout2.objects}]
+        if others:
+            aucs.append(sum(float(sims[i, i] > sims[i, j]) for j in others) / len(others))
+    assert res["partner_auc"] == pytest.approx(sum(aucs) / len(aucs), abs=1e-6)

@@ -18,6 +18,7 @@ through in both cases).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,8 +126,9 @@ def removal_drops(model: Any, n_pairs: int = 200, seed: int = 1, batch_size: int
     * ``similarity_pairs`` / ``similarity_unrelated``: mean similarity of the pairs and of
       unrelated scenes (scene 1 of pair ``i`` with scene 2 of pair ``i+1``, which never share the
       shared object; they may share a distractor by chance);
-    * ``retrieval_top1``: fraction of scenes 1 whose most similar scene 2 among all pairs' scenes 2
-      is their partner (chance ``1 / n_pairs``).
+    * ``partner_auc``: for scene 1 of each pair, the fraction of the other pairs' scenes 2 that
+      share **no** object with it and are less similar to it than its partner (ties count half),
+      averaged over pairs: 0.5 is chance, 1 means the partner always wins.
 
     Returns floats, plus ``per_pair`` tensors ``(n_pairs, 2)`` of both drops for intervals.
     """
@@ -136,8 +138,11 @@ def removal_drops(model: Any, n_pairs: int = 200, seed: int = 1, batch_size: int
     if model.input_size[1] != size:
         raise ValueError("composites scenes are square; the model's input size is not")
     rows: dict[str, list[Tensor]] = {k: [] for k in ("x1", "x2", "x1s", "x2s", "x1d", "x2d")}
+    objects1, objects2 = [], []
     for i in range(n_pairs):
         pair = composites.composite_pair(i, seed, size)
+        objects1.append({p.object_id for p in pair.layout1.objects})
+        objects2.append({p.object_id for p in pair.layout2.objects})
         s1, s2 = composites.render(pair.layout1), composites.render(pair.layout2)
         rows["x1"].append(s1.image)
         rows["x2"].append(s2.image)
@@ -155,8 +160,14 @@ def removal_drops(model: Any, n_pairs: int = 200, seed: int = 1, batch_size: int
     distractor = torch.stack([s - sim(z["x1d"], z["x2"]), s - sim(z["x1"], z["x2d"])], dim=1)
     unrelated = sim(z["x1"], z["x2"].roll(-1, dims=0))
     n = n_pairs
-    all_sims = torch.stack([sim(z["x1"][i : i + 1].expand(n, -1), z["x2"]) for i in range(n)])
-    top1 = (all_sims.argmax(dim=1).cpu() == torch.arange(n)).float().mean()
+    all_sims = torch.stack([sim(z["x1"][i : i + 1].expand(n, -1), z["x2"])
+                            for i in range(n)]).cpu()
+    aucs = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i and not objects1[i] & objects2[j]]
+        if others:
+            d = all_sims[i, i] - all_sims[i, others]
+            aucs.append(float(((d > 0).float() + 0.5 * (d == 0).float()).mean()))
     return {
         "n_pairs": n_pairs,
         "seed": seed,
@@ -165,6 +176,6 @@ def removal_drops(model: Any, n_pairs: int = 200, seed: int = 1, batch_size: int
         "drop_shared": float(shared.mean()),
         "drop_distractor": float(distractor.mean()),
         "shared_larger": float((shared > distractor).float().mean()),
-        "retrieval_top1": float(top1),
+        "partner_auc": sum(aucs) / len(aucs) if aucs else math.nan,
         "per_pair": {"drop_shared": shared.cpu(), "drop_distractor": distractor.cpu()},
     }
