@@ -5,7 +5,8 @@ method cannot avoid, run as plain PyTorch code with the same batch sizes:
 
 * input-x-gradient, smoothgrad: forward + backward to the input of the two images, once per
   noise sample;
-* averaged-transforms: forward + backward of image 1 and its Z transformed views of image 2;
+* averaged-transforms: forward + backward of image 1 and its views of image 2 (Z - 1 with the
+  default ``interpolation="paper"``, Z with ``"strength"``);
 * conditional-occlusion: no-grad forwards of the two images and of every occluded image;
 * pairwise-occlusion: no-grad forwards of the two images and of the 2 x n_samples occluded images;
 * grad-cam, interaction-cam: forward of the two images + backward to the feature layer;
@@ -72,16 +73,17 @@ def floor_fn(model, name: str, params: dict, x1, x2):
     if name == "smoothgrad":
         n, bs = params["n_samples"], params["batch_size"]
 
-        def run():
-            for k in range(0, n * b, bs):
-                m = min(bs, n * b - k)
+        def run():  # batch_size counts images: bs // 2 noisy pairs per pass
+            per = max(1, bs // 2)
+            for k in range(0, n * b, per):
+                m = min(per, n * b - k)
                 fwd_bwd_input(
                     x1[:1].expand(m, -1, -1, -1).clone(), x2[:1].expand(m, -1, -1, -1).clone()
                 )
 
         return run
     if name == "averaged-transforms":
-        z = params["steps"]
+        z = params["steps"] - (params["interpolation"] == "paper")  # paper mode: Z - 1 views
         return lambda: fwd_bwd_input(x1, x2[:1].expand(z * b, -1, -1, -1).clone())
     if name == "conditional-occlusion":
         side = min(h, w)
@@ -89,7 +91,7 @@ def floor_fn(model, name: str, params: dict, x1, x2):
         n = (((h - win) // stride) + 1) * (((w - win) // stride) + 1)
         return lambda: no_grad_images(2 * n * b, params["batch_size"])
     if name == "pairwise-occlusion":
-        return lambda: no_grad_images(2 * params["n_samples"] * b, 2 * params["batch_size"])
+        return lambda: no_grad_images(2 * params["n_samples"] * b, params["batch_size"])
     if name in ("grad-cam", "interaction-cam"):
 
         def run():

@@ -52,7 +52,7 @@ def test_explain_params_reach_the_method(tmp_path, capsys):
     code, _, err = run(
         ["explain", a, b, "--model", "digits", "--method", "averaged-transforms",
          "--param", "transform=rotation", "--param", "strength=0,90", "--param", "guided=true",
-         "--param", "steps=3", "--out", tmp_path, "--quiet"],
+         "--param", "interpolation=strength", "--param", "steps=3", "--out", tmp_path, "--quiet"],
         capsys,
     )
     assert code == 0, err

@@ -55,7 +55,7 @@ def test_widget_defaults_round_trip_to_the_methods_defaults(method):
 def test_param_kinds_follow_the_signature():
     kinds = {s.name: s for s in core.param_specs("averaged-transforms")}
     assert kinds["transform"].kind == "choice" and "rotation" in kinds["transform"].choices
-    assert kinds["interpolation"].choices == ("pixel", "strength")
+    assert kinds["interpolation"].choices == ("paper", "strength")
     assert kinds["strength"].kind == "pair" and kinds["strength"].optional
     assert kinds["guided"].kind == "bool" and kinds["steps"].kind == "int"
     reduction = {s.name: s for s in core.param_specs("interaction-cam")}["reduction"]

@@ -13,6 +13,7 @@ from pairlens.models.hooks import GuidedReLU, guided_relus
 from pairlens.models.similarity import NonFiniteError
 
 ALL = [info.name for info in method_infos() if info.name != "random"]
+STOCHASTIC = [info.name for info in method_infos() if not info.deterministic]
 FAST = {  # smaller settings of the costly methods, same code paths
     "smoothgrad": {"n_samples": 8},
     "pairwise-occlusion": {"n_samples": 40},
@@ -80,17 +81,45 @@ def test_pairwise_occlusion_localises_the_square_across_the_pair(square):
     assert total[4:14, 4:14].mean() > 1.3 * total[20:, 20:].mean()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", ALL + ["random"])
 def test_batch_of_three_equals_three_batches_of_one(square, name):
-    if not get_method(name).deterministic:
-        pytest.skip("stochastic method: covered by the seed test")
+    """Stochastic methods included: their noise is drawn per pair (pair_generators), so a pair's
+    map is the same alone, in a batch, at another position and with another forward batch size."""
     x1, x2 = pair_batch(3)
-    batch = pairlens.explain(square, x1, x2, method=name, **params(name))
+    p = params(name)
+    batch = pairlens.explain(square, x1, x2, method=name, **p)
+    if "batch_size" in get_method(name).params:
+        p["batch_size"] = 5  # chunks that cut through pairs
+    order = [2, 0, 1]
+    shuffled = pairlens.explain(square, x1[order], x2[order], method=name, **p)
     for i in range(3):
-        single = pairlens.explain(square, x1[i : i + 1], x2[i : i + 1], method=name, **params(name))
-        for mb, ms in zip(batch.maps, single.maps, strict=True):
+        single = pairlens.explain(square, x1[i : i + 1], x2[i : i + 1], method=name, **p)
+        for mb, ms, mp in zip(batch.maps, single.maps, shuffled.maps, strict=True):
             torch.testing.assert_close(mb[i : i + 1], ms, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(mp[order.index(i)], ms[0], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(batch.score[i : i + 1], single.score, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_methods_draw_different_noise_for_different_pairs(square, name):
+    """Two pairs whose images are the same up to a shift get different random draws: the maps of
+    a pair and of its slightly changed copy differ by more than the change explains for the
+    deterministic input x gradient, and seed=None gives fresh draws."""
+    from pairlens.methods.common import pair_generators
+
+    x1, x2 = pair_batch(2)
+    g = pair_generators(0, x1, x2)
+    assert not torch.equal(torch.rand(4, generator=g[0]), torch.rand(4, generator=g[1]))
+    again = pair_generators(0, x1[1:], x2[1:])[0]
+    assert torch.equal(torch.rand(4, generator=pair_generators(0, x1, x2)[1]),
+                       torch.rand(4, generator=again))
+    fresh = pair_generators(None, x1, x2)
+    assert not torch.equal(torch.rand(4, generator=fresh[0]),
+                           torch.rand(4, generator=pair_generators(None, x1, x2)[0]))
+    twice = torch.cat([x1[:1], x1[:1]]), torch.cat([x2[:1], x2[:1]])
+    a = pairlens.explain(square, *twice, method=name, **params(name))
+    for m in a.maps:  # the same pair twice in one batch: the same map twice
+        torch.testing.assert_close(m[0], m[1])
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -219,10 +248,9 @@ def test_conditional_occlusion_window_value_is_the_similarity_drop(square):
 
 
 def test_pairwise_occlusion_rectangles_follow_the_convention():
-    from pairlens.methods.common import generator
     from pairlens.methods.perturbation import random_rectangles
 
-    m = random_rectangles(500, 224, 224, (0.1, 0.3), (1.0, 1.5), generator(0, torch.device("cpu")))
+    m = random_rectangles(500, 224, 224, (0.1, 0.3), (1.0, 1.5), torch.Generator().manual_seed(0))
     area = m.flatten(1).float().mean(1)
     assert area.min() >= 0.09 and area.max() <= 0.31
     rows = m.any(2).sum(1).float()
@@ -231,17 +259,17 @@ def test_pairwise_occlusion_rectangles_follow_the_convention():
     assert ratio.min() >= 0.95 and ratio.max() <= 1.56
 
 
-def test_averaged_transforms_grayscale_path_and_gradients_through_the_transform(square):
+def test_averaged_transforms_strength_path(square):
     from pairlens.methods.transforms import transform_path
 
     x01 = torch.rand(2, 3, 8, 8)
     u = torch.rand(2, 8)
-    path = transform_path("grayscale", x01, 4, None, "pixel", u)
+    path = transform_path("grayscale", x01, 4, None, u)
     gray = (0.299 * x01[:, 0] + 0.587 * x01[:, 1] + 0.114 * x01[:, 2]).unsqueeze(1)
     for z in range(4):
-        rho = 1 - (z + 1) / 4
-        torch.testing.assert_close(path[z], rho * x01 + (1 - rho) * gray.expand_as(x01))
-    strength = transform_path("rotation", x01, 2, (0.0, 90.0), "strength", u)
+        s = (z + 1) / 4
+        torch.testing.assert_close(path[z], (1 - s) * x01 + s * gray.expand_as(x01))
+    strength = transform_path("rotation", x01, 2, (0.0, 90.0), u)
     torch.testing.assert_close(
         strength[1][:, :, 1:-1, 1:-1],
         torch.rot90(x01, 1, (2, 3))[:, :, 1:-1, 1:-1],
@@ -264,9 +292,13 @@ def test_averaged_transforms_grayscale_path_and_gradients_through_the_transform(
     ],
 )
 def test_every_transform_family_explains_the_square(square, transform):
+    from pairlens.methods.transforms import GEOMETRIC
+
     x1, x2 = pair_batch(1)
+    mode = "strength" if transform in GEOMETRIC else "paper"
     exp = pairlens.explain(
-        square, x1, x2, method="averaged-transforms", transform=transform, steps=4
+        square, x1, x2, method="averaged-transforms", transform=transform, steps=4,
+        interpolation=mode,
     )
     # image 1 is never transformed: its map must sit on the square
     assert inside_fraction(exp.maps[0][0]) > 0.9

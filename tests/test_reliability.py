@@ -93,8 +93,9 @@ def test_every_parameter_and_the_seed_are_in_the_key(tmp_path):
     params = sorted(r[0] for r in rows(tmp_path / "k.db", "SELECT DISTINCT params FROM results"))
     assert params == ['{"seed":0}', '{"seed":1}']
     smooth = parse_methods("smoothgrad[guided=no]")[0]
-    assert smooth.params == {"n_samples": 50, "noise_level": 0.15, "guided": False,
-                             "batch_size": 32, "seed": 0} and smooth.label == "smoothgrad"
+    assert smooth.params == {"n_samples": 50, "noise_level": 0.15, "noise": "shared",
+                             "noise_scale": "divide", "guided": False, "batch_size": 64,
+                             "seed": 0} and smooth.label == "smoothgrad"
 
 
 def _bundle_with_offset(src: Path, dst: Path, offset: float) -> Path:

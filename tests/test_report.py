@@ -88,6 +88,56 @@ def test_report_errors(tmp_path):
         write_report([tmp_path / "r.db"], tmp_path / "out", formats=["pdf"])
 
 
+def test_methods_are_compared_only_on_the_pairs_they_all_have(tmp_path):
+    """24 pairs of random, 10 of grad-cam: every number compares the same 10 pairs."""
+    db = tmp_path / "c.db"
+    rng = np.random.default_rng(0)
+    rand = [{"SI": float(v), "SD": 0.5} for v in rng.uniform(0.4, 0.6, 24)]
+    rand[12:] = [{"SI": 5.0, "SD": 0.5}] * 12  # pairs 12..23 would pull random's mean up
+    cam = [{"SI": r["SI"] + 0.1 + 0.01 * i, "SD": 0.3} for i, r in enumerate(rand[:10])]
+    fill(db, "m", {"random": rand, "grad-cam": cam})
+    study = build_studies(read_tables([db]))[0]
+    want_random = float(np.mean([r["SI"] for r in rand[:10]]))
+    assert study.value("random", "SI") == pytest.approx(want_random)
+    assert study.cells[("random", "SI")].n == 10 and study.left_out[("random", "SI")] == 14
+    assert np.allclose(study.curves[("random", "SI")], np.linspace(0, 1, 5) * 5.5)  # ids 0..9
+
+    from scipy import stats
+
+    from pairlens.report.tables import compare_with_baseline
+
+    comp = {c.metric: c for c in compare_with_baseline(study)}
+    d = np.array([c["SI"] for c in cam]) - np.array([r["SI"] for r in rand[:10]])
+    half = stats.t.ppf(0.975, 9) * d.std(ddof=1) / np.sqrt(10)
+    assert comp["SI"].n == 10 and comp["SI"].diff == pytest.approx(d.mean())
+    assert comp["SI"].diff_ci == pytest.approx((d.mean() - half, d.mean() + half))
+    assert comp["SI"].p_value == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert comp["SI"].better is True  # higher SI is better and 10/10 pairs are higher
+    assert comp["SD"].better is True and comp["SD"].diff == pytest.approx(-0.2)  # lower is better
+
+    out = tmp_path / "rep"
+    write_report([db], out, formats=("md", "csv"))
+    md = (out / "report.md").read_text()
+    assert "Against random, 95 % intervals and paired Wilcoxon test" in md
+    assert "random: 14" in md
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    si = [r for r in rows if r["metric"] == "SI"][0]
+    assert si["method"] == "grad-cam" and si["pairs"] == "10" and si["better"] == "True"
+
+
+def test_a_method_no_better_than_random_is_not_called_better(tmp_path):
+    db = tmp_path / "n.db"
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.5, 0.1, 30), rng.normal(0.5, 0.1, 30)
+    fill(db, "m", {"random": [{"SI": float(v)} for v in a],
+                   "grad-cam": [{"SI": float(v)} for v in b]})
+    from pairlens.report.tables import compare_with_baseline
+
+    (comp,) = compare_with_baseline(build_studies(read_tables([db]))[0])
+    assert comp.p_value > 0.05 and comp.better is None
+    assert comp.diff_ci[0] < 0 < comp.diff_ci[1]
+
+
 def test_ground_truth_table_lists_every_method_next_to_random(tmp_path):
     from pairlens.report.render import ground_truth_table
 
@@ -100,14 +150,16 @@ def test_ground_truth_table_lists_every_method_next_to_random(tmp_path):
                                   for i in range(4)] for lab in pg})
     study = build_studies(read_tables([db]))[0]
     header, rows, bold = ground_truth_table(study)
-    assert header[:3] == ["method", "PG ↑ [95 % interval]", "random PG"]
+    assert header[:3] == ["method", "PG ↑ [95 % CI]", "random PG"]
     assert [r[0] for r in rows] == ["grad-cam", "input-x-gradient", "random"]
+    from scipy import stats
+
     values = np.array(pg["grad-cam"])
-    half = 1.96 * values.std(ddof=1) / 2
+    half = stats.t.ppf(0.975, 3) * values.std(ddof=1) / 2
     assert rows[0][1] == f"{values.mean():.3f} [{values.mean() - half:.3f}, " \
                          f"{values.mean() + half:.3f}]"
-    assert rows[0][2] == "0.125" and bold[0][1]  # interval above random's mean
-    assert not bold[1][1]
+    assert rows[0][2] == "0.125"
+    assert not bold[1][1]  # input-x-gradient is not better than random
     assert rows[1][3].startswith("0.133") and rows[1][5] == "4"  # EPG over 3 pairs, NaN skipped
     write_report([db], tmp_path / "rep", formats=["md"])
     md = (tmp_path / "rep" / "report.md").read_text()

@@ -58,8 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
     p.add_argument("--metrics", default=None,
-                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS and, with ground truth "
-                   "(composites), PG,EPG (default: SI,SD,CI,CD,SAD,CAD, plus PG,EPG for "
+                   help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS; region games "
+                   "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF; with ground truth "
+                   "(composites) PG,EPG (default: SI,SD,CI,CD,SAD,CAD, plus PG,EPG for "
                    "composites)")
     p.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")

@@ -13,7 +13,7 @@ EXPLAIN_EXAMPLES = """examples:
   pairlens explain a.jpg b.jpg --method conditional-occlusion --out out/
   pairlens explain a.jpg b.jpg --method interaction-cam --param reduction=max
   pairlens explain a.jpg b.jpg --method averaged-transforms --param transform=rotation \\
-      --param strength=0,90 --param guided=true
+      --param strength=0,90 --param interpolation=strength --param guided=true
   pairlens explain a.jpg b.jpg --all-methods --out out/
   pairlens explain a.jpg b.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth
 """

@@ -64,6 +64,7 @@ PARAM_BOUNDS: dict[str, tuple[float, float]] = {
     "window": (1, 1024),
     "stride": (4, 1024),
     "noise_level": (0.0, 5.0),
+    "temperature": (1e-4, 100.0),
 }
 PARAM_HELP = {
     "reduction": "spatial reduction of the joint activation J (§III-C2)",
@@ -77,12 +78,17 @@ PARAM_HELP = {
     "ratio": "aspect ratio range of the rectangles: lo, hi",
     "seed": "random seed (empty: a new draw every run)",
     "guided": "guided backpropagation through every ReLU (variant G)",
-    "noise_level": "noise standard deviation as a fraction of the input range",
+    "noise_level": "noise level; sigma follows noise_scale",
     "transform": "augmentation family (§III-A2)",
     "steps": "number of transform strengths Z",
     "strength": "strength range lo, hi (empty: the family's default range)",
-    "interpolation": "pixel: blend weak and strong views (paper); strength: sweep the strength",
-    "noise": "add SmoothGrad noise to the intermediate views (variant N)",
+    "interpolation": "paper: views rho*image1 + (1-rho)*T(image2), as the authors' code "
+    "(photometric transforms only); strength: sweep the transform's strength on image 2",
+    "noise": "averaged-transforms: add noise to the views (variant N); smoothgrad: shared "
+    "(one sample on both images, the authors' code) or independent",
+    "noise_scale": "divide: sigma = level/(max-min) (the authors' code); multiply: "
+    "sigma = level*(max-min) (Smilkov et al.)",
+    "temperature": "softmax temperature of the similarity drops (1 = the authors' code)",
 }
 
 

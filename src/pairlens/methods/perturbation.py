@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import generator, scaled
+from pairlens.methods.common import pair_generators, scaled
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, cosine
 from pairlens.progress import track
@@ -138,35 +138,64 @@ def pairwise_occlusion(
     n_samples: Annotated[int, Range(1)] = 100,
     area: Annotated[tuple[float, float], Range(0, 1, lo_open=True), Ordered()] = (0.1, 0.3),
     ratio: Annotated[tuple[float, float], Range(0, lo_open=True), Ordered()] = (1.0, 1.5),
+    temperature: Annotated[float, Range(0, lo_open=True)] = 1.0,
     fill: Annotated[float, Range()] = 0.0,
     batch_size: Annotated[int, Range(1)] = 64,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
-    """Pairwise Occlusion: ``n_samples`` pairs of random rectangles erased simultaneously.
+    """Pairwise Occlusion (seed 000, §III-B2): ``n_samples`` pairs of random rectangles erased
+    simultaneously.
 
     Sample i erases rectangle r1_i from x1 and r2_i from x2 (area 10-30 %, aspect 1-1.5). Its weight
-    is the softmax over samples of ``s - s_i``; the weight goes to the erased region of the image
-    whose occluded embedding has the lower L2 norm (the region likely held highly activated
-    features). Regions are tracked by their masks, never by looking for zero pixels.
+    is ``softmax_i((s - s_i) / temperature)`` over the samples; ``temperature=1`` is the authors'
+    code (explain-cl ``methods.py``, ``pairwise_occlusion``: ``F.softmax(baseline - sims)``). The
+    weight goes to the erased region of the image whose occluded embedding has the lower L2 norm
+    (the region likely held highly activated features). Regions are tracked by their masks, never
+    by looking for zero pixels. Maps are the sums of the weights (the code divides each map by its
+    maximum, which changes no ranking).
+
+    Similarity drops are small numbers (cosine differences of a few hundredths), so with
+    ``temperature=1`` the softmax is close to uniform and the map is mostly a count of how often
+    each pixel was erased; a lower temperature (e.g. 0.01) lets the drops decide (docs/methods.md
+    shows the measurement).
+
+    Rectangles are drawn per pair from :func:`~pairlens.methods.common.pair_generators`, so a
+    pair's map does not depend on its batch. ``batch_size`` images per forward pass.
+
+    Raises:
+        ValueError: ``n_samples < 1``, ``temperature <= 0`` or ``batch_size < 1``.
     """
+    if n_samples < 1:
+        raise ValueError("n_samples must be >= 1")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
     b, _, h, w = x1.shape
-    gen = generator(seed, x1.device)
+    gens = pair_generators(seed, x1, x2)
     z1, z2 = model.embed(x1), model.embed(x2)
-    base = cosine(z1, z2)
+    base = model.embedding_similarity(z1, z2)
     total = b * n_samples
-    m1 = random_rectangles(total, h, w, area, ratio, gen)  # pair-major: pair i, sample k at i*n+k
-    m2 = random_rectangles(total, h, w, area, ratio, gen)
+    m1, m2 = [], []
+    for g in gens:  # pair-major: pair i, sample k at i*n+k
+        m1.append(random_rectangles(n_samples, h, w, area, ratio, g))
+        m2.append(random_rectangles(n_samples, h, w, area, ratio, g))
+    m1 = torch.cat(m1).to(x1.device)
+    m2 = torch.cat(m2).to(x1.device)
     sims = torch.empty(total, device=x1.device)
     norm1, norm2 = torch.empty_like(sims), torch.empty_like(sims)
-    for k in track(range(0, total, batch_size), desc="pairwise-occlusion"):
-        idx = torch.arange(k, min(k + batch_size, total), device=x1.device)
+    per_chunk = max(1, batch_size // 2)  # two occluded images per sample
+    for k in track(range(0, total, per_chunk), desc="pairwise-occlusion"):
+        idx = torch.arange(k, min(k + per_chunk, total), device=x1.device)
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)
         o2 = x2[pair].masked_fill(m2[idx, None], fill)
         z = model.embed(torch.cat([o1, o2]))
         za, zb = z[: len(idx)], z[len(idx) :]
-        sims[idx], norm1[idx], norm2[idx] = cosine(za, zb), za.norm(dim=1), zb.norm(dim=1)
-    weight = torch.softmax((base.repeat_interleave(n_samples) - sims).view(b, n_samples), dim=1)
+        sims[idx] = model.embedding_similarity(za, zb)
+        norm1[idx], norm2[idx] = za.norm(dim=1), zb.norm(dim=1)
+    drops = (base.repeat_interleave(n_samples) - sims).view(b, n_samples)
+    weight = torch.softmax(drops / temperature, dim=1)
     to_first = (norm1 < norm2).view(b, n_samples)
     m1, m2 = m1.view(b, n_samples, h, w), m2.view(b, n_samples, h, w)
     maps1 = torch.einsum("bn,bnhw->bhw", weight * to_first, m1.float())

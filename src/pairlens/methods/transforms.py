@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import generator, noise_sigma, saliency
+from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, saliency
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
 from pairlens.validation import Annotated, Choices, Ordered, Range
 
@@ -182,33 +182,47 @@ def _family(name: str) -> tuple[Family, tuple[float, float]]:
     return FAMILIES[name]
 
 
+GEOMETRIC = ("rotation", "horizontal-flip", "resized-crop", "simclr")
+"""Families that move pixels: a view is not pixel-aligned with the image it was made from."""
+
+Interpolation = Literal["paper", "strength"]
+
+
+def strength_range(name: str, strength: tuple[float, float] | None) -> tuple[float, float]:
+    """The (lo, hi) strengths of family ``name``: ``strength`` or the family's default range."""
+    _, default = _family(name)
+    lo, hi = strength if strength is not None else default
+    return float(lo), float(hi)
+
+
+def paper_weights(steps: int) -> Tensor:
+    """The blend weights rho_k = 1 - k / steps, k = 1 .. steps - 1 (0.9, 0.8, ..., 0.1 for 10
+    steps), of the views o_k = rho_k I1 + (1 - rho_k) T(I2) that enter the average.
+
+    The authors' code (explain-cl ``methods.py``, ``create_mixed_images``) builds
+    ``lambdas = np.arange(1, 0, -step)`` (1.0, 0.9, ..., 0.1 for ``step = 0.1``) and
+    ``averaged_transforms`` averages over ``mixed_images[1:]``: the lambda = 1 image is I1 itself.
+    """
+    return 1 - torch.arange(1, steps, dtype=torch.float64) / steps
+
+
 def transform_path(
     name: str,
     x01: Tensor,
     steps: int,
     strength: tuple[float, float] | None,
-    interpolation: Literal["pixel", "strength"],
     u: Tensor,
 ) -> Tensor:
-    """The Z transformed views t^1(x) ... t^Z(x) of each image, shape (Z, N, 3, H, W).
-
-    ``pixel`` (the paper's implementation): t^z = rho_z T(x; lo) + (1 - rho_z) T(x; hi) with
-    rho_z = 1 - z/Z, i.e. a pixel-space path from the weakest to the strongest transform.
-    ``strength``: t^z = T(x; lo + (hi - lo) z / Z), the family's own strength swept in Z steps.
-    """
-    fn, default = _family(name)
-    lo, hi = strength if strength is not None else default
+    """The Z views T(x; s_z), s_z = lo + (hi - lo) z / Z for z = 1 .. Z, of [0, 1] images
+    (N, 3, H, W), shape (Z, N, 3, H, W): the family's own strength swept in Z steps
+    (``interpolation="strength"``)."""
+    fn, _ = _family(name)
+    lo, hi = strength_range(name, strength)
     n = x01.shape[0]
     z = torch.arange(1, steps + 1, device=x01.device, dtype=x01.dtype) / steps
-    if interpolation == "pixel":
-        weak = fn(x01, torch.full((n,), lo, device=x01.device, dtype=x01.dtype), u)
-        strong = fn(x01, torch.full((n,), hi, device=x01.device, dtype=x01.dtype), u)
-        return torch.stack([blend(weak, strong, t.expand(n)) for t in z])
-    if interpolation == "strength":
-        s = (lo + (hi - lo) * z).repeat_interleave(n)
-        rep = x01.repeat(steps, 1, 1, 1)
-        return fn(rep, s, u.repeat(steps, 1)).view(steps, *x01.shape)
-    raise ValueError("interpolation must be 'pixel' or 'strength'")
+    s = (lo + (hi - lo) * z).repeat_interleave(n)
+    rep = x01.repeat(steps, 1, 1, 1)
+    return fn(rep, s, u.repeat(steps, 1)).view(steps, *x01.shape)
 
 
 @register_method(
@@ -226,53 +240,112 @@ def averaged_transforms(
     transform: Annotated[str, Choices(tuple(FAMILIES))] = "color-jitter",
     steps: Annotated[int, Range(1)] = 10,
     strength: Annotated[tuple[float, float], Ordered()] | None = None,
-    interpolation: Literal["pixel", "strength"] = "pixel",
+    interpolation: Interpolation = "paper",
     guided: bool = False,
     noise: bool = False,
     noise_level: Annotated[float, Range(0)] = 0.15,
-    batch_size: Annotated[int, Range(1)] = 32,
+    noise_scale: NoiseScale = "divide",
+    batch_size: Annotated[int, Range(1)] = 64,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
-    """Averaged Transforms: S_z = cos(x1, t^z(x2)) for the Z steps of ``transform``;
-    map_1 = |x1 * mean_z dS_z/dx1|, map_2 = |x2 * mean_z dS_z/dx2| (max over channels).
+    """Averaged Transforms (seed 000, §III-A2): input x gradient of the similarity of image 1 with
+    views of image 2 along a transformation path, averaged over the path.
 
-    * The transform acts in [0, 1] pixel space (the model's mean/std are undone and redone).
-    * Gradients w.r.t. x2 flow *through* the differentiable transform, so map_2 is aligned with
-      x2 even for rotations and crops (the paper's code differentiates w.r.t. the transformed
-      view instead; for photometric transforms the two agree closely).
-    * ``interpolation``: see :func:`transform_path`; ``pixel`` with an image paired with itself
-      reproduces the paper's "augmentation dissection".
+    ``interpolation="paper"`` (default) is the formulation of §III-A2 ("practically") as the
+    authors' code implements it (explain-cl ``methods.py``, ``create_mixed_images`` and
+    ``averaged_transforms``):
+
+    * one strong view ``T(x2)`` at the top of the family's strength range (``hi``);
+    * views ``o_k = rho_k x1 + (1 - rho_k) T(x2)``, ``rho_k = 1 - k/steps`` for
+      ``k = 1 .. steps-1`` (0.9 ... 0.1; see :func:`paper_weights`);
+    * ``S_k = sim(x1, o_k)``; each view is an input of its own (no gradient flows back to x1 or x2
+      through it); ``map_1 = |x1 * mean_k dS_k/dx1|`` and ``map_2 = |o_last * mean_k dS_k/do_k|``
+      with ``o_last`` the view closest to ``T(x2)`` (rho = 1/steps), max over channels.
+      ``map_2`` is thus laid on the view, which is pixel-aligned with x2 only for photometric
+      families: geometric families (:data:`GEOMETRIC`) raise ``ValueError`` in this mode.
+
+    ``interpolation="strength"``: views ``t_z = T(x2; lo + (hi - lo) z/Z)``, ``z = 1 .. Z``, the
+    family's own strength swept; ``S_z = sim(x1, t_z(x2))``; gradients w.r.t. x2 flow *through*
+    the differentiable transform, so ``map_2 = |x2 * mean_z dS_z/dx2|`` is aligned with x2 for any
+    family (rotations and crops included).
+
+    * Transforms act in [0, 1] pixel space (the model's mean/std are undone and redone); the blend
+      of the paper mode is the same in either space.
     * ``guided=True`` (variant G): guided backpropagation through every ReLU.
-    * ``noise=True`` (variant N): SmoothGrad noise (``noise_level * (max - min)``) is added to the
-      intermediate views t^1 ... t^{Z-1}, as in the paper's code.
-    * x1 and its Z views go through the model together, ``batch_size`` images at a time.
+    * ``noise=True`` (variant N): Gaussian noise added to every view but the last one, each view
+      its own sample, as the authors' code does (``create_mixed_images(add_noise=True)``); sigma
+      from image 1 (paper mode, as the code) or from image 2 (strength mode) with ``noise_scale``
+      (see :func:`~pairlens.methods.common.noise_sigma`; ``"divide"`` is the code's formula).
+    * Random draws (the family's random parts, the noise) come from
+      :func:`~pairlens.methods.common.pair_generators`: a pair's map does not depend on its batch.
+    * ``batch_size`` images per forward pass (image 1 and its pair's views go together).
+
+    Raises:
+        ValueError: unknown family, ``steps`` too small (paper mode needs >= 2), a geometric
+            family in paper mode, or an unknown ``interpolation`` / ``noise_scale``.
     """
-    if steps < 1:
-        raise ValueError("steps must be >= 1")
-    _family(transform)
+    fn, _ = _family(transform)
+    if interpolation not in ("paper", "strength"):
+        raise ValueError(
+            f"interpolation must be 'paper' or 'strength', got {interpolation!r}"
+            + (" ('pixel' was removed: it was not the paper's formulation)"
+               if interpolation == "pixel" else "")
+        )
+    paper = interpolation == "paper"
+    if steps < (2 if paper else 1):
+        raise ValueError(
+            f"steps must be >= {2 if paper else 1} with interpolation={interpolation!r}"
+        )
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if paper and transform in GEOMETRIC:
+        raise ValueError(
+            f"transform {transform!r} moves pixels: with interpolation='paper' the map of image 2 "
+            "is laid on the transformed view (as in the authors' code) and would not be aligned "
+            "with image 2; use interpolation='strength'"
+        )
+    noise_sigma(x1[:1], noise_level, noise_scale)  # validates noise_scale early
+    lo, hi = strength_range(transform, strength)
     b = x1.shape[0]
-    gen = generator(seed, x1.device)
-    u = torch.rand(b, 8, generator=gen, device=x1.device)
-    eps = torch.randn((steps, *x2.shape), generator=gen, device=x1.device) if noise else None
+    n_views = steps - 1 if paper else steps
+    gens = pair_generators(seed, x1, x2)
+    u = torch.stack([torch.rand(8, generator=g) for g in gens]).to(x1.device, x1.dtype)
+    sigma = noise_sigma(x1 if paper else x2, noise_level, noise_scale)
+    rho = paper_weights(steps).to(x1.device, x1.dtype).view(-1, 1, 1, 1, 1)
     g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
-    per_chunk = max(1, batch_size // (steps + 1))
+    last_view = torch.empty_like(x2) if paper else x2
+    per_chunk = max(1, batch_size // (n_views + 1))
     for start in track(range(0, b, per_chunk), desc="averaged-transforms"):
         sl = slice(start, start + per_chunk)
+        n = x1[sl].shape[0]
+        eps = None
+        if noise and n_views > 1:  # every view but the last; drawn pair by pair
+            eps = torch.stack([
+                torch.randn((n_views - 1, *x2.shape[1:]), generator=g) for g in gens[sl]
+            ]).transpose(0, 1).to(x1.device, x1.dtype)  # (V-1, n, 3, H, W)
         a = x1[sl].detach().requires_grad_(True)
-        c = x2[sl].detach().requires_grad_(True)
         with torch.enable_grad(), model.guided(guided):
-            views01 = transform_path(
-                transform, model.denormalize(c), steps, strength, interpolation, u[sl]
-            )
-            views = model.normalize(views01.flatten(0, 1))  # (Z * n, 3, H, W), step-major
-            if eps is not None and steps > 1:
-                sigma = noise_sigma(x2[sl], noise_level).repeat(steps, 1, 1, 1)
-                last = torch.zeros(steps, 1, 1, 1, 1, device=x1.device)
-                last[-1] = 1.0
-                views = views + (eps[:, sl] * (1 - last)).flatten(0, 1) * sigma
-            n = a.shape[0]
-            z = model.embed(torch.cat([a, views]))
-            s = cosine(z[:n].repeat(steps, 1), z[n:])
-            g1, g2 = torch.autograd.grad(s.sum() / steps, (a, c))
-        g1_total[sl], g2_total[sl] = g1, g2
-    return PairMaps(saliency(x1, g1_total), saliency(x2, g2_total))
+            if paper:
+                with torch.no_grad():
+                    full = torch.full((n,), hi, device=x1.device, dtype=x1.dtype)
+                    strong = model.normalize(fn(model.denormalize(x2[sl]), full, u[sl]))
+                    views = rho * x1[sl] + (1 - rho) * strong  # (V, n, 3, H, W)
+                    last_view[sl] = views[-1]
+                    if eps is not None:
+                        views[:-1] += eps * sigma[sl]
+                leaf = views.detach().requires_grad_(True)
+                inputs, views_flat = (a, leaf), leaf.flatten(0, 1)
+            else:
+                c = x2[sl].detach().requires_grad_(True)
+                views = model.normalize(
+                    transform_path(transform, model.denormalize(c), steps, (lo, hi), u[sl])
+                )
+                if eps is not None:
+                    views = torch.cat([views[:-1] + eps * sigma[sl], views[-1:]])
+                inputs, views_flat = (a, c), views.flatten(0, 1)
+            z = model.embed(torch.cat([a, views_flat]))
+            s = model.embedding_similarity(z[:n].repeat(n_views, 1), z[n:])
+            g1, g2 = torch.autograd.grad(s.sum() / n_views, inputs)
+        g1_total[sl] = g1
+        g2_total[sl] = g2.sum(0) if paper else g2
+    return PairMaps(saliency(x1, g1_total), saliency(last_view, g2_total))

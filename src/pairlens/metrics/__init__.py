@@ -1,11 +1,13 @@
 """Pair evaluation metrics (seed 000, §IV): :func:`evaluate` and the functions behind it.
 
 Metric names: ``SI``, ``SD``, ``CI``, ``CD`` (insertion / deletion AUC, simultaneous and
-conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates) and ``MS``
-(maximum sensitivity, which needs the method), ``PG``, ``EPG`` (pointing game and energy-based
-pointing game against ground-truth masks, :mod:`pairlens.metrics.ground_truth`). Arrows: higher is
-better for SI, CI, SAI, CAI, PG, EPG; lower is better for SD, CD, SAD, CAD, MS. A metric never
-knows which method made the maps, except MS, which recomputes the explanation of noisy inputs.
+conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates), ``MS``
+(maximum sensitivity, which needs the method), the region games ``RSI``, ``RSD``, ``RCI``, ``RCD``
+(:mod:`pairlens.metrics.regions`), ROAD ``SMoRF``, ``SLeRF``, ``CMoRF``, ``CLeRF``
+(:mod:`pairlens.metrics.road`) and the pointing game ``PG`` and energy-based pointing game ``EPG``
+against ground-truth masks (:mod:`pairlens.metrics.ground_truth`); names are matched
+case-insensitively. :data:`HIGHER_IS_BETTER` gives each metric's direction. A metric never knows
+which method made the maps, except MS, which recomputes the explanation of noisy inputs.
 """
 
 from __future__ import annotations
@@ -32,15 +34,41 @@ from pairlens.metrics.ground_truth import (
     ground_truth_scores,
     pointing_game,
 )
+from pairlens.metrics.regions import (
+    REGION_METRICS,
+    Regions,
+    default_region_size,
+    region_labels,
+)
+from pairlens.metrics.road import ROAD_FRACTIONS, ROAD_NOISE, linear_impute, road_curves
 from pairlens.metrics.robustness import max_sensitivity
 from pairlens.metrics.sanity import SanityResult, map_ssim, sanity_check, spearman
 from pairlens.models.similarity import SimilarityModel, check_finite
 
-ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *GROUND_TRUTH_METRICS)
+ROAD_METRICS = ("SMoRF", "SLeRF", "CMoRF", "CLeRF")
+ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *REGION_METRICS,
+               *ROAD_METRICS, *GROUND_TRUTH_METRICS)
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": False,
-                    "CAD": False, "SAI": True, "CAI": True, "MS": False, "PG": True,
-                    "EPG": True}
+                    "CAD": False, "SAI": True, "CAI": True, "MS": False,
+                    "RSI": True, "RSD": False, "RCI": True, "RCD": False,
+                    "SMoRF": False, "SLeRF": True, "CMoRF": False, "CLeRF": True,
+                    "PG": True, "EPG": True}
+_CANONICAL = {m.upper(): m for m in ALL_METRICS}
+
+
+def canonical_metrics(names: Sequence[str]) -> list[str]:
+    """Metric names in their canonical spelling (matched case-insensitively).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    unknown = sorted({n for n in names if n.strip().upper() not in _CANONICAL})
+    if unknown:
+        raise ValueError(
+            f"unknown metric {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}"
+        )
+    return [_CANONICAL[n.strip().upper()] for n in names]
 
 
 def evaluate(
@@ -57,6 +85,11 @@ def evaluate(
     ms_samples: int = 10,
     ms_radius: float = 0.2,
     seed: int = 0,
+    ms_noise: str = "shared",
+    regions: Regions = "grid",
+    region_size: int | None = None,
+    road_fractions: Sequence[float] = ROAD_FRACTIONS,
+    road_noise: float = ROAD_NOISE,
     masks: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
@@ -75,12 +108,21 @@ def evaluate(
             conditional curve is the mean of the two directions.
         method, method_params: the method that made the maps, needed by ``MS`` only; taken from
             the explanation when it is a ``PairExplanation``.
-        ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]).
+        ms_samples, ms_radius, seed: maximum-sensitivity noise (10 samples, [-0.2, 0.2]); the
+            seed also drives ROAD's imputation noise and tie-breaking field.
+        ms_noise: ``"shared"`` (one noise sample added to both images, the authors' code) or
+            ``"independent"``.
+        regions, region_size: the regions of RSI..RCD: ``"grid"`` cells or ``"slic"``
+            superpixels of side ``region_size`` (default an eighth of the shorter side).
+        road_fractions, road_noise: ROAD's removal fractions (0.1 ... 0.9) and imputation noise
+            (0.01 in [0, 1] pixel units).
         masks: ground-truth ``(mask1, mask2)``, each (B, H, W) bool, needed by ``PG`` / ``EPG``
             only (e.g. from :func:`pairlens.data.composites.pair_batch`).
 
     Returns:
-        ``{name: (B,) float tensor}`` on the model's device. ``SAD`` / ``CAD`` are NaN for pairs
+        ``{name: (B,) float tensor}`` on the model's device (ROAD values are the mean similarity
+        over the fractions; with ``return_curves`` the per-fraction values are the
+        ``"SMoRF_curve"`` etc.). ``SAD`` / ``CAD`` are NaN for pairs
         whose unaltered similarity is <= 0 (skipped, as the definition divides by it); count them
         with ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map. ``PG`` / ``EPG``
         are NaN for an empty mask (``EPG`` also for a constant map).
@@ -88,12 +130,7 @@ def evaluate(
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
     """
-    wanted = [m.upper() for m in metrics]
-    unknown = sorted(set(wanted) - set(ALL_METRICS))
-    if unknown:
-        raise ValueError(
-            f"unknown metric {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}"
-        )
+    wanted = list(dict.fromkeys(canonical_metrics(metrics)))
     map1, map2 = _maps(explanation_or_maps)
     if method is None and hasattr(explanation_or_maps, "method"):
         method = explanation_or_maps.method
@@ -108,13 +145,24 @@ def evaluate(
         if tuple(m.shape) != expected:
             raise ValueError(f"map {which} has shape {tuple(m.shape)}; expected {expected}")
     map1, map2 = map1.to(x1.device), map2.to(x1.device)
+    gt_masks = None
+    if any(m in GROUND_TRUTH_METRICS for m in wanted):
+        if masks is None:
+            raise ValueError("metrics PG / EPG need ground-truth masks: pass masks=(mask1, mask2) "
+                             "(the composites data provides them)")
+        gt_masks = tuple(torch.as_tensor(m).to(map1.device).bool() for m in masks)
+        for m, which in zip(gt_masks, (1, 2), strict=True):
+            if tuple(m.shape) != expected:
+                raise ValueError(f"mask {which} has shape {tuple(m.shape)}; expected {expected}")
 
     out: dict[str, Tensor] = {}
     b = x1.shape[0]
     need_curves = [m for m in wanted if m in ("SI", "SD", "CI", "CD")]
     need_drop = [m for m in wanted if m in ("SAD", "CAD", "SAI", "CAI")]
+    need_regions = [m for m in wanted if m in REGION_METRICS]
+    need_road = [m for m in wanted if m in ROAD_METRICS]
     z1 = z2 = None
-    if need_curves or need_drop:
+    if need_curves or need_drop or need_regions or need_road:
         with torch.no_grad():
             z = torch.cat([model.embed(t) for t in torch.cat([x1, x2]).split(batch_size)])
         z1, z2 = z[:b], z[b:]
@@ -127,27 +175,39 @@ def evaluate(
             out[name] = auc(curves[name])
             if return_curves:
                 out[f"{name}_curve"] = curves[name]
+    if need_regions:
+        size = int(region_size or default_region_size(x1.shape[2], x1.shape[3]))
+        labels = region_labels(model.denormalize(torch.cat([x1, x2])), regions, size)
+        kinds = [k for k, letter in (("insertion", "I"), ("deletion", "D"))
+                 if any(m.endswith(letter) for m in need_regions)]
+        curves = insertion_deletion_curves(model, x1, x2, map1, map2, kinds=kinds,
+                                           batch_size=batch_size, z1=z1, z2=z2,
+                                           regions=(labels[:b], labels[b:]), region_size=size)
+        for name in need_regions:
+            out[name] = auc(curves[name[1:]])
+            if return_curves:
+                out[f"{name}_curve"] = curves[name[1:]]
+    if need_road:
+        road = road_curves(model, x1, x2, map1, map2, fractions=road_fractions, noise=road_noise,
+                           seed=seed, batch_size=batch_size, z1=z1, z2=z2)
+        for name in need_road:
+            out[name] = road[name].mean(1)
+            if return_curves:
+                out[f"{name}_curve"] = road[name]
     if need_drop:
         drops = average_drop_increase(model, x1, x2, map1, map2, batch_size=batch_size,
                                       z1=z1, z2=z2)
         for name in need_drop:
             out[name] = drops[name]
-    if any(m in GROUND_TRUTH_METRICS for m in wanted):
-        if masks is None:
-            raise ValueError("metrics PG / EPG need ground-truth masks: pass masks=(mask1, mask2) "
-                             "(the composites data provides them)")
-        mask1, mask2 = (torch.as_tensor(m).to(map1.device).bool() for m in masks)
-        for m, which in ((mask1, 1), (mask2, 2)):
-            if tuple(m.shape) != expected:
-                raise ValueError(f"mask {which} has shape {tuple(m.shape)}; expected {expected}")
-        gt = ground_truth_scores(map1, map2, mask1, mask2)
+    if gt_masks is not None:
+        gt = ground_truth_scores(map1, map2, *gt_masks)
         out.update({m: gt[m] for m in wanted if m in GROUND_TRUTH_METRICS})
     if "MS" in wanted:
         if method is None:
             raise ValueError("metric MS needs the method: pass method=... (and method_params)")
         out["MS"] = max_sensitivity(model, x1, x2, method, method_params, maps=(map1, map2),
                                     n_samples=ms_samples, radius=ms_radius, seed=seed,
-                                    batch_size=max(1, batch_size // 2))
+                                    batch_size=max(1, batch_size // 2), noise=ms_noise)
     return {k: out[k] for k in list(wanted) + [k for k in out if k not in wanted]}
 
 
@@ -172,6 +232,12 @@ __all__ = [
     "DEFAULT_METRICS",
     "GROUND_TRUTH_METRICS",
     "HIGHER_IS_BETTER",
+    "REGION_METRICS",
+    "ROAD_METRICS",
+    "canonical_metrics",
+    "linear_impute",
+    "region_labels",
+    "road_curves",
     "SanityResult",
     "auc",
     "average_drop_increase",

@@ -101,17 +101,18 @@ def minmax(maps: Tensor) -> Tensor:
 
 
 def _altered_batches(
-    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], step: int,
+    images: Tensor, ranks: Tensor, blurred: Tensor | None, kinds: Sequence[str], counts: Tensor,
     batch_size: int,
 ) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Yield (kind index, image index, step index, altered images) in chunks of ``batch_size``.
 
-    Only the steps that differ from an unaltered image are produced: deletion steps 1..N and
-    insertion steps 0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk
-    is made of segments (one image, consecutive steps) built by broadcasting, without gathers.
+    At step ``k`` image ``i`` has its ``counts[i, k]`` top-ranked pixels altered. Only the steps
+    that differ from an unaltered image are produced: deletion steps 1..N and insertion steps
+    0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk is made of
+    segments (one image, consecutive steps) built by broadcasting, without gathers.
     """
     m, _, h, w = images.shape
-    n = n_steps(h, w, step)
+    n = counts.shape[1] - 1
     device = images.device
     segments: list[tuple[int, int, int, int]] = []  # (kind index, image, first step, last step)
     for kind_index, kind in enumerate(kinds):
@@ -121,7 +122,7 @@ def _altered_batches(
 
     def build(kind_index: int, img: int, k0: int, k1: int) -> Tensor:
         ks = torch.arange(k0, k1 + 1, device=device)
-        revealed = (ranks[img][None] < (ks * step)[:, None]).view(-1, 1, h, w)  # top k*L pixels
+        revealed = (ranks[img][None] < counts[img, ks][:, None]).view(-1, 1, h, w)  # top pixels
         orig = images[img][None]
         if kinds[kind_index] == "insertion":  # top pixels from the original over the blur
             return torch.where(revealed, orig, blurred[img][None])  # type: ignore[index]
@@ -167,6 +168,8 @@ def insertion_deletion_curves(
     batch_size: int = 128,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
+    regions: tuple[Tensor, Tensor] | None = None,
+    region_size: int | None = None,
 ) -> dict[str, Tensor]:
     """Similarity curves (B, N+1) of the insertion / deletion games (§IV-B).
 
@@ -174,14 +177,30 @@ def insertion_deletion_curves(
     ``"C<kind>"`` (conditional: the mean of the two one-sided curves), keyed ``SI``, ``SD``, ``CI``,
     ``CD``, plus ``"CI1"``/``"CI2"`` (``CD1``/``CD2``): the curves with image 1 (image 2) altered.
     ``z1``, ``z2`` are the embeddings of the unaltered images if already known.
+
+    With ``regions`` (labels (B, H, W) of image 1 and of image 2) the games alter whole regions
+    (:mod:`pairlens.metrics.regions`, ``N = ceil(H/size) * ceil(W/size)`` steps for
+    ``region_size``) instead of ``L`` pixels per step.
     """
+    from pairlens.metrics.regions import region_ranks_and_counts, region_steps
+
     b, _, h, w = x1.shape
-    step = int(step or default_step(h, w))
-    if step < 1:
-        raise ValueError("step L must be >= 1")
-    n = n_steps(h, w, step)
     images = torch.cat([x1, x2])
-    ranks = pixel_ranks(torch.cat([map1, map2]).to(images.device))
+    maps = torch.cat([map1, map2]).to(images.device)
+    if regions is None:
+        step = int(step or default_step(h, w))
+        if step < 1:
+            raise ValueError("step L must be >= 1")
+        n = n_steps(h, w, step)
+        ranks = pixel_ranks(maps)
+        counts = (torch.arange(n + 1, device=images.device) * step).clamp(max=h * w)
+        counts = counts.expand(2 * b, -1)
+    else:
+        if not region_size or region_size < 1:
+            raise ValueError("region games need region_size >= 1")
+        n = region_steps(h, w, region_size)
+        ranks, counts = region_ranks_and_counts(maps, torch.cat(list(regions)), n)
+        ranks, counts = ranks.to(images.device), counts.to(images.device)
     if z1 is None or z2 is None:
         z = _embed(model, images, batch_size)
         z1, z2 = z[:b], z[b:]
@@ -191,7 +210,7 @@ def insertion_deletion_curves(
                       dtype=z_orig.dtype)
     for kind_index, kind in enumerate(kinds):
         emb[kind_index, :, 0 if kind == "deletion" else n] = z_orig
-    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, step,
+    for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, counts,
                                                       batch_size):
         emb[kind_i, img_i, k] = model.embed(altered).to(emb.dtype)
     out: dict[str, Tensor] = {}

@@ -15,6 +15,13 @@ Choices (documented here and tested):
 * re-initialisation calls the layer's ``reset_parameters()`` (PyTorch's default init; norm layers
   return to weight 1, bias 0 and fresh running statistics) under a generator seeded with
   ``seed + step``; layers without it get N(0, 0.02) weights and zero biases.
+* norm layers (batch, instance, group and layer norm): ``norm="reset"`` (default) as above;
+  ``norm="random"`` additionally draws their scale gamma and shift beta from N(0, 1), so that a
+  randomised norm layer no longer passes the (normalised) structure of its input through
+  unchanged. Adebayo et al.'s code re-runs each trainable variable's initialiser
+  (``adebayoj/sanity_checks_saliency``, ``src/utils.py`` ``reinitlayerlist``:
+  ``tf.initialize_variables``), which puts batch-norm beta back to 0 and gamma to 1 and keeps
+  the moving statistics: "reset" is the closer of the two to that code.
 * ``layers_per_step`` layers are randomised per step (1 by default; the figure may show only every
   few steps, like Fig. 13).
 * Spearman: ``scipy.stats.spearmanr`` of the flattened maps (average ranks for ties); NaN when a
@@ -30,7 +37,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -116,14 +123,27 @@ def randomisable_layers(model: SimilarityModel, x: Tensor) -> list[str]:
     return order
 
 
-def reinitialise(module: nn.Module, seed: int) -> None:
-    """Re-initialise ``module``'s own parameters (see the module docstring)."""
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def reinitialise(module: nn.Module, seed: int, norm: Literal["reset", "random"] = "reset") -> None:
+    """Re-initialise ``module``'s own parameters (see the module docstring).
+
+    Raises:
+        ValueError: an unknown ``norm``.
+    """
+    if norm not in ("reset", "random"):
+        raise ValueError(f"norm must be 'reset' or 'random', got {norm!r}")
+    gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
+            if norm == "random" and isinstance(module, NORM_LAYERS):
+                with torch.no_grad():
+                    for p in module.parameters(recurse=False):  # gamma (weight), beta (bias)
+                        p.copy_(torch.randn(p.shape, generator=gen))
             return
-        gen = torch.Generator().manual_seed(seed)
         for name, p in module.named_parameters(recurse=False):
             with torch.no_grad():
                 if "bias" in name:
@@ -141,10 +161,12 @@ def sanity_check(
     layers_per_step: int = 1,
     max_steps: int | None = None,
     seed: int = 0,
+    norm: Literal["reset", "random"] = "reset",
 ) -> SanityResult:
     """Cascading randomisation sanity check of ``method`` on the pairs ``(x1[i], x2[i])``.
 
     The model itself is not modified (a deep copy is randomised). ``max_steps`` stops early.
+    ``norm`` chooses how norm layers are randomised (see the module docstring).
     """
     from pairlens.explanation import explain
 
@@ -161,7 +183,7 @@ def sanity_check(
     rho, ssim = [], []
     for j, group in enumerate(groups):
         for name in group:
-            reinitialise(work.get_submodule(name), seed + j)
+            reinitialise(work.get_submodule(name), seed + j, norm)
         exp = explain(work, x1, x2, method=method, **params)
         now = tuple(m.detach().cpu() for m in exp.maps)
         maps.append(now)

@@ -6,11 +6,15 @@ Files written to ``out``:
   table like Tables I-IV (methods x SI, SD, CI, CD, SAD, CAD and the increase rates, arrows for the
   direction, the best value per column in bold, skipped pairs counted), Table V (MS), Table VI
   (mean seconds per pair), the Fig. 14 heatmap, mean insertion / deletion curves and, with
-  ``downstream``, the Fig. 15 scatter with Pearson coefficients; for stores with ground truth
-  (``--data composites``) a ground-truth table: every method's pointing game (PG) and energy
-  pointing game (EPG) next to the ``random`` baseline's, with 95 % intervals;
-* ``metrics.csv`` (study, method, metric, mean, std, n, skipped), ``timings.csv``,
-  ``heatmap.csv``, ``downstream.csv`` (with ``downstream``);
+  ``downstream``, the Fig. 15 scatter with Pearson coefficients;
+* per study, every method next to ``random``: means with 95 % intervals, the paired difference
+  and a Wilcoxon signed-rank p-value across pairs
+  (:func:`~pairlens.report.tables.compare_with_baseline`);
+  every table compares methods only on the pairs they all have;
+* for stores with ground truth (``--data composites``) a ground-truth table: every method's
+  pointing game (PG) and energy pointing game (EPG) with 95 % intervals next to ``random``'s;
+* ``metrics.csv`` (study, method, metric, mean, std, n, skipped), ``comparison.csv``,
+  ``timings.csv``, ``heatmap.csv``, ``downstream.csv`` (with ``downstream``);
 * ``heatmap.png``, ``curves-<k>.png`` (one per study), ``downstream.png``.
 
 Every file is written to a temporary name and renamed. Numbers in ``report.md`` have three decimals;
@@ -29,7 +33,16 @@ from pathlib import Path
 
 from pairlens.io import atomic_write
 from pairlens.metrics import GROUND_TRUTH_METRICS, HIGHER_IS_BETTER
-from pairlens.report.tables import GROUPS, Study, build_studies, pearson
+from pairlens.report.tables import (
+    CURVE_METRICS,
+    GROUPS,
+    Study,
+    baseline_label,
+    build_studies,
+    compare_with_baseline,
+    mean_interval,
+    pearson,
+)
 from pairlens.study.store import read_tables
 
 FORMATS = ("md", "csv", "html")
@@ -52,6 +65,8 @@ def _atomic_write(path: Path, data: bytes | str) -> Path:
 def metric_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """Header, rows and bold flags of the Tables I-IV table of a study (MS excluded)."""
     metrics = [m for m in study.metrics() if m != "MS" and m not in GROUND_TRUTH_METRICS]
+    if not metrics:  # e.g. a store of PG / EPG only: they have their own table
+        return [], [], []
     header = ["method"] + [f"{m} {_arrow(m)}" for m in metrics] + ["pairs", "skipped (SAD/CAD)"]
     best = {m: study.best(m) for m in metrics}
     rows, bold = [], []
@@ -66,54 +81,68 @@ def metric_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bo
     return header, rows, bold
 
 
-def _interval(cell) -> str:
-    """``mean [lo, hi]``: 95 % normal-approximation interval of the mean over pairs
-    (mean ± 1.96·s/√n with the sample standard deviation s)."""
-    if cell is None or cell.n == 0 or math.isnan(cell.mean):
-        return "–"
-    if cell.n < 2:
-        return f"{cell.mean:.3f}"
-    half = 1.96 * cell.std * math.sqrt(cell.n / (cell.n - 1)) / math.sqrt(cell.n)
-    return f"{cell.mean:.3f} [{cell.mean - half:.3f}, {cell.mean + half:.3f}]"
+def _interval(mean: float, ci: tuple[float, float]) -> str:
+    if math.isnan(ci[0]):
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def comparison_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Each method next to ``random``, metric by metric: mean [95 % CI] of both, the paired
+    difference [95 % CI], the Wilcoxon signed-rank p-value and the verdict at 0.05."""
+    header = ["method", "metric", "method mean [95 % CI]", "random mean [95 % CI]",
+              "difference [95 % CI]", "Wilcoxon p", "vs random", "pairs"]
+    rows, bold = [], []
+    for c in compare_with_baseline(study):
+        verdict = "–" if c.better is None else ("better" if c.better else "worse")
+        p = "–" if math.isnan(c.p_value) else f"{c.p_value:.2g}"
+        rows.append([c.label, f"{c.metric} {_arrow(c.metric)}", _interval(c.mean, c.ci),
+                     _interval(c.baseline_mean, c.baseline_ci), _interval(c.diff, c.diff_ci), p,
+                     verdict, str(c.n)])
+        bold.append([False] * 6 + [c.better is True, False])
+    return header, rows, bold
+
+
+def left_out_note(study: Study) -> str:
+    """A sentence naming the method variants with pairs left out of the comparison, or ''."""
+    per_label: dict[str, int] = {}
+    for (label, _metric), k in study.left_out.items():
+        per_label[label] = max(per_label.get(label, 0), k)
+    parts = [f"{lab}: {k}" for lab, k in per_label.items() if k]
+    if not parts:
+        return ""
+    return ("Methods are compared only on the pairs stored for all of them; pairs left out "
+            "(computed for some methods only): " + ", ".join(parts) + ".")
 
 
 def ground_truth_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """Every method's PG and EPG (mean and 95 % interval over pairs) next to ``random``'s; empty
-    when the study has no ground-truth metrics. Bold: the method's interval lies above random's
-    mean."""
+    """Every method's PG and EPG (mean [95 % t-interval] over the pairs all methods have) next to
+    ``random``'s mean, the baseline last; empty when the study has no ground-truth metric. Bold:
+    significantly better than random (:func:`~pairlens.report.tables.compare_with_baseline`)."""
+    import numpy as np
+
     metrics = [m for m in GROUND_TRUTH_METRICS if any(mm == m for _, mm in study.cells)]
     if not metrics:
         return [], [], []
-    baseline = next((lab for lab in study.methods if lab.split("[", 1)[0] == "random"), None)
+    base = baseline_label(study)
+    better = {(c.label, c.metric): c.better for c in compare_with_baseline(study)
+              if c.metric in metrics}
     header = ["method"]
     for m in metrics:
-        header += [f"{m} ↑ [95 % interval]", f"random {m}"]
+        header += [f"{m} ↑ [95 % CI]", f"random {m}"]
     header.append("pairs")
     rows, bold = [], []
-    for label in study.methods:
-        if label == baseline:
-            continue
-        row, flags = [label], [False]
+    for label in [lab for lab in study.methods if lab != base] + ([base] if base else []):
+        row, flags, n = [label], [False], 0
         for m in metrics:
-            cell, base = study.cells.get((label, m)), study.cells.get((baseline, m))
-            row += [_interval(cell), _fmt(base.mean) if base else "–"]
-            above = False
-            if cell and base and cell.n > 1:
-                half = 1.96 * cell.std * math.sqrt(cell.n / (cell.n - 1)) / math.sqrt(cell.n)
-                above = cell.mean - half > base.mean
-            flags += [above, False]
-        n = max((c.n + c.skipped for m in metrics if (c := study.cells.get((label, m)))),
-                default=0)
+            vals = np.array([v for v in study.values.get((label, m), {}).values()
+                             if not math.isnan(v)])
+            n = max(n, len(study.values.get((label, m), {})))
+            row += [_interval(*mean_interval(vals)),
+                    "–" if label == base or base is None else _fmt(study.value(base, m))]
+            flags += [better.get((label, m)) is True, False]
         rows.append(row + [str(n)])
         bold.append(flags + [False])
-    if baseline is not None:
-        row = [baseline]
-        for m in metrics:
-            row += [_interval(study.cells.get((baseline, m))), "–"]
-        n = max((c.n + c.skipped for m in metrics if (c := study.cells.get((baseline, m)))),
-                default=0)
-        rows.append(row + [str(n)])
-        bold.append([False] * len(row) + [False])
     return header, rows, bold
 
 
@@ -194,8 +223,14 @@ def curves_figure(study: Study):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], ("SI", "SD", "CI", "CD"), strict=True):
+    shown = [m for m in CURVE_METRICS if any((lab, m) in study.curves for lab in study.methods)]
+    shown = shown or ["SI", "SD", "CI", "CD"]
+    cols = min(4, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.5 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, shown, strict=False):
         for label in study.methods:
             curve = study.curves.get((label, metric))
             if curve is None:
@@ -205,8 +240,9 @@ def curves_figure(study: Study):
             ax.plot(x, curve, style, lw=1.2,
                     label=f"{label} ({study.value(label, metric):.3f})")
         ax.set_title(f"{metric} {_arrow(metric)}", fontsize=9)
-        ax.set_xlabel("fraction of pixels " + ("inserted" if metric.endswith("I") else
-                                               "deleted"), fontsize=8)
+        unit = "regions" if metric.startswith("R") else "pixels"
+        ax.set_xlabel(f"fraction of {unit} " + ("inserted" if metric.endswith("I") else
+                                                "deleted"), fontsize=8)
         ax.tick_params(labelsize=7)
         if ax.lines:
             ax.legend(fontsize=5.5)
@@ -402,9 +438,16 @@ def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tup
     out: list[tuple] = []
     for k, study in enumerate(studies):
         header, rows, bold = metric_table(study)
-        out.append((f"Metrics: {study.title}", "table", (header, rows, bold),
-                    f"curves-{k}.png" if study.curves else None))
-    for study in studies:
+        if rows:
+            out.append((f"Metrics: {study.title}", "table", (header, rows, bold),
+                        f"curves-{k}.png" if study.curves else None))
+        note = left_out_note(study)
+        if note:
+            out.append((f"Pairs compared: {study.title}", "text", note, None))
+        header, rows, bold = comparison_table(study)
+        if rows:
+            out.append((f"Against random, 95 % intervals and paired Wilcoxon test: {study.title}",
+                        "table", (header, rows, bold), None))
         header, rows, bold = ground_truth_table(study)
         if rows:
             out.append((f"Ground truth (pointing game, energy pointing game): {study.title}",
@@ -418,8 +461,9 @@ def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tup
     group_header = ["method"] + [f"{s.model} {g}" for g in GROUPS for s in studies]
     group_rows = [[lab] + [_fmt(s.group(lab, g)) for g in GROUPS for s in studies]
                   for lab in labels]
-    out.append(("Metric groups (Fig. 14)", "table", (group_header, group_rows, None),
-                "heatmap.png"))
+    if any(c != "–" for row in group_rows for c in row[1:]):  # only with the six metrics
+        out.append(("Metric groups (Fig. 14)", "table", (group_header, group_rows, None),
+                    "heatmap.png"))
     if downstream_rows:
         rows = [[g, lab, _fmt(r)] for g, lab, r in downstream_rows]
         out.append(("Relationship to downstream accuracy (Fig. 15)", "table",
@@ -438,8 +482,14 @@ def _write_csvs(out: Path, studies: Sequence[Study], downstream_rows: list[list]
         w.writerows(rows)
         return _atomic_write(out / name, buf.getvalue())
 
-    metric_rows, timing_rows, group_rows = [], [], []
+    metric_rows, timing_rows, group_rows, comparison_rows = [], [], [], []
     for s in studies:
+        for c in compare_with_baseline(s):
+            comparison_rows.append([s.model, s.setting, c.label, c.metric, c.n, repr(c.mean),
+                                    repr(c.ci[0]), repr(c.ci[1]), repr(c.baseline_mean),
+                                    repr(c.baseline_ci[0]), repr(c.baseline_ci[1]),
+                                    repr(c.diff), repr(c.diff_ci[0]), repr(c.diff_ci[1]),
+                                    repr(c.p_value), "" if c.better is None else c.better])
         for lab in s.methods:
             for m in s.metrics():
                 c = s.cells.get((lab, m))
@@ -457,6 +507,11 @@ def _write_csvs(out: Path, studies: Sequence[Study], downstream_rows: list[list]
                               "pairs"], timing_rows),
         write("heatmap.csv", ["model", "setting", "method", *GROUPS], group_rows),
     ]
+    if comparison_rows:
+        paths.append(write("comparison.csv", [
+            "model", "setting", "method", "metric", "pairs", "mean", "ci_low", "ci_high",
+            "random_mean", "random_ci_low", "random_ci_high", "difference", "difference_ci_low",
+            "difference_ci_high", "wilcoxon_p", "better"], comparison_rows))
     if downstream_rows:
         paths.append(write("downstream.csv", ["group", "method", "pearson_r"],
                            [[g, lab, repr(r)] for g, lab, r in downstream_rows]))

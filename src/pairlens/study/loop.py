@@ -26,7 +26,7 @@ import torch
 
 from pairlens.io import BadFiles
 from pairlens.methods.registry import get_method, method_infos
-from pairlens.metrics import ALL_METRICS, GROUND_TRUTH_METRICS, evaluate
+from pairlens.metrics import ALL_METRICS, GROUND_TRUTH_METRICS, canonical_metrics, evaluate
 from pairlens.models.similarity import SimilarityModel
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
@@ -124,12 +124,10 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
 
 
 def parse_metrics(text: str) -> list[str]:
-    names = [m.strip().upper() for m in text.split(",") if m.strip()]
-    unknown = sorted(set(names) - set(ALL_METRICS))
-    if unknown or not names:
-        raise ValueError(f"unknown metric {', '.join(unknown) or '(none)'}; choose from "
-                         f"{', '.join(ALL_METRICS)}")
-    return names
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise ValueError(f"unknown metric (none); choose from {', '.join(ALL_METRICS)}")
+    return canonical_metrics(names)
 
 
 @dataclass(frozen=True)
@@ -210,7 +208,7 @@ def run_evaluation(
 
     if pairs_per_batch < 1 or forward_batch < 1 or ms_samples < 1:
         raise ValueError("pairs_per_batch, forward_batch and ms_samples must be >= 1")
-    metrics = list(dict.fromkeys(m.upper() for m in metrics))
+    metrics = list(dict.fromkeys(canonical_metrics(metrics)))
     ground_truth = [m for m in metrics if m in GROUND_TRUTH_METRICS]
     if ground_truth and not pairs.has_masks:
         raise ValueError(f"metric(s) {', '.join(ground_truth)} need ground-truth masks; "
