@@ -362,7 +362,8 @@ def run_seed000(args: argparse.Namespace) -> dict[str, Any]:
     with ResultStore(store_path) as store:
         metrics = list(METRICS) + (["PG", "EPG"] if pairs.has_masks else [])
         run_evaluation(model, MODELS[data], pairs, specs, metrics, store, step=args.step,
-                       pairs_per_batch=args.batch_size, progress=not args.quiet)
+                       pairs_per_batch=args.batch_size, progress=not args.quiet,
+                       ms_samples=args.ms_samples)
         saliency = [spec for name, spec in zip(SEED000_VARIANTS, specs, strict=True)
                     if name in AT + SALIENCY_BASELINES]
         ms_pairs = PairSet(model, data, mode=default_pair_mode(data), n=args.ms_pairs,
@@ -370,8 +371,8 @@ def run_seed000(args: argparse.Namespace) -> dict[str, Any]:
         run_evaluation(model, MODELS[data], ms_pairs, saliency, ["MS"], store,
                        pairs_per_batch=args.batch_size, progress=not args.quiet,
                        ms_samples=args.ms_samples)
-    settings = [setting_key(pairs, args.step, {}),
-                setting_key(ms_pairs, None, {"samples": args.ms_samples})]
+    settings = [setting_key(pairs, args.step, args.ms_samples),
+                setting_key(ms_pairs, None, args.ms_samples)]
     values = _pair_values(store_path, MODELS[data], settings, names)
     sanity: dict[str, list[float]] = {}
     if args.sanity_pairs:
@@ -476,6 +477,7 @@ def run_cocoa(args: argparse.Namespace) -> dict[str, Any]:
     cfg = CorpusEvalConfig(seeds=tuple(args.seeds), n_masks=args.n_masks,
                            explicands_per_class=args.explicands_per_class,
                            ig_steps=args.ig_steps, shap_samples=args.shap_samples,
+                           ablation_steps=args.ablation_steps,
                            classes=tuple(args.classes) if args.classes else None)
     started = time.time()
     model, classifier, data = digits_eval_setup(cfg)
@@ -485,7 +487,8 @@ def run_cocoa(args: argparse.Namespace) -> dict[str, Any]:
         "kind": "cocoa", "data": "digits", "model": "digits (backbone embedding, linear probe)",
         "sizes": {"seeds": list(cfg.seeds), "n_masks": cfg.n_masks,
                   "explicands_per_class": cfg.explicands_per_class, "ig_steps": cfg.ig_steps,
-                  "shap_samples": cfg.shap_samples, "classes": args.classes or "all"},
+                  "shap_samples": cfg.shap_samples, "ablation_steps": cfg.ablation_steps,
+                  "classes": args.classes or "all"},
         "claims": {k: v.to_json() for k, v in claims.items()},
         "records": records,
         "seconds": round(time.time() - started, 1),
@@ -664,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--ig-steps", type=int, default=50)
     c.add_argument("--shap-samples", type=int, default=50)
     c.add_argument("--classes", type=int, nargs="+", default=None)
+    c.add_argument("--ablation-steps", type=int, default=50,
+                   help="insertion / deletion steps (the paper's 50)")
     e = sub.add_parser("excon", help="ExCon Tables 1-2 claims from a study folder")
     e.add_argument("--study", required=True, help="output folder of scripts/excon_docs.py")
     r = sub.add_parser("render", help="write docs/paper-claims.md from the JSON summaries")

@@ -98,7 +98,8 @@ def test_seed000_at_tiny_size(claims, out):
 def test_cocoa_at_tiny_size(claims, out):
     torch.set_num_threads(1)
     assert claims.main(["cocoa", "--seeds", "0", "1", "--classes", "0", "1", "--n-masks", "16",
-                        "--ig-steps", "2", "--shap-samples", "2", "--out", str(out),
+                        "--ig-steps", "2", "--shap-samples", "2", "--ablation-steps", "5",
+                        "--out", str(out),
                         "--quiet"]) == 0
     c = json.loads((out / "cocoa.json").read_text())
     assert len(c["claims"]["cocoa-same"]["comparisons"]) == 18
