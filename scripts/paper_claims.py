@@ -352,7 +352,7 @@ def run_seed000(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data
     model = pairlens.load_model(MODELS[data], device="cpu")
     pairs = PairSet(model, data, mode=default_pair_mode(data), n=args.pairs, seed=args.seed)
-    store_path = Path(args.store or Path(args.out) / f"seed000-{data}.db")
+    store_path = Path(args.store or ROOT / "runs" / "claims" / f"seed000-{data}.db")
     specs = parse_methods(",".join(SEED000_VARIANTS.values()), args.param)
     if len(specs) != len(SEED000_VARIANTS):
         raise SystemExit("--param made two method variants identical")
@@ -659,7 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--store", default=None, help="results store (default: OUT/seed000-DATA.db)")
+    s.add_argument("--store", default=None,
+                   help="results store, resumed if present (default: runs/claims/seed000-DATA.db)")
     c = sub.add_parser("cocoa", help="COCOA Tables 1-2 claims on the digits model")
     c.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     c.add_argument("--n-masks", type=int, default=1000)
