@@ -54,6 +54,7 @@ def test_verdicts(claims):
     assert claims.overall(["reproduced", "n/a", "reproduced"]) == "reproduced"
     assert claims.overall(["reproduced", "not reproduced"]) == "mixed"
     assert claims.overall(["not reproduced", "not reproduced"]) == "not reproduced"
+    assert claims.overall(["undecided", "n/a"]) == "undecided"
 
 
 def test_seed000_claims_on_made_up_values(claims):
