@@ -596,6 +596,7 @@ def render(out: Path, doc: Path) -> str:
         "|---|---|" + "---|" * len(DATASETS) + "---|",
     ]
     details: list[str] = []
+    overall_verdicts: list[str] = []
     sections = (("seed000", SEED000_CLAIMS), ("cocoa", COCOA_CLAIMS), ("excon", EXCON_CLAIMS))
     for kind, claims in sections:
         for claim in claims:
@@ -622,8 +623,16 @@ def render(out: Path, doc: Path) -> str:
                     details.append(f"| {cmp['label']} | {_fmt(cmp['mean'])}{mark} | "
                                    f"[{_fmt(cmp['low'])}, {_fmt(cmp['high'])}] | {cmp['n']} |")
                 details.append("")
+            overall_verdicts.append(overall(verdicts))
             lines.append(f"| {claim.text} | {claim.paper} | " + " | ".join(cells)
-                         + f" | **{VERDICT_MARK[overall(verdicts)]}** |")
+                         + f" | **{VERDICT_MARK[overall_verdicts[-1]]}** |")
+    tally: dict[str, int] = defaultdict(int)
+    for verdict in overall_verdicts:
+        tally[verdict] += 1
+    measured = sum(v for k, v in tally.items() if k != "n/a")
+    lines += ["", f"Of the {measured} claims measured: "
+              + ", ".join(f"{tally[k]} {k}" for k in ("reproduced", "not reproduced", "mixed",
+                                                        "undecided") if tally[k]) + "."]
     lines += ["", "## How the numbers were made", ""]
     lines += ["Every number on this page comes from these commands (run from the repository root;",
               "each wrote one JSON file in `docs/data/claims/`, which holds the command again, the",
