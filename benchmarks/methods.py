@@ -1,148 +1,193 @@
-"""Seconds per pair of every method, and its ratio to the method's floor, measured in one run.
+"""Seconds per pair of every method and of the six metrics: PairLens / floor and PairLens / the
+reference code, all measured in one run (so machine load affects every side alike).
 
-The floor of a method is the time the same model takes for the forward / backward passes the
-method cannot avoid, run as plain PyTorch code with the same batch sizes:
+* **PairLens**: ``pairlens.explain`` with default parameters (default ``batch_size`` for the
+  device), and ``pairlens.evaluate`` with the six metrics SI, SD, CI, CD, SAD, CAD (default step).
+* **floor**: plain PyTorch code doing only the passes the method needs, with the same images per
+  forward pass: forward + backward to the input (saliency methods) or to the feature layer (CAM
+  methods), or no-grad forwards (occlusion, Deep Similarity, metrics), plus the unaltered pair's
+  similarity where the method returns it.
+* **reference**: ``benchmarks/reference_impl.py``, the paper's code re-written as plain batch-1
+  loops (see its docstring for where each loop comes from).
 
-* input-x-gradient, smoothgrad: forward + backward to the input of the two images, once per
-  noise sample;
-* averaged-transforms: forward + backward of image 1 and its views of image 2 (Z - 1 with the
-  default ``interpolation="paper"``, Z with ``"strength"``);
-* conditional-occlusion: no-grad forwards of the two images and of every occluded image;
-* pairwise-occlusion: no-grad forwards of the two images and of the 2 x n_samples occluded images;
-* grad-cam, interaction-cam: forward of the two images + backward to the feature layer;
-* deep-similarity: one no-grad forward of the two images.
+The metrics are timed on a random (tie-free) map, and PairLens's six values are checked against the
+reference's (they must agree to 1e-3). Peak RSS is that of the whole process at the end of each
+model (the methods run in the order printed).
 
-Usage:  python benchmarks/methods.py [--models digits,resnet50] [--batch 1] [--repeats 3]
+Usage:  python benchmarks/methods.py [--models digits,resnet50] [--repeats 3] [--threads 2]
+        [--methods all] [--no-tune] [--channels-last] [--amp bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import time
+import sys
+from pathlib import Path
 
-import torch
-import torchvision
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pairlens
-from pairlens.methods.common import scaled
-from pairlens.methods.registry import get_method, method_infos
+import reference_impl as ref  # noqa: E402
+import torch  # noqa: E402
+from common import (  # noqa: E402
+    load_benchmark_model,
+    machine_line,
+    pair,
+    peak_rss_mb,
+    set_clock,
+    timed,
+)
 
+import pairlens  # noqa: E402
+from pairlens.methods.common import scaled  # noqa: E402
+from pairlens.methods.registry import get_method, method_infos  # noqa: E402
+from pairlens.metrics.faithfulness import default_step, n_steps  # noqa: E402
+from pairlens.runtime import default_batch_size, tune_cpu_runtime  # noqa: E402
 
-def resnet50_model() -> pairlens.SimilarityModel:
-    torch.manual_seed(0)
-    enc = torchvision.models.resnet50()
-    enc.fc = torch.nn.Identity()
-    return pairlens.SimilarityModel(
-        enc, feature_layer="layer4", input_size=(224, 224), name="resnet50"
-    )
-
-
-def timed(fn, repeats: int, min_total: float = 2.0) -> float:
-    """Best of ``repeats`` timed calls after a warm-up; fast functions are repeated until
-    ``min_total`` seconds have been spent, so that millisecond timings are not one noisy shot."""
-    start = time.perf_counter()
-    fn()  # warm-up
-    fast = time.perf_counter() - start < min_total / 20
-    best, spent, runs = math.inf, 0.0, 0
-    while runs < repeats or (fast and spent < min_total):
-        start = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - start
-        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
-    return best
+METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 
 
-def floor_fn(model, name: str, params: dict, x1, x2):
-    """A plain-PyTorch function doing exactly the passes the method needs."""
-    b, _, h, w = x1.shape
+def floor_fn(model, name: str, params: dict, x1, x2, step: int | None = None):
+    """A plain-PyTorch function doing exactly the passes the method needs (one pair)."""
+    h, w = x1.shape[-2:]
+    grad_bs = default_batch_size(x1.device, (h, w), grad=True)
+    bs = default_batch_size(x1.device, (h, w), grad=False)
 
-    def fwd_bwd_input(a, c):
-        x = torch.cat([a, c]).requires_grad_(True)
+    def fwd_bwd_input(x):
+        x = x.detach().requires_grad_(True)
         z = model.embed(x)
-        torch.autograd.grad(z[: len(a)].mul(z[len(a) :]).sum(), x)
+        torch.autograd.grad(z.sum(), x)
 
-    def no_grad_images(n: int, bs: int):
+    def no_grad_images(n: int, size: int):
         with torch.no_grad():
             model.embed(torch.cat([x1, x2]))
-            for k in range(0, n, bs):
-                model.embed(x1[:1].expand(min(bs, n - k), -1, -1, -1).clone())
+            for k in range(0, n, size):
+                model.embed(x1[:1].expand(min(size, n - k), -1, -1, -1).clone())
 
     if name == "input-x-gradient":
-        return lambda: fwd_bwd_input(x1, x2)
+        return lambda: fwd_bwd_input(torch.cat([x1, x2]))
     if name == "smoothgrad":
-        n, bs = params["n_samples"], params["batch_size"]
+        n, per = params["n_samples"], max(1, grad_bs // 2)
 
-        def run():  # batch_size counts images: bs // 2 noisy pairs per pass
-            per = max(1, bs // 2)
-            for k in range(0, n * b, per):
-                m = min(per, n * b - k)
-                fwd_bwd_input(
-                    x1[:1].expand(m, -1, -1, -1).clone(), x2[:1].expand(m, -1, -1, -1).clone()
-                )
+        def run():
+            for k in range(0, n, per):
+                fwd_bwd_input(torch.cat([x1, x2])[[0] * min(per, n - k) + [1] * min(per, n - k)])
+            with torch.no_grad():
+                model.embed(torch.cat([x1, x2]))
 
         return run
     if name == "averaged-transforms":
         z = params["steps"] - (params["interpolation"] == "paper")  # paper mode: Z - 1 views
-        return lambda: fwd_bwd_input(x1, x2[:1].expand(z * b, -1, -1, -1).clone())
+
+        def run():
+            fwd_bwd_input(x1)
+            for k in range(0, z, grad_bs):
+                fwd_bwd_input(x2.expand(min(grad_bs, z - k), -1, -1, -1).clone())
+            with torch.no_grad():
+                model.embed(x2)
+
+        return run
     if name == "conditional-occlusion":
         side = min(h, w)
         win, stride = scaled(64, side), scaled(8, side)
         n = (((h - win) // stride) + 1) * (((w - win) // stride) + 1)
-        return lambda: no_grad_images(2 * n * b, params["batch_size"])
+        return lambda: no_grad_images(2 * n, bs)
     if name == "pairwise-occlusion":
-        return lambda: no_grad_images(2 * params["n_samples"] * b, params["batch_size"])
+        return lambda: no_grad_images(2 * params["n_samples"], 2 * max(1, bs // 2))
     if name in ("grad-cam", "interaction-cam"):
 
         def run():
             z, a = model.embed_with_features(torch.cat([x1, x2]).requires_grad_(True))
-            torch.autograd.grad(z[:b].mul(z[b:]).sum(), a)
+            torch.autograd.grad(z.sum(), a)
 
         return run
     if name == "deep-similarity":
         return lambda: torch.no_grad()(model.embed)(torch.cat([x1, x2]))
-    if name == "random":
-        return lambda: None
+    if name == "metrics":
+        n = n_steps(h, w, step or default_step(h, w))
+        return lambda: no_grad_images(4 * n + 2, bs)
     raise KeyError(name)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def check_metrics(model, x1, x2, maps, step) -> None:
+    """PairLens's six metrics equal the reference loops' on a tie-free map."""
+    ours = pairlens.evaluate(model, x1, x2, maps, metrics=METRICS, step=step)
+    theirs = ref.six_metrics(model, x1, x2, maps[0], maps[1], step)
+    for k in METRICS:
+        if not math.isclose(float(ours[k][0]), theirs[k], abs_tol=1e-3):
+            raise AssertionError(f"{k}: pairlens {float(ours[k][0]):.5f}, "
+                                 f"reference {theirs[k]:.5f}")
+
+
+def bench_model(model_name: str, names: list[str], repeats: int, execution: dict,
+                step: int | None = None) -> list[str]:
+    model = load_benchmark_model(model_name).set_execution(**execution)
+    x1, x2 = pair(model, 1)
+    h, w = model.input_size
+    rows = []
+    for name in names:
+        if name == "metrics":
+            step = step or default_step(h, w)
+            g = torch.Generator().manual_seed(1)
+            maps = (torch.rand(1, h, w, generator=g), torch.rand(1, h, w, generator=g))
+            if not execution.get("amp"):
+                check_metrics(model, x1, x2, maps, step)
+            t_ours = timed(lambda maps=maps, step=step: pairlens.evaluate(
+                model, x1, x2, maps, metrics=METRICS, step=step), repeats)
+            t_ref = timed(lambda maps=maps, step=step: ref.six_metrics(model, x1, x2, *maps, step),
+                          repeats)
+            label = "six metrics"
+        else:
+            params = get_method(name).params
+            t_ours = timed(lambda name=name: pairlens.explain(model, x1, x2, method=name), repeats)
+            kw = {}
+            if name == "conditional-occlusion":  # the sizes PairLens scales to the image
+                kw = {"w_size": scaled(64, min(h, w)), "stride": scaled(8, min(h, w))}
+            t_ref = timed(lambda name=name, kw=kw: ref.METHODS[name](model, x1, x2, **kw),
+                          repeats)
+            label = name
+        t_floor = timed(floor_fn(model, name, {} if name == "metrics" else params, x1, x2, step),
+                        repeats)
+        row = (f"| {model_name} | {label} | {t_ours:.4f} | {t_floor:.4f} | {t_ref:.4f} | "
+               f"{t_ours / t_floor:.2f} | {t_ours / t_ref:.2f} |")
+        print(row, flush=True)
+        rows.append(row)
+    print(f"peak RSS after {model_name}: {peak_rss_mb():.0f} MiB", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="digits,resnet50")
-    ap.add_argument("--batch", type=int, default=1, help="pairs per call")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="all")
+    ap.add_argument("--methods", default="all", help="comma list; 'metrics' = the six metrics")
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--no-tune", action="store_true", help="skip pairlens.runtime.tune_cpu_runtime")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--amp", default=None, choices=("bf16", "fp16"))
+    ap.add_argument("--step", type=int, default=None,
+                    help="metrics: pixels per insertion/deletion step (default: round(H*W/224))")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (for one-thread runs on a loaded "
+                    "machine)")
+    args = ap.parse_args(argv)
+    set_clock(args.clock)
+    applied = {} if args.no_tune else tune_cpu_runtime()
     torch.set_num_threads(args.threads)
-    names = [i.name for i in method_infos() if i.name != "random"]
+    names = [i.name for i in method_infos() if i.name in ref.METHODS] + ["metrics"]
     if args.methods != "all":
         names = args.methods.split(",")
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} pair(s)"
-    )
-    print("| model | method | s / pair | floor s / pair | ratio |")
-    print("|---|---|---:|---:|---:|")
+    execution = {"amp": args.amp, "channels_last": args.channels_last}
+    print(machine_line())
+    print(f"runtime tuning: {applied or 'none'}; execution: {execution}; best of "
+          f"{args.repeats}; clock: {args.clock}")
+    print("| model | method | PairLens s/pair | floor s/pair | reference s/pair | / floor "
+          "| / reference |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for model_name in args.models.split(","):
-        model = resnet50_model() if model_name == "resnet50" else pairlens.load_model(model_name)
-        h, w = model.input_size
-        g = torch.Generator().manual_seed(0)
-        x1 = torch.randn(args.batch, 3, h, w, generator=g)
-        x2 = torch.randn(args.batch, 3, h, w, generator=g)
-        for name in names:
-            params = get_method(name).params
-            t_method = timed(
-                lambda name=name, m=model, a=x1, c=x2: pairlens.explain(m, a, c, method=name),
-                args.repeats,
-            )
-            t_floor = timed(floor_fn(model, name, params, x1, x2), args.repeats)
-            print(
-                f"| {model_name} | {name} | {t_method / args.batch:.4f} | "
-                f"{t_floor / args.batch:.4f} | {t_method / t_floor:.2f} |",
-                flush=True,
-            )
+        bench_model(model_name, names, args.repeats, execution, args.step)
+    print(machine_line())
 
 
 if __name__ == "__main__":

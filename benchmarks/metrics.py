@@ -17,19 +17,24 @@ Usage: ``python benchmarks/metrics.py [--pairs-digits 16] [--pairs-resnet 1] [--
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pairlens
-from pairlens.metrics.faithfulness import (
+import torch  # noqa: E402
+from common import resnet50_model  # noqa: E402
+
+import pairlens  # noqa: E402
+from pairlens.metrics.faithfulness import (  # noqa: E402
     auc,
     default_step,
     gaussian_blur,
     n_steps,
     pixel_ranks,
 )
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel  # noqa: E402
 
 
 @torch.no_grad()
@@ -75,16 +80,6 @@ def timed(fn, repeat: int = 1):
         result = fn()
         best = min(best, time.perf_counter() - t0)
     return best, result
-
-
-def resnet50_model() -> SimilarityModel:
-    from torchvision.models import resnet50
-
-    torch.manual_seed(0)
-    net = resnet50(weights=None)
-    net.fc = torch.nn.Identity()
-    return SimilarityModel(net, feature_layer="layer4", input_size=(224, 224),
-                           name="resnet50-random").eval()
 
 
 def bench_model(name: str, model: SimilarityModel, pairs: int, forward_batch: int,

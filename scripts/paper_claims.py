@@ -358,14 +358,16 @@ def run_seed000(args: argparse.Namespace) -> dict[str, Any]:
     with ResultStore(store_path) as store:
         metrics = list(METRICS) + (["PG", "EPG"] if pairs.has_masks else [])
         run_evaluation(model, MODELS[data], pairs, specs, metrics, store, step=args.step,
-                       pairs_per_batch=args.batch_size, progress=not args.quiet,
+                       pairs_per_batch=args.pairs_per_unit, batch_size=args.batch_size,
+                       progress=not args.quiet,
                        ms_samples=args.ms_samples)
         saliency = [spec for name, spec in zip(SEED000_VARIANTS, specs, strict=True)
                     if name in AT + SALIENCY_BASELINES]
         ms_pairs = PairSet(model, data, mode=default_pair_mode(data), n=args.ms_pairs,
                            seed=args.seed)
         run_evaluation(model, MODELS[data], ms_pairs, saliency, ["MS"], store,
-                       pairs_per_batch=args.batch_size, progress=not args.quiet,
+                       pairs_per_batch=args.pairs_per_unit, batch_size=args.batch_size,
+                       progress=not args.quiet,
                        ms_samples=args.ms_samples)
     settings = [setting_key(pairs, args.step, args.ms_samples),
                 setting_key(ms_pairs, None, args.ms_samples)]
@@ -670,7 +672,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--step", type=int, default=None, help="insertion/deletion step L")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--param", action="append", default=[], metavar="METHOD.KEY=VALUE")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: chosen from the device); changes "
+                   "speed and memory, never results")
+    s.add_argument("--pairs-per-unit", type=int, default=8,
+                   help="pairs explained, scored and stored together")
     s.add_argument("--store", default=None,
                    help="results store, resumed if present (default: runs/claims/seed000-DATA.db)")
     c = sub.add_parser("cocoa", help="COCOA Tables 1-2 claims on the digits model")

@@ -55,13 +55,14 @@ def test_smoothgrad_matches_a_per_sample_loop(square, noise, scale):
 
 
 def test_smoothgrad_shared_noise_keeps_a_pair_of_equal_images_equal(square):
-    """Same sample on both images: a pair (x, x) stays a pair of equal images at every step, so
-    its two maps are equal; independent noise breaks that."""
+    """Same sample on both images: a pair (x, x) stays a pair of equal images at every step, so the
+    similarity stays stationary and every gradient is zero. The map would be blank, so the pair is
+    refused (issue 10's guard) instead of returning two equal all-zero maps."""
+    from pairlens.models.similarity import BlankGradientError
+
     x = pair_batch(1)[0]
-    shared = pairlens.explain(square, x, x, method="smoothgrad", n_samples=4)
-    torch.testing.assert_close(shared.maps[0], shared.maps[1])
-    indep = pairlens.explain(square, x, x, method="smoothgrad", n_samples=4, noise="independent")
-    assert not torch.allclose(indep.maps[0], indep.maps[1])
+    with pytest.raises(BlankGradientError, match="stationary"):
+        pairlens.explain(square, x, x, method="smoothgrad", n_samples=4)
 
 
 @pytest.mark.parametrize("noise", [False, True])

@@ -183,12 +183,14 @@ def test_text_corpus_from_saved_open_clip_equals_eq6(tiny_clip):
         cos = lambda a, b: torch.nn.functional.cosine_similarity(a[:, None], b[None], dim=-1)  # noqa: E731
         expected = cos(zi, zc).mean(1) - cos(zi, zf).mean(1)  # eq. (6)
         torch.testing.assert_close(t(x), expected, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="no such CLIP checkpoint"):
-        targets.load_open_clip(checkpoint.parent / "missing.pt", arch=str(config))
+    from pairlens.models.zoo.clip import load_clip
+
+    with pytest.raises(ValueError, match="no such checkpoint file"):
+        load_clip(checkpoint.parent / "missing.pt", arch=str(config))
     bad = checkpoint.parent / "bad.pt"
     torch.save({"nothing": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="cannot load"):
-        targets.load_open_clip(bad, arch=str(config))
+    with pytest.raises(ValueError, match="does not match"):
+        load_clip(bad, arch=str(config))
 
 
 def test_corpus_cli_text_mode(tiny_clip, tmp_path, capsys):

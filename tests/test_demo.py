@@ -402,3 +402,29 @@ def test_demo_serves_no_file_outside_its_own_folder(demo_server):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10)
         assert err.value.code in (403, 404), path
+
+
+def test_demo_correspondence_click_shows_the_matches(page):
+    # a correspondence method adds two clickable views; a click on image 2 redraws both
+    from pairlens.data.bundled import examples_dir
+
+    a, b = examples_dir() / "digit-3a.png", examples_dir() / "digit-3b.png"
+    page.locator("#pl-image1 input[type=file]").set_input_files(str(a))
+    _wait_status(page, "image 1: ready")
+    page.locator("#pl-image2 input[type=file]").set_input_files(str(b))
+    _wait_status(page, "image 2: ready")
+    page.locator("#pl-method input").click()
+    page.get_by_role("option", name=re.compile(r"^feature-grid")).click()
+    page.locator("#pl-run").click()
+    status = _wait_status(page, r"Done|Error")
+    assert status.startswith("Done"), status
+    assert "completeness error" in page.locator("#pl-summary").inner_text()
+    view = page.locator("#pl-match2 img").first
+    view.wait_for(state="visible")
+    before = page.locator("#pl-match1 img").first.get_attribute("src")
+    box = view.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.2)
+    assert _wait_status(page, r"Matches of image 2|could not").startswith("Matches of image 2")
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#pl-match1 img');"
+        " return i !== null && i.getAttribute('src') !== old; }", arg=before)

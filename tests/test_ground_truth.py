@@ -130,10 +130,11 @@ def test_training_batch_distractors_are_distinct():
 
 # ---------------------------------------------------------------- an encoder with a known answer
 KEY = (1.0, 0.0, 1.0)
+KEY_TOLERANCE = 0.05  # the object is painted within 0.02 of KEY, keeping a trace of its content
 
 
 class KeyRegionEncoder(nn.Module):
-    """Sees only the pixels of one exact colour (the shared object, painted with it)."""
+    """Sees only the pixels close to one colour (the shared object, painted with it)."""
 
     def __init__(self):
         super().__init__()
@@ -149,7 +150,7 @@ class KeyRegionEncoder(nn.Module):
         self.features = nn.Identity()
 
     def forward(self, x):
-        region = ((x * self.std + self.mean - self.key).abs().amax(1, keepdim=True) < 1e-4)
+        region = (x * self.std + self.mean - self.key).abs().amax(1, keepdim=True) < KEY_TOLERANCE
         region = region.float().detach()
         h = F.relu(self.conv1(x * region)) * region
         h = F.relu(self.conv2(h)) * region
@@ -159,9 +160,14 @@ class KeyRegionEncoder(nn.Module):
 def key_painted_pairs(n: int, size: int = 64):
     x1, x2, m1, m2 = C.pair_batch(range(n), seed=0, size=size)
     key = torch.tensor(KEY).view(1, 3, 1, 1)
-    x1 = torch.where(m1[:, None], key, x1)
-    x2 = torch.where(m2[:, None], key, x2)
-    return x1, x2, m1, m2
+    sign = 1 - 2 * key  # towards the inside of the unit cube
+
+    def paint(x, m):
+        # a faint copy of the object's content, so two views of it embed differently (an exactly
+        # equal pair would have a stationary similarity and blank gradients)
+        return torch.where(m[:, None], key + sign * 0.02 * x.mean(1, keepdim=True), x)
+
+    return paint(x1, m1), paint(x2, m2), m1, m2
 
 
 def test_ground_truth_region_encoder_gives_pointing_game_one():
@@ -173,7 +179,7 @@ def test_ground_truth_region_encoder_gives_pointing_game_one():
     # the encoder's region is exactly the ground truth
     enc = model.encoder
     for x, m in ((x1, m1), (x2, m2)):
-        seen = (x * enc.std + enc.mean - enc.key).abs().amax(1) < 1e-4
+        seen = (x * enc.std + enc.mean - enc.key).abs().amax(1) < KEY_TOLERANCE
         assert torch.equal(seen, m)
     scores = {}
     for method in ("input-x-gradient", "random"):

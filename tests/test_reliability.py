@@ -94,7 +94,7 @@ def test_every_parameter_and_the_seed_are_in_the_key(tmp_path):
     assert params == ['{"seed":0}', '{"seed":1}']
     smooth = parse_methods("smoothgrad[guided=no]")[0]
     assert smooth.params == {"n_samples": 50, "noise_level": 0.15, "noise": "shared",
-                             "noise_scale": "divide", "guided": False, "batch_size": 64,
+                             "noise_scale": "divide", "guided": False, "batch_size": None,
                              "seed": 0} and smooth.label == "smoothgrad"
 
 
@@ -186,16 +186,20 @@ def test_huge_small_png_is_refused_before_decoding_in_every_path(tmp_path, capsy
 
 def test_demo_refuses_a_huge_upload_before_decoding_and_memory_stays_at_baseline(tmp_path):
     bomb = bomb_png(tmp_path / "bomb.png")
+    # VmHWM, not ru_maxrss: a subprocess inherits its parent's (the test session's) ru_maxrss,
+    # which could hide a 2.4 GB decode behind an even larger parent peak.
     script = f"""
-import resource
 from pairlens.demo import core
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+baseline = peak_kb()
 try:
     core.load_upload({{"path": {str(bomb)!r}, "orig_name": "b.png"}}, "image 1",
                      [{str(tmp_path)!r}])
 except core.DemoError as err:
     print("refused:", err)
-print("grew_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline)
+print("grew_kb", peak_kb() - baseline)
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -237,7 +241,7 @@ def test_bad_parameters_exit_non_zero_and_store_nothing(tmp_path, capsys):
     import json
 
     assert json.loads((tmp_path / "g" / "input-x-gradient.json").read_text())["params"] == \
-        {"guided": False}
+        {"guided": False, "batch_size": None}
 
 
 def test_train_refuses_zero_epochs_in_the_library_too(tmp_path):

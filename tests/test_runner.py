@@ -48,7 +48,7 @@ if __name__ == "__main__":
 '''
 
 RUN_ARGS = ["--model", "toy", "--data", "digits", "--methods", "grad-cam,random",
-            "--step", "64", "--batch-size", "4", "--device", "cpu", "--quiet"]
+            "--step", "64", "--pairs-per-unit", "4", "--device", "cpu", "--quiet"]
 
 
 def toy_model() -> SimilarityModel:

@@ -608,6 +608,8 @@ def foreign(files) -> Path:
 
 
 def _needs(name: str) -> None:
+    if name == "hf":
+        pytest.skip("hf: reads a save_pretrained folder, not a checkpoint file (tests/test_hf.py)")
     extra = model_info(name).extras.get("requires")
     if extra == "open_clip_torch":
         pytest.importorskip("open_clip")
@@ -712,7 +714,8 @@ def test_models_page_has_one_row_per_entry():
     page = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
     for name in ZOO:
         info = model_info(name)
-        label = f"`{name}:ARCH`" if info.extras.get("takes_arch") else f"`{name}`"
+        arg = "PATH" if name == "hf" else "ARCH"  # hf: takes a folder
+        label = f"`{name}:{arg}`" if info.extras.get("takes_arch") else f"`{name}`"
         (row,) = [line for line in page.splitlines() if line.startswith(f"| {label} |")]
         assert (info.download_url or info.extras.get("source") or "your own file") in row
         assert f"**{info.default_embedding}**" in row
@@ -765,3 +768,197 @@ def test_cam_and_gradient_methods_and_metrics_on_a_vit_entry():
 @pytest.mark.slow
 def test_every_method_on_a_vit_entry():
     _vit_methods(pairlens.methods())
+
+
+# ---------------------------------------------------------------- issue 10: more ecosystems
+def test_dino_training_checkpoint_loads_its_teacher_backbone(files):
+    """main_dino.py's checkpoint.pth: {'student' (DDP), 'teacher', 'optimizer', 'epoch', 'args',
+    'dino_loss'}; DINO's evaluation code takes the teacher without module. / backbone. / head."""
+    import argparse
+
+    torch.manual_seed(21)
+    teacher = randomize(timm_vit(384, 6), seed=22)
+    student = {k: v + 0.01 for k, v in teacher.state_dict().items()}  # another backbone
+    head = nn.Sequential(nn.Linear(384, 64), nn.GELU(), nn.Linear(64, 32))  # a small DINO head
+    with_head = lambda sd, p: {**{f"{p}backbone.{k}": v for k, v in sd.items()},  # noqa: E731
+                               **{f"{p}head.{k}": v for k, v in head.state_dict().items()}}
+    path = files / "checkpoint.pth"
+    torch.save({"student": with_head(student, "module."),
+                "teacher": with_head(teacher.state_dict(), ""),
+                "optimizer": fake_optimizer(head), "epoch": 100,
+                "args": argparse.Namespace(arch="vit_small", patch_size=16, out_dim=32),
+                "dino_loss": {"center": torch.zeros(1, 32)}}, path)  # fmt: skip
+    x = images(1, 224)
+    with torch.no_grad():
+        model = pairlens.load_model("dino-vit-s16", checkpoint=path)
+        close(model.embed(x), teacher.forward_features(x)[:, 0])
+    path.unlink()
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_clip(files):
+    """A tiny open_clip ViT architecture 'pairlens-tiny-vit-clip' (registered with open_clip)."""
+    from regions import tiny_open_clip
+
+    return tiny_open_clip(files, "pairlens-tiny-vit-clip")
+
+
+def test_clip_openai_weights_with_a_gelu_architecture_are_caught(tiny_vit_clip, tmp_path):
+    """OpenAI's weights need QuickGELU: an open_clip_config.json beside the file picks it (with a
+    warning); a file whose path says openai and a GELU architecture gives a warning."""
+    import json
+    import warnings
+
+    open_clip = tiny_vit_clip
+    torch.manual_seed(24)
+    ref = open_clip.create_model("pairlens-tiny-vit-clip", pretrained=None,
+                                 force_quick_gelu=True).eval()
+    hub = tmp_path / "vit_tiny_clip.openai"
+    hub.mkdir()
+    torch.save(ref.state_dict(), hub / "open_clip_pytorch_model.bin")
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    x = images(1, 32)
+    with pytest.warns(UserWarning, match="building it with QuickGELU"):
+        model = pairlens.load_model("clip:pairlens-tiny-vit-clip",
+                                    checkpoint=hub / "open_clip_pytorch_model.bin")
+    with torch.no_grad():
+        close(model.embed(x), ref.encode_image(x))
+    (hub / "open_clip_config.json").unlink()
+    with pytest.warns(UserWarning, match="trained with QuickGELU"):
+        pairlens.load_model("clip:pairlens-tiny-vit-clip",
+                            checkpoint=hub / "open_clip_pytorch_model.bin")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pairlens.load_model("clip:pairlens-tiny-vit-clip", checkpoint=hub /
+                            "open_clip_pytorch_model.bin", quick_gelu=True)
+
+
+def test_timm_pretrained_is_read_from_the_hf_cache_only(tmp_path, monkeypatch):
+    timm = pytest.importorskip("timm")
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="never downloads") as info:
+        pairlens.load_model("timm:resnet18.a1_in1k", pretrained=True)
+    assert "\n" not in str(info.value)
+    torch.manual_seed(25)
+    ref = randomize(timm.create_model("resnet18", num_classes=1000), seed=26)
+    snap = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, snap / "model.safetensors")
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("abc123")
+    x = images()
+    with torch.no_grad():
+        logits = pairlens.load_model("timm:resnet18.a1_in1k", pretrained=True, embedding="logits")
+        close(logits.embed(x), ref(x))
+    assert logits.input_size == (224, 224) and abs(logits.crop_fraction - 0.95) < 1e-6
+
+
+def test_torchvision_weights_are_read_from_torchvisions_cache_only(tmp_path, monkeypatch):
+    import os
+
+    w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(CheckpointError, match="never downloads"):
+        pairlens.load_model("torchvision:resnet18", pretrained=True)
+    torch.manual_seed(27)
+    ref = randomize(torchvision.models.resnet18(), seed=28)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(ref.state_dict(), tmp_path / "checkpoints" / os.path.basename(w.url))
+    x = images()
+    with torch.no_grad():
+        for kw in ({"pretrained": True}, {"weights": w}):
+            model = pairlens.load_model("torchvision:resnet18", embedding="logits", **kw)
+            close(model.embed(x), ref(x))
+    with pytest.raises(ValueError, match="not both"):
+        pairlens.load_model("torchvision:resnet18", pretrained=True, checkpoint=__file__)
+
+
+def test_torchvision_and_timm_preprocessing_come_from_the_library():
+    vit = pairlens.load_model("torchvision:vit_b_32", random_weights=True)
+    assert vit.input_size == (224, 224) and abs(vit.crop_fraction - 224 / 256) < 1e-6
+    eff = pairlens.load_model("torchvision:efficientnet_b1", random_weights=True)
+    assert eff.input_size == (240, 240) and abs(eff.crop_fraction - 240 / 255) < 1e-6
+    pytest.importorskip("timm")
+    siglip = pairlens.load_model("timm:vit_base_patch16_siglip_224", random_weights=True,
+                                 depth=1)
+    assert siglip.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+
+
+def test_timm_headless_checkpoint_asked_for_logits_is_an_error(files):
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("resnet18", num_classes=0).eval()
+    path = files / "resnet18_headless.pth"
+    torch.save(net.state_dict(), path)
+    assert "no classifier" in one_line_error("timm:resnet18", path, embedding="logits")
+    with torch.no_grad():
+        close(pairlens.load_model("timm:resnet18", checkpoint=path).embed(images()), net(images()))
+
+
+DEFAULT_LAYER_ENTRIES = [
+    "dino-r50", "dino-vit-s16",
+    pytest.param("simsiam-r50", marks=pytest.mark.slow),
+    pytest.param("mocov3-vit-s", marks=pytest.mark.slow),
+    pytest.param("simclr-v2-r50-1x", marks=pytest.mark.slow),
+    pytest.param("barlow-twins-r50", marks=pytest.mark.slow),
+    pytest.param("mocov3-r50", marks=pytest.mark.slow),
+    pytest.param("clip-vit-b32", marks=pytest.mark.slow),
+    pytest.param("clip-rn50", marks=pytest.mark.slow),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", DEFAULT_LAYER_ENTRIES)
+def test_every_zoo_familys_default_cam_layer_reaches_the_embedding(name):
+    """With random weights: no BlankGradientError, a non-empty map, and for ViTs the layer is the
+    norm entering the last block (the only one whose patch tokens reach the class token)."""
+    model = pairlens.load_model(name, random_weights=True)
+    size = model.input_size if name.startswith("clip") else (64, 64)
+    x1, x2 = images(1, size[0]), images(1, size[0], seed=2)
+    exp = pairlens.explain(model, x1, x2, method="grad-cam")
+    assert exp.maps[0].abs().sum() > 0 and exp.maps[1].abs().sum() > 0
+    if "vit" in name:
+        assert model.feature_layer.endswith(("norm1", "ln_1"))
+
+
+def test_cli_explain_an_image_against_a_caption(tiny_vit_clip, tmp_path, capsys):
+    """pairlens explain img.jpg --text "a photo of a cat" --model clip:ARCH --checkpoint FILE"""
+    import json
+
+    from pairlens.cli import main
+    from pairlens.data.bundled import example_image_paths
+
+    torch.manual_seed(29)
+    ref = tiny_vit_clip.create_model("pairlens-tiny-vit-clip", pretrained=None).eval()
+    ckpt = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(ref.state_dict(), ckpt)
+    image = str(example_image_paths("photos")[0])
+    base = ["explain", image, "--model", "clip:pairlens-tiny-vit-clip", "--checkpoint", str(ckpt),
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")]
+    assert main([*base, "--text", "a photo of a cat", "--method", "grad-cam"]) == 0
+    meta = json.loads((tmp_path / "out" / "grad-cam.json").read_text())
+    assert meta["target"]["text"] == "a photo of a cat" and meta["sources"][1] == "a photo of a cat"
+    model = pairlens.load_model("clip:pairlens-tiny-vit-clip", checkpoint=ckpt)
+    with torch.no_grad():
+        want = torch.nn.functional.cosine_similarity(
+            model.embed(model.preprocess(image)), model.embed_text("a photo of a cat"))
+    assert abs(meta["score"][0] - float(want[0])) < 1e-4
+    capsys.readouterr()
+    for args, message in (
+        (["--text", "a cat", "--model", "digits"], "give one image"),  # two images: see below
+        (["--text", "a cat", "--method", "pairwise-occlusion"], "needs two images"),
+        (["--text", "a cat"], "the target has 16 dimensions"),  # interaction-cam, C=32
+    ):
+        cmd = [*base, *args] if message != "give one image" else ["explain", image, image, *args]
+        code = main(cmd)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code = main(["explain", image, "--text", "a cat", "--model", "digits", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no text tower" in err
+    assert main([*base, "--text", "a cat", "--all-methods", "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "interaction-cam          skipped: " in out and "pairwise-occlusion" not in out
+    assert (tmp_path / "all" / "all-methods.png").is_file()
+    assert (tmp_path / "all" / "averaged-transforms.png").is_file()

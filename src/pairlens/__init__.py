@@ -13,9 +13,11 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
+    "PairCorrespondence": ("pairlens.explanation", "PairCorrespondence"),
     "PairExplanation": ("pairlens.explanation", "PairExplanation"),
     "SimilarityModel": ("pairlens.models", "SimilarityModel"),
     "attribute": ("pairlens.attribution", "attribute"),
+    "correspond": ("pairlens.explanation", "correspond"),
     "evaluate": ("pairlens.metrics", "evaluate"),
     "explain": ("pairlens.explanation", "explain"),
     "list_models": ("pairlens.models", "list_models"),
@@ -30,7 +32,12 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from pairlens.attribution import attribute  # noqa: F401
     from pairlens.corpus import targets  # noqa: F401
-    from pairlens.explanation import PairExplanation, explain  # noqa: F401
+    from pairlens.explanation import (  # noqa: F401
+        PairCorrespondence,
+        PairExplanation,
+        correspond,
+        explain,
+    )
     from pairlens.methods.registry import methods  # noqa: F401
     from pairlens.metrics import evaluate  # noqa: F401
     from pairlens.models import SimilarityModel, list_models, load_model, model_info  # noqa: F401

@@ -34,6 +34,7 @@ from pairlens.attribution.baselines import Baseline, blur, resolve_baseline
 from pairlens.attribution.gradients import gradient_shap, integrated_gradients
 from pairlens.attribution.relax import relax_maps
 from pairlens.attribution.rise import default_grid, rise_maps, rise_masks
+from pairlens.models.similarity import evaluating
 from pairlens.validation import signature_specs, validate_call
 
 ATTRIBUTION_METHODS: dict[str, str] = {
@@ -67,6 +68,8 @@ def attribute(
     methods give the same value in every channel). Targets holding one direction per explicand
     (``LabelFree``, ``ContrastiveLabelFree``) must hold exactly B. ``seed`` fixes masks and noise
     (``None``: do not reseed). Extra keyword arguments go to the method (see the module doc).
+    The target's model (``target.model``, or the target if it is a module) runs in eval mode
+    and gets its own mode back.
     """
     name = method.strip().lower().replace("_", "-")
     if name not in ATTRIBUTION_METHODS:
@@ -78,7 +81,7 @@ def attribute(
     x = _check_inputs(target, x)
     base = resolve_baseline(baseline, x)
     per_explicand = _per_explicand(target, len(x))
-    with _seeded(seed, x.device) as generator:
+    with _seeded(seed, x.device) as generator, evaluating(_model_of(target)):
         if name == "integrated-gradients":
             _check_params(integrated_gradients, params, name)
             if per_explicand:
@@ -136,7 +139,7 @@ def relax(
     per_explicand = _per_explicand(target, len(x))
     _check_params(relax_maps, params, "relax")
     importance, uncertainty = [], []
-    with _seeded(seed, x.device) as generator:
+    with _seeded(seed, x.device) as generator, evaluating(_model_of(target)):
         for i in range(len(x)):
             imp, unc = relax_maps(
                 _one(target, i, per_explicand),
@@ -151,13 +154,19 @@ def relax(
 
 
 # ----------------------------------------------------------------------------- helpers
+def _model_of(target: Any) -> torch.nn.Module | None:
+    """The module a target runs (its ``model``, or the target itself), to run in eval mode."""
+    model = getattr(target, "model", target)
+    return model if isinstance(model, torch.nn.Module) else None
+
+
 def _check_inputs(target: Any, x: Tensor) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a tensor (B, 3, H, W); got {type(x).__name__}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:
-        raise ValueError(f"x must have shape (B, 3, H, W); got {tuple(x.shape)}")
+        raise ValueError(f"x must have shape (B, C, H, W); got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or infinite values")
     model = getattr(target, "model", None)

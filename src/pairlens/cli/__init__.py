@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "pairlens.cli.explain",  # explain, methods
+    "pairlens.cli.correspond",  # correspond
     "pairlens.cli.models",  # models, models info, download
     "pairlens.cli.train",  # train
     "pairlens.cli.excon",  # eval-classifier, study
@@ -63,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from pairlens.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()  # before torch is imported: allocator and OpenMP settings (performance.md)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

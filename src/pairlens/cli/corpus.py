@@ -18,7 +18,7 @@ CORPUS_EXAMPLES = """examples:
   pairlens corpus dog.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --corpus cats/ --foil random/ --method integrated-gradients --out out/
   pairlens corpus zebra.jpg --text "This is a photo of a zebra" --text-foil cifar100 \\
-      --clip-checkpoint ViT-B-32.pt --clip-arch ViT-B-32-quickgelu --out out/
+      --clip-checkpoint open_clip_pytorch_model.bin --clip-arch ViT-B-32-quickgelu --out out/
   pairlens corpus bee.jpg --text "a photo of a bee" --text-foil "a photo of a flower" \\
       --clip-checkpoint clip.pt --out out/
 """
@@ -72,7 +72,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="rise",
         help="attribution method (default: %(default)s)",
     )
-    p.add_argument("--similarity", choices=("cosine", "dot"), default="cosine")
+    p.add_argument(
+        "--similarity",
+        choices=("cosine", "dot"),
+        default=None,
+        help="how the target compares embeddings (default: the model's, cosine or dot)",
+    )
     p.add_argument("--n-masks", type=argtype("int", 1), default=None,
                    help="RISE / RELAX masks (5000 / 3000)")
     p.add_argument("--n-steps", type=argtype("int", 1), default=None,

@@ -29,6 +29,8 @@ REPORT_EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from pairlens.cli.explain import add_execution_options
+
     p = sub.add_parser(
         "evaluate",
         help="evaluate explanation methods with the pair metrics (resumable, shardable)",
@@ -59,9 +61,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="method parameter, repeatable (e.g. interaction-cam.reduction=max)")
     p.add_argument("--metrics", default=None,
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS; region games "
-                   "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF; with ground truth "
-                   "(composites) PG,EPG (default: SI,SD,CI,CD,SAD,CAD, plus PG,EPG for "
-                   "composites)")
+                   "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF; region-pair (correspondence) "
+                   "PI,PD; with ground truth (composites) PG,EPG (default: SI,SD,CI,CD,SAD,CAD, "
+                   "plus PG,EPG for composites)")
     p.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     p.add_argument("--ms-samples", type=argtype("int", 1), default=10,
@@ -70,11 +72,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="selects images and augmentations")
     p.add_argument("--store", default="results.db",
                    help="SQLite results file (default: %(default)s)")
-    p.add_argument("--batch-size", type=argtype("int", 1), default=8, metavar="B",
-                   help="pairs explained and stored together (default: %(default)s)")
-    p.add_argument("--forward-batch", type=argtype("int", 1), default=256,
-                   help="images per forward pass in the metrics (default: %(default)s)")
+    p.add_argument("--batch-size", type=argtype("int", 1), default=None, metavar="B",
+                   help="images per forward pass in the methods and metrics; changes speed and "
+                   "memory, never results (default: chosen from the device and image size)")
+    p.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",
+                   help="pairs explained, scored and stored together (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_execution_options(p)
     p.add_argument("--threads", type=argtype("int", 1), default=None,
                    help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -129,6 +133,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     model = load_cli_model(model_name, args.checkpoint, args.embedding, device)
+    model.set_execution(amp=args.amp, channels_last=args.channels_last)
     model_key = model_label(model_name, args.checkpoint, args.embedding)
     pairs = PairSet(model, args.data, mode=args.pair_mode or default_pair_mode(args.data),
                     n=args.pairs, seed=args.seed)
@@ -141,7 +146,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         with ResultStore(args.store) as store:
             summary = run_evaluation(
                 model, model_key, pairs, specs, metrics, store, step=args.step,
-                pairs_per_batch=args.batch_size, forward_batch=args.forward_batch, shard=shard,
+                pairs_per_batch=args.pairs_per_unit, batch_size=args.batch_size, shard=shard,
                 progress=not args.quiet, ms_samples=args.ms_samples, bad_files=bad,
             )
         _barrier(dist)
@@ -156,6 +161,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{who}{bad.summary()} (recorded in {args.store})")
     for label, seconds in summary.per_method.items():
         print(f"{who}  {label:40s} explanation {seconds:8.2f} s")
+    if summary.computed_pairs:
+        print(f"{who}  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in summary.stages.items()))
     if shard.rank == 0:
         print(f"report: pairlens report {args.store} --out pairlens-report")
     return 0

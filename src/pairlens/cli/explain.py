@@ -16,6 +16,8 @@ EXPLAIN_EXAMPLES = """examples:
       --param strength=0,90 --param interpolation=strength --param guided=true
   pairlens explain a.jpg b.jpg --all-methods --out out/
   pairlens explain a.jpg b.jpg --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth
+  pairlens explain cat.jpg --text "a photo of a cat" --model clip:ViT-B-32-quickgelu \
+      --checkpoint open_clip_pytorch_model.bin --method grad-cam
 """
 
 
@@ -29,7 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=EXPLAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="two image files (or none)")
+    p.add_argument(
+        "images", nargs="*", metavar="IMAGE", help="two image files (or none; one with --text)"
+    )
+    p.add_argument(
+        "--text",
+        default=None,
+        help="explain one image against this caption (image-text models: clip:ARCH, hf:PATH)",
+    )
     p.add_argument("--model", default=None, help="registered model name (default: photos)")
     p.add_argument("--checkpoint", default=None, help="local checkpoint file for --model")
     p.add_argument("--embedding", default=None, help="which embedding of the model to explain")
@@ -46,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smooth", type=argtype("float", 0), default=0.0,
                    help="display-only blur sigma in pixels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    add_execution_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_explain)
 
@@ -58,6 +68,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     m.set_defaults(func=run_methods)
+
+
+def add_execution_options(p: argparse.ArgumentParser) -> None:
+    """``--amp`` and ``--channels-last`` (speed options; see docs/performance.md)."""
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None,
+                   help="run the model under autocast in this precision (maps and scores stay "
+                   "float32; checked against float32 in docs/performance.md)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory layout for convolutional models (faster on most "
+                   "CPUs and GPUs; same results up to float rounding)")
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -82,26 +102,50 @@ def run_explain(args: argparse.Namespace) -> int:
 
     import pairlens
     from pairlens.io import load_image
-    from pairlens.methods.registry import get_method, method_infos
+    from pairlens.methods.registry import NotApplicableError, get_method, method_infos
     from pairlens.progress import progress_bars, track
     from pairlens.viz import grid_figure
 
-    if len(args.images) not in (0, 2):
+    text = args.text.strip() if args.text is not None else None
+    if text is not None and (len(args.images) != 1 or not text):
+        raise ValueError("--text explains one image against a caption: give one image and a "
+                         "non-empty --text")
+    if text is None and len(args.images) not in (0, 2):
         raise ValueError(f"explain takes two images or none; got {len(args.images)}")
     params = parse_params(args.param)
     if args.all_methods and params:
         raise ValueError("--param cannot be combined with --all-methods")
-    names = [info.name for info in method_infos()] if args.all_methods else [args.method]
-    for name in names:
-        get_method(name).validate(params)  # fail early on a typo or a bad value
+    infos = method_infos() if args.all_methods else [get_method(args.method)]
+    for info in infos:
+        info.validate(params)  # fail early on a typo or a bad value
+    if text is not None:
+        if not args.all_methods and infos[0].pairs_only:
+            raise ValueError(f"{infos[0].name} needs two images; with --text use another method")
+        infos = [info for info in infos if not info.pairs_only]
+    names = [info.name for info in infos]
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
-    x1, x2, sources = load_pair(model, images, args.images)
+    model.set_execution(amp=args.amp, channels_last=args.channels_last)
+    if text is not None:
+        if not model.has_text_tower:
+            raise ValueError(f"--text needs an image-text model (clip:ARCH, hf:PATH of a CLIP "
+                             f"or SigLIP folder); {model.name!r} has no text tower")
+        x1, x2 = model.preprocess(images[0]), None
+        sources = (args.images[0], text)
+    else:
+        x1, x2, sources = load_pair(model, images, args.images)
     out = Path(args.out)
     results = []
     with progress_bars(not args.quiet):
         for name in track(names, desc="methods"):
-            exp = pairlens.explain(model, x1, x2, method=name, sources=sources, **params)
+            try:
+                exp = pairlens.explain(model, x1, x2, method=name, sources=sources, target=text,
+                                       **params)
+            except NotApplicableError as err:
+                if not args.all_methods:
+                    raise
+                print(f"{name:24s} skipped: {err}")
+                continue
             exp.save(out, stem=name, smooth=args.smooth)
             results.append(exp)
             print(

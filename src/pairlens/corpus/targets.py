@@ -3,8 +3,12 @@
 A target is a callable mapping an input batch (N, 3, H, W) in model-input space to scores (N,).
 Every target here is *linear in the represented embedding* (Proposition 3.3):
 
-    target(x) = phi(f(x)) . direction,   phi(z) = z / ||z||  (similarity="cosine", the default)
+    target(x) = phi(f(x)) . direction,   phi(z) = z / ||z||  (similarity="cosine")
                                           phi(z) = z          (similarity="dot")
+
+The similarity is the model's (``model.similarity_name``) unless given: cosine (the paper's
+default) or dot. A model comparing embeddings otherwise (``neg-l2``, a callable) has no such
+linear form, so its targets need ``similarity="cosine"`` or ``"dot"`` explicitly (an error says so).
 
 so the corpus and foil means are computed once, at construction, and every perturbed input costs
 exactly one encoder pass whatever the corpus and foil sizes.
@@ -43,7 +47,7 @@ import torch
 from torch import Tensor
 
 from pairlens.io import IMAGE_SUFFIXES, scan_images
-from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_finite
+from pairlens.models.similarity import COSINE_EPS, check_finite, evaluating
 
 SIMILARITIES = ("cosine", "dot")
 
@@ -84,6 +88,22 @@ def _check_similarity(similarity: str) -> None:
         raise ValueError(f"similarity must be one of {', '.join(SIMILARITIES)}; got {similarity!r}")
 
 
+def target_similarity(model: Any, similarity: str | None) -> str:
+    """The similarity of a target on ``model``: ``similarity`` if given (cosine or dot), else the
+    model's own when it is cosine or dot (plain modules: cosine)."""
+    if similarity is not None:
+        _check_similarity(similarity)
+        return similarity
+    own = getattr(model, "similarity_name", "cosine")
+    if own not in SIMILARITIES:
+        raise ValueError(
+            f"COCOA targets are linear in the represented embedding (cosine or dot, Proposition "
+            f"3.3); model {getattr(model, 'name', '')!r} compares embeddings with {own!r}: pass "
+            "similarity='cosine' or 'dot' explicitly (CLI: --similarity)"
+        )
+    return own
+
+
 def _embed(model: Any, x: Tensor) -> Tensor:
     """Embedding (N, D) of a batch, keeping autograd (one encoder pass)."""
     return model.embed(x) if hasattr(model, "embed") else model(x)
@@ -91,12 +111,14 @@ def _embed(model: Any, x: Tensor) -> Tensor:
 
 @torch.no_grad()
 def embed_images(model: Any, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Embeddings (N, D) of many images without autograd, ``batch_size`` at a time."""
+    """Embeddings (N, D) of many images without autograd, ``batch_size`` at a time, with the
+    model in eval mode (its own mode restored)."""
     device = _device(model)
-    out = [
-        _embed(model, images[i : i + batch_size].to(device))
-        for i in range(0, len(images), batch_size)
-    ]
+    with evaluating(model if isinstance(model, torch.nn.Module) else None):
+        out = [
+            _embed(model, images[i : i + batch_size].to(device))
+            for i in range(0, len(images), batch_size)
+        ]
     if not out:
         raise ValueError("no images to embed")
     return torch.cat(out).float()
@@ -130,8 +152,11 @@ def load_images(model: Any, source: ImageSource, what: str = "images") -> Tensor
     """
     if isinstance(source, Tensor):
         x = source.unsqueeze(0) if source.dim() == 3 else source
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{what} must have shape (N, 3, H, W); got {tuple(source.shape)}")
+        channels = getattr(model, "in_channels", 3)
+        if x.dim() != 4 or x.shape[1] != channels:
+            raise ValueError(
+                f"{what} must have shape (N, {channels}, H, W); got {tuple(source.shape)}"
+            )
         if len(x) == 0:
             raise ValueError(f"{what} is empty")
         return check_finite(x.to(_device(model), torch.float32), what)
@@ -217,7 +242,7 @@ class Target:
         model: the image encoder (a :class:`SimilarityModel` or any module with ``embed``).
         direction: (D,) for a single direction, or (B, D) with one direction per explicand; this
             is the contrastive direction of Proposition 3.3.
-        similarity: ``"cosine"`` or ``"dot"``.
+        similarity: ``"cosine"`` or ``"dot"`` (given, or the model's).
         name: short name used in tables (``"cocoa"``, ``"label-free"``, ...).
         info: sizes and settings, JSON-friendly.
     """
@@ -228,10 +253,10 @@ class Target:
         self,
         model: Any,
         direction: Tensor,
-        similarity: str = "cosine",
+        similarity: str | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        _check_similarity(similarity)
+        similarity = target_similarity(model, similarity)
         self.model = model
         self.direction = direction.detach()
         self.similarity = similarity
@@ -292,7 +317,8 @@ class LabelFree(Target):
 
     name = "label-free"
 
-    def __init__(self, model: Any, explicand: Tensor, similarity: str = "cosine") -> None:
+    def __init__(self, model: Any, explicand: Tensor, similarity: str | None = None) -> None:
+        similarity = target_similarity(model, similarity)
         x = load_images(model, explicand, "explicand")
         direction = represent(embed_images(model, x), similarity)
         super().__init__(model, direction, similarity, {"explicands": len(x)})
@@ -304,8 +330,9 @@ class ContrastiveLabelFree(Target):
     name = "contrastive-label-free"
 
     def __init__(
-        self, model: Any, explicand: Tensor, foil: ImageSource, similarity: str = "cosine"
+        self, model: Any, explicand: Tensor, foil: ImageSource, similarity: str | None = None
     ) -> None:
+        similarity = target_similarity(model, similarity)
         x = load_images(model, explicand, "explicand")
         own = represent(embed_images(model, x), similarity)
         foil_mean, m = mean_representation(model, foil, similarity, "foil")
@@ -317,7 +344,8 @@ class Corpus(Target):
 
     name = "corpus"
 
-    def __init__(self, model: Any, corpus: ImageSource, similarity: str = "cosine") -> None:
+    def __init__(self, model: Any, corpus: ImageSource, similarity: str | None = None) -> None:
+        similarity = target_similarity(model, similarity)
         corpus_mean, c = mean_representation(model, corpus, similarity, "corpus")
         super().__init__(model, corpus_mean, similarity, {"corpus": c})
 
@@ -332,8 +360,9 @@ class ContrastiveCorpus(Target):
     name = "cocoa"
 
     def __init__(
-        self, model: Any, corpus: ImageSource, foil: ImageSource, similarity: str = "cosine"
+        self, model: Any, corpus: ImageSource, foil: ImageSource, similarity: str | None = None
     ) -> None:
+        similarity = target_similarity(model, similarity)
         corpus_mean, c = mean_representation(model, corpus, similarity, "corpus")
         foil_mean, m = mean_representation(model, foil, similarity, "foil")
         super().__init__(model, corpus_mean - foil_mean, similarity, {"corpus": c, "foil": m})
@@ -390,8 +419,11 @@ class TextCorpus(Target):
         corpus: TextSource,
         foil: TextSource | None = None,
         text_encoder: Callable[[list[str]], Tensor] | None = None,
-        similarity: str = "cosine",
+        similarity: str | None = None,
     ) -> None:
+        similarity = target_similarity(model, similarity)
+        if text_encoder is None and getattr(model, "has_text_tower", False):
+            text_encoder = model.embed_text
         corpus_mean, c = self._text_mean(corpus, text_encoder, similarity, "corpus captions")
         direction, info = corpus_mean, {"corpus": c}
         if foil is not None:
@@ -425,15 +457,18 @@ class TextCorpus(Target):
         corpus: TextSource,
         foil: TextSource | None = None,
         arch: str = "ViT-B-32",
-        similarity: str = "cosine",
+        similarity: str | None = None,
         device: str = "cpu",
     ) -> TextCorpus:
-        """Load an open_clip model from local files (:func:`load_open_clip`) and build the target.
-        ``foil="cifar100"`` uses the CIFAR-100 captions minus the corpus class (§4.3)."""
-        image_model, text_encoder = load_open_clip(checkpoint, arch=arch, device=device)
+        """Load an open_clip model from a local file (:func:`pairlens.models.zoo.clip.load_clip`)
+        and build the target. ``foil="cifar100"`` uses the CIFAR-100 captions minus the corpus
+        class (§4.3)."""
+        from pairlens.models.zoo.clip import load_clip
+
+        image_model = load_clip(checkpoint, arch=arch, device=device)
         if isinstance(foil, str) and foil.strip().lower() == "cifar100":
             foil = cifar100_foil_captions(_as_captions(corpus))
-        return cls(image_model, corpus, foil, text_encoder=text_encoder, similarity=similarity)
+        return cls(image_model, corpus, foil, similarity=similarity)
 
 
 def _as_captions(source: str | Sequence[str]) -> list[str]:
@@ -442,91 +477,3 @@ def _as_captions(source: str | Sequence[str]) -> list[str]:
     if not captions:
         raise ValueError("no captions given")
     return captions
-
-
-# ----------------------------------------------------------------------------- open_clip
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# SimilarityModel's preprocess resizes the shorter side to size / crop_fraction and centre-crops;
-# a crop fraction a hair below 1 gives CLIP's "resize shorter side to 224, centre-crop 224".
-_CLIP_CROP_FRACTION = 1 - 1e-6
-
-
-def _is_torchscript(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
-
-
-def load_open_clip(
-    checkpoint: str | Path, arch: str = "ViT-B-32", device: str = "cpu"
-) -> tuple[SimilarityModel, Callable[[list[str]], Tensor]]:
-    """Image tower (as a :class:`SimilarityModel`) and text encoder of a local open_clip model.
-
-    ``arch`` is an open_clip architecture name (``ViT-B-32``; use ``ViT-B-32-quickgelu`` for the
-    OpenAI weights) or the path of an open_clip model-config JSON file (its file name without
-    ``.json`` becomes the architecture name). ``checkpoint`` is a local state-dict file
-    (``.pt``/``.pth``/``.bin``/``.safetensors`` open_clip state dict, or an original OpenAI
-    TorchScript ``.pt``, rebuilt by open_clip without JIT). Nothing is
-    downloaded: pretrained tags are refused. Needs the extra ``pairlens[clip]``.
-    """
-    try:
-        import open_clip
-    except ImportError as err:
-        raise ImportError(
-            "CLIP models need open_clip: pip install 'pairlens[clip]' (open_clip_torch)"
-        ) from err
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise ValueError(
-            f"{path}: no such CLIP checkpoint file (weights load from local files only)"
-        )
-    name = str(arch)
-    if name.endswith(".json"):
-        config = Path(name).expanduser()
-        if not config.is_file():
-            raise ValueError(f"{config}: no such open_clip model config")
-        open_clip.add_model_config(config)
-        name = config.stem
-    if name not in open_clip.list_models():
-        raise ValueError(
-            f"unknown open_clip architecture {arch!r}; give a config .json or one of e.g. "
-            f"{', '.join(open_clip.list_models()[:8])}, ..."
-        )
-    try:
-        if _is_torchscript(path):  # an original OpenAI CLIP file (a TorchScript archive)
-            clip = open_clip.load_openai_model(str(path), precision="fp32", device=device)
-        else:
-            clip = open_clip.create_model(
-                name, pretrained=str(path), device=device, pretrained_text=False
-            )
-    except Exception as err:  # noqa: BLE001 - one readable line for any loading failure
-        reason = " ".join(str(err).split())[:300]
-        raise ValueError(f"{path}: cannot load as open_clip {name!r} weights ({reason})") from None
-    clip.eval()
-    tokenizer = open_clip.get_tokenizer(name)
-    size = clip.visual.image_size
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    mean = getattr(clip.visual, "image_mean", None) or OPENAI_CLIP_MEAN
-    std = getattr(clip.visual, "image_std", None) or OPENAI_CLIP_STD
-    patch = getattr(clip.visual, "patch_size", None)
-    image_model = SimilarityModel(
-        clip.visual,
-        input_size=size,
-        mean=mean,
-        std=std,
-        crop_fraction=_CLIP_CROP_FRACTION,
-        patch_size=patch[0] if isinstance(patch, (tuple, list)) else patch,
-        name=f"open_clip:{name}",
-    ).to(device)
-    image_model.clip = clip  # keep the full model reachable (text tower, logit scale)
-
-    @torch.no_grad()
-    def text_encoder(captions: list[str]) -> Tensor:
-        tokens = tokenizer(list(captions)).to(device)
-        return clip.encode_text(tokens).float()
-
-    return image_model, text_encoder

@@ -197,6 +197,16 @@ def build_app(
                     out2 = gr.Image(label="Image 2 explanation", type="pil", interactive=False,
                                     height=300, elem_id="pl-overlay2")
                 summary = gr.Markdown("", elem_id="pl-summary")
+                with gr.Column(visible=False, elem_id="pl-match") as match_box:
+                    gr.Markdown("**Which part matches which.** Click a point of either image: "
+                                "the other shows how strongly each of its regions is matched "
+                                "with the clicked region (outlined).")
+                    with gr.Row():
+                        match1 = gr.Image(label="Image 1 (click a point)", type="pil",
+                                          interactive=False, height=300, elem_id="pl-match1")
+                        match2 = gr.Image(label="Image 2 (click a point)", type="pil",
+                                          interactive=False, height=300, elem_id="pl-match2")
+                match_state = gr.State(None)
                 metrics_md = gr.Markdown("", visible=False, elem_id="pl-metrics-table")
                 curves = gr.Image(label="Insertion / deletion curves", type="pil",
                                   interactive=False, visible=False, elem_id="pl-curves")
@@ -257,19 +267,38 @@ def build_app(
                     plot = core.curves_image(faith, f"{method} · {model_label}")
                 else:
                     table, plot = "", None
+                exp = run.explanation
+                pair_views = (core.match_views(exp) if isinstance(exp, core.PairCorrespondence)
+                              else (None, None))
                 return (
                     _status("ok", f"Done: {method} on {model_label}."),
                     ov1, ov2, text,
                     gr.update(value=table, visible=faith is not None),
                     gr.update(value=plot, visible=faith is not None),
                     [str(p) for p in paths],
+                    gr.update(visible=pair_views[0] is not None), *pair_views,
+                    exp if pair_views[0] is not None else None,
                 )
             except Exception as err:  # noqa: BLE001 - every error goes to the page
                 message = f"could not explain: {_user_message(err)}"
                 gr.Warning(message)
                 return (_status("error", message), None, None, "",
                         gr.update(value="", visible=False), gr.update(value=None, visible=False),
-                        None)
+                        None, gr.update(visible=False), None, None, None)
+
+        def on_match(exp, image: int, evt):
+            """A click on one image of the correspondence views: both views redrawn."""
+            try:
+                if exp is None:
+                    raise DemoError("explain the pair with a correspondence method first")
+                point = core.click_point(evt.index, exp)
+                return (*core.match_views(exp, point, image=image),
+                        _status("ok", f"Matches of image {image}, pixel (row {point[0]}, "
+                                      f"col {point[1]})."))
+            except Exception as err:  # noqa: BLE001 - every error goes to the page
+                message = f"could not show the matches: {_user_message(err)}"
+                gr.Warning(message)
+                return gr.update(), gr.update(), _status("error", message)
 
         def on_compare(*values):
             common = values[: len(common_inputs)]
@@ -294,8 +323,16 @@ def build_app(
                 return _status("error", message), None, None
 
         run_btn.click(on_explain, [*common_inputs, method_dd, want_metrics, *widget_inputs],
-                      [status, out1, out2, summary, metrics_md, curves, files],
+                      [status, out1, out2, summary, metrics_md, curves, files,
+                       match_box, match1, match2, match_state],
                       preprocess=False, concurrency_limit=concurrency, api_name="explain")
+        for which, view in ((1, match1), (2, match2)):
+            def on_click(exp, evt, which=which):
+                return on_match(exp, which, evt)
+
+            on_click.__annotations__ = {"evt": gr.SelectData}  # Gradio passes the click here
+            view.select(on_click, match_state, [match1, match2, status],
+                        concurrency_limit=concurrency, api_visibility="private")
         compare_btn.click(on_compare, [*common_inputs, compare_methods, *widget_inputs],
                           [compare_status, grid, grid_file], preprocess=False,
                           concurrency_limit=concurrency, api_name="compare")

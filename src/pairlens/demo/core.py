@@ -13,6 +13,8 @@ The page (:mod:`pairlens.demo.app`) only moves values between widgets and these 
 * :func:`faithfulness`: SI / SD / CI / CD and the insertion / deletion curves (seed 000, §IV-B)
   of the shown explanation, through :func:`pairlens.metrics.evaluate`;
 * :func:`compare_grid`, :func:`curves_image`, :func:`display_overlays`: pictures;
+* :func:`match_views` / :func:`click_point`: for a correspondence method, the region of one image
+  under a click and the map of the other image's regions it is matched with;
 * :func:`save_downloads`: the figure, raw maps and metadata of a run, for download.
 
 Every error meant for the user is a :class:`DemoError` (or a ``ValueError`` from the library)
@@ -31,7 +33,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +42,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pairlens.explanation import PairExplanation, explain
+from pairlens.explanation import PairCorrespondence, PairExplanation, explain
 from pairlens.io import MAX_PIXELS_ENV, ImageError, load_image, open_image, pixel_limit
 from pairlens.methods.registry import get_method, method_infos
 from pairlens.methods.transforms import FAMILIES, apply_transform
@@ -60,6 +62,7 @@ FAITHFULNESS_METRICS = ("SI", "SD", "CI", "CD")
 PARAM_BOUNDS: dict[str, tuple[float, float]] = {
     "n_samples": (1, 500),
     "steps": (1, 100),
+    "k": (2, 256),
     "batch_size": (1, 256),
     "window": (1, 1024),
     "stride": (4, 1024),
@@ -89,6 +92,16 @@ PARAM_HELP = {
     "noise_scale": "divide: sigma = level/(max-min) (the authors' code); multiply: "
     "sigma = level*(max-min) (Smilkov et al.)",
     "temperature": "softmax temperature of the similarity drops (1 = the authors' code)",
+    "grid": "g: the correspondence on g x g regions (empty: the model's feature grid)",
+    "k": "embedding directions, i.e. backward passes per image (empty: all, exact)",
+    "gamma": "LRP gamma rule in convolutions",
+    "epsilon": "LRP epsilon rule stabiliser in linear layers",
+    "reference": "path start: the blurred image, black pixels or zero in model-input space",
+}
+#: help texts of parameters whose meaning depends on the method
+METHOD_PARAM_HELP = {
+    ("integrated-jacobians", "steps"): "points on the path from the reference (more: smaller "
+    "completeness error)",
 }
 
 
@@ -235,7 +248,10 @@ def param_specs(method: str) -> list[ParamSpec]:
     """The keyword parameters of ``method`` with their defaults, kinds and ranges, read from the
     method's signature (:attr:`MethodInfo.specs`); numeric bounds are the declared range narrowed
     by the demo's :data:`PARAM_BOUNDS`."""
-    return [_spec(spec) for spec in get_method(method).specs.values()]
+    info = get_method(method)
+    specs = [_spec(spec) for spec in info.specs.values()]
+    return [replace(s, help=METHOD_PARAM_HELP[(info.name, s.name)])
+            if (info.name, s.name) in METHOD_PARAM_HELP else s for s in specs]
 
 
 def _spec(spec: Spec) -> ParamSpec:
@@ -456,21 +472,96 @@ def display_overlays(exp: PairExplanation, min_side: int = 256) -> tuple[Image.I
     return tuple(_enlarge(im, min_side) for im in exp.overlay())  # type: ignore[return-value]
 
 
+def display_factor(side: int, min_side: int = 256) -> int:
+    """Whole enlargement factor of an image whose shorter side is ``side`` pixels."""
+    return 1 if side >= min_side else math.ceil(min_side / side)
+
+
 def _enlarge(im: Image.Image, min_side: int) -> Image.Image:
-    side = min(im.size)
-    if side >= min_side:
+    factor = display_factor(min(im.size), min_side)
+    if factor == 1:
         return im
-    factor = math.ceil(min_side / side)
     return im.resize((im.width * factor, im.height * factor), Image.NEAREST)
+
+
+def click_point(index: Sequence[float], exp: PairExplanation, min_side: int = 256
+                ) -> tuple[int, int]:
+    """A click at ``index = (x, y)`` on a view made by :func:`match_views` (same ``min_side``)
+    as ``(row, col)`` in model-input pixels, clamped to the image.
+
+    Raises:
+        DemoError: ``index`` is not two numbers.
+    """
+    try:
+        x, y = (float(v) for v in index)
+    except (TypeError, ValueError):
+        raise DemoError(f"could not read the clicked point {index!r}") from None
+    h, w = exp.maps[0].shape[-2:]
+    factor = display_factor(min(h, w), min_side)
+    return (min(max(int(y // factor), 0), h - 1), min(max(int(x // factor), 0), w - 1))
+
+
+def match_views(
+    exp: PairCorrespondence,
+    point: tuple[int, int] | None = None,
+    image: int = 1,
+    min_side: int = 256,
+) -> tuple[Image.Image, Image.Image]:
+    """(view of image 1, view of image 2) for a click at ``point = (row, col)`` (model-input
+    pixels) of image ``image`` (1 or 2): the clicked image with its region outlined, the other
+    with the relevance of each of its regions paired with that region
+    (:meth:`PairCorrespondence.match_map`) overlaid. ``point=None``: the centre of the image-1
+    region of the strongest match.
+
+    Raises:
+        DemoError: the explanation is not a correspondence, or a bad ``image``.
+    """
+    from PIL import ImageDraw
+
+    from pairlens.methods.common import cell_index
+    from pairlens.viz import overlay, to_pil
+
+    if not isinstance(exp, PairCorrespondence) or exp.images is None:
+        raise DemoError("clicking a point needs a correspondence method (feature-grid, bilrp, "
+                        "integrated-jacobians)")
+    if image not in (1, 2):
+        raise DemoError(f"image must be 1 or 2, got {image!r}")
+    h, w = exp.maps[0].shape[-2:]
+    if point is None:
+        i, _, _ = exp.top_matches(k=1)[0]
+        rows, cols = exp.grids[0]
+        point, image = (int((i // cols + 0.5) * h / rows), int((i % cols + 0.5) * w / cols)), 1
+    here, there = image - 1, 2 - image
+    grid = exp.grids[here]
+    cell = int(cell_index((h, w), grid)[point[0], point[1]])
+    clicked = to_pil(exp.images[here][0]).convert("RGB")
+    matched = overlay(exp.images[there][0], exp.match_map(point, image=image), alpha=0.55)
+    factor = display_factor(min(h, w), min_side)
+    clicked, matched = (_enlarge(im, min_side) for im in (clicked, matched))
+    r, c = divmod(cell, grid[1])
+    box = (c * w / grid[1] * factor, r * h / grid[0] * factor,
+           (c + 1) * w / grid[1] * factor - 1, (r + 1) * h / grid[0] * factor - 1)
+    draw = ImageDraw.Draw(clicked)
+    draw.rectangle(box, outline=(255, 40, 40), width=max(2, factor // 2))
+    cy, cx = (point[0] + 0.5) * factor, (point[1] + 0.5) * factor
+    draw.ellipse((cx - 4, cy - 4, cx + 4, cy + 4), fill=(255, 40, 40))
+    return (clicked, matched) if image == 1 else (matched, clicked)
 
 
 def summary_markdown(run: PairRun, model_label: str) -> str:
     exp = run.explanation
-    return (
-        f"**Similarity (cosine): {float(exp.score[0]):.4f}** · method `{exp.method}` · "
+    text = (
+        f"**Similarity ({exp.model.get('similarity', 'cosine')}): {float(exp.score[0]):.4f}** · "
+        f"method `{exp.method}` · "
         f"model `{model_label}` · explained in {exp.seconds:.2f} s "
         f"(total {run.seconds:.2f} s)"
     )
+    if isinstance(exp, PairCorrespondence) and "completeness_error" in exp.extras:
+        (h1, w1), (h2, w2) = exp.grids
+        text += (f" · {h1}x{w1} by {h2}x{w2} regions, relevance sum "
+                 f"{float(exp.relevance[0].sum()):.4f} (completeness error "
+                 f"{float(exp.extras['completeness_error'][0]):+.4f})")
+    return text
 
 
 # ---------------------------------------------------------------------- metrics

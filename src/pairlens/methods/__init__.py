@@ -6,6 +6,7 @@ import types
 from pairlens.methods import (  # noqa: F401  (registration)
     baseline,
     cam,
+    correspondence,
     perturbation,
     saliency,
     transforms,
@@ -13,13 +14,22 @@ from pairlens.methods import (  # noqa: F401  (registration)
 from pairlens.methods.registry import (
     MethodInfo,
     PairMaps,
+    PairRelevance,
     get_method,
     method_infos,
     methods,
     register_method,
 )
 
-__all__ = ["MethodInfo", "PairMaps", "get_method", "method_infos", "methods", "register_method"]
+__all__ = [
+    "MethodInfo",
+    "PairMaps",
+    "PairRelevance",
+    "get_method",
+    "method_infos",
+    "methods",
+    "register_method",
+]
 
 
 class _MethodsPackage(types.ModuleType):

@@ -1,7 +1,10 @@
 """Activation methods for pairs (seed 000, §III-C) and Deep Similarity (Stylianou et al., 2019).
 
-All three read the feature grid A (B, C, h, w) of the model's ``feature_layer`` (ViT tokens are
-reshaped to their patch grid by the model) and upsample their (h, w) map bilinearly to the input.
+All three read the feature grid A (B, C, h, w) of the model's ``feature_layer`` (its layout is
+read from the model: channels-last maps are transposed, ViT tokens are put on their patch grid) and
+upsample their (h, w) map bilinearly to the input. Against a fixed target (a text prompt, a
+prototype: :func:`pairlens.explain` with ``target=``), the target stands in for the second image
+as a 1x1 feature map holding its D values.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import upsample
-from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine, similarity_feature_gradients
+from pairlens.methods.common import by_pairs, upsample
+from pairlens.methods.registry import NotApplicableError, PairMaps, register_method
+from pairlens.models.similarity import SimilarityModel, similarity_feature_gradients
+from pairlens.validation import Annotated, Range
 
 Reduction = Literal["mean", "max", "attention"]
 
@@ -24,14 +29,25 @@ Reduction = Literal["mean", "max", "attention"]
     summary="Baseline-Grad-CAM: sum_k [dS/dA_k]_+ * A_k for each image separately",
     family="activation",
 )
-def grad_cam(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
+def grad_cam(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    batch_size: Annotated[int, Range(1)] | None = None,
+) -> PairMaps:
     """Baseline-Grad-CAM, eq. (1): E = sum_k [W^k]_+ (.) A^k with W^k = dS/dA^k (point-wise,
-    not spatially averaged, as in the paper and its code)."""
-    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    size = tuple(x1.shape[-2:])
-    e1 = (g1.clamp(min=0) * a1).sum(1)
-    e2 = (g2.clamp(min=0) * a2).sum(1)
-    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+    not spatially averaged, as in the paper and its code). ``batch_size``: images per forward
+    pass (None: :func:`pairlens.runtime.default_batch_size`)."""
+
+    def run(a: Tensor, c: Tensor) -> PairMaps:
+        s, a1, a2, g1, g2 = similarity_feature_gradients(model, a, c)
+        size = tuple(a.shape[-2:])
+        e1 = (g1.clamp(min=0) * a1).sum(1)
+        e2 = (g2.clamp(min=0) * a2).sum(1)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
@@ -50,6 +66,25 @@ def reduce_activation(a: Tensor, reduction: Reduction) -> Tensor:
     raise ValueError(f"reduction must be 'mean', 'max' or 'attention'; got {reduction!r}")
 
 
+def same_channels(model: SimilarityModel, a1: Tensor, a2: Tensor, method: str) -> None:
+    """Raise :class:`NotApplicableError` unless the two feature grids have the same channels
+    (``method`` pairs channel k of one image with channel k of the other)."""
+    if a1.shape[1] == a2.shape[1]:
+        return
+    fixed = model.fixed_tower
+    if fixed is not None:
+        target, image = (a1, a2) if fixed == 1 else (a2, a1)
+        raise NotApplicableError(
+            f"{method} against a fixed target uses the target as image 2's pooled feature map, "
+            f"but the target has {target.shape[1]} dimensions and the feature layer "
+            f"{image.shape[1]} channels; use grad-cam"
+        )
+    raise NotApplicableError(
+        f"{method} pairs the feature channels of the two images, but tower 1's feature layer "
+        f"has {a1.shape[1]} and tower 2's {a2.shape[1]}; use grad-cam"
+    )
+
+
 @register_method(
     "interaction-cam",
     section="§III-C2 (eq. 2)",
@@ -63,6 +98,7 @@ def interaction_cam(
     *,
     reduction: Reduction = "mean",
     grad_interaction: bool = True,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Interaction-CAM, eq. (2): E_{1,2} = sum_k [j^k g^k_{1,2}]_+ A^k_{1,2}.
 
@@ -74,19 +110,34 @@ def interaction_cam(
 
     The rectification [.]_+ is applied to the product j^k g^k as eq. (2) writes it; for
     non-negative activations this equals the paper code's j^k [g^k]_+.
+
+    When the two feature grids differ in size (two towers of different strides, or a fixed
+    target, which is a 1x1 map), G is computed with the smaller gradient map resized bilinearly
+    to the larger grid (a 1x1 map is constant over it): our choice, as eq. (2) assumes one grid.
+    ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
-    s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
-    j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
-    if grad_interaction:
-        gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
-        w1 = gram.amax(dim=2)[:, :, None, None]
-        w2 = gram.amax(dim=1)[:, :, None, None]
-    else:
-        w1, w2 = g1, g2
-    size = tuple(x1.shape[-2:])
-    e1 = ((j * w1).clamp(min=0) * a1).sum(1)
-    e2 = ((j * w2).clamp(min=0) * a2).sum(1)
-    return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    def run(x1: Tensor, x2: Tensor) -> PairMaps:
+        s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
+        same_channels(model, a1, a2, "interaction-cam")
+        j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
+        if grad_interaction:
+            if g1.shape[-2:] != g2.shape[-2:]:  # resize the smaller grid's gradients to the other's
+                if g1.shape[2] * g1.shape[3] >= g2.shape[2] * g2.shape[3]:
+                    g2 = F.interpolate(g2, size=g1.shape[-2:], mode="bilinear")
+                else:
+                    g1 = F.interpolate(g1, size=g2.shape[-2:], mode="bilinear")
+            gram = g1.flatten(2) @ g2.flatten(2).transpose(1, 2)  # (B, C, C)
+            w1 = gram.amax(dim=2)[:, :, None, None]
+            w2 = gram.amax(dim=1)[:, :, None, None]
+        else:
+            w1, w2 = g1, g2
+        size = tuple(x1.shape[-2:])
+        e1 = ((j * w1).clamp(min=0) * a1).sum(1)
+        e2 = ((j * w2).clamp(min=0) * a2).sum(1)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 @register_method(
@@ -95,23 +146,42 @@ def interaction_cam(
     summary="Similarity decomposition: each location's features dotted with the other's pooled",
     family="activation",
 )
-def deep_similarity(model: SimilarityModel, x1: Tensor, x2: Tensor) -> PairMaps:
-    """Spatial decomposition of the cosine of the average-pooled feature-layer vectors.
+def deep_similarity(
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    batch_size: Annotated[int, Range(1)] | None = None,
+) -> PairMaps:
+    """Spatial decomposition of the similarity of the average-pooled feature-layer vectors.
 
     With f_i = mean_u A_i(u), cos(f1, f2) = sum_u A1(u).f2 / (hw |f1| |f2|); the map of image 1
     is the summand A1(u).f2 / (hw |f1||f2|) at each location u (and symmetrically for image 2),
-    so each map sums to the pooled-feature cosine. Like the original method it explains the
-    pooled features and ignores any head after them. No gradients are needed.
+    so each map sums to the pooled-feature cosine. For a model whose similarity is the dot
+    product the summand is A1(u).f2 / hw (the maps sum to f1.f2); other similarities do not
+    decompose over locations (an error). Like the original method it explains the pooled
+    features and ignores any head after them. No gradients are needed. ``batch_size``: images
+    per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
-    with torch.no_grad():
-        z, a = model.embed_with_features(torch.cat([x1, x2]))
-        grid = model.to_grid(a, tuple(x1.shape[-2:]))
-    b = x1.shape[0]
-    a1, a2 = grid[:b], grid[b:]
-    f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
-    hw = a1.shape[2] * a1.shape[3]
-    denom = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None] * hw
-    e1 = torch.einsum("bchw,bc->bhw", a1, f2) / denom
-    e2 = torch.einsum("bchw,bc->bhw", a2, f1) / denom
-    size = tuple(x1.shape[-2:])
-    return PairMaps(upsample(e1, size), upsample(e2, size), cosine(z[:b], z[b:]))
+    if model.similarity_name not in ("cosine", "dot"):
+        raise NotApplicableError(
+            "deep-similarity decomposes a cosine or dot product over locations; model "
+            f"{model.name!r} uses the {model.similarity_name!r} similarity"
+        )
+
+    @torch.no_grad()
+    def run(x1: Tensor, x2: Tensor) -> PairMaps:
+        size = tuple(x1.shape[-2:])
+        z1, z2, r1, r2 = model.embed_pair_with_features(x1, x2)
+        a1, a2 = model.to_grid(r1, size, 1).float(), model.to_grid(r2, size, 2).float()
+        same_channels(model, a1, a2, "deep-similarity")
+        f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
+        norms = torch.ones(len(f1), 1, 1, device=a1.device)
+        if model.similarity_name == "cosine":
+            norms = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None]
+        e1 = torch.einsum("bchw,bc->bhw", a1, f2) / (norms * a1.shape[2] * a1.shape[3])
+        e2 = torch.einsum("bchw,bc->bhw", a2, f1) / (norms * a2.shape[2] * a2.shape[3])
+        s = model.embedding_similarity(z1, z2)
+        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=False)

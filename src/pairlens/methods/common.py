@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pairlens.methods.registry import PairMaps
+from pairlens.runtime import resolve_batch_size
 
 
 def saliency(x: Tensor, grad: Tensor) -> Tensor:
@@ -85,3 +89,113 @@ def noise_sigma(x: Tensor, level: float, scale: NoiseScale = "divide") -> Tensor
     else:
         raise ValueError(f"noise_scale must be 'divide' or 'multiply', got {scale!r}")
     return sigma.view(-1, 1, 1, 1)
+
+
+def by_pairs(
+    fn: Callable[[Tensor, Tensor], PairMaps],
+    x1: Tensor,
+    x2: Tensor,
+    batch_size: int | None,
+    grad: bool,
+) -> PairMaps:
+    """``fn`` applied to chunks of pairs so that at most ``batch_size`` images (both images of
+    ``batch_size // 2`` pairs, at least one pair) go through the model per forward pass.
+
+    ``batch_size=None`` is :func:`pairlens.runtime.default_batch_size` for the device and image
+    size (``grad``: whether ``fn`` keeps an autograd graph). Pairs are independent, so the maps
+    are the same for any ``batch_size``; the results of the chunks are concatenated."""
+    b = x1.shape[0]
+    per = max(1, resolve_batch_size(batch_size, x1, grad) // 2)
+    if per >= b:
+        return fn(x1, x2)
+    parts = [fn(x1[i : i + per], x2[i : i + per]) for i in range(0, b, per)]
+    score = None if parts[0].score is None else torch.cat([p.score for p in parts])
+    return PairMaps(torch.cat([p.map1 for p in parts]), torch.cat([p.map2 for p in parts]), score)
+
+
+@torch.no_grad()
+def pair_embeddings(
+    model, x1: Tensor, x2: Tensor, batch_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Embeddings z1, z2 (B, D) of the unaltered pairs, at most ``batch_size`` images per forward
+    pass (image 1 through tower 1, image 2 through tower 2; None: the device-aware default).
+    Raises like :meth:`~pairlens.models.similarity.SimilarityModel.embed_pair` for a non-finite
+    or all-zero embedding."""
+    per = max(1, resolve_batch_size(batch_size, x1) // 2)
+    if per >= len(x1):
+        return model.embed_pair(x1, x2)
+    parts = [model.embed_pair(x1[i : i + per], x2[i : i + per]) for i in range(0, len(x1), per)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def pair_scores(model, x1: Tensor, x2: Tensor, batch_size: int | None = None) -> Tensor:
+    """The model's similarity (B,) of the unaltered pairs (see :func:`pair_embeddings`)."""
+    return model.embedding_similarity(*pair_embeddings(model, x1, x2, batch_size))
+
+
+# ---------------------------------------------------------------------- grids of regions
+GridLike = int | tuple[int, int] | None
+
+
+def as_grid(grid: GridLike | list[int], what: str = "grid") -> tuple[int, int] | None:
+    """``None``, an int ``g`` (a g x g grid) or ``(rows, cols)`` as ``(rows, cols)``; raises
+    ``ValueError`` for anything else (non-positive sizes included)."""
+    if grid is None:
+        return None
+    if isinstance(grid, bool):
+        raise ValueError(f"{what} must be an int or (rows, cols); got {grid!r}")
+    if isinstance(grid, int):
+        grid = (grid, grid)
+    try:
+        rows, cols = (int(v) for v in grid)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be an int or (rows, cols); got {grid!r}") from None
+    if rows < 1 or cols < 1:
+        raise ValueError(f"{what} sizes must be >= 1; got {rows}x{cols}")
+    return rows, cols
+
+
+def area_matrix(n_from: int, n_to: int, device: torch.device | None = None) -> Tensor:
+    """(n_to, n_from) matrix moving values from ``n_from`` equal intervals of [0, 1) to ``n_to``:
+    entry (t, f) is the share of source interval f that lies in target interval t, so every
+    column sums to 1 and totals are conserved (sum pooling when coarsening, an even split when
+    refining)."""
+    edges_from = torch.arange(n_from + 1, dtype=torch.float64) / n_from
+    edges_to = torch.arange(n_to + 1, dtype=torch.float64) / n_to
+    lo = torch.maximum(edges_to[:-1, None], edges_from[None, :-1])
+    hi = torch.minimum(edges_to[1:, None], edges_from[None, 1:])
+    share = (hi - lo).clamp(min=0) * n_from
+    return share.float().to(device)
+
+
+def regrid(values: Tensor, to: tuple[int, int]) -> Tensor:
+    """Re-bin (..., h, w) values onto a ``to`` grid covering the same image, conserving sums
+    (see :func:`area_matrix`); (..., rows, cols) out."""
+    h, w = values.shape[-2:]
+    if (h, w) == tuple(to):
+        return values
+    ph = area_matrix(h, to[0], values.device)
+    pw = area_matrix(w, to[1], values.device)
+    return torch.einsum("rh,...hw,cw->...rc", ph, values.float(), pw)
+
+
+def regrid_pairs(relevance: Tensor, grids: tuple[tuple[int, int], tuple[int, int]],
+                 to: tuple[tuple[int, int], tuple[int, int]]) -> Tensor:
+    """Re-bin a (B, h1*w1, h2*w2) pair relevance onto grids ``to`` (sums conserved)."""
+    (h1, w1), (h2, w2) = grids
+    if tuple(map(tuple, grids)) == tuple(map(tuple, to)):
+        return relevance
+    b = relevance.shape[0]
+    r = relevance.reshape(b, h1, w1, h2, w2)
+    m1 = torch.kron(area_matrix(h1, to[0][0], r.device), area_matrix(w1, to[0][1], r.device))
+    m2 = torch.kron(area_matrix(h2, to[1][0], r.device), area_matrix(w2, to[1][1], r.device))
+    return torch.einsum("ti,bij,uj->btu", m1, r.reshape(b, h1 * w1, h2 * w2).float(), m2)
+
+
+def cell_index(size: tuple[int, int], grid: tuple[int, int], device=None) -> Tensor:
+    """(H, W) long tensor: the cell (row-major, 0 .. rows*cols-1) of a ``grid`` that holds each
+    pixel's centre."""
+    h, w = size
+    rows = ((torch.arange(h, device=device) + 0.5) * grid[0] / h).long().clamp(max=grid[0] - 1)
+    cols = ((torch.arange(w, device=device) + 0.5) * grid[1] / w).long().clamp(max=grid[1] - 1)
+    return rows[:, None] * grid[1] + cols[None, :]

@@ -1,8 +1,9 @@
 """Perturbation methods for pairs (seed 000, §III-B): Conditional and Pairwise Occlusion.
 
 Occluded pixels are set to ``fill`` (0 by default) in model-input space. All occluded images go
-through the model ``batch_size`` at a time without autograd, and the embedding of each unaltered
-image is computed once.
+through the model ``batch_size`` images at a time without autograd (None:
+:func:`pairlens.runtime.default_batch_size`), and the embedding of each unaltered image is
+computed once. Masks are built by broadcasting, never one by one in Python.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import pair_generators, scaled
+from pairlens.methods.common import pair_embeddings, pair_generators, scaled
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
 from pairlens.progress import track
+from pairlens.runtime import resolve_batch_size
 from pairlens.validation import Annotated, Ordered, Range
 
 
@@ -24,6 +26,16 @@ def _windows(size: int, window: int, stride: int) -> list[int]:
     if window >= size:
         return [0]
     return list(range(0, size - window + 1, stride))
+
+
+def box_masks(top: Tensor, left: Tensor, height: Tensor, width: Tensor, h: int, w: int) -> Tensor:
+    """Boolean masks (n, h, w), True inside the box ``[top, top + height) x [left, left + width)``
+    of each row (all arguments (n,) integer tensors on one device)."""
+    rows = torch.arange(h, device=top.device)
+    cols = torch.arange(w, device=top.device)
+    inside_r = (rows >= top[:, None]) & (rows < (top + height)[:, None])  # (n, h)
+    inside_c = (cols >= left[:, None]) & (cols < (left + width)[:, None])  # (n, w)
+    return inside_r[:, :, None] & inside_c[:, None, :]
 
 
 def windows_to_pixels(grid: Tensor, window: int, stride: int, size: tuple[int, int]) -> Tensor:
@@ -58,7 +70,7 @@ def conditional_occlusion(
     window: Annotated[int, Range(1)] | None = None,
     stride: Annotated[int, Range(1)] | None = None,
     fill: Annotated[float, Range()] = 0.0,
-    batch_size: Annotated[int, Range(1)] = 64,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
     """Conditional Occlusion: occlude one image with a sliding square while the other is whole.
 
@@ -72,22 +84,28 @@ def conditional_occlusion(
     side = min(h, w)
     window = window or scaled(64, side)
     stride = stride or scaled(8, side)
+    batch_size = resolve_batch_size(batch_size, x1)
     rows, cols = _windows(h, window, stride), _windows(w, window, stride)
-    masks = torch.ones(len(rows) * len(cols), 1, h, w, device=x1.device, dtype=torch.bool)
-    for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
-        masks[k, :, r : r + window, c : c + window] = False
-    z1, z2 = model.embed(x1), model.embed(x2)
-    base = cosine(z1, z2)
+    top = torch.tensor(rows, device=x1.device).repeat_interleave(len(cols))
+    left = torch.tensor(cols, device=x1.device).repeat(len(rows))
+    size = torch.full_like(top, window)
+    masks = box_masks(top, left, size, size, h, w)[:, None]  # (n, 1, h, w), True = occluded
+    z1, z2 = pair_embeddings(model, x1, x2, batch_size)
+    base = model.embedding_similarity(z1, z2)
     n = len(masks)
     maps = []
-    for x, z_other in ((x1, z2), (x2, z1)):
+    for tower, x, z_other in ((1, x1, z2), (2, x2, z1)):
+        if model.fixed_tower == tower:  # a fixed target: nothing to occlude
+            maps.append(torch.zeros(b, h, w, device=x1.device))
+            continue
         drops = torch.empty(b * n, device=x1.device)
         steps = range(0, b * n, batch_size)  # (pair, window) flattened, in batches
         for k in track(steps, desc="conditional-occlusion"):
             idx = torch.arange(k, min(k + batch_size, b * n), device=x1.device)
             pair, win = idx // n, idx % n
-            occluded = x[pair].masked_fill(~masks[win], fill)
-            drops[idx] = base[pair] - cosine(model.embed(occluded), z_other[pair])
+            z_occ = model.embed(x[pair].masked_fill(masks[win], fill), tower)
+            pairs = (z_occ, z_other[pair]) if tower == 1 else (z_other[pair], z_occ)
+            drops[idx] = base[pair] - model.embedding_similarity(*pairs)
         maps.append(windows_to_pixels(drops.view(b, len(rows), len(cols)), window, stride, (h, w)))
     return PairMaps(maps[0], maps[1], base)
 
@@ -99,27 +117,28 @@ def random_rectangles(
     area: tuple[float, float],
     ratio: tuple[float, float],
     gen: torch.Generator,
+    device: torch.device | str = "cpu",
 ) -> Tensor:
-    """``n`` boolean masks (n, h, w) on the generator's device, True inside a random rectangle.
+    """``n`` boolean masks (n, h, w) on ``device``, True inside a random rectangle (the draws are
+    made with the CPU generator ``gen``).
 
     As torchvision's ``RandomErasing``: area uniform in ``area`` (fraction of the image), aspect
     ratio (height / width) log-uniform in ``ratio``, position uniform; a rectangle that does not
     fit is re-drawn, and after 10 tries clipped to the image.
     """
-    u = torch.rand(n, 13, generator=gen, device=gen.device).cpu().tolist()
+    u = torch.rand(n, 13, generator=gen).double().to(device)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    masks = torch.zeros(n, h, w, dtype=torch.bool)
-    for k, uk in enumerate(u):
-        r = math.exp(log_lo + (log_hi - log_lo) * uk[10])
-        for t in range(10):
-            a = (area[0] + (area[1] - area[0]) * uk[t]) * h * w
-            rh, rw = round(math.sqrt(a * r)), round(math.sqrt(a / r))
-            if rh <= h and rw <= w:
-                break
-        rh, rw = max(1, min(rh, h)), max(1, min(rw, w))
-        top, left = int(uk[11] * (h - rh + 1)), int(uk[12] * (w - rw + 1))
-        masks[k, top : top + rh, left : left + rw] = True
-    return masks.to(gen.device)
+    r = torch.exp(log_lo + (log_hi - log_lo) * u[:, 10:11])  # (n, 1)
+    a = (area[0] + (area[1] - area[0]) * u[:, :10]) * (h * w)  # (n, 10 tries)
+    rh, rw = torch.round(torch.sqrt(a * r)), torch.round(torch.sqrt(a / r))
+    fits = (rh <= h) & (rw <= w)
+    # the first try that fits, else the last one (clipped below)
+    first = torch.where(fits.any(1), fits.int().argmax(1), 9)
+    rh = rh.gather(1, first[:, None])[:, 0].clamp(1, h)
+    rw = rw.gather(1, first[:, None])[:, 0].clamp(1, w)
+    top = torch.floor(u[:, 11] * (h - rh + 1))
+    left = torch.floor(u[:, 12] * (w - rw + 1))
+    return box_masks(top.long(), left.long(), rh.long(), rw.long(), h, w)
 
 
 @register_method(
@@ -128,6 +147,7 @@ def random_rectangles(
     summary="Occlude random rectangles in both images at once; softmax of drops credits one side",
     family="perturbation",
     deterministic=False,
+    pairs_only=True,  # erases both images at once and credits one of them
 )
 @torch.no_grad()
 def pairwise_occlusion(
@@ -140,7 +160,7 @@ def pairwise_occlusion(
     ratio: Annotated[tuple[float, float], Range(0, lo_open=True), Ordered()] = (1.0, 1.5),
     temperature: Annotated[float, Range(0, lo_open=True)] = 1.0,
     fill: Annotated[float, Range()] = 0.0,
-    batch_size: Annotated[int, Range(1)] = 64,
+    batch_size: Annotated[int, Range(1)] | None = None,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Pairwise Occlusion (seed 000, §III-B2): ``n_samples`` pairs of random rectangles erased
@@ -160,7 +180,8 @@ def pairwise_occlusion(
     shows the measurement).
 
     Rectangles are drawn per pair from :func:`~pairlens.methods.common.pair_generators`, so a
-    pair's map does not depend on its batch. ``batch_size`` images per forward pass.
+    pair's map does not depend on its batch. ``batch_size``: images per forward pass (None:
+    :func:`pairlens.runtime.default_batch_size`), ``batch_size // 2`` samples (at least one).
 
     Raises:
         ValueError: ``n_samples < 1``, ``temperature <= 0`` or ``batch_size < 1``.
@@ -169,11 +190,11 @@ def pairwise_occlusion(
         raise ValueError("n_samples must be >= 1")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    batch_size = resolve_batch_size(batch_size, x1)
     b, _, h, w = x1.shape
     gens = pair_generators(seed, x1, x2)
-    z1, z2 = model.embed(x1), model.embed(x2)
+    per_chunk = max(1, batch_size // 2)  # two occluded images per sample
+    z1, z2 = pair_embeddings(model, x1, x2, batch_size)
     base = model.embedding_similarity(z1, z2)
     total = b * n_samples
     m1, m2 = [], []
@@ -184,14 +205,12 @@ def pairwise_occlusion(
     m2 = torch.cat(m2).to(x1.device)
     sims = torch.empty(total, device=x1.device)
     norm1, norm2 = torch.empty_like(sims), torch.empty_like(sims)
-    per_chunk = max(1, batch_size // 2)  # two occluded images per sample
     for k in track(range(0, total, per_chunk), desc="pairwise-occlusion"):
         idx = torch.arange(k, min(k + per_chunk, total), device=x1.device)
         pair = idx // n_samples
         o1 = x1[pair].masked_fill(m1[idx, None], fill)
         o2 = x2[pair].masked_fill(m2[idx, None], fill)
-        z = model.embed(torch.cat([o1, o2]))
-        za, zb = z[: len(idx)], z[len(idx) :]
+        za, zb = model.embed_pair(o1, o2, check=False)
         sims[idx] = model.embedding_similarity(za, zb)
         norm1[idx], norm2[idx] = za.norm(dim=1), zb.norm(dim=1)
     drops = (base.repeat_interleave(n_samples) - sims).view(b, n_samples)

@@ -7,6 +7,10 @@ similarity of the unaltered pairs when the method computed it anyway. Register i
 :func:`register_method`; its keyword parameters, their defaults, types and valid ranges are read
 from the signature (see :mod:`pairlens.validation`: ``Annotated[int, Range(1)]``, ``Literal[...]``),
 and :meth:`MethodInfo.validate` is the one check every caller (API, CLI, evaluate, demo) uses.
+
+Methods of the family ``"correspondence"`` return a :class:`PairRelevance` instead: the
+contribution of every (region of image 1, region of image 2) pair, from which
+:func:`pairlens.explain` derives the two maps (its marginals).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from torch import Tensor
 from pairlens.validation import Spec, signature_specs, validate_call
 
 
+class NotApplicableError(ValueError):
+    """A method cannot explain this model or target at all (for example interaction-cam against
+    a target whose width differs from the feature layer's): another method can."""
+
+
 class PairMaps(NamedTuple):
     """What a method returns: two (B, H, W) maps and, when it computed it anyway, the (B,)
     similarity of the unaltered pairs (so that :func:`pairlens.explain` need not recompute it)."""
@@ -31,7 +40,28 @@ class PairMaps(NamedTuple):
     score: Tensor | None = None
 
 
-MethodFn = Callable[..., PairMaps]
+class PairRelevance(NamedTuple):
+    """What a correspondence method returns.
+
+    Attributes:
+        relevance: (B, h1*w1, h2*w2) float, the contribution of each (region i of image 1,
+            region j of image 2) pair, regions numbered row-major on ``grids``.
+        grids: ((h1, w1), (h2, w2)), the region grid of each image.
+        maps: the two marginals (B, H, W) at input resolution if the method has them at a finer
+            resolution than its grid, else None (the grid marginals are upsampled).
+        score: (B,) similarity of the unaltered pairs, if computed anyway.
+        extras: per-pair diagnostics, each (B,): at least ``target`` (what the relevance sums to
+            in theory) and ``completeness_error`` (its sum minus ``target``).
+    """
+
+    relevance: Tensor
+    grids: tuple[tuple[int, int], tuple[int, int]]
+    maps: tuple[Tensor, Tensor] | None = None
+    score: Tensor | None = None
+    extras: dict[str, Tensor] | None = None
+
+
+MethodFn = Callable[..., PairMaps | PairRelevance]
 
 
 @dataclass(frozen=True)
@@ -44,6 +74,7 @@ class MethodInfo:
     summary: str
     family: str
     deterministic: bool
+    pairs_only: bool = False  # needs two images: no explanation against a fixed target
 
     @property
     def params(self) -> dict[str, Any]:
@@ -75,14 +106,21 @@ _METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(
-    name: str, *, section: str, summary: str, family: str, deterministic: bool = True
+    name: str,
+    *,
+    section: str,
+    summary: str,
+    family: str,
+    deterministic: bool = True,
+    pairs_only: bool = False,
 ) -> Callable[[MethodFn], MethodFn]:
-    """Decorator registering a pair explanation method under ``name``."""
+    """Decorator registering a pair explanation method under ``name``. ``pairs_only``: the
+    method needs two images and cannot explain an image against a fixed target embedding."""
 
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic)
+        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic, pairs_only)
         return fn
 
     return wrap

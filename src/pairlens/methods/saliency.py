@@ -1,6 +1,6 @@
 """Gradient saliency for pairs (seed 000, §III-A1): Input x Gradient and SmoothGrad.
 
-Both explain the cosine similarity s(x1, x2). The map of an image is the maximum over channels of
+Both explain the model's similarity s(x1, x2). The map of an image is the maximum over channels of
 |x * ds/dx| in model-input space. ``guided=True`` replaces every ReLU's backward pass (modules and
 functional calls alike) with guided backpropagation.
 """
@@ -12,10 +12,18 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, saliency
+from pairlens.methods.common import (
+    NoiseScale,
+    by_pairs,
+    noise_sigma,
+    pair_generators,
+    pair_scores,
+    saliency,
+)
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
 from pairlens.progress import track
+from pairlens.runtime import resolve_batch_size
 from pairlens.validation import Annotated, Range
 
 
@@ -26,11 +34,21 @@ from pairlens.validation import Annotated, Range
     family="saliency",
 )
 def input_x_gradient(
-    model: SimilarityModel, x1: Tensor, x2: Tensor, *, guided: bool = False
+    model: SimilarityModel,
+    x1: Tensor,
+    x2: Tensor,
+    *,
+    guided: bool = False,
+    batch_size: Annotated[int, Range(1)] | None = None,
 ) -> PairMaps:
-    """Input x Gradient of the pair similarity, one forward and one backward pass per batch."""
-    s, g1, g2 = similarity_input_gradients(model, x1, x2, guided=guided)
-    return PairMaps(saliency(x1, g1), saliency(x2, g2), s)
+    """Input x Gradient of the pair similarity, one forward and one backward pass per chunk of
+    ``batch_size`` images (None: :func:`pairlens.runtime.default_batch_size`)."""
+
+    def run(a: Tensor, c: Tensor) -> PairMaps:
+        s, g1, g2 = similarity_input_gradients(model, a, c, guided=guided)
+        return PairMaps(saliency(a, g1), saliency(c, g2), s)
+
+    return by_pairs(run, x1, x2, batch_size, grad=True)
 
 
 @register_method(
@@ -50,7 +68,7 @@ def smoothgrad(
     noise: Literal["shared", "independent"] = "shared",
     noise_scale: NoiseScale = "divide",
     guided: bool = False,
-    batch_size: Annotated[int, Range(1)] = 64,
+    batch_size: Annotated[int, Range(1)] | None = None,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """SmoothGrad (Smilkov et al., 2017) of the pair similarity (seed 000, §III-A1).
@@ -68,15 +86,14 @@ def smoothgrad(
 
     Noise is drawn per pair from :func:`~pairlens.methods.common.pair_generators`, so a pair's map
     does not depend on the batch it is explained in. ``batch_size`` is the number of images per
-    forward pass (two per noisy pair).
+    forward pass (two per noisy pair; None: :func:`pairlens.runtime.default_batch_size`).
 
     Raises:
         ValueError: ``n_samples < 1``, ``batch_size < 1`` or an unknown ``noise`` / ``noise_scale``.
     """
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    batch_size = resolve_batch_size(batch_size, x1, grad=True)
     if noise not in ("shared", "independent"):
         raise ValueError(f"noise must be 'shared' or 'independent', got {noise!r}")
     b = x1.shape[0]
@@ -101,4 +118,5 @@ def smoothgrad(
         _, g1, g2 = similarity_input_gradients(model, x1[pair] + n1, x2[pair] + n2, guided=guided)
         total1.index_add_(0, pair, g1)
         total2.index_add_(0, pair, g2)
-    return PairMaps(saliency(x1, total1 / n_samples), saliency(x2, total2 / n_samples))
+    score = pair_scores(model, x1, x2, batch_size)
+    return PairMaps(saliency(x1, total1 / n_samples), saliency(x2, total2 / n_samples), score)

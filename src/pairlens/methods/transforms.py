@@ -36,8 +36,9 @@ from torch import Tensor
 
 from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, saliency
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, check_embeddings
 from pairlens.progress import track
+from pairlens.runtime import resolve_batch_size
 from pairlens.validation import Annotated, Choices, Ordered, Range
 
 Family = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -153,6 +154,7 @@ def simclr(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
     return gaussian_blur(x, 2.0 * s * on(1, 0.5), u)
 
 
+COLOR_FAMILIES = ("color-jitter", "grayscale", "simclr")  # need 3 (RGB) channels
 FAMILIES: dict[str, tuple[Family, tuple[float, float]]] = {
     "color-jitter": (color_jitter, (0.0, 0.8)),
     "gaussian-blur": (gaussian_blur, (0.0, 5.0)),
@@ -245,11 +247,12 @@ def averaged_transforms(
     noise: bool = False,
     noise_level: Annotated[float, Range(0)] = 0.15,
     noise_scale: NoiseScale = "divide",
-    batch_size: Annotated[int, Range(1)] = 64,
+    batch_size: Annotated[int, Range(1)] | None = None,
     seed: Annotated[int, Range(0)] | None = 0,
 ) -> PairMaps:
     """Averaged Transforms (seed 000, §III-A2): input x gradient of the similarity of image 1 with
-    views of image 2 along a transformation path, averaged over the path.
+    views of image 2 along a transformation path, averaged over the path (the model's similarity;
+    image 1 through tower 1, the views through tower 2).
 
     ``interpolation="paper"`` (default) is the formulation of §III-A2 ("practically") as the
     authors' code implements it (explain-cl ``methods.py``, ``create_mixed_images`` and
@@ -278,7 +281,13 @@ def averaged_transforms(
       (see :func:`~pairlens.methods.common.noise_sigma`; ``"divide"`` is the code's formula).
     * Random draws (the family's random parts, the noise) come from
       :func:`~pairlens.methods.common.pair_generators`: a pair's map does not depend on its batch.
-    * ``batch_size`` images per forward pass (image 1 and its pair's views go together).
+    * ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
+      Image 1 is embedded once per pair with its graph kept; the views go through the model
+      ``batch_size`` at a time, and the gradients dS/dz1 and dS/dview of all chunks are summed
+      before the backward passes through image 1's network and (strength mode) the transform:
+      the chain rule, so the maps do not depend on ``batch_size``.
+    * Against a fixed target (``pairlens.explain(..., target=z)``) the transformed image is the
+      explained one, and the paper mode's path goes from that image to its transform.
 
     Raises:
         ValueError: unknown family, ``steps`` too small (paper mode needs >= 2), a geometric
@@ -296,25 +305,32 @@ def averaged_transforms(
         raise ValueError(
             f"steps must be >= {2 if paper else 1} with interpolation={interpolation!r}"
         )
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
     if paper and transform in GEOMETRIC:
         raise ValueError(
             f"transform {transform!r} moves pixels: with interpolation='paper' the map of image 2 "
             "is laid on the transformed view (as in the authors' code) and would not be aligned "
             "with image 2; use interpolation='strength'"
         )
+    if x2.shape[1] != 3 and transform in COLOR_FAMILIES:
+        raise ValueError(
+            f"transform {transform!r} changes colours and needs RGB images; model "
+            f"{model.name!r} takes {x2.shape[1]}-channel images (use solarize, gaussian-blur, "
+            "rotation, horizontal-flip or resized-crop)"
+        )
     noise_sigma(x1[:1], noise_level, noise_scale)  # validates noise_scale early
     lo, hi = strength_range(transform, strength)
     b = x1.shape[0]
     n_views = steps - 1 if paper else steps
+    bs = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2)
     u = torch.stack([torch.rand(8, generator=g) for g in gens]).to(x1.device, x1.dtype)
-    sigma = noise_sigma(x1 if paper else x2, noise_level, noise_scale)
+    image1 = x1 if model.fixed_tower != 1 else x2  # against a fixed target: the image itself
+    sigma = noise_sigma(image1 if paper else x2, noise_level, noise_scale)
     rho = paper_weights(steps).to(x1.device, x1.dtype).view(-1, 1, 1, 1, 1)
     g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
+    scores = torch.empty(b, device=x1.device)
     last_view = torch.empty_like(x2) if paper else x2
-    per_chunk = max(1, batch_size // (n_views + 1))
+    per_chunk = min(b, bs)  # pairs whose image 1 goes through the model together
     for start in track(range(0, b, per_chunk), desc="averaged-transforms"):
         sl = slice(start, start + per_chunk)
         n = x1[sl].shape[0]
@@ -328,24 +344,56 @@ def averaged_transforms(
             if paper:
                 with torch.no_grad():
                     full = torch.full((n,), hi, device=x1.device, dtype=x1.dtype)
-                    strong = model.normalize(fn(model.denormalize(x2[sl]), full, u[sl]))
-                    views = rho * x1[sl] + (1 - rho) * strong  # (V, n, 3, H, W)
+                    strong = model.normalize(fn(model.denormalize(x2[sl], 2), full, u[sl]), 2)
+                    views = rho * _start(model, x1[sl], x2[sl]) + (1 - rho) * strong
                     last_view[sl] = views[-1]
                     if eps is not None:
                         views[:-1] += eps * sigma[sl]
-                leaf = views.detach().requires_grad_(True)
-                inputs, views_flat = (a, leaf), leaf.flatten(0, 1)
             else:
                 c = x2[sl].detach().requires_grad_(True)
                 views = model.normalize(
-                    transform_path(transform, model.denormalize(c), steps, (lo, hi), u[sl])
+                    transform_path(transform, model.denormalize(c, 2), steps, (lo, hi), u[sl]), 2
                 )
                 if eps is not None:
                     views = torch.cat([views[:-1] + eps * sigma[sl], views[-1:]])
-                inputs, views_flat = (a, c), views.flatten(0, 1)
-            z = model.embed(torch.cat([a, views_flat]))
-            s = model.embedding_similarity(z[:n].repeat(n_views, 1), z[n:])
-            g1, g2 = torch.autograd.grad(s.sum() / n_views, inputs)
+            views_flat = views.flatten(0, 1)  # (V * n, C, H, W), view-major
+            z1 = model.embed(a, 1)
+            z1_leaf = z1.detach().requires_grad_(True)
+            g_z1 = torch.zeros_like(z1_leaf)
+            g_views = torch.empty_like(views_flat)
+            for v0 in range(0, len(views_flat), bs):  # the views (tower 2), bs images per pass
+                leaf = views_flat[v0 : v0 + bs].detach().requires_grad_(True)
+                pair = torch.arange(v0, v0 + len(leaf), device=x1.device) % n
+                s = model.embedding_similarity(z1_leaf[pair], model.embed(leaf, 2))
+                gz, gv = torch.autograd.grad(
+                    s.sum() / n_views, (z1_leaf, leaf), materialize_grads=True
+                )
+                g_z1 += gz
+                g_views[v0 : v0 + len(leaf)] = gv
+            if z1.requires_grad:  # (a fixed target in tower 1 ignores its input: zero gradient)
+                (g1,) = torch.autograd.grad(z1, a, grad_outputs=g_z1, materialize_grads=True)
+            else:
+                g1 = torch.zeros_like(a)
+            if paper:  # gradient w.r.t. the views themselves, summed over the views
+                g2 = g_views.view(n_views, n, *x2.shape[1:]).sum(0)
+            else:  # through the differentiable transform back to image 2
+                (g2,) = torch.autograd.grad(views_flat, c, grad_outputs=g_views)
+        with torch.no_grad():  # the score of the unaltered pair: only image 2 is new
+            z1, z2 = z1.detach(), model.embed(x2[sl], 2)
+            check_embeddings(z1, "image 1", model.name, z2)
+            scores[sl] = model.embedding_similarity(z1, z2)
         g1_total[sl] = g1
-        g2_total[sl] = g2.sum(0) if paper else g2
-    return PairMaps(saliency(x1, g1_total), saliency(last_view, g2_total))
+        g2_total[sl] = g2
+    return PairMaps(saliency(x1, g1_total), saliency(last_view, g2_total), scores)
+
+
+def _start(model: SimilarityModel, x1: Tensor, x2: Tensor) -> Tensor:
+    """Where the paper mode's path of views starts, in tower 2's input space: image 1 (re-expressed
+    in tower 2's normalisation for a two-tower model); against a fixed target (the target is tower
+    1, see :meth:`~pairlens.models.SimilarityModel.with_target`) there is no image 1, and the path
+    goes from the image itself to its transform."""
+    if model.fixed_tower == 1:
+        return x2
+    if model.two_towers:
+        return model.normalize(model.denormalize(x1, 1), 2)
+    return x1

@@ -20,10 +20,25 @@ Conventions (DESIGN.md, "Exact conventions"):
   zeros) and multiplied into its image in model-input space; ``drop = max(0, s - s') / s`` over
   pairs with ``s > 0`` (other pairs give NaN and are counted as skipped), ``increase = 1[s' > s]``.
 
-Speed: no autograd; every altered image goes through the model exactly once and is shared by the
-simultaneous and the conditional curves; the embedding of each unaltered image is computed once
-(the conditional metrics never re-encode the fixed image); altered images are built lazily and
-embedded ``batch_size`` at a time across steps and pairs.
+Similarities other than cosine (the model's ``similarity``; every score here is
+``model.embedding_similarity``) follow these rules:
+
+* insertion / deletion curves and their AUCs are in the similarity's own units, unscaled. Every
+  supported similarity grows with similarity (``neg-l2`` is ``-||z1 - z2||``), so insertion stays
+  higher-is-better and deletion lower-is-better; but dot-product or distance AUCs are comparable
+  only between methods on the same model and pairs, never with cosine AUCs or across models;
+* average drop of ``cosine``, ``dot`` and callables: the rule above (relative drop of a score
+  whose zero means "unrelated"; pairs with ``s <= 0`` skipped);
+* average drop of ``neg-l2`` (``s = -d <= 0``): ``max(0, s - s') / |s| = max(0, d' - d) / d``,
+  the relative increase of the distance (the relative loss of closeness); only pairs with
+  ``d = 0`` (identical embeddings) are skipped;
+* average increase ``1[s' > s]`` needs no rule.
+
+Speed: no autograd (inference mode); every altered image goes through the model exactly once and
+is shared by the simultaneous and the conditional curves; the embedding of each unaltered image
+is computed once (the conditional metrics never re-encode the fixed image); the blur is computed
+once per call; altered images are built lazily from the precomputed pixel ranks, one vectorised
+comparison per chunk, and embedded ``batch_size`` images at a time across steps and pairs.
 """
 
 from __future__ import annotations
@@ -35,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.models.similarity import SimilarityModel, cosine
+from pairlens.models.similarity import SimilarityModel
+from pairlens.runtime import resolve_batch_size
 
 BLUR_KERNEL = 11
 BLUR_SIGMA = 5.0
@@ -108,55 +124,32 @@ def _altered_batches(
 
     At step ``k`` image ``i`` has its ``counts[i, k]`` top-ranked pixels altered. Only the steps
     that differ from an unaltered image are produced: deletion steps 1..N and insertion steps
-    0..N-1 (deletion step 0 and insertion step N are the image itself). Each chunk is made of
-    segments (one image, consecutive steps) built by broadcasting, without gathers.
+    0..N-1 (deletion step 0 and insertion step N are the image itself). The (kind, image, step)
+    grid is flattened; each chunk is built by one comparison of the precomputed ranks with the
+    steps' counts and one ``where``, without Python per step.
     """
-    m, _, h, w = images.shape
+    m, c, h, w = images.shape
     n = counts.shape[1] - 1
     device = images.device
-    segments: list[tuple[int, int, int, int]] = []  # (kind index, image, first step, last step)
-    for kind_index, kind in enumerate(kinds):
-        first, last = (1, n) if kind == "deletion" else (0, n - 1)
-        for img in range(m):
-            segments.append((kind_index, img, first, last))
-
-    def build(kind_index: int, img: int, k0: int, k1: int) -> Tensor:
-        ks = torch.arange(k0, k1 + 1, device=device)
-        revealed = (ranks[img][None] < counts[img, ks][:, None]).view(-1, 1, h, w)  # top pixels
-        orig = images[img][None]
-        if kinds[kind_index] == "insertion":  # top pixels from the original over the blur
-            return torch.where(revealed, orig, blurred[img][None])  # type: ignore[index]
-        return orig.masked_fill(revealed, 0.0)  # deletion: top pixels set to 0
-
-    pending: list[tuple[int, int, int, int]] = []
-    room = batch_size
-    for kind_index, img, k0, k1 in segments:
-        while k0 <= k1:
-            take = min(room, k1 - k0 + 1)
-            pending.append((kind_index, img, k0, k0 + take - 1))
-            k0 += take
-            room -= take
-            if room == 0:
-                yield _assemble(pending, build, device)
-                pending, room = [], batch_size
-    if pending:
-        yield _assemble(pending, build, device)
+    first = torch.tensor([1 if k == "deletion" else 0 for k in kinds], device=device)
+    insertion = torch.tensor([k == "insertion" for k in kinds], device=device)
+    total = len(kinds) * m * n
+    for start in range(0, total, batch_size):
+        idx = torch.arange(start, min(start + batch_size, total), device=device)
+        kind_i, img_i, j = idx // (m * n), (idx // n) % m, idx % n
+        k = j + first[kind_i]
+        revealed = (ranks[img_i] < counts[img_i, k][:, None]).view(-1, 1, h, w)  # top pixels
+        orig = images[img_i]
+        if blurred is None:  # deletion only: the top pixels set to 0
+            altered = orig.masked_fill(revealed, 0.0)
+        else:  # insertion rows: original over the blur; deletion rows: 0 over the original
+            ins = insertion[kind_i].view(-1, 1, 1, 1)
+            altered = torch.where(revealed, torch.where(ins, orig, 0.0),
+                                  torch.where(ins, blurred[img_i], orig))
+        yield kind_i, img_i, k, altered
 
 
-def _assemble(pending, build, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    kind_i, img_i, k = [], [], []
-    for kind_index, img, k0, k1 in pending:
-        count = k1 - k0 + 1
-        kind_i.append(torch.full((count,), kind_index, dtype=torch.long))
-        img_i.append(torch.full((count,), img, dtype=torch.long))
-        k.append(torch.arange(k0, k1 + 1))
-    parts = [build(*seg) for seg in pending]
-    altered = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return (torch.cat(kind_i).to(device), torch.cat(img_i).to(device), torch.cat(k).to(device),
-            altered)
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def insertion_deletion_curves(
     model: SimilarityModel,
     x1: Tensor,
@@ -165,7 +158,7 @@ def insertion_deletion_curves(
     map2: Tensor,
     step: int | None = None,
     kinds: Sequence[str] = ("insertion", "deletion"),
-    batch_size: int = 128,
+    batch_size: int | None = None,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
     regions: tuple[Tensor, Tensor] | None = None,
@@ -180,11 +173,13 @@ def insertion_deletion_curves(
 
     With ``regions`` (labels (B, H, W) of image 1 and of image 2) the games alter whole regions
     (:mod:`pairlens.metrics.regions`, ``N = ceil(H/size) * ceil(W/size)`` steps for
-    ``region_size``) instead of ``L`` pixels per step.
+    ``region_size``) instead of ``L`` pixels per step. ``batch_size``: images per forward pass
+    (None: :func:`pairlens.runtime.default_batch_size`).
     """
     from pairlens.metrics.regions import region_ranks_and_counts, region_steps
 
     b, _, h, w = x1.shape
+    batch_size = resolve_batch_size(batch_size, x1)
     images = torch.cat([x1, x2])
     maps = torch.cat([map1, map2]).to(images.device)
     if regions is None:
@@ -202,8 +197,7 @@ def insertion_deletion_curves(
         ranks, counts = region_ranks_and_counts(maps, torch.cat(list(regions)), n)
         ranks, counts = ranks.to(images.device), counts.to(images.device)
     if z1 is None or z2 is None:
-        z = _embed(model, images, batch_size)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     z_orig = torch.cat([z1, z2])
     blurred = gaussian_blur(images) if "insertion" in kinds else None
     emb = torch.empty(len(kinds), 2 * b, n + 1, z_orig.shape[1], device=images.device,
@@ -212,27 +206,27 @@ def insertion_deletion_curves(
         emb[kind_index, :, 0 if kind == "deletion" else n] = z_orig
     for kind_i, img_i, k, altered in _altered_batches(images, ranks, blurred, kinds, counts,
                                                       batch_size):
-        emb[kind_i, img_i, k] = model.embed(altered).to(emb.dtype)
+        emb[kind_i, img_i, k] = model.embed_mixed(altered, img_i >= b).to(emb.dtype)
     out: dict[str, Tensor] = {}
     for kind_index, kind in enumerate(kinds):
         letter = "I" if kind == "insertion" else "D"
         e1, e2 = emb[kind_index, :b], emb[kind_index, b:]  # (B, N+1, D)
-        out[f"S{letter}"] = cosine(e1, e2)
-        one = cosine(e1, z2[:, None].expand_as(e2))
-        two = cosine(z1[:, None].expand_as(e1), e2)
+        out[f"S{letter}"] = similarity(model, e1, e2)
+        one = similarity(model, e1, z2[:, None].expand_as(e2))
+        two = similarity(model, z1[:, None].expand_as(e1), e2)
         out[f"C{letter}1"], out[f"C{letter}2"] = one, two
         out[f"C{letter}"] = (one + two) / 2
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def average_drop_increase(
     model: SimilarityModel,
     x1: Tensor,
     x2: Tensor,
     map1: Tensor,
     map2: Tensor,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     z1: Tensor | None = None,
     z2: Tensor | None = None,
 ) -> dict[str, Tensor]:
@@ -240,24 +234,31 @@ def average_drop_increase(
 
     ``SAD``: ``max(0, s - s') / s`` with ``s'`` the similarity of the two masked images; ``CAD``:
     the mean over the two directions of the same quantity with one image masked and the other
-    whole. Both are NaN for pairs with ``s <= 0`` (skipped). ``SAI`` / ``CAI``: ``1[s' > s]``
-    (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every pair.
+    whole. Both are NaN for pairs with ``s <= 0`` (skipped). For a ``neg-l2`` model
+    (``s = -d``) the drop is ``max(0, s - s') / |s|``, the relative increase of the distance,
+    and only pairs with ``s = 0`` are skipped (see the module docstring). ``SAI`` / ``CAI``:
+    ``1[s' > s]`` (conditional: mean of the two directions, so 0, 0.5 or 1), defined for every
+    pair. ``batch_size``: images per forward pass (None:
+    :func:`pairlens.runtime.default_batch_size`).
     """
     b = x1.shape[0]
+    batch_size = resolve_batch_size(batch_size, x1)
     images = torch.cat([x1, x2])
     if z1 is None or z2 is None:
-        z = _embed(model, images, batch_size)
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     weights = minmax(torch.cat([map1, map2]).to(images.device)).unsqueeze(1)
-    zm = _embed(model, images * weights.to(images.dtype), batch_size)
+    second = torch.arange(2 * b, device=images.device) >= b
+    zm = _embed(model, images * weights.to(images.dtype), second, batch_size)
     m1, m2 = zm[:b], zm[b:]
-    s = cosine(z1, z2)
-    s_sim = cosine(m1, m2)
-    s_c1, s_c2 = cosine(m1, z2), cosine(z1, m2)
+    s = similarity(model, z1, z2)
+    s_sim = similarity(model, m1, m2)
+    s_c1, s_c2 = similarity(model, m1, z2), similarity(model, z1, m2)
+    distance = model.similarity_name == "neg-l2"
+    valid = s != 0 if distance else s > 0
 
     def drop(s_new: Tensor) -> Tensor:
-        value = (s - s_new).clamp_min(0) / s
-        return torch.where(s > 0, value, torch.full_like(value, math.nan))
+        value = (s - s_new).clamp_min(0) / s.abs()
+        return torch.where(valid, value, torch.full_like(value, math.nan))
 
     return {
         "SAD": drop(s_sim),
@@ -267,5 +268,15 @@ def average_drop_increase(
     }
 
 
-def _embed(model: SimilarityModel, x: Tensor, batch_size: int) -> Tensor:
-    return torch.cat([model.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+def _embed(model: SimilarityModel, x: Tensor, second: Tensor, batch_size: int) -> Tensor:
+    """Embeddings of images ``x`` (rows flagged in ``second`` go through tower 2), batched."""
+    return torch.cat(
+        [model.embed_mixed(t, f) for t, f in zip(x.split(batch_size), second.split(batch_size),
+                                                 strict=True)]
+    )
+
+
+def similarity(model: SimilarityModel, e1: Tensor, e2: Tensor) -> Tensor:
+    """The model's similarity of embeddings (..., D) with any leading shape, shape (...)."""
+    flat = model.embedding_similarity(e1.reshape(-1, e1.shape[-1]), e2.reshape(-1, e2.shape[-1]))
+    return flat.view(e1.shape[:-1])

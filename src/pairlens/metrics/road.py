@@ -146,7 +146,8 @@ def road_curves(
     field = torch.randn((h, w), generator=torch.Generator().manual_seed(int(seed or 0)))
     maps = torch.cat([map1, map2]).detach().float().cpu()
     ranks = pixel_ranks(minmax(maps) + TIE_NOISE * field)
-    pix = model.denormalize(images).detach().cpu().double().numpy()
+    pixels = torch.cat([model.denormalize(x1, 1), model.denormalize(x2, 2)])  # per tower
+    pix = pixels.detach().cpu().double().numpy()
     gens = pair_generators(seed, x1, x2)
     orders = ("MoRF", "LeRF")
     altered = torch.empty((len(orders), len(fractions), 2 * b, *images.shape[1:]))
@@ -159,12 +160,16 @@ def road_curves(
                     eps = torch.randn(filled.shape, generator=gens[pair]) * noise
                     keep = torch.from_numpy(~removed[img])
                     altered[oi, fi, img] = torch.where(keep, filled, filled + eps)
-    flat = model.normalize(altered.flatten(0, 2).to(images.device, images.dtype))
-    emb = torch.cat([model.embed(chunk) for chunk in flat.split(batch_size)])
+    altered = altered.to(images.device, images.dtype)
+    altered[:, :, :b] = model.normalize(altered[:, :, :b], 1)  # image 1: tower 1's space
+    altered[:, :, b:] = model.normalize(altered[:, :, b:], 2)
+    flat = altered.flatten(0, 2)
+    second = (torch.arange(2 * b, device=images.device) >= b).repeat(len(orders) * len(fractions))
+    emb = torch.cat([model.embed_mixed(chunk, flags) for chunk, flags in
+                     zip(flat.split(batch_size), second.split(batch_size), strict=True)])
     emb = emb.view(len(orders), len(fractions), 2 * b, -1)
     if z1 is None or z2 is None:
-        z = torch.cat([model.embed(t) for t in images.split(batch_size)])
-        z1, z2 = z[:b], z[b:]
+        z1, z2 = model.embed_pair(x1, x2)
     sim = model.embedding_similarity
     out: dict[str, Tensor] = {}
     for oi, order in enumerate(orders):

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pairlens.models.similarity import SimilarityModel
+from pairlens.runtime import resolve_batch_size
 
 
 def max_sensitivity(
@@ -35,20 +36,24 @@ def max_sensitivity(
     n_samples: int = 10,
     radius: float = 0.2,
     seed: int | None = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     noise: Literal["shared", "independent"] = "shared",
 ) -> Tensor:
     """Maximum sensitivity (B,) of ``method`` (with ``params``) on the pairs ``(x1[i], x2[i])``.
 
     ``maps`` are the explanation of the unaltered pairs if already computed (they must have been
-    made by the same method and parameters). The noisy copies of all pairs and samples are explained
-    ``batch_size`` pairs at a time (sample-major order). See the module docstring for ``noise``.
+    made by the same method and parameters). ``batch_size`` is images per forward pass (None:
+    :func:`pairlens.runtime.default_batch_size`): the noisy copies of all pairs and samples are
+    explained ``batch_size // 2`` pairs at a time (sample-major order), and ``batch_size`` is
+    passed on to the method when it takes one and ``params`` does not set it. See the module
+    docstring for ``noise``.
 
     Raises:
         ValueError: an unknown ``noise`` or ``n_samples < 1``.
     """
     from pairlens.explanation import explain
     from pairlens.methods.common import pair_generators
+    from pairlens.methods.registry import get_method
 
     if noise not in ("shared", "independent"):
         raise ValueError(f"noise must be 'shared' or 'independent', got {noise!r}")
@@ -56,6 +61,10 @@ def max_sensitivity(
         raise ValueError("n_samples must be >= 1")
     params = dict(params or {})
     b = x1.shape[0]
+    batch_size = resolve_batch_size(batch_size, x1, grad=True)
+    if "batch_size" in get_method(method).params and params.get("batch_size") is None:
+        params["batch_size"] = batch_size
+    per = max(1, batch_size // 2)
     if maps is None:
         maps = explain(model, x1, x2, method=method, **params).maps
     e1, e2 = (m.to(x1.device).float() for m in maps)
@@ -66,9 +75,9 @@ def max_sensitivity(
     noisy1 = (x1[None] + eps[:, :, 0]).flatten(0, 1)  # (S*B, 3, H, W), sample-major
     noisy2 = (x2[None] + eps[:, :, -1]).flatten(0, 1)
     out1, out2 = [], []
-    for start in range(0, noisy1.shape[0], batch_size):
-        exp = explain(model, noisy1[start : start + batch_size],
-                      noisy2[start : start + batch_size], method=method, **params)
+    for start in range(0, noisy1.shape[0], per):
+        exp = explain(model, noisy1[start : start + per], noisy2[start : start + per],
+                      method=method, **params)
         out1.append(exp.maps[0].to(x1.device))
         out2.append(exp.maps[1].to(x1.device))
     p1 = torch.cat(out1).view(n_samples, b, *e1.shape[1:])

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from pairlens.metrics.faithfulness import minmax
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, evaluating
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,9 @@ class SanityResult:
         return fig
 
 
-def randomisable_layers(model: SimilarityModel, x: Tensor) -> list[str]:
-    """Names of the modules owning parameters that run when embedding ``x``, in forward order."""
+def randomisable_layers(model: SimilarityModel, x: Tensor, x2: Tensor | None = None) -> list[str]:
+    """Names of the modules owning parameters that run when embedding ``x`` (and ``x2`` through
+    tower 2 of a two-tower model), in forward order."""
     order: list[str] = []
     handles = []
     for name, module in model.named_modules():
@@ -115,8 +116,8 @@ def randomisable_layers(model: SimilarityModel, x: Tensor) -> list[str]:
 
             handles.append(module.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            model.embed(x[:1])
+        with torch.no_grad(), evaluating(model):
+            model.embed_pair(x[:1], (x2 if x2 is not None else x)[:1])
     finally:
         for h in handles:
             h.remove()
@@ -165,17 +166,19 @@ def sanity_check(
 ) -> SanityResult:
     """Cascading randomisation sanity check of ``method`` on the pairs ``(x1[i], x2[i])``.
 
-    The model itself is not modified (a deep copy is randomised). ``max_steps`` stops early.
-    ``norm`` chooses how norm layers are randomised (see the module docstring).
+    The model itself is not modified (a deep copy is randomised) and runs in eval mode (its own
+    mode is restored). Both towers of a two-tower model are randomised, in forward order from the
+    last layer that ran. ``max_steps`` stops early. ``norm`` chooses how norm layers are
+    randomised (see the module docstring).
     """
     from pairlens.explanation import explain
 
     params = dict(params or {})
-    x1 = model.check_input(x1, "image 1")
-    x2 = model.check_input(x2, "image 2")
+    x1 = model.check_input(x1, "image 1", 1)
+    x2 = model.check_input(x2, "image 2", 2)
     original = explain(model, x1, x2, method=method, **params)
     work = copy.deepcopy(model).eval()
-    names = list(reversed(randomisable_layers(work, x1)))
+    names = list(reversed(randomisable_layers(work, x1, x2)))
     groups = [names[i : i + layers_per_step] for i in range(0, len(names), layers_per_step)]
     if max_steps is not None:
         groups = groups[:max_steps]

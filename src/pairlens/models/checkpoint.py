@@ -17,6 +17,7 @@ Every real-model loader in :mod:`pairlens.models.zoo` goes through these helpers
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 import zipfile
@@ -55,7 +56,10 @@ def read_checkpoint(path: str | Path, expected: str = "a PyTorch checkpoint") ->
     if p.suffix == ".safetensors":
         return _read_safetensors(p, expected)
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        # argparse.Namespace (the ``args`` entry of DINO-style training checkpoints) only holds
+        # attributes: allowing it keeps weights_only's guarantee
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raw = str(err)
         text = _one_line(err)

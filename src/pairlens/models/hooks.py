@@ -56,3 +56,20 @@ def guided_relus() -> Iterator[None]:
     """Within this context every ReLU backpropagates guided gradients."""
     with _GuidedMode():
         yield
+
+
+@contextmanager
+def replaced_output(module: torch.nn.Module, fn) -> Iterator[None]:
+    """Within this context the output of ``module`` is replaced by ``fn(output)`` (a tuple output
+    has its first element replaced), e.g. ``torch.zeros_like`` for a reference forward pass."""
+
+    def hook(_m, _inp, out):
+        if isinstance(out, (tuple, list)):
+            return type(out)([fn(out[0]), *out[1:]])
+        return fn(out)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

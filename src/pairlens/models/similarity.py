@@ -1,22 +1,28 @@
 """`SimilarityModel`: any image encoder (plus optional head) seen as a pair-similarity model.
 
-All model plumbing lives here and in :mod:`pairlens.models.hooks`: methods never register hooks or
-read module internals themselves. Conventions (DESIGN.md, "Exact conventions"):
+All model plumbing lives here, in :mod:`pairlens.models.layouts` and in
+:mod:`pairlens.models.hooks`: methods never register hooks or read module internals themselves.
+Conventions (DESIGN.md, "Exact conventions" and "Similarity, layouts and towers"):
 
 * images enter the encoder in *model-input space*: resized, centre-cropped, scaled to [0, 1] and
-  normalised with the model's mean / std;
-* the similarity of two embeddings is their cosine with ``eps=1e-8`` so that a zero vector gives 0;
+  normalised with the model's mean / std (one value per input channel);
+* the similarity is the model's: cosine (default, with ``eps=1e-8`` so that a zero vector gives
+  0), dot product, negative L2 distance or a callable; compare embeddings only with
+  :meth:`SimilarityModel.embedding_similarity`;
 * the feature map used by CAM methods is the output of ``feature_layer`` (a dotted module path),
-  returned as a grid (B, C, h, w). ViT tokens (B, N, C) are reshaped to the grid inferred from the
-  input size and patch size, with the class / register tokens (the first ``N - h*w``) dropped.
+  turned into a grid (B, C, h, w) by reading its layout from the model
+  (:mod:`pairlens.models.layouts`);
+* two-tower models send image 1 through tower 1 and image 2 through tower 2; one-tower models
+  embed both images of a pair in one pass;
+* explanations of a pair never run on a model in training mode (:func:`evaluating`), and never
+  on all-zero or non-finite embeddings.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,17 +31,62 @@ from PIL import Image
 from torch import Tensor, nn
 
 from pairlens.io import ImageLike, load_image
+from pairlens.models.layouts import (
+    GridProbe,
+    LayoutError,
+    ReshapeTransform,
+    plausible_grid,
+    probe_grid,
+    suggest_feature_layer,
+)
+from pairlens.models.layouts import to_grid as layout_to_grid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 COSINE_EPS = 1e-8
+#: ``--amp`` choices: autocast dtype of the encoder and head (None: float32)
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+# |dS/dz| * |z| below this fraction of |S| counts as a stationary similarity (identical embeddings)
+STATIONARY_TOL = 1e-5
 
 SimilarityFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = [
+    "COSINE_EPS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BlankGradientError",
+    "FixedEmbedding",
+    "LayoutError",
+    "NonFiniteError",
+    "SimilarityModel",
+    "ZeroEmbeddingError",
+    "check_embeddings",
+    "check_finite",
+    "cosine",
+    "dot",
+    "evaluating",
+    "neg_l2",
+    "pool_features",
+    "resolve_device",
+    "resolve_similarity",
+    "similarity_feature_gradients",
+    "similarity_input_gradients",
+]
 
 
 class NonFiniteError(ValueError):
     """Raised when an input or an embedding holds NaN or infinite values."""
+
+
+class ZeroEmbeddingError(ValueError):
+    """Raised when an image's embedding is exactly zero (every similarity and map would be 0)."""
+
+
+class BlankGradientError(ValueError):
+    """Raised when a gradient method would return a blank map: the similarity's gradient at the
+    explained layer is exactly zero, or the similarity is stationary (identical embeddings)."""
 
 
 def cosine(z1: Tensor, z2: Tensor) -> Tensor:
@@ -79,51 +130,188 @@ def check_finite(t: Tensor, what: str) -> Tensor:
     return t
 
 
+def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = None) -> None:
+    """Raise if an embedding (a row of ``z``, (B, D), or of ``z2``: image 2's) is non-finite or
+    exactly zero; one device sync when all is well.
+
+    A zero embedding (for example after a broken checkpoint conversion) would give a similarity
+    of 0 and blank maps with every method: :class:`ZeroEmbeddingError` instead.
+    """
+    r = z.abs().sum(dim=-1)
+    if z2 is not None:
+        r = torch.cat([r, z2.abs().sum(dim=-1)])
+    if bool(((r > 0) & torch.isfinite(r)).all()):
+        return
+    of = f" of model {model!r}" if model else ""
+    for t, name in ((z, what), (z2, "image 2")):
+        if t is None:
+            continue
+        check_finite(t, f"the embedding of {name}{of}")
+        zero = (t == 0).all(dim=-1)
+        if bool(zero.any()):
+            rows = torch.nonzero(zero).flatten().tolist()
+            raise ZeroEmbeddingError(
+                f"the embedding of {name}{of} is exactly zero (batch row(s) "
+                f"{', '.join(map(str, rows[:5]))}): every similarity and map would be 0 or "
+                "blank; check the checkpoint (a broken conversion?) and the embedding / head"
+            )
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None) means CUDA when present, else CPU."""
+    """``"auto"`` (or None) means CUDA when present, else Apple's MPS when present, else CPU."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but CUDA is not available here")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError("device 'mps' was requested but MPS is not available here")
     return device
 
 
-def _get_submodule(root: nn.Module, dotted: str) -> nn.Module:
+@contextmanager
+def evaluating(*modules: nn.Module | None) -> Iterator[None]:
+    """Run ``modules`` in eval mode and restore every submodule's own mode afterwards.
+
+    Explanations and metrics must not depend on the caller's mode: in training mode BatchNorm
+    normalises with batch statistics (and updates its running statistics) and dropout is random,
+    so a similarity of 0.997 can read 0.05 and every call gives another map.
+    """
+    mods = [m for m in modules if m is not None]
+    training, stack = [], list(mods)
+    while stack:  # every submodule (a plain walk: Module.modules() costs more per call)
+        m = stack.pop()
+        if m.training:
+            training.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    try:
+        if training:  # (in eval mode already, the common case, there is nothing to do)
+            for mod in mods:
+                mod.eval()
+        yield
+    finally:
+        for m in training:
+            m.training = True
+
+
+def _get_submodule(root: nn.Module, dotted: str, what: str = "feature_layer") -> nn.Module:
     try:
         return root.get_submodule(dotted)
     except AttributeError as err:
         names = [n for n, _ in root.named_modules() if n][:12]
         raise ValueError(
-            f"feature_layer {dotted!r} is not a submodule of the encoder; "
+            f"{what} {dotted!r} is not a submodule of the encoder; "
             f"some valid names: {', '.join(names)}"
         ) from err
+
+
+def _first_tensor(out: Any) -> Tensor:
+    """A module's output as one tensor: the first element of a tuple / list / ModelOutput."""
+    if isinstance(out, Tensor):
+        return out
+    if hasattr(out, "to_tuple"):  # transformers' ModelOutput
+        out = out.to_tuple()
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise TypeError(f"expected a tensor output, got {type(out).__name__}")
+
+
+def _fixed_input_size(encoder: nn.Module) -> tuple[int, int] | None:
+    """The only input size an encoder accepts, read from its modules (None: any size).
+
+    torchvision's ViT asserts its ``image_size``; timm patch embeddings with ``strict_img_size``
+    (ViTs built without ``dynamic_img_size``, Swin) assert theirs.
+    """
+    for m in encoder.modules():
+        kind = type(m)
+        if kind.__name__ == "VisionTransformer" and kind.__module__.startswith("torchvision"):
+            return (int(m.image_size), int(m.image_size))
+        if getattr(m, "strict_img_size", False) and not getattr(m, "dynamic_img_size", False):
+            size = getattr(m, "img_size", None)
+            if size is not None:
+                return (int(size[0]), int(size[1]))
+    return None
+
+
+class FixedEmbedding(nn.Module):
+    """A tower that ignores its images and returns a fixed embedding (a CLIP text prompt, a class
+    prototype, a stored gallery vector).
+
+    ``forward`` maps (B, ...) to the target as a (B, D, 1, 1) map through the ``grid`` layer, so
+    that CAM methods see it as a second image whose pooled feature map is the target.
+    """
+
+    def __init__(self, z: Tensor) -> None:
+        super().__init__()
+        z = torch.as_tensor(z).detach().float()
+        if z.dim() == 2 and len(z) == 1:
+            z = z[0]
+        if z.dim() != 1 or z.numel() == 0:
+            raise ValueError(f"a target embedding must be (D,) or (1, D); got {tuple(z.shape)}")
+        check_embeddings(z[None], "the target")
+        self.register_buffer("z", z)
+        self.grid = nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.z.to(x.device).expand(x.shape[0], -1)[:, :, None, None].clone()
+        if torch.is_grad_enabled():
+            out.requires_grad_(True)  # a leaf, so that gradients at the "feature map" exist
+        return self.grid(out)
+
+
+class Tower(NamedTuple):
+    """One side of a similarity model: encoder, head, CAM layer, layout and normalisation."""
+
+    encoder: nn.Module
+    head: nn.Module
+    feature_layer: str | None
+    reshape_transform: ReshapeTransform | None
+    mean: Tensor
+    std: Tensor
 
 
 class SimilarityModel(nn.Module):
     """Wrap ``encoder`` (and an optional ``head``) so that two images have a similarity.
 
     Args:
-        encoder: module mapping (B, 3, H, W) to features. A (B, C, h, w) output is average-pooled,
-            a (B, N, C) token output is reduced to its first (class) token.
+        encoder: module mapping (B, C, H, W) to features. A (B, C, h, w) output is
+            average-pooled, a (B, N, C) token output is reduced to its first (class) token, a
+            transformers ``ModelOutput`` gives its ``image_embeds``, ``pooler_output`` or
+            ``last_hidden_state`` (in that order of preference).
         head: optional module applied to the pooled features (for example a projection MLP). The
-            embedding whose cosine is the similarity is ``head(encoder(x))``.
+            embedding is ``head(encoder(x))``.
         feature_layer: dotted name of the submodule whose output is the spatial feature map for
             CAM methods (``"layer4"`` for a torchvision ResNet). For a ViT whose embedding is the
             class token, use the *first norm of the last block* (``"blocks.11.norm1"`` in timm,
             ``"encoder.layers.encoder_layer_11.ln_1"`` in torchvision): the patch tokens that
-            leave the last block never reach the class token, so their gradients are zero.
+            leave the last block never reach the class token, so their gradients are zero (an
+            error says so).
         input_size: (H, W) the model expects.
-        mean, std: per-channel normalisation; ``mean=(0, 0, 0), std=(1, 1, 1)`` for models such as
-            SimCLRv2 that take inputs in [0, 1].
+        mean, std: per-channel normalisation; their length is the number of input channels
+            (``(0.5,)`` for a grayscale model); ``mean=(0, 0, 0), std=(1, 1, 1)`` for models
+            such as SimCLRv2 that take inputs in [0, 1].
         crop_fraction: ``preprocess`` resizes the image (keeping its aspect ratio) so that it
-            just covers ``input_size / crop_fraction`` and centre-crops ``input_size`` (0.875 is
-            the ImageNet 256 -> 224 convention; 1.0 keeps as much of the image as fits).
-        patch_size: ViT patch size; inferred from a ``patch_size`` attribute when omitted.
+            just covers ``input_size / crop_fraction`` and centre-crops ``input_size``.
+        patch_size: patch size of a token encoder whose patch embedding is not a convolution
+            (the grid is otherwise read from the convolution that ran).
         name: a short name used in figures and saved metadata.
         similarity: how two embeddings are compared: ``"cosine"`` (default, the papers'),
-            ``"dot"``, ``"neg-l2"`` (-||z1 - z2||) or a callable ``(z1, z2) -> (B,)``. Use
-            :meth:`embedding_similarity` wherever two embeddings are compared.
+            ``"dot"``, ``"neg-l2"`` (-||z1 - z2||) or a callable ``(z1, z2) -> (B,)``.
+        reshape_transform: ``fn(tensor) -> (B, C, h, w)`` for feature layouts that cannot be
+            read from the model (the pytorch-grad-cam convention); applied to activations and
+            gradients.
+        encoder2, head2, feature_layer2, mean2, std2, reshape_transform2: a second tower for
+            asymmetric models (image-text, sketch-photo, query-gallery): image 1 goes through
+            tower 1 and image 2 through tower 2, each with its own normalisation. Any of them
+            given makes the model two-tower; those not given are tower 1's (``head2`` alone: a
+            shared encoder with two heads). Both towers take the same ``input_size``.
     """
 
     def __init__(
@@ -138,6 +326,13 @@ class SimilarityModel(nn.Module):
         patch_size: int | None = None,
         name: str = "custom",
         similarity: str | SimilarityFn = "cosine",
+        reshape_transform: ReshapeTransform | None = None,
+        encoder2: nn.Module | None = None,
+        head2: nn.Module | None = None,
+        feature_layer2: str | None = None,
+        mean2: Sequence[float] | None = None,
+        std2: Sequence[float] | None = None,
+        reshape_transform2: ReshapeTransform | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -145,36 +340,122 @@ class SimilarityModel(nn.Module):
         self.feature_layer = feature_layer
         if feature_layer is not None:
             _get_submodule(encoder, feature_layer)
+        self.reshape_transform = reshape_transform
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("mean", _channel_vector(mean, "mean"))
+        self.register_buffer("std", _channel_vector(std, "std"))
+        if self.mean.shape != self.std.shape:
+            raise ValueError(f"mean and std differ in length: {len(mean)} vs {len(std)}")
         if not 0 < crop_fraction <= 1:
             raise ValueError("crop_fraction must be in (0, 1]")
         self.crop_fraction = crop_fraction
-        self.patch_size = patch_size or _find_patch_size(encoder)
+        self.patch_size = patch_size
         self.name = name
         self.similarity_name, self._similarity_fn = resolve_similarity(similarity)
         self.classifier: nn.Module | None = None  # optional (B, D) -> logits probe
+        self.two_towers = any(
+            v is not None
+            for v in (encoder2, head2, feature_layer2, mean2, std2, reshape_transform2)
+        )
+        self.encoder2 = encoder2
+        self.head2 = head2
+        self.feature_layer2 = feature_layer2 if feature_layer2 is not None else (
+            feature_layer if encoder2 is None else None
+        )
+        self.reshape_transform2 = reshape_transform2
+        if self.two_towers:
+            enc2 = encoder2 if encoder2 is not None else encoder
+            if self.feature_layer2 is not None:
+                _get_submodule(enc2, self.feature_layer2, "feature_layer2")
+            self.register_buffer(
+                "mean2", _channel_vector(mean2 if mean2 is not None else mean, "mean2")
+            )
+            self.register_buffer("std2", _channel_vector(std2 if std2 is not None else std, "std2"))
+        self._probes: dict[tuple, GridProbe] = {}  # (tower, layer, H, W) -> what a pass revealed
+        self._fixed_sizes: dict[int, tuple[int, int] | None] = {}  # tower -> only input size
+        self.amp: str | None = None
+        self.channels_last = False
         self.eval()
 
-    # ------------------------------------------------------------------ device and basics
+    def set_execution(self, amp: str | None = None, channels_last: bool = False) -> SimilarityModel:
+        """How forward passes run (both towers); changes speed, and results only within the
+        checked tolerance.
+
+        Args:
+            amp: ``None`` (float32), ``"bf16"`` or ``"fp16"``: the encoder and head run under
+                ``torch.autocast`` on the model's device; embeddings, maps and scores stay float32.
+                Checked against float32 in ``benchmarks/precision.py`` (docs/performance.md).
+            channels_last: store conv weights and feed images in the channels-last memory layout
+                (faster convolutions with oneDNN / cuDNN; no effect on a ViT's results).
+
+        Returns:
+            ``self``. Raises ValueError for an unknown ``amp``.
+        """
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(map(str, AMP_DTYPES))}; got {amp!r}")
+        self.amp = amp
+        self.channels_last = bool(channels_last)
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return self
+
+    # ------------------------------------------------------------------ towers and basics
+    def tower(self, index: int = 1) -> Tower:
+        """The parts of tower ``index`` (1 or 2; a one-tower model has tower 2 == tower 1)."""
+        if index not in (1, 2):
+            raise ValueError(f"tower must be 1 or 2; got {index!r}")
+        if index == 1 or not self.two_towers:
+            modules, buffers = self._modules, self._buffers  # (no __getattr__: a hot path)
+            return Tower(
+                modules["encoder"], modules["head"], self.feature_layer, self.reshape_transform,
+                buffers["mean"], buffers["std"],
+            )
+        return Tower(
+            self.encoder2 if self.encoder2 is not None else self.encoder,
+            self.head2 if self.head2 is not None else self.head,
+            self.feature_layer2,
+            self.reshape_transform2,
+            self.mean2,
+            self.std2,
+        )
+
+    def _index(self, tower: int) -> int:
+        return tower if self.two_towers else 1
+
+    @property
+    def fixed_tower(self) -> int | None:
+        """The tower (1 or 2) that is a :class:`FixedEmbedding`, if any."""
+        if isinstance(self.encoder, FixedEmbedding):
+            return 1
+        return 2 if isinstance(self.encoder2, FixedEmbedding) else None
+
     @property
     def device(self) -> torch.device:
         for t in self.parameters():
             return t.device
         return self.mean.device
 
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels (the length of ``mean``)."""
+        return int(self.mean.shape[1])
+
     # ------------------------------------------------------------------ images
-    def preprocess(self, image: ImageLike | Sequence[ImageLike]) -> Tensor:
-        """Image(s) to a model-input tensor (B, 3, H, W) on the model's device.
+    def preprocess(self, image: ImageLike | Sequence[ImageLike], tower: int = 1) -> Tensor:
+        """Image(s) to a model-input tensor (B, C, H, W) on the model's device.
 
         Accepts a PIL image, a path, an (H, W) or (H, W, C) array (uint8, uint16 or float in
-        [0, 1]), or a list of them. Converts to RGB, resizes (aspect ratio kept) to cover
-        ``input_size / crop_fraction``, centre-crops ``input_size``, scales to [0, 1] and
-        normalises.
+        [0, 1]), or a list of them. Converts to RGB (grayscale for a 1-channel model), resizes
+        (aspect ratio kept) to cover ``input_size / crop_fraction``, centre-crops ``input_size``,
+        scales to [0, 1] and normalises with ``tower``'s mean / std.
         """
         if isinstance(image, (list, tuple)):
-            return torch.cat([self.preprocess(im) for im in image])
+            return torch.cat([self.preprocess(im, tower) for im in image])
+        channels = int(self.tower(tower).mean.shape[1])
+        if channels not in (1, 3):
+            raise ValueError(
+                f"model {self.name!r} takes {channels}-channel images, which cannot be read from "
+                "image files; pass (B, C, H, W) tensors in model-input space instead"
+            )
         pil = load_image(image)
         h, w = self.input_size
         scale = max(h / self.crop_fraction / pil.size[1], w / self.crop_fraction / pil.size[0])
@@ -182,107 +463,285 @@ class SimilarityModel(nn.Module):
         pil = pil.resize(new, Image.BICUBIC)
         left, top = (new[0] - w) // 2, (new[1] - h) // 2
         pil = pil.crop((left, top, left + w, top + h))
+        if channels == 1:
+            pil = pil.convert("L")
         arr = np.asarray(pil, dtype=np.float32) / 255.0
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
         x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).to(self.device)
-        return self.normalize(x)
+        return self.normalize(x, tower)
 
-    def normalize(self, x01: Tensor) -> Tensor:
-        """[0, 1] pixels to model-input space."""
-        return (x01 - self.mean) / self.std
+    def normalize(self, x01: Tensor, tower: int = 1) -> Tensor:
+        """[0, 1] pixels to model-input space of ``tower``."""
+        t = self.tower(tower)
+        return (x01 - t.mean) / t.std
 
-    def denormalize(self, x: Tensor) -> Tensor:
-        """Model-input space back to [0, 1] pixels (not clamped)."""
-        return x * self.std + self.mean
+    def denormalize(self, x: Tensor, tower: int = 1) -> Tensor:
+        """Model-input space of ``tower`` back to [0, 1] pixels (not clamped)."""
+        t = self.tower(tower)
+        return x * t.std + t.mean
 
-    def check_input(self, x: Tensor, what: str = "input") -> Tensor:
-        """Validate a (B, 3, H, W) batch and return it as float32 on the model's device.
+    def check_input(self, x: Tensor, what: str = "input", tower: int = 1) -> Tensor:
+        """Validate a (B, C, H, W) batch for ``tower`` and return it as float32 on the model's
+        device.
 
         Floating-point tensors are taken as model-input space (see :meth:`preprocess`) and must
         be finite. Integer tensors cannot be model-input space, so one clear rule applies:
         ``uint8`` is taken as pixels in 0..255 and converted (``/ 255``, then
-        :meth:`normalize`); any other integer or boolean dtype raises ``TypeError``.
+        :meth:`normalize`); any other integer or boolean dtype raises ``TypeError``. Raises for
+        a wrong shape or channel count, or a size the encoder cannot run at (a ViT with a fixed
+        position embedding).
         """
+        c = int(self.tower(tower).mean.shape[1])
         if not isinstance(x, Tensor):
             raise TypeError(
-                f"{what} must be a tensor of shape (B, 3, H, W); got {type(x).__name__}"
+                f"{what} must be a tensor of shape (B, {c}, H, W); got {type(x).__name__}"
             )
         if x.dim() == 3:
             x = x.unsqueeze(0)
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"{what} must have shape (B, 3, H, W); got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != c:
+            raise ValueError(
+                f"{what} must have shape (B, {c}, H, W) for model {self.name!r} "
+                f"({c}-channel input); got {tuple(x.shape)}"
+            )
         if x.dtype == torch.uint8:
-            return self.normalize(x.to(self.device, torch.float32) / 255.0)
-        if not x.is_floating_point():
+            x = self.normalize(x.to(self.device, torch.float32) / 255.0, tower)
+        elif not x.is_floating_point():
             raise TypeError(
                 f"{what} has dtype {x.dtype}; give float images in model-input space "
                 "(model.preprocess) or uint8 pixels in 0..255"
             )
         check_finite(x, what)
+        index = self._index(tower)
+        if index not in self._fixed_sizes:
+            self._fixed_sizes[index] = _fixed_input_size(self.tower(tower).encoder)
+        fixed = self._fixed_sizes[index]
+        if fixed is not None and tuple(x.shape[-2:]) != fixed:
+            raise ValueError(
+                f"model {self.name!r} runs at {fixed[0]}x{fixed[1]} only (its position "
+                f"embedding is fixed), {what} is {x.shape[-2]}x{x.shape[-1]}: resize the images "
+                "(model.preprocess does), or build the model for this size (timm: "
+                "dynamic_img_size=True)"
+            )
         return x.to(self.device, torch.float32)
 
     # ------------------------------------------------------------------ embeddings
     def forward(self, x: Tensor) -> Tensor:
         return self.embed(x)
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Embedding (B, D) whose cosine is the similarity. Keeps autograd if enabled."""
-        return self.head(pool_features(self.encoder(x)))
+    def embed(self, x: Tensor, tower: int = 1) -> Tensor:
+        """Embedding (B, D), float32, of images through ``tower``. Keeps autograd if enabled.
+
+        Images are cast to the encoder's dtype (half-precision weights run) and run in the
+        memory layout and precision set by :meth:`set_execution`."""
+        t = self.tower(tower)
+        p = next(t.encoder.parameters(), None)
+        if p is not None and p.is_floating_point() and x.dtype != p.dtype:
+            x = x.to(p.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        hw = (x.shape[-2], x.shape[-1])
+        if self.amp is None:
+            z = t.head(pool_features(t.encoder(x), hw))
+        else:
+            with torch.autocast(x.device.type, dtype=AMP_DTYPES[self.amp]):
+                z = t.head(pool_features(t.encoder(x), hw))
+        return z if z.dtype == torch.float32 else z.float()
+
+    def embed_pair(self, x1: Tensor, x2: Tensor, check: bool = True) -> tuple[Tensor, Tensor]:
+        """Embeddings of ``x1`` (tower 1) and ``x2`` (tower 2): one pass for a one-tower model.
+
+        With ``check`` (for unaltered images) raises :class:`NonFiniteError` /
+        :class:`ZeroEmbeddingError` for a non-finite or all-zero embedding; altered images
+        (occluded, transformed) may legitimately embed to zero: ``check=False``.
+        """
+        if not self.two_towers and x1.shape[1:] == x2.shape[1:]:
+            z = self.embed(torch.cat([x1, x2]))
+            z1, z2 = z[: len(x1)], z[len(x1) :]
+        else:
+            z1, z2 = self.embed(x1, 1), self.embed(x2, 2)
+        if check:
+            check_embeddings(z1, "image 1", self.name, z2)
+        return z1, z2
+
+    def embed_mixed(self, x: Tensor, second: Tensor) -> Tensor:
+        """Embeddings (N, D) of images (N, C, H, W) of which those flagged in the boolean
+        ``second`` (N,) belong to image 2 (tower 2). No checks: altered images (a deletion
+        game's last step) may legitimately embed to zero."""
+        if not self.two_towers:
+            return self.embed(x)
+        second = second.to(x.device)
+        out: Tensor | None = None
+        for flag, tower in ((False, 1), (True, 2)):
+            rows = torch.nonzero(second == flag).flatten()
+            if len(rows):
+                z = self.embed(x[rows], tower)
+                if out is None:
+                    out = z.new_empty(len(x), z.shape[1])
+                out[rows] = z
+        assert out is not None
+        return out
 
     def embedding_similarity(self, z1: Tensor, z2: Tensor) -> Tensor:
         """The model's similarity (B,) of two (B, D) embeddings (cosine unless configured)."""
         return self._similarity_fn(z1, z2)
 
     def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """The model's similarity (B,) of the embeddings of two batches of images."""
-        return self.embedding_similarity(self.embed(x1), self.embed(x2))
+        """The model's similarity (B,) of image batches ``x1`` (tower 1) and ``x2`` (tower 2)."""
+        return self.embedding_similarity(*self.embed_pair(x1, x2))
 
     @torch.no_grad()
-    def embed_batched(self, x: Tensor, batch_size: int = 64) -> Tensor:
+    def embed_batched(self, x: Tensor, batch_size: int = 64, tower: int = 1) -> Tensor:
         """Embed many images without autograd, ``batch_size`` at a time."""
-        return torch.cat([self.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [self.embed(x[i : i + batch_size], tower) for i in range(0, len(x), batch_size)]
+        )
+
+    has_text_tower = False  # image-text models (CLIP, SigLIP) override embed_text
+
+    def embed_text(self, texts: str | Sequence[str]) -> Tensor:
+        """Caption embeddings (T, D); only image-text models have a text tower."""
+        raise ValueError(
+            f"model {self.name!r} has no text tower; text targets need an image-text model "
+            "(clip:ARCH, hf:PATH of a CLIP / SigLIP model)"
+        )
 
     # ------------------------------------------------------------------ feature maps
-    def embed_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Embedding (B, D) and the raw output of ``feature_layer`` from one forward pass.
+    def embed_with_features(
+        self, x: Tensor, tower: int = 1, grad_from_features: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Embedding (B, D) and the raw output of ``tower``'s feature layer, one forward pass.
 
-        The raw output keeps its own layout ((B, C, h, w) or (B, N, C)); differentiate with
-        respect to it and convert both activation and gradient with :meth:`to_grid`.
+        The raw output keeps its own layout ((B, C, h, w), (B, h, w, C) or (B, N, C));
+        differentiate with respect to it and convert activation and gradient with
+        :meth:`to_grid`. The first pass at each input size also reads the layout from the model
+        (:func:`pairlens.models.layouts.probe_grid`).
+
+        ``grad_from_features=True``: the layers before the feature layer run without autograd
+        and its output is returned as a leaf requiring grad, from which the rest of the forward
+        pass is recorded (the CAM methods need gradients down to that layer only; this saves the
+        autograd bookkeeping and activation memory of the backbone below it). The gradient with
+        respect to that leaf is the same as with respect to the layer's output in a full graph.
         """
-        if self.feature_layer is None:
+        t = self.tower(tower)
+        if t.feature_layer is None:
             raise ValueError(
-                f"model {self.name!r} has no feature_layer; CAM methods need one "
-                "(SimilarityModel(..., feature_layer='layer4'))"
+                f"model {self.name!r} has no feature_layer{'2' if tower == 2 else ''}; CAM "
+                "methods need one (SimilarityModel(..., feature_layer='layer4'))"
             )
+        module = _get_submodule(t.encoder, t.feature_layer)
+        key = (self._index(tower), t.feature_layer, *x.shape[-2:])
         store: dict[str, Tensor] = {}
-        module = _get_submodule(self.encoder, self.feature_layer)
 
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            store["a"] = out[0] if isinstance(out, (tuple, list)) else out
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+            a = _first_tensor(out)
+            if not grad_from_features:
+                store["a"] = a
+                return None
+            torch.set_grad_enabled(True)  # record from here on (restored below)
+            store["a"] = a.detach().requires_grad_(True)
+            a = store["a"].clone()  # later in-place ops must not touch the leaf
+            if isinstance(out, Tensor):
+                return a
+            if isinstance(out, (tuple, list)):
+                return [a, *out[1:]] if isinstance(out, list) else (a, *out[1:])
+            out[next(iter(out.keys()))] = a  # transformers' ModelOutput: its first field
+            return None
 
         handle = module.register_forward_hook(hook)
+        probing = key not in self._probes
+        grad_mode = torch.is_grad_enabled()
         try:
-            z = self.embed(x)
+            if grad_from_features:
+                torch.set_grad_enabled(False)
+            with probe_grid(t.encoder, module) if probing else nullcontext() as state:
+                z = self.embed(x, tower)
         finally:
             handle.remove()
+            torch.set_grad_enabled(grad_mode)
+        if "a" not in store:
+            raise ValueError(
+                f"feature layer {t.feature_layer!r} of model {self.name!r} did not run in the "
+                "forward pass"
+            )
+        if probing and state is not None and state["probe"] is not None:
+            self._probes[key] = state["probe"]
         return z, store["a"]
 
-    def to_grid(self, a: Tensor, input_hw: tuple[int, int] | None = None) -> Tensor:
-        """Feature-layer output as a grid (B, C, h, w); ViT tokens lose their prefix tokens."""
-        if a.dim() == 4:
-            return a
-        if a.dim() != 3:
-            raise ValueError(f"feature layer output has unsupported shape {tuple(a.shape)}")
-        b, n, c = a.shape
-        h_in, w_in = input_hw or self.input_size
-        if self.patch_size:
-            gh, gw = h_in // self.patch_size, w_in // self.patch_size
+    def embed_pair_with_features(
+        self, x1: Tensor, x2: Tensor, grad_from_features: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Embeddings z1, z2 (checked as in :meth:`embed_pair`) and raw feature-layer outputs
+        a1, a2 of image 1 (tower 1) and image 2 (tower 2); one pass for a one-tower model (then
+        a1 and a2 are slices of one tensor). ``grad_from_features``: see
+        :meth:`embed_with_features`."""
+        g = grad_from_features
+        if not self.two_towers:
+            z, a = self.embed_with_features(torch.cat([x1, x2]), grad_from_features=g)
+            b = len(x1)
+            z1, z2, a1, a2 = z[:b], z[b:], a[:b], a[b:]
         else:
-            side = int(math.isqrt(n))
-            gh = gw = side
-        if gh * gw > n:
-            raise ValueError(f"cannot reshape {n} tokens to a {gh}x{gw} grid")
-        tokens = a[:, n - gh * gw :, :]
-        return tokens.transpose(1, 2).reshape(b, c, gh, gw)
+            z1, a1 = self.embed_with_features(x1, 1, grad_from_features=g)
+            z2, a2 = self.embed_with_features(x2, 2, grad_from_features=g)
+        check_embeddings(z1, "image 1", self.name, z2)
+        return z1, z2, a1, a2
+
+    def to_grid(self, a: Tensor, input_hw: tuple[int, int] | None = None, tower: int = 1) -> Tensor:
+        """A feature-layer output (or its gradient) of ``tower`` as a grid (B, C, h, w).
+
+        The layout is read from the model (see :mod:`pairlens.models.layouts`): channels-first or
+        channels-last maps, token sequences on the grid of the patch embedding that ran (prefix
+        tokens dropped), or ``reshape_transform``. Raises :class:`LayoutError` naming
+        ``reshape_transform`` when the layout is ambiguous.
+        """
+        t = self.tower(tower)
+        hw = (int(input_hw[0]), int(input_hw[1])) if input_hw else self.input_size
+        probe = self._probes.get((self._index(tower), t.feature_layer, *hw))
+        return layout_to_grid(
+            a, hw, probe, t.reshape_transform, self.patch_size, t.feature_layer or "feature_layer"
+        )
+
+    # ------------------------------------------------------------------ fixed targets
+    def with_target(self, target: Tensor) -> SimilarityModel:
+        """A two-tower view explaining images against a fixed embedding ``target`` (D,).
+
+        Tower 1 of the view is the target (:class:`FixedEmbedding`, whose feature map is the
+        target on a 1x1 grid) and tower 2 is this model's tower 1, so a pair method explains its
+        *second* image (:func:`pairlens.explain` swaps the roles back). The view's similarity is
+        this model's with the arguments in this model's order: ``sim(image, target)``.
+        """
+        fixed = FixedEmbedding(target).to(self.device)
+        t = self.tower(1)
+        fn = self._similarity_fn
+        dim = fixed.z.shape[0]
+
+        def swapped(z_target: Tensor, z_image: Tensor) -> Tensor:
+            if z_image.shape[-1] != dim:
+                raise ValueError(
+                    f"the target has {dim} dimensions but model {self.name!r} embeds images "
+                    f"in {z_image.shape[-1]}"
+                )
+            return fn(z_image, z_target)
+
+        swapped.__name__ = self.similarity_name
+        view = SimilarityModel(
+            fixed,
+            feature_layer="grid",
+            input_size=self.input_size,
+            mean=tuple(t.mean.flatten().tolist()),
+            std=tuple(t.std.flatten().tolist()),
+            crop_fraction=self.crop_fraction,
+            patch_size=self.patch_size,
+            name=self.name,
+            similarity=swapped,
+            encoder2=t.encoder,
+            head2=t.head,
+            feature_layer2=t.feature_layer,
+            reshape_transform2=t.reshape_transform,
+        ).to(self.device)
+        view.similarity_name = self.similarity_name
+        view.amp, view.channels_last = self.amp, self.channels_last  # (modules shared: converted)
+        return view
 
     # ------------------------------------------------------------------ guided backprop
     @contextmanager
@@ -299,19 +758,51 @@ class SimilarityModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def describe(self) -> dict[str, Any]:
         """JSON-friendly summary used in saved metadata."""
-        return {
+        out = {
             "name": self.name,
             "input_size": list(self.input_size),
             "mean": [round(v, 6) for v in self.mean.flatten().tolist()],
             "std": [round(v, 6) for v in self.std.flatten().tolist()],
             "feature_layer": self.feature_layer,
             "similarity": self.similarity_name,
+            **({"amp": self.amp} if self.amp else {}),
         }
+        if self.two_towers:
+            out["tower2"] = {
+                "mean": [round(v, 6) for v in self.mean2.flatten().tolist()],
+                "std": [round(v, 6) for v in self.std2.flatten().tolist()],
+                "feature_layer": self.feature_layer2,
+            }
+        return out
 
 
-def pool_features(f: Tensor) -> Tensor:
-    """Encoder output to (B, D): average-pool a map, take the class token of a token sequence."""
+def _channel_vector(values: Sequence[float], what: str) -> Tensor:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if t.dim() != 1 or len(t) == 0:
+        raise ValueError(f"{what} must be a non-empty sequence of per-channel values")
+    return t.view(1, -1, 1, 1)
+
+
+def pool_features(f: Any, input_hw: tuple[int, int] | None = None) -> Tensor:
+    """Encoder output to (B, D): average-pool a map, take the class token of a token sequence;
+    a transformers ``ModelOutput`` gives ``image_embeds``, ``pooler_output`` or the class token of
+    ``last_hidden_state``; a tuple its first element.
+
+    A map is pooled over dims (2, 3), or over dims (1, 2) when, for an ``input_hw`` input, only
+    those can be its spatial grid (a channels-last (B, h, w, C) output such as a Swin stage's;
+    see :func:`pairlens.models.layouts.plausible_grid`)."""
+    if not isinstance(f, Tensor):
+        for key in ("image_embeds", "pooler_output", "last_hidden_state"):
+            value = f.get(key) if hasattr(f, "get") else None
+            if isinstance(value, Tensor):
+                f = value
+                break
+        else:
+            f = _first_tensor(f)
     if f.dim() == 4:
+        if input_hw is not None and not plausible_grid(tuple(f.shape[2:]), input_hw):
+            if plausible_grid(tuple(f.shape[1:3]), input_hw):
+                return f.mean(dim=(1, 2))
         return f.mean(dim=(2, 3))
     if f.dim() == 3:
         return f[:, 0]
@@ -320,30 +811,88 @@ def pool_features(f: Tensor) -> Tensor:
     raise ValueError(f"encoder output has unsupported shape {tuple(f.shape)}")
 
 
-def _find_patch_size(encoder: nn.Module) -> int | None:
-    for obj in (encoder, getattr(encoder, "patch_embed", None)):
-        p = getattr(obj, "patch_size", None)
-        if p is not None:
-            return int(p[0] if isinstance(p, (tuple, list)) else p)
-    return None
+def _blank_checks(
+    model: SimilarityModel,
+    s: Tensor,
+    z: tuple[Tensor, Tensor],
+    dz: tuple[Tensor, Tensor],
+    grads: tuple[Tensor, Tensor],
+    where: str,
+) -> None:
+    """Raise when the embeddings are non-finite or zero (:func:`check_embeddings`) or a real
+    (non-fixed) side would get a blank map (:class:`BlankGradientError`); one device sync when
+    all is well (the checks run after the backward pass, which they do not need)."""
+    fixed = model.fixed_tower
+    sides = [i for i in (0, 1) if fixed != i + 1]
+    norms = [t.flatten(1).norm(dim=1) for t in z]
+    tol = STATIONARY_TOL * s.detach().abs().clamp_min(1e-12)
+    stationary = {i: dz[i].flatten(1).norm(dim=1) * norms[i] <= tol for i in sides}
+    blank = {i: grads[i].flatten(1).abs().amax(dim=1) == 0 for i in sides}
+    bad_z = [~((n > 0) & torch.isfinite(n)) for n in norms]
+    if not bool(torch.cat([*bad_z, *stationary.values(), *blank.values()]).any()):
+        return
+    check_embeddings(z[0], "image 1", model.name, z[1])
+    for i in sides:
+        if bool(stationary[i].any()):
+            rows = torch.nonzero(stationary[i]).flatten().tolist()
+            raise BlankGradientError(
+                f"the {model.similarity_name} similarity of pair(s) {rows[:5]} is stationary "
+                "(the two embeddings are identical), so its gradient is zero and gradient maps "
+                "would be blank; explain two different images, or use an occlusion method"
+            )
+    for i in sides:
+        if bool(blank[i].any()):
+            rows = torch.nonzero(blank[i]).flatten().tolist()[:5]
+            tower = model.tower(i + 1)
+            layer = tower.feature_layer if where == "features" else None
+            if layer is None:
+                raise BlankGradientError(
+                    f"the similarity's gradient with respect to image {i + 1} is exactly zero "
+                    f"(pair(s) {rows}): the map would be blank"
+                )
+            better = suggest_feature_layer(tower.encoder)
+            advice = (
+                f"use feature_layer{'2' if i == 1 and model.two_towers else ''}={better!r}"
+                if better and better != layer
+                else "choose a layer whose output reaches the embedding"
+            )
+            raise BlankGradientError(
+                f"the similarity's gradient at feature layer {layer!r} is exactly zero for "
+                f"pair(s) {rows}: its output does not "
+                "reach the embedding (a ViT's class token never sees the last block's output "
+                f"tokens, nor anything after it); {advice}"
+            )
 
 
 def similarity_input_gradients(
     model: SimilarityModel, x1: Tensor, x2: Tensor, guided: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Similarity (B,) and its gradients w.r.t. ``x1`` and ``x2`` (each (B, 3, H, W)).
+    """Similarity (B,) and its gradients w.r.t. ``x1`` and ``x2`` (each (B, C, H, W), float32).
 
-    One forward pass of the 2B images and one backward pass; parameter gradients are not
-    accumulated. Pairs are independent in eval mode, so the gradient of the summed similarity gives
-    every pair's own gradient. With ``guided=True`` every ReLU backpropagates guided gradients.
+    One forward pass of the 2B images (one per tower for two-tower models) and one backward pass;
+    parameter gradients are not accumulated. Pairs are independent in eval mode, so the gradient
+    of the summed similarity gives every pair's own gradient. With ``guided=True`` every ReLU
+    backpropagates guided gradients. Raises :class:`BlankGradientError` when a pair's similarity
+    is stationary (identical embeddings: its gradient, and so every map, is zero).
     """
     b = x1.shape[0]
-    x = torch.cat([x1, x2]).detach().requires_grad_(True)
     with torch.enable_grad(), model.guided(guided):
-        z = model.embed(x)
-        s = cosine(z[:b], z[b:])
-        (g,) = torch.autograd.grad(s.sum(), x)
-    return s.detach(), g[:b], g[b:]
+        if not model.two_towers:
+            x = torch.cat([x1, x2]).detach().requires_grad_(True)
+            z = model.embed(x)
+            z1, z2 = z[:b], z[b:]
+            leaves: tuple[Tensor, ...] = (x,)
+        else:
+            a = x1.detach().requires_grad_(True)
+            c = x2.detach().requires_grad_(True)
+            z1, z2 = model.embed(a, 1), model.embed(c, 2)
+            leaves = (a, c)
+        s = model.embedding_similarity(z1, z2)
+        out = torch.autograd.grad(s.sum(), (*leaves, z1, z2), materialize_grads=True)
+    g1, g2 = (out[0][:b], out[0][b:]) if len(leaves) == 1 else (out[0], out[1])
+    dz = out[len(leaves) :]
+    _blank_checks(model, s, (z1.detach(), z2.detach()), (dz[0], dz[1]), (g1, g2), "input")
+    return s.detach(), g1.float(), g2.float()
 
 
 def similarity_feature_gradients(
@@ -351,17 +900,42 @@ def similarity_feature_gradients(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Similarity (B,), feature grids A1, A2 (B, C, h, w) and dS/dA1, dS/dA2 (same shapes).
 
-    One forward pass of the 2B images through the encoder with a hook on ``feature_layer`` and one
-    backward pass down to that layer.
+    One forward pass of the 2B images (one per tower for two-tower models) with a hook on the
+    feature layer (the layers below it without autograd) and one backward pass down to that
+    layer. Raises :class:`BlankGradientError` when the gradient at the feature layer is exactly
+    zero for a pair (the layer does not reach the embedding: the message names the layer to use)
+    or the similarity is stationary.
     """
     b = x1.shape[0]
-    x = torch.cat([x1, x2]).detach()
     with torch.enable_grad():
-        if not any(p.requires_grad for p in model.parameters()):
-            x.requires_grad_(True)  # frozen models: make the activation part of a graph
-        z, a = model.embed_with_features(x)
-        s = cosine(z[:b], z[b:])
-        (g,) = torch.autograd.grad(s.sum(), a)
-    hw = (x.shape[2], x.shape[3])
-    a_grid, g_grid = model.to_grid(a.detach(), hw), model.to_grid(g, hw)
-    return s.detach(), a_grid[:b], a_grid[b:], g_grid[:b], g_grid[b:]
+        if not model.two_towers:
+            z, a = model.embed_with_features(torch.cat([x1, x2]), grad_from_features=True)
+            z1, z2 = z[:b], z[b:]
+        else:
+            z1, a1 = model.embed_with_features(x1, 1, grad_from_features=True)
+            z2, a2 = model.embed_with_features(x2, 2, grad_from_features=True)
+        s = model.embedding_similarity(z1, z2)
+        if not s.requires_grad:  # the feature layer's output never reaches the embedding
+            better = suggest_feature_layer(model.encoder)
+            raise BlankGradientError(
+                f"the similarity of model {model.name!r} does not depend on feature layer "
+                f"{model.feature_layer!r}: every CAM map would be blank; "
+                + (f"use feature_layer={better!r}" if better and better != model.feature_layer
+                   else "choose a layer whose output reaches the embedding")
+            )
+        if not model.two_towers:
+            g, dz1, dz2 = torch.autograd.grad(s.sum(), (a, z1, z2), materialize_grads=True)
+            a1, a2, g1, g2 = a[:b], a[b:], g[:b], g[b:]
+        else:
+            g1, g2, dz1, dz2 = torch.autograd.grad(
+                s.sum(), (a1, a2, z1, z2), materialize_grads=True
+            )
+    hw = (x1.shape[2], x1.shape[3])
+    grids = [
+        model.to_grid(t, hw, tower).float()
+        for t, tower in ((a1.detach(), 1), (a2.detach(), 2), (g1, 1), (g2, 2))
+    ]
+    # on the grids: a class token's own gradient does not make a map
+    _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (grids[2], grids[3]),
+                  "features")
+    return s.detach(), grids[0], grids[1], grids[2], grids[3]

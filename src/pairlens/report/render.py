@@ -241,7 +241,8 @@ def curves_figure(study: Study):
                     label=f"{label} ({study.value(label, metric):.3f})")
         ax.set_title(f"{metric} {_arrow(metric)}", fontsize=9)
         unit = "regions" if metric.startswith("R") else "pixels"
-        ax.set_xlabel(f"fraction of {unit} " + ("inserted" if metric.endswith("I") else
+        ax.set_xlabel("fraction of region pairs removed" if metric in ("PI", "PD") else
+                      f"fraction of {unit} " + ("inserted" if metric.endswith("I") else
                                                 "deleted"), fontsize=8)
         ax.tick_params(labelsize=7)
         if ax.lines:

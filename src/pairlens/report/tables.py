@@ -27,7 +27,7 @@ from pairlens.metrics import HIGHER_IS_BETTER
 
 TABLE_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "RSI", "RSD", "RCI", "RCD",
                  "SMoRF", "SLeRF", "CMoRF", "CLeRF")
-CURVE_METRICS = ("SI", "SD", "CI", "CD", "RSI", "RSD", "RCI", "RCD")
+CURVE_METRICS = ("SI", "SD", "CI", "CD", "RSI", "RSD", "RCI", "RCD", "PI", "PD")
 GROUPS = {
     "(SI, CI)": (("SI", "CI"), False),
     "1 - (SD, CD)": (("SD", "CD"), True),

@@ -12,6 +12,8 @@ Within a unit only the (pair, metric) values missing from the store are computed
 the same metrics are explained and scored together. Per unit: the explanation (timed),
 :func:`pairlens.evaluate` with the curves, one store transaction. Pairs whose images cannot be
 read are stopped at or skipped according to a :class:`~pairlens.io.BadFiles` policy.
+``batch_size`` (images per forward pass) is passed to every method that takes one and to the
+metrics; it changes speed and memory, never a result.
 """
 
 from __future__ import annotations
@@ -146,7 +148,9 @@ class Shard:
 @dataclass
 class RunSummary:
     """What a run did: pairs explained (with at least one missing metric), metric values
-    computed, pairs that were already complete, files skipped, time."""
+    computed, pairs that were already complete, files skipped, time. ``stages`` splits
+    ``seconds`` into ``data`` (loading the pairs), ``explain``, ``metrics``, ``store`` and
+    ``other`` (progress bar, bookkeeping)."""
 
     computed_pairs: int = 0
     computed_values: int = 0
@@ -155,6 +159,7 @@ class RunSummary:
     per_method: dict[str, float] = field(default_factory=dict)
     missing_metrics: set[str] = field(default_factory=set)
     skipped_files: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 def setting_key(pairs: PairSet, step: int | None, ms_samples: int) -> str:
@@ -184,7 +189,7 @@ def run_evaluation(
     store: ResultStore,
     step: int | None = None,
     pairs_per_batch: int = 8,
-    forward_batch: int = 256,
+    batch_size: int | None = None,
     shard: Shard = Shard(),
     progress: bool = True,
     on_unit: Callable[[str, list[int]], None] | None = None,
@@ -193,6 +198,9 @@ def run_evaluation(
 ) -> RunSummary:
     """Evaluate every method variant on every pair of this shard, computing exactly the (pair,
     metric) values missing from ``store``.
+
+    ``pairs_per_batch`` pairs are explained, scored and stored together (one unit); ``batch_size``
+    is images per forward pass in the methods and metrics (None: device-aware default).
 
     Raises :class:`~pairlens.study.identity.IdentityMismatch` if ``store`` holds results of
     another model under ``model_key`` or of other files under the data label, and
@@ -206,8 +214,8 @@ def run_evaluation(
         model_fingerprint,
     )
 
-    if pairs_per_batch < 1 or forward_batch < 1 or ms_samples < 1:
-        raise ValueError("pairs_per_batch, forward_batch and ms_samples must be >= 1")
+    if pairs_per_batch < 1 or (batch_size is not None and batch_size < 1) or ms_samples < 1:
+        raise ValueError("pairs_per_batch, batch_size and ms_samples must be >= 1")
     metrics = list(dict.fromkeys(canonical_metrics(metrics)))
     ground_truth = [m for m in metrics if m in GROUND_TRUTH_METRICS]
     if ground_truth and not pairs.has_masks:
@@ -242,20 +250,22 @@ def run_evaluation(
                desc=f"rank {shard.rank}" if shard.world > 1 else "evaluate",
                position=shard.rank if shard.world > 1 else None)
     start_all = time.perf_counter()
+    stages = dict.fromkeys(("data", "explain", "metrics", "store"), 0.0)
     try:
         for spec, params_key, ids, wanted in units:
             bar.set_postfix_str(spec.label[:40])
+            t_data = time.perf_counter()
             kept, x1, x2 = pairs.load(ids, bad)
             if not kept:
                 bar.update(len(ids))
                 continue
             t0 = time.perf_counter()
-            exp = _explain(model, x1, x2, spec)
+            exp = _explain(model, x1, x2, spec, batch_size)
             t1 = time.perf_counter()
             needs_masks = any(m in GROUND_TRUTH_METRICS for m in wanted)
             masks = pairs.masks(kept) if needs_masks else None
             scores = evaluate(model, x1, x2, exp, metrics=wanted, step=step,
-                              batch_size=forward_batch, return_curves=True,
+                              batch_size=batch_size, return_curves=True,
                               ms_samples=ms_samples, seed=0, masks=masks)
             t2 = time.perf_counter()
             k = len(kept)
@@ -263,7 +273,8 @@ def run_evaluation(
             for row, pid in enumerate(kept):
                 results.append(PairResult(
                     pair_id=pid,
-                    metrics={m: float(scores[m][row]) for m in wanted},
+                    metrics={m: float(v[row]) for m, v in scores.items()
+                             if not m.endswith("_curve")},  # PI/PD add reference orders
                     curves={name[:-6]: scores[name][row].float().cpu().numpy()
                             for name in scores if name.endswith("_curve")},
                     explain_seconds=(t1 - t0) / k,
@@ -271,6 +282,10 @@ def run_evaluation(
                 ))
             store.add_batch(model_key, setting, spec.name, params_key, spec.label, results,
                             rank=shard.rank)
+            t3 = time.perf_counter()
+            for stage, seconds in (("data", t0 - t_data), ("explain", t1 - t0),
+                                   ("metrics", t2 - t1), ("store", t3 - t2)):
+                stages[stage] += seconds
             summary.computed_pairs += k
             summary.computed_values += k * len(wanted)
             summary.missing_metrics.update(wanted)
@@ -283,13 +298,18 @@ def run_evaluation(
         summary.skipped_files = dict(bad.skipped)
         store.add_skipped(pairs.data, bad.skipped)
     summary.seconds = time.perf_counter() - start_all
+    stages["other"] = summary.seconds - sum(stages.values())
+    summary.stages = stages
     return summary
 
 
-def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec):
+def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec, batch_size: int | None):
     from pairlens.explanation import explain
 
-    exp = explain(model, x1, x2, method=spec.name, **spec.given)
+    params = dict(spec.given)
+    if batch_size is not None and "batch_size" in spec.params and "batch_size" not in params:
+        params["batch_size"] = batch_size
+    exp = explain(model, x1, x2, method=spec.name, **params)
     if model.device.type == "cuda":  # honest timings on GPU
         torch.cuda.synchronize(model.device)
     return exp

@@ -19,13 +19,21 @@ or ``visual.layer4`` for the ResNet (RN50) towers.
 
 OpenAI's released weights were trained with QuickGELU: the ``clip-*`` entries use it (``quick_gelu``
 argument); the generic ``clip`` entry takes ``arch=`` (any open_clip architecture name, for
-example ``ViT-B-32`` for LAION-2B weights, which use plain GELU).
+example ``ViT-B-32`` for LAION-2B weights, which use plain GELU, or the path of an open_clip
+model-config ``.json``). When the file's folder holds the ``open_clip_config.json`` that the
+Hugging Face hub publishes beside the weights, its ``quick_gelu`` setting is used (with a warning
+if it contradicts ``arch``); a file whose path says ``openai`` loaded without QuickGELU gives a
+warning (the embeddings would be silently wrong). :func:`load_clip` is the one loader used
+everywhere (models, COCOA text corpora, the CLI).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -72,9 +80,6 @@ class ClipImageEncoder(nn.Module):
     def __init__(self, visual: nn.Module):
         super().__init__()
         self.visual = visual
-        ps = getattr(visual, "patch_size", None)
-        if ps is not None:
-            self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.visual(x)
@@ -83,6 +88,8 @@ class ClipImageEncoder(nn.Module):
 
 class ClipSimilarityModel(SimilarityModel):
     """A CLIP image tower as a :class:`SimilarityModel`, with the text tower for text corpora."""
+
+    has_text_tower = True
 
     def __init__(self, encoder: ClipImageEncoder, text_model: nn.Module, arch: str, **kw):
         super().__init__(encoder, **kw)
@@ -172,12 +179,94 @@ def build_clip(
         arch,
         feature_layer=layer,
         input_size=size,
-        mean=OPENAI_MEAN,
-        std=OPENAI_STD,
+        mean=tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN),
+        std=tuple(getattr(visual, "image_std", None) or OPENAI_STD),
         crop_fraction=CLIP_CROP,
         name=name,
     )
     return model.eval()
+
+
+def load_clip(
+    checkpoint: str | Path,
+    arch: str = "ViT-B-32",
+    embedding: str = "image",
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> ClipSimilarityModel:
+    """An open_clip model from a local file: image tower as a :class:`SimilarityModel`, text tower
+    through ``embed_text``. The one CLIP loader of PairLens.
+
+    Args:
+        checkpoint: open_clip state dict (``.bin`` / ``.pt`` / ``.safetensors``) or open_clip
+            training checkpoint; loaded strictly with ``weights_only=True``.
+        arch: open_clip architecture name (``ViT-B-32``, ``ViT-B-32-quickgelu``) or the path of an
+            open_clip model-config ``.json`` (its file name without ``.json`` is the name).
+        embedding: ``image`` (``encode_image``) or ``backbone`` (before the projection).
+        quick_gelu: force QuickGELU on / off; None reads it from the architecture name, then from
+            an ``open_clip_config.json`` beside the file (see the module docstring).
+        device: where the model goes.
+
+    Raises:
+        CheckpointError: missing, unreadable or foreign file (one line naming it).
+        ValueError: unknown architecture or config file.
+    """
+    open_clip = import_open_clip()
+    name = str(arch)
+    if name.endswith(".json"):
+        config = Path(name).expanduser()
+        if not config.is_file():
+            raise ValueError(f"{config}: no such open_clip model config")
+        open_clip.add_model_config(config)
+        name = config.stem
+    quick = clip_quick_gelu(name, checkpoint, quick_gelu)
+    model = build_clip(f"clip:{name}", name, checkpoint, embedding, quick)
+    from pairlens.models.similarity import resolve_device
+
+    return model.to(resolve_device(device)).eval()
+
+
+def clip_quick_gelu(arch: str, checkpoint: str | Path | None, quick_gelu: bool | None) -> bool:
+    """Whether to build ``arch`` with QuickGELU for ``checkpoint`` (see the module docstring).
+
+    An explicit ``quick_gelu`` wins; else an ``open_clip_config.json`` beside the file (the hub's
+    layout) decides; else the ``-quickgelu`` suffix of the name. Contradictions warn."""
+    named = arch.endswith("-quickgelu")
+    if quick_gelu is not None:
+        return bool(quick_gelu)
+    if checkpoint is None:
+        return named
+    path = Path(checkpoint).expanduser()
+    cfg_file = path.parent / "open_clip_config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text())
+            stated = cfg.get("model_cfg", {}).get("quick_gelu")
+        except (OSError, ValueError, AttributeError):
+            stated = None
+        if stated and not named:
+            warnings.warn(
+                f"{cfg_file} says these weights use QuickGELU but architecture {arch!r} does "
+                "not: building it with QuickGELU",
+                stacklevel=3,
+            )
+            return True
+        if stated is not None and not stated and named:
+            warnings.warn(
+                f"{cfg_file} says these weights use plain GELU but architecture {arch!r} uses "
+                f"QuickGELU: the embeddings will be wrong; use {arch.removesuffix('-quickgelu')}",
+                stacklevel=3,
+            )
+        if stated is not None:
+            return named or bool(stated)
+    if not named and "openai" in str(path).lower():
+        warnings.warn(
+            f"{path} looks like OpenAI CLIP weights, which were trained with QuickGELU, but "
+            f"{arch!r} uses plain GELU: the embeddings will be wrong; use {arch}-quickgelu "
+            "(or the clip-vit-* entries)",
+            stacklevel=3,
+        )
+    return named
 
 
 def _create(open_clip, arch: str, quick_gelu: bool, device: str = "cpu") -> nn.Module:
@@ -274,6 +363,5 @@ def clip_any(
 ) -> ClipSimilarityModel:
     if not arch:
         raise ValueError("model 'clip' needs arch=NAME (an open_clip architecture, e.g. ViT-B-32)")
-    if quick_gelu is None:
-        quick_gelu = arch.endswith("-quickgelu")
+    quick_gelu = clip_quick_gelu(arch, checkpoint, quick_gelu)
     return build_clip(f"clip:{arch}", arch, checkpoint, embedding, quick_gelu, random_weights)

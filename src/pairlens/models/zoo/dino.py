@@ -11,10 +11,26 @@ The released files hold no projection head, so the only embedding is ``backbone`
 ResNet features, or the ViT class token after the final norm (DINO's k-NN / linear features).
 ImageNet mean/std, 224 px. CAM layer ``layer4`` / ``blocks.11.norm1`` (the tokens entering the
 last block: see :class:`pairlens.models.zoo.vit.VisionTransformer`).
+
+DINO's own *training* checkpoint (``checkpoint.pth`` of ``main_dino.py``: ``{'student',
+'teacher', 'optimizer', 'epoch', 'args', 'dino_loss'}``, the student wrapped by DDP) loads its
+**teacher** backbone, as DINO's evaluation code does (``utils.load_pretrained_weights`` with
+``checkpoint_key='teacher'``): the ``module.`` and ``backbone.`` prefixes are removed and the
+DINO head (``head.*``) is left out. The backbone itself is then loaded strictly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from pairlens.models.checkpoint import (
+    StateDict,
+    find_state_dict,
+    is_state_dict,
+    read_checkpoint,
+    strip_prefix,
+)
 from pairlens.models.registry import register_model
 from pairlens.models.similarity import SimilarityModel
 from pairlens.models.zoo.common import (
@@ -46,8 +62,10 @@ def build_dino(
     tag, kind, patch, label = ARCHS[name]
     url = URL.format(tag=tag)
     expected = f"the DINO {label} backbone checkpoint ({tag}.pth)"
-    sd = open_state_dict(checkpoint, name, expected, random_weights, hint=f"download {url}")
-    sd = unwrap_module(sd) if sd else sd
+    if checkpoint is not None:
+        sd = dino_backbone_state_dict(read_checkpoint(checkpoint, expected), checkpoint, expected)
+    else:
+        sd = open_state_dict(checkpoint, name, expected, random_weights, hint=f"download {url}")
     if kind == "resnet50":
         trunk = build_and_load(
             lambda: ResNetTrunk("resnet50"), sd, checkpoint, expected, ("fc.weight", "fc.bias")
@@ -59,6 +77,17 @@ def build_dino(
         )
         layer = trunk.cam_layer
     return similarity_model(trunk, None, layer, name)
+
+
+def dino_backbone_state_dict(obj: Any, path: Any, expected: str) -> StateDict:
+    """The backbone state dict in a DINO file: a released backbone file as it is, or the teacher
+    of a training checkpoint without ``module.`` / ``backbone.`` prefixes and the DINO head."""
+    if isinstance(obj, Mapping) and is_state_dict(obj.get("teacher")):
+        sd = strip_prefix(obj["teacher"], "module.")
+        return {
+            k.removeprefix("backbone."): v for k, v in sd.items() if not k.startswith("head.")
+        }
+    return unwrap_module(find_state_dict(obj, path, expected))
 
 
 def _register(name: str) -> None:
@@ -77,9 +106,12 @@ def _register(name: str) -> None:
         embeddings=EMBEDDINGS,
         default_embedding="backbone",
         feature_layer="layer4" if kind == "resnet50" else "blocks.11.norm1",
-        checkpoint_format="backbone state dict (torchvision ResNet keys)"
-        if kind == "resnet50"
-        else "backbone state dict (DINO vision_transformer keys, no head)",
+        checkpoint_format=(
+            "backbone state dict (torchvision ResNet keys)"
+            if kind == "resnet50"
+            else "backbone state dict (DINO vision_transformer keys, no head)"
+        )
+        + ", or DINO's training checkpoint.pth (its teacher backbone)",
         checkpoint_name=f"{tag}.pth",
         download_url=URL.format(tag=tag),
     )

@@ -1,0 +1,127 @@
+"""Helpers shared by the benchmarks: models with random weights, timing, memory, machine line."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import sys
+import time
+
+import torch
+
+import pairlens
+
+
+def resnet50_model() -> pairlens.SimilarityModel:
+    """torchvision ResNet-50 (random weights, fc removed) at 224 px, feature layer ``layer4``."""
+    import torchvision
+
+    torch.manual_seed(0)
+    enc = torchvision.models.resnet50()
+    enc.fc = torch.nn.Identity()
+    return pairlens.SimilarityModel(enc, feature_layer="layer4", input_size=(224, 224),
+                                    name="resnet50")
+
+
+def vit_b16_model() -> pairlens.SimilarityModel:
+    """torchvision ViT-B/16 (random weights, head removed) at 224 px; CAM layer: the first norm
+    of the last block (see ``SimilarityModel``)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    enc = torchvision.models.vit_b_16()
+    enc.heads = torch.nn.Identity()
+    return pairlens.SimilarityModel(enc, feature_layer="encoder.layers.encoder_layer_11.ln_1",
+                                    input_size=(224, 224), patch_size=16, name="vit-b16")
+
+
+def load_benchmark_model(name: str) -> pairlens.SimilarityModel:
+    """``resnet50``, ``vit-b16`` (random weights) or a registered model name (``digits``...)."""
+    if name == "resnet50":
+        return resnet50_model()
+    if name == "vit-b16":
+        return vit_b16_model()
+    return pairlens.load_model(name, device="cpu")
+
+
+def pair(model: pairlens.SimilarityModel, b: int = 1, seed: int = 0):
+    """``b`` reproducible pairs (two (b, 3, H, W) batches in model-input space)."""
+    h, w = model.input_size
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.rand(b, 3, h, w, generator=g)
+    x2 = (x1 + 0.3 * torch.rand(b, 3, h, w, generator=g)).clamp(0, 1)
+    return model.normalize(x1).to(model.device), model.normalize(x2).to(model.device)
+
+
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def set_clock(name: str) -> None:
+    """``wall`` (default) or ``cpu``: this process's CPU time (all its threads). On a loaded
+    machine the CPU time of a one-thread run measures the work done, where wall time also counts
+    the time other processes held the cores."""
+    global _clock
+    _clock = _CLOCKS[name]
+
+
+def now() -> float:
+    """The benchmark clock (see :func:`set_clock`)."""
+    return _clock()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, repeats: int, min_total: float = 1.0, device: torch.device | None = None) -> float:
+    """Best of at least ``repeats`` timed calls, repeated until ``min_total`` seconds have been
+    spent (millisecond timings are not one shot, and one call delayed by other processes on a
+    loaded machine does not decide the result). The first call is a warm-up, except when it takes
+    over ``2 * min_total`` seconds: then it is measured as the first run.
+    ``device``: synchronised before each clock reading when it is a CUDA device."""
+    device = device or torch.device("cpu")
+    sync(device)
+    start = now()
+    fn()
+    sync(device)
+    first = now() - start
+    best, spent, runs = (first, first, 1) if first > 2 * min_total else (math.inf, 0.0, 0)
+    while runs < repeats or spent < min_total:
+        start = now()
+        fn()
+        sync(device)
+        elapsed = now() - start
+        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
+    return best
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. ``ru_maxrss`` is not used there: a process started
+    with ``subprocess`` (vfork + exec) inherits its parent's peak in ``ru_maxrss``, so a
+    benchmark run from a large process (a test session) would report the parent's memory.
+    Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def machine_line() -> str:
+    """One line: CPU, cores, torch version and threads, 1-minute load, allocator settings."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    env = ",".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "MALLOC_MMAP_MAX_",
+                                                    "MALLOC_TRIM_THRESHOLD_") if k in os.environ)
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, load {load:.2f}"
+            + (f", {env}" if env else ""))

@@ -1,0 +1,119 @@
+"""Run-time settings that decide speed, not results: batch sizes, the CPU allocator, threads.
+
+* :func:`default_batch_size`: the number of *images per forward pass* every method and metric
+  uses when its ``batch_size`` is ``None``, chosen from the device and the image size.
+* :func:`tune_cpu_runtime`: on Linux with glibc, keep freed activation buffers in the process
+  (``mallopt``) and make idle OpenMP threads sleep instead of spinning. The command line calls it
+  at start-up; library users may call it once themselves. See ``docs/performance.md``.
+
+Importing this module does not import torch (the CLI calls it before torch is loaded).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+from typing import Any
+
+#: Images per forward pass on a CPU for a 224 x 224 input, without and with autograd: forward +
+#: backward of 32 ResNet-50 images peaks near 5 GB, a no-grad pass of 32 needs well under 1 GB and
+#: is no slower per image than smaller ones once the allocator is tuned (docs/performance.md).
+CPU_IMAGES_224 = {False: 32, True: 8}
+#: Images per forward pass on a 24 GiB GPU for a 224 x 224 input, without and with autograd;
+#: scaled by the device's memory.
+GPU_IMAGES_224 = {False: 128, True: 32}
+MAX_BATCH = {"cpu": 64, "cuda": 1024}
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+#: what tune_cpu_runtime() sets; the environment variables with the same effect
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def default_batch_size(
+    device: Any, image_hw: tuple[int, int], grad: bool = False
+) -> int:
+    """Images per forward pass for images of ``image_hw`` pixels on ``device``.
+
+    CPU: 32 images (no autograd) or 8 (autograd) at 224 x 224, scaled by the inverse pixel count,
+    at most 64: the per-image cost does not grow with the batch once the allocator keeps its
+    buffers (:func:`tune_cpu_runtime`), and forward + backward memory bounds the autograd batch
+    (32 ResNet-50 images peak near 5 GB). CUDA: 128 (no autograd) or 32 (autograd) images at
+    224 x 224 on a 24 GiB card, scaled by the card's memory and the inverse pixel count.
+
+    Args:
+        device: a ``torch.device`` or its name.
+        image_hw: (H, W) of the model input.
+        grad: whether the passes keep an autograd graph (gradient and CAM methods).
+
+    Returns:
+        An integer >= 1.
+    """
+    return _default_batch_size(str(device), tuple(image_hw), bool(grad))
+
+
+@functools.lru_cache(maxsize=64)
+def _default_batch_size(device_name: str, image_hw: tuple[int, int], grad: bool) -> int:
+    import torch
+
+    device = torch.device(device_name)
+    scale = (224 * 224) / max(1, image_hw[0] * image_hw[1])
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        n = GPU_IMAGES_224[grad] * scale * props.total_memory / (24 << 30)
+        return int(max(1, min(MAX_BATCH["cuda"], n)))
+    return int(max(1, min(MAX_BATCH["cpu"], CPU_IMAGES_224[grad] * scale)))
+
+
+def resolve_batch_size(batch_size: int | None, x: Any, grad: bool = False) -> int:
+    """``batch_size`` if given (must be >= 1), else :func:`default_batch_size` for the device and
+    image size of the (B, 3, H, W) tensor ``x``. Raises ValueError for a value < 1."""
+    if batch_size is None:
+        return default_batch_size(x.device, tuple(x.shape[-2:]), grad)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size (images per forward pass) must be >= 1; got {batch_size}")
+    return int(batch_size)
+
+
+def tune_cpu_runtime() -> dict[str, str]:
+    """Keep freed memory in the process and let idle OpenMP threads sleep (Linux / glibc).
+
+    * ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, 2 GiB)`` (the largest ``int``):
+      glibc otherwise returns every large activation buffer to the OS after each forward pass
+      (``munmap``) and page-faults it back in on the next (measured: 50 M minor faults per pair
+      of the six metrics on ResNet-50). The cost: the process keeps its peak heap (RSS stays at
+      its high-water mark).
+      Skipped when the user set ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` or preloads
+      another allocator (``LD_PRELOAD`` with jemalloc / tcmalloc), or on other C libraries.
+    * ``OMP_WAIT_POLICY=PASSIVE`` unless set: spinning OpenMP workers slow a loaded machine down
+      (measured 16x for one forward). Only effective before torch is first imported.
+
+    Returns:
+        What was applied, e.g. ``{"malloc": "mmap_max=0,trim_threshold=2GiB",
+        "OMP_WAIT_POLICY": "PASSIVE"}`` (empty when nothing was changed).
+    """
+    applied: dict[str, str] = {}
+    for key, value in THREAD_ENV.items():
+        if key not in os.environ and "torch" not in sys.modules:
+            os.environ[key] = value
+            applied[key] = value
+    if not sys.platform.startswith("linux"):
+        return applied
+    if any(k in os.environ for k in ALLOCATOR_ENV) or "malloc" in os.environ.get("LD_PRELOAD", ""):
+        return applied
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return applied  # musl and others: mallopt semantics differ
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+        ok &= libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)) == 1
+    except (OSError, AttributeError):
+        return applied
+    if ok:
+        applied["malloc"] = "mmap_max=0,trim_threshold=2GiB"
+    return applied
