@@ -554,6 +554,14 @@ def _fmt(v: float) -> str:
     return f"{v:+.3f}" if abs(v) >= 0.001 or v == 0 else f"{v:+.2e}"
 
 
+def deciding(comparisons: Sequence[dict[str, Any]], need: int) -> dict[str, Any] | None:
+    """The comparison that decides "reproduced": the ``need``-th highest lower bound (a claim
+    is reproduced exactly when that bound is above 0); None when there are fewer comparisons."""
+    ranked = sorted(comparisons, key=lambda c: -math.inf if c["low"] is None
+                    or math.isnan(c["low"]) else c["low"], reverse=True)
+    return ranked[need - 1] if 0 < need <= len(ranked) else None
+
+
 def render(out: Path, doc: Path) -> str:
     """docs/paper-claims.md from the JSON summaries in ``out``."""
     results = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
@@ -587,7 +595,10 @@ def render(out: Path, doc: Path) -> str:
         "**reproduced** when they do, **not reproduced** when that is impossible even if every",
         "undecided comparison went its way, **undecided** otherwise; across data sets it keeps",
         "the verdict all measured data sets agree on, and is **mixed** otherwise. Thresholds",
-        "such as \"most\" = 4 of 6 are stated per claim. \"n/a\": the claim needs labels or a",
+        "such as \"most\" = 4 of 6 are stated per claim. Each cell ends with the *deciding*",
+        "comparison: the one with the `need`-th highest lower bound, its mean and 95 % interval",
+        "(the claim is reproduced exactly when that interval lies above 0; every comparison is",
+        "listed under Details). \"n/a\": the claim needs labels or a",
         "classifier that the data set does not have. COCOA is measured on the `digits` model's",
         "backbone with its linear probe, ExCon on `cluttered-digits` (digits on photo clutter,",
         "[excon.md](excon.md)); both appear in the digits column.",
@@ -614,7 +625,12 @@ def render(out: Path, doc: Path) -> str:
                     continue
                 c = r["claims"][claim.id]
                 verdicts.append(c["verdict"])
-                cells.append(f"{VERDICT_MARK[c['verdict']]}: {c['summary']}")
+                cell = f"{VERDICT_MARK[c['verdict']]}: {c['summary']}"
+                d = deciding(c["comparisons"], c["need"])
+                if d is not None:
+                    cell += (f"; deciding: {_fmt(d['mean'])} [{_fmt(d['low'])}, "
+                             f"{_fmt(d['high'])}]")
+                cells.append(cell)
                 label = data if kind == "seed000" else r["data"]
                 details += [f"**{label}** ({c['summary']}; {VERDICT_MARK[c['verdict']]})"
                             + (f" {c['note']}" if c["note"] else ""), "",

@@ -57,6 +57,26 @@ def test_verdicts(claims):
     assert claims.overall(["undecided", "n/a"]) == "undecided"
 
 
+def test_deciding_comparison_decides_reproduced(claims):
+    """The page's deciding comparison: reproduced exactly when its interval lies above 0."""
+    from dataclasses import asdict
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(1, 7, (1,), generator=g))
+        need = int(torch.randint(1, n + 1, (1,), generator=g))
+        cmps = []
+        for k in range(n):
+            low = float(torch.randn(1, generator=g))
+            low = math.nan if k == 0 and n > 2 else low  # a comparison without an interval
+            cmps.append(claims.Comparison(f"c{k}", low + 0.1, low, low + 0.2, 2 if low == low
+                                          else 1))
+        result = claims.ClaimResult(cmps, need)
+        d = claims.deciding([asdict(c) for c in cmps], need)
+        assert (d["low"] > 0) == (result.verdict == "reproduced")
+    assert claims.deciding([], 1) is None
+
+
 def test_seed000_claims_on_made_up_values(claims):
     """A store where Conditional Occlusion is better than everything on every metric."""
     values = {}
