@@ -15,44 +15,31 @@ images x directions per call):
   chunks of ``batch_size`` images.
 
 B pairs are explained in one call (``--batch``): per-pair time falling with B shows the passes
-are batched across pairs.
+are batched across pairs. Times are the best of ``--repeats`` calls (``common.timed``: after a
+warm-up, unless the first call takes over 2 s); ``--clock cpu`` measures this process's CPU time,
+which on a loaded machine counts the work done rather than the time other processes held the
+cores (use it with ``--threads 1``).
 
 Usage:  python benchmarks/correspondence.py [--models digits,photos,resnet50] [--batch 1,4]
-        [--repeats 3] [--k 32] [--steps 32] [--threads 2]
+        [--repeats 3] [--k 32] [--steps 32] [--threads 2] [--clock wall|cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import time
+import sys
+from pathlib import Path
 
-import torch
-import torchvision
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import pairlens
-from pairlens.methods.registry import get_method
+import torch  # noqa: E402
+from common import load_benchmark_model, machine_line, set_clock, timed  # noqa: E402
+
+import pairlens  # noqa: E402
+from pairlens.methods.registry import get_method  # noqa: E402
+from pairlens.runtime import resolve_batch_size  # noqa: E402
 
 METHODS = ("feature-grid", "bilrp", "integrated-jacobians")
-
-
-def resnet50_model(size: int = 224) -> pairlens.SimilarityModel:
-    torch.manual_seed(0)
-    enc = torchvision.models.resnet50()
-    enc.fc = torch.nn.Identity()
-    return pairlens.SimilarityModel(enc, feature_layer="layer4", input_size=(size, size),
-                                    name="resnet50")
-
-
-def timed(fn, repeats: int) -> float:
-    """Best of ``repeats`` calls after a warm-up."""
-    fn()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def vjps(z: torch.Tensor, wrt: torch.Tensor, k: int, per_call: int) -> None:
@@ -66,7 +53,7 @@ def vjps(z: torch.Tensor, wrt: torch.Tensor, k: int, per_call: int) -> None:
 def floor_fn(model, name: str, params: dict, x1, x2, lrp: bool = False):
     """A plain-PyTorch function doing exactly the passes the method needs."""
     x = torch.cat([x1, x2])
-    bs = params["batch_size"]
+    bs = resolve_batch_size(params["batch_size"], x1, grad=True)  # the method's own default
 
     if name == "feature-grid":
         def run():
@@ -114,18 +101,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--k", type=int, default=None,
                     help="embedding directions of bilrp / integrated-jacobians (default: theirs)")
     ap.add_argument("--steps", type=int, default=None, help="integrated-jacobians path steps")
-    ap.add_argument("--size", type=int, default=224, help="ResNet-50 input size")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall time, or this process's CPU time (one-thread runs on a loaded "
+                    "machine)")
     args = ap.parse_args(argv)
+    set_clock(args.clock)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{machine_line()}, clock {args.clock}")
     print("| model | method | pairs per call | s / pair | floor s / pair | ratio | "
           "zennit floor s / pair | ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     rows = []
     for model_name in args.models.split(","):
-        model = (resnet50_model(args.size) if model_name == "resnet50"
-                 else pairlens.load_model(model_name))
+        model = load_benchmark_model(model_name)  # resnet50: random weights, 224 px
         h, w = model.input_size
         for b in (int(v) for v in args.batch.split(",")):
             g = torch.Generator().manual_seed(0)

@@ -421,6 +421,7 @@ def test_demo_correspondence_click_shows_the_matches(page):
     assert "completeness error" in page.locator("#pl-summary").inner_text()
     view = page.locator("#pl-match2 img").first
     view.wait_for(state="visible")
+    view.scroll_into_view_if_needed()
     before = page.locator("#pl-match1 img").first.get_attribute("src")
     box = view.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.8, box["y"] + box["height"] * 0.2)
@@ -428,3 +429,18 @@ def test_demo_correspondence_click_shows_the_matches(page):
     page.wait_for_function(
         "old => { const i = document.querySelector('#pl-match1 img');"
         " return i !== null && i.getAttribute('src') !== old; }", arg=before)
+    # and back: a click on image 1 (lower left) redraws image 2's view; the clicked pixel of the
+    # 32-px model input is in the lower-left quarter (not transposed or mirrored)
+    assert "target" in page.locator("#pl-summary").inner_text()
+    view1 = page.locator("#pl-match1 img").first
+    before2 = page.locator("#pl-match2 img").first.get_attribute("src")
+    view1.scroll_into_view_if_needed()  # the views sit low on the page: bring them on screen
+    box = view1.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
+    status = _wait_status(page, r"Matches of image 1|could not")
+    match = re.search(r"Matches of image 1, pixel \(row (\d+), col (\d+)\)", status)
+    assert match, status
+    assert int(match.group(1)) >= 16 and int(match.group(2)) < 16  # the lower-left quarter
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#pl-match2 img');"
+        " return i !== null && i.getAttribute('src') !== old; }", arg=before2)

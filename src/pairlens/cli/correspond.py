@@ -100,6 +100,8 @@ def run_correspond(args: argparse.Namespace) -> int:
     grid = None if args.grid is None else get_method(names[0]).specs["grid"].coerce(
         args.grid, "--grid")
     params = method_params(names, args.param)
+    if grid is not None and any("grid" in p for p in params.values()):
+        raise ValueError("give the grid once: --grid G or --param [METHOD.]grid=G, not both")
     images = [load_image(path) for path in args.images]  # fail early on a bad file
     model = load_cli_model(args.model, args.checkpoint, args.embedding, args.device)
     x1, x2, sources = load_pair(model, images, args.images)
@@ -107,13 +109,14 @@ def run_correspond(args: argparse.Namespace) -> int:
     report = {"out": str(out), "model": model.name, "sources": list(sources), "methods": {}}
     with progress_bars(not (args.quiet or args.json)):
         for name in track(names, desc="methods"):
-            exp = pairlens.correspond(model, x1, x2, method=name, grid=grid, sources=sources,
-                                      **params[name])
+            given = {"grid": grid, **params[name]}  # --param grid=G: that method's grid
+            exp = pairlens.correspond(model, x1, x2, method=name, sources=sources, **given)
             written = exp.save(out, stem=name, top=args.top)
             top = exp.top_matches(k=args.top)
             report["methods"][name] = {
                 "similarity": float(exp.score[0]),
                 "grid": [list(g) for g in exp.grids],
+                "target": float(exp.extras["target"][0]),
                 "completeness_error": float(exp.extras["completeness_error"][0]),
                 "seconds": exp.seconds,
                 "files": [str(p) for p in written],
@@ -121,7 +124,8 @@ def run_correspond(args: argparse.Namespace) -> int:
             }
             if not args.json:
                 (h1, w1), (h2, w2) = exp.grids
-                print(f"{name:22s} similarity {float(exp.score[0]):.4f}  completeness error "
+                print(f"{name:22s} similarity {float(exp.score[0]):.4f}  target "
+                      f"{float(exp.extras['target'][0]):.4f}  completeness error "
                       f"{float(exp.extras['completeness_error'][0]):+.4f}  {exp.seconds:6.2f} s  "
                       f"-> {out / (name + '.png')}")
                 for i, j, v in top[:5]:

@@ -558,9 +558,11 @@ def summary_markdown(run: PairRun, model_label: str) -> str:
     )
     if isinstance(exp, PairCorrespondence) and "completeness_error" in exp.extras:
         (h1, w1), (h2, w2) = exp.grids
+        target = exp.extras.get("target")
         text += (f" · {h1}x{w1} by {h2}x{w2} regions, relevance sum "
-                 f"{float(exp.relevance[0].sum()):.4f} (completeness error "
-                 f"{float(exp.extras['completeness_error'][0]):+.4f})")
+                 f"{float(exp.relevance[0].sum()):.4f} ("
+                 + (f"target {float(target[0]):.4f}, " if target is not None else "")
+                 + f"completeness error {float(exp.extras['completeness_error'][0]):+.4f})")
     return text
 
 

@@ -155,6 +155,16 @@ def as_grid(grid: GridLike | list[int], what: str = "grid") -> tuple[int, int] |
     return rows, cols
 
 
+def check_grid_fits(grid: tuple[int, int], size: tuple[int, int], what: str = "grid") -> None:
+    """Raise ``ValueError`` if ``grid`` (rows, cols) is finer than an image of ``size`` (H, W)
+    pixels: every region must hold at least one pixel (finer regions would be empty or split
+    pixels, and mean nothing)."""
+    (rows, cols), (h, w) = grid, size
+    if rows > h or cols > w:
+        raise ValueError(f"{what} {rows}x{cols} is finer than the {h}x{w}-pixel image: every "
+                         "region needs at least one pixel")
+
+
 def area_matrix(n_from: int, n_to: int, device: torch.device | None = None) -> Tensor:
     """(n_to, n_from) matrix moving values from ``n_from`` equal intervals of [0, 1) to ``n_to``:
     entry (t, f) is the share of source interval f that lies in target interval t, so every

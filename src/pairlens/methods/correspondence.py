@@ -50,7 +50,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import as_grid, pair_generators, regrid, upsample
+from pairlens.methods.common import as_grid, check_grid_fits, pair_generators, regrid, upsample
 from pairlens.methods.registry import NotApplicableError, PairRelevance, register_method
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_embeddings
 from pairlens.runtime import resolve_batch_size
@@ -66,6 +66,9 @@ BatchSize = Annotated[int, Range(1)] | None
 
 #: grid used by default when the model has no feature layer.
 DEFAULT_GRID = (7, 7)
+#: most region pairs per image pair (h1*w1 x h2*w2): 2**26 float32 values are 256 MiB of
+#: relevance per pair (a 90 x 90 grid on both images); finer grids would exhaust memory.
+MAX_REGION_PAIRS = 2**26
 
 
 # ---------------------------------------------------------------------- shared pieces
@@ -84,7 +87,8 @@ def bilinear_scale(model: SimilarityModel, z1: Tensor, z2: Tensor) -> Tensor:
         return torch.where(norms > COSINE_EPS, 1.0 / norms.clamp(min=COSINE_EPS), 0.0)
     raise ValueError(
         f"correspondence methods decompose a bilinear similarity (cosine or dot); model "
-        f"{model.name!r} compares embeddings with {name!r}"
+        f"{model.name!r} compares embeddings with {name!r} (first-order methods work with any "
+        "similarity)"
     )
 
 
@@ -145,6 +149,19 @@ def resolve_grid(
     with torch.no_grad():
         _, a = model.embed_with_features(x[:1], tower)
         return tuple(model.to_grid(a, tuple(x.shape[-2:]), tower).shape[-2:])  # type: ignore
+
+
+def check_grids(grids: Sequence[tuple[int, int]], size: tuple[int, int]) -> None:
+    """Raise ``ValueError`` if a region grid is finer than the ``size`` (H, W) pixels or the
+    relevance would exceed :data:`MAX_REGION_PAIRS` region pairs per image pair."""
+    for g in grids:
+        check_grid_fits(g, size)
+    (h1, w1), (h2, w2) = grids
+    if h1 * w1 * h2 * w2 > MAX_REGION_PAIRS:
+        raise ValueError(
+            f"grid {h1}x{w1} gives {h1 * w1} x {h2 * w2} region pairs per image pair, more than "
+            f"the {MAX_REGION_PAIRS:,} (256 MiB of relevance) allowed; use a coarser grid"
+        )
 
 
 def direction(u: Tensor | None, m: int, rows: Tensor, d: int) -> Tensor:
@@ -255,7 +272,8 @@ def feature_grid(
         :class:`PairRelevance` on ``grid``; marginal maps upsampled from the feature grid.
 
     Raises:
-        ValueError: no feature layer, a non-bilinear similarity, ``k < 2``.
+        ValueError: no feature layer, a non-bilinear similarity, ``k < 2``, a ``grid`` finer
+            than the pixels or too fine (:func:`check_grids`).
     """
     from pairlens.models.hooks import replaced_output
 
@@ -264,6 +282,8 @@ def feature_grid(
             raise ValueError(f"model {model.name!r} has no feature_layer"
                              f"{'2' if t == 2 else ''}; feature-grid needs one")
     size = tuple(x1.shape[-2:])
+    if grid is not None:
+        check_grids((as_grid(grid),) * 2, size)
     b = x1.shape[0]
     batch_size = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2) if k is not None else []
@@ -351,12 +371,13 @@ def bilrp(
 
     Raises:
         ValueError: a non-bilinear similarity; layers zennit has no rule for (transformers);
-            an LRP view that does not reproduce the model's embedding.
+            an LRP view that does not reproduce the model's embedding; a ``grid`` finer than
+            the pixels or too fine (:func:`check_grids`).
     """
     from pairlens.models.lrp import lrp_embedding, unsupported_layers
 
     for t in (1, 2):
-        bad = unsupported_layers(model, t)
+        bad = unsupported_layers(model, t, x1 if t == 1 else x2)
         if bad:
             raise NotApplicableError(
                 f"LRP (zennit) has no rules for the {', '.join(bad)} layers of model "
@@ -365,6 +386,7 @@ def bilrp(
             )
     size = tuple(x1.shape[-2:])
     grids = (resolve_grid(model, grid, x1, 1), resolve_grid(model, grid, x2, 2))
+    check_grids(grids, size)
     b = x1.shape[0]
     batch_size = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2) if k is not None else []
@@ -375,7 +397,7 @@ def bilrp(
     u, w = embedding_directions(z1, z2, k, gens)
     e = [torch.empty(b, w.shape[1], *size, device=x1.device) for _ in range(2)]
     for t, x, z_model in ((1, x1, z1), (2, x2, z2)):
-        with lrp_embedding(model, tower=t, gamma=gamma, epsilon=epsilon) as view:
+        with lrp_embedding(model, tower=t, gamma=gamma, epsilon=epsilon, x=x) as view:
             for sl in _chunks(b, batch_size, 1):
                 xx = x[sl].detach().requires_grad_(True)
                 with torch.enable_grad():
@@ -451,17 +473,19 @@ def integrated_jacobians(
         reference: ``"blur"`` (default), ``"black"`` or ``"zero"`` (model-input space). The
             authors' reference is a neutral input (padding tokens); for images the blurred image
             is the nearer neutral input: on the bundled photos pair the completeness error at 16
-            steps was -0.04 from the blur and -2.9 from black (target 0.67 and 3.5).
+            steps was -0.04 from the blur and -2.5 from black (target 0.67 and 3.5).
         seed: seeds the random directions (only used when ``k < D``).
         batch_size: images per forward pass (path points of several images are batched; None:
             the device-aware default).
 
     Raises:
-        ValueError: a non-bilinear similarity, ``steps < 1``, ``k < 2``, a bad reference.
+        ValueError: a non-bilinear similarity, ``steps < 1``, ``k < 2``, a bad reference, a
+            ``grid`` finer than the pixels or too fine (:func:`check_grids`).
     """
     steps = int(steps)
     size = tuple(x1.shape[-2:])
     grids = (resolve_grid(model, grid, x1, 1), resolve_grid(model, grid, x2, 2))
+    check_grids(grids, size)
     b = x1.shape[0]
     batch_size = resolve_batch_size(batch_size, x1, grad=True)
     xs = (x1.detach(), x2.detach())

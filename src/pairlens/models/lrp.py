@@ -18,8 +18,8 @@ relevance ``R_z``. This module builds the model view, canonizers and rules used 
   The authors' VGG-16 has no batch norm. Merging batch norms into the preceding convolution or
   linear layer (zennit's ``SequentialMergeBatchNorm``) gives them biases of the size of the
   activations' running means, which then absorb or amplify relevance almost arbitrarily: on the
-  bundled ``photos`` model 1 % of the embedding's relevance reached the pixels with merging,
-  97 % without (the rest is the final linear layer's bias).
+  bundled cat pair and ``photos`` model 2 % and -3 % of the embedding's relevance reached the
+  pixels with merging, 97 % and 95 % without (``benchmarks/bilrp_batchnorm.py``).
 
 zennit has no rules for LayerNorm, attention or the residual streams of transformers; models that
 contain them are refused with a clear message rather than explained wrongly.
@@ -97,17 +97,34 @@ def _canonizers() -> list:
             AttributeCanonizer(bundled_blocks)]
 
 
-def unsupported_layers(model: SimilarityModel, tower: int = 1) -> list[str]:
-    """Names of the layer types of ``tower`` that zennit has no LRP rule for (empty: supported)."""
+def unsupported_layers(
+    model: SimilarityModel, tower: int = 1, x: Tensor | None = None
+) -> list[str]:
+    """Names of the layer types of ``tower`` that zennit has no LRP rule for (empty: supported).
+
+    With ``x`` (a (B, C, H, W) batch in model-input space), only the layers that run in a forward
+    pass of ``x[:1]`` count: a module that is defined but unused (an encoder's spare LayerNorm)
+    does not stop LRP, and one that runs does."""
     t = model.tower(tower)
     modules = [*t.encoder.modules(), *t.head.modules()]
-    return sorted({type(m).__name__ for m in modules if isinstance(m, UNSUPPORTED)
-                   or "Attention" in type(m).__name__})
+    bad = [m for m in modules if isinstance(m, UNSUPPORTED) or "Attention" in type(m).__name__]
+    if bad and x is not None:
+        ran: set[int] = set()
+        handles = [m.register_forward_hook(lambda mod, _i, _o: ran.add(id(mod))) for m in bad]
+        try:
+            with torch.no_grad():
+                model.embed(x[:1], tower)
+        finally:
+            for h in handles:
+                h.remove()
+        bad = [m for m in bad if id(m) in ran]
+    return sorted({type(m).__name__ for m in bad})
 
 
 @contextmanager
 def lrp_embedding(
-    model: SimilarityModel, tower: int = 1, gamma: float = 0.25, epsilon: float = 1e-6
+    model: SimilarityModel, tower: int = 1, gamma: float = 0.25, epsilon: float = 1e-6,
+    x: Tensor | None = None,
 ) -> Iterator[nn.Module]:
     """A copy of the embedding function of ``tower`` whose backward pass is LRP (see module
     docstring).
@@ -118,7 +135,8 @@ def lrp_embedding(
     pass, so several backward passes of one forward pass (``retain_graph=True``) are allowed.
 
     Raises:
-        ValueError: the tower has layers without an LRP rule (:func:`unsupported_layers`).
+        ValueError: the tower has layers without an LRP rule (:func:`unsupported_layers`; with
+            ``x``, among the layers that run on ``x``).
         ImportError: zennit is not installed.
     """
     try:
@@ -126,7 +144,7 @@ def lrp_embedding(
     except ModuleNotFoundError as err:
         raise ImportError("LRP needs zennit: pip install 'pairlens[lrp]'") from err
 
-    bad = unsupported_layers(model, tower)
+    bad = unsupported_layers(model, tower, x)
     if bad:
         raise ValueError(f"LRP (zennit) has no rules for the {', '.join(bad)} layers of model "
                          f"{model.name!r}")
