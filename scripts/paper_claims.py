@@ -655,7 +655,9 @@ def render(out: Path, doc: Path) -> str:
     lines += ["Every number on this page comes from these commands (run from the repository root;",
               "each wrote one JSON file in `docs/data/claims/`, which holds the command again, the",
               "sizes, the run time and every comparison), then",
-              "`python scripts/paper_claims.py render`:", ""]
+              "`python scripts/paper_claims.py render`. The seed 000 steps resume their store",
+              "(`runs/claims/`): a run that extended an earlier one to more pairs reports only",
+              "its own seconds. The machine was a 2-core CPU shared with other jobs.", ""]
     for name, r in results.items():
         first = [f"  {r['produced_by']}  # the study (also docs/excon.md)"] \
             if r.get("produced_by") else []
