@@ -99,6 +99,44 @@ def timed(fn, repeats: int, min_total: float = 1.0, device: torch.device | None 
     return best
 
 
+def timed_together(fns, repeats: int, min_total: float = 1.0,
+                   device: torch.device | None = None, rounds: int = 5) -> list[float]:
+    """Best time of one call of each function of ``fns``, measured in interleaved blocks so that
+    a change of machine load during the run affects every function alike (the ratios of the
+    results are the point): each of ``rounds`` rounds calls every function in turn for a block
+    of about ``min_total / rounds`` seconds (at least once, and at least ``repeats`` calls over
+    the whole run). Calls within a block follow each other, so caches and the allocator are as
+    warm as in a user's loop. A first (warm-up) call longer than ``2 * min_total`` seconds counts
+    as a run, as in :func:`timed`."""
+    device = device or torch.device("cpu")
+    n = len(fns)
+    best, spent, runs = [math.inf] * n, [0.0] * n, [0] * n
+
+    def run(i: int) -> float:
+        sync(device)
+        start = now()
+        fns[i]()
+        sync(device)
+        elapsed = now() - start
+        best[i], spent[i], runs[i] = min(best[i], elapsed), spent[i] + elapsed, runs[i] + 1
+        return elapsed
+
+    for i in range(n):  # warm-up: measured, counted only when long
+        if run(i) <= 2 * min_total:
+            best[i], spent[i], runs[i] = math.inf, 0.0, 0
+    block = min_total / rounds
+    for r in range(rounds):
+        for i in range(n):
+            if runs[i] >= repeats and spent[i] >= min_total:
+                continue
+            target = spent[i] + block
+            while True:
+                run(i)
+                if spent[i] >= target and runs[i] >= math.ceil(repeats * (r + 1) / rounds):
+                    break
+    return best
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB.
 

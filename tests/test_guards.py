@@ -14,6 +14,8 @@ from pairlens.models.similarity import (
     BlankGradientError,
     NonFiniteError,
     ZeroEmbeddingError,
+    all_finite,
+    check_all_finite,
     resolve_device,
 )
 
@@ -69,6 +71,34 @@ def test_identical_images_with_a_stationary_similarity_are_an_error(square):
     assert occ.maps[0].abs().sum() > 0  # perturbation methods still explain it
 
 
+def test_one_stationary_pair_in_a_batch_is_named(square):
+    x1, x2 = pair_batch(3)
+    x2[1] = x1[1]  # pair 1 only: the fast all-clear test fails, the exact checks name the pair
+    for method in ("input-x-gradient", "grad-cam"):
+        with pytest.raises(BlankGradientError, match=r"pair\(s\) \[1\]"):
+            pairlens.explain(square, x1, x2, method=method)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_all_finite_agrees_with_the_elementwise_test(dtype):
+    big = torch.finfo(dtype).max
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.empty(0, dtype=dtype), torch.randn(50, generator=g).to(dtype),
+             torch.full((8,), big / 2, dtype=dtype),  # finite, but the sum overflows
+             torch.tensor([big, -big, big], dtype=dtype)]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(50, generator=g).to(dtype)
+        t[17] = bad
+        cases.append(t)
+    cases.append(torch.tensor([float("inf"), -float("inf"), 1.0], dtype=dtype))  # sums to NaN
+    for t in cases:
+        expected = bool(torch.isfinite(t).all())
+        assert all_finite(t) is expected, t
+        assert all_finite(torch.ones(3), t) is expected
+    with pytest.raises(NonFiniteError, match="the second"):
+        check_all_finite((torch.ones(2), "the first"), (cases[-1], "the second"))
+
+
 # ---------------------------------------------------------------- zero embeddings
 class Broken(nn.Module):
     """A model whose checkpoint conversion went wrong: every embedding is 0."""
@@ -104,6 +134,22 @@ def test_nan_embeddings_are_still_caught():
     model = pairlens.SimilarityModel(NaN(), input_size=(8, 8))
     with pytest.raises(NonFiniteError):
         pairlens.explain(model, *pair_batch(1, 8), method="conditional-occlusion")
+
+    class NaNFeatures(nn.Module):  # a NaN in one embedding only, after the feature layer
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            z = self.conv(x).mean((2, 3))
+            return z / (x[:, :1, 0, 0] > -10).float()  # NaN-free ...
+
+    model = pairlens.SimilarityModel(NaNFeatures(), feature_layer="conv", input_size=(8, 8))
+    x1, x2 = pair_batch(2, 8)
+    x2[1, :, 0, 0] = -100.0  # ... except 0/0 or z/0 for pair 1's image 2
+    for method in ("grad-cam", "input-x-gradient"):
+        with pytest.raises((NonFiniteError, ZeroEmbeddingError)):
+            pairlens.explain(model, x1, x2, method=method)
 
 
 # ---------------------------------------------------------------- train mode

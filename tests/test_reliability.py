@@ -98,6 +98,43 @@ def test_every_parameter_and_the_seed_are_in_the_key(tmp_path):
                              "seed": 0} and smooth.label == "smoothgrad"
 
 
+def test_batch_size_is_not_part_of_the_key_a_pair_explained_at_two_sizes_is_one_row(tmp_path):
+    """Images per forward pass change no result (per-pair generators): the pair explained at
+    batch size 2 is found, not recomputed, at batch size 6, and its stored values are the ones a
+    fresh run at batch size 6 computes."""
+    model = square_model()
+    pairs = PairSet(model, "digits", "augmented", n=2, seed=0)
+    metrics = ["SI", "SD"]
+    for name in ("smoothgrad[n_samples=4]", "grad-cam"):  # a stochastic and a gradient method
+        with ResultStore(tmp_path / "b.db") as store:
+            first = run_evaluation(model, "square", pairs,
+                                   parse_methods(name, [f"{name.split('[')[0]}.batch_size=2"]),
+                                   metrics, store, step=128, progress=False)
+            assert first.computed_pairs == 2
+            again = run_evaluation(model, "square", pairs,
+                                   parse_methods(name, [f"{name.split('[')[0]}.batch_size=6"]),
+                                   metrics, store, step=128, progress=False)
+            loop_level = run_evaluation(model, "square", pairs, parse_methods(name), metrics,
+                                        store, step=128, batch_size=6, progress=False)
+        assert (again.computed_pairs, again.skipped_pairs) == (0, 2)
+        assert (loop_level.computed_pairs, loop_level.skipped_pairs) == (0, 2)
+        with ResultStore(tmp_path / f"fresh-{len(name)}.db") as store:
+            run_evaluation(model, "square", pairs, parse_methods(name), metrics, store,
+                           step=128, batch_size=6, progress=False)
+        sql = "SELECT method, params, pair_id, metric, value FROM results ORDER BY 1, 2, 3, 4"
+        stored = [r for r in rows(tmp_path / "b.db", sql) if name.startswith(r[0])]
+        fresh = rows(tmp_path / f"fresh-{len(name)}.db", sql)
+        assert [r[:4] for r in stored] == [r[:4] for r in fresh]
+        np.testing.assert_allclose([r[4] for r in stored], [r[4] for r in fresh], rtol=1e-4,
+                                   atol=1e-6)
+    assert {r[0] for r in rows(tmp_path / "b.db", "SELECT DISTINCT label FROM pairs_done")} == {
+        "smoothgrad[n_samples=4]", "grad-cam"}
+    assert all('"batch_size":null' in r[0]
+               for r in rows(tmp_path / "b.db", "SELECT DISTINCT params FROM results"))
+    # variants that differ only in batch_size are one variant
+    assert len(parse_methods("grad-cam[batch_size=2],grad-cam[batch_size=4],grad-cam")) == 1
+
+
 def _bundle_with_offset(src: Path, dst: Path, offset: float) -> Path:
     state = torch.load(src, weights_only=True)
     state["projector"] = {k: v + offset if v.is_floating_point() else v

@@ -23,7 +23,12 @@ from pairlens.methods.registry import (
     get_method,
     method_infos,
 )
-from pairlens.models.similarity import SimilarityModel, check_finite, evaluating
+from pairlens.models.similarity import (
+    SimilarityModel,
+    check_all_finite,
+    check_finite,
+    evaluating,
+)
 
 
 @dataclass(frozen=True)
@@ -351,11 +356,14 @@ def _run(
     if score is None:
         with torch.no_grad():
             score = model.similarity(x1, x2)
-    check_finite(score, f"the similarity (embeddings of model {model.name!r})")
     for m, which in ((map1, "1"), (map2, "2")):
         if m.shape != (x1.shape[0], x1.shape[2], x1.shape[3]):
             raise RuntimeError(f"method {info.name} returned map {which} of shape {tuple(m.shape)}")
-        check_finite(m, f"the {info.name} map of image {which}")
+    check_all_finite(  # one device sync for the three
+        (score, f"the similarity (embeddings of model {model.name!r})"),
+        (map1, f"the {info.name} map of image 1"),
+        (map2, f"the {info.name} map of image 2"),
+    )
     return map1.detach().float(), map2.detach().float(), score.detach().float(), relevance
 
 

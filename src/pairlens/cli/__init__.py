@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "pairlens.cli.evaluate",  # evaluate, report
     "pairlens.cli.corpus",  # corpus
     "pairlens.cli.demo",  # demo
+    "pairlens.cli.analyze",  # analyze augmentations|invert|texture|harmful-augmentations|...
 )
 
 

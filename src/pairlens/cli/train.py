@@ -24,6 +24,7 @@ TRAIN_EXAMPLES = """examples:
   pairlens train simclr --data digits --arch digits-cnn --epochs 30 --out runs/digits --resume
   pairlens train simclr --data composites --epochs 40 --steps-per-epoch 100 --batch-size 24 \
       --distractors 1 --out runs/composites   (positives = two scenes sharing an object)
+  pairlens train cross-entropy --data digits --arch digits-cnn --epochs 15 --out runs/digits-ce
 """
 
 _train_sub: argparse._SubParsersAction | None = None
@@ -62,6 +63,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from pairlens.cli.excon import add_modes  # supcon, supcon-ori, excon, exconb
 
     add_modes(_train_sub)
+    ce = add_mode(
+        "cross-entropy",
+        run_cross_entropy,
+        help="supervised classifier (cross-entropy, crop-only views): a contrastive model's twin",
+        description="Plain supervised training: backbone + linear classifier, cross-entropy on "
+        "one random resized crop per image (no colour jitter, grayscale or blur). Used for the "
+        "supervised twin of a contrastive model (same --arch), e.g. for pairlens analyze invert. "
+        "model.pt holds the classifier; its only embedding is the backbone.",
+    )
+    for action in ce._actions:
+        if action.dest == "data":
+            action.help = ("digits | cluttered-digits | photos (one class per training photo) | "
+                           "DIR (one sub-folder per class)")
+    ce.add_argument("--data-seed", type=argtype("int", 0), default=0,
+                    help="seed of the train / val / test split (default: %(default)s)")
 
 
 def add_mode(
@@ -174,7 +190,7 @@ def run_simclr(args: argparse.Namespace) -> int:
 
     from pairlens.models.bundled import get_architecture
     from pairlens.training.augment import AugmentConfig
-    from pairlens.training.simclr import TrainConfig, train_simclr
+    from pairlens.training.simclr import train_simclr
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,13 +203,7 @@ def run_simclr(args: argparse.Namespace) -> int:
     images, labels, described = load_training_data(args.data, load_size, "train", args.seed,
                                                     bad=bad)
     augment = AugmentConfig.digits() if args.data == "digits" else AugmentConfig.photos()
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, temperature=args.temperature,
-        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-        data=args.data, image_size=args.image_size,
-    )
+    config = train_config(args)
     record_skipped(args.out, bad)
     hooks = []
     val = None
@@ -220,15 +230,9 @@ def run_simclr(args: argparse.Namespace) -> int:
 def run_shared_object(args: argparse.Namespace) -> int:
     """``pairlens train simclr --data composites``: positives = scenes sharing an object."""
     from pairlens.training.composites import train_shared_object
-    from pairlens.training.simclr import TrainConfig
 
     arch_name = args.arch or "resnet-mini-64"
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, temperature=args.temperature,
-        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
-    )
+    config = train_config(args)
     print(f"training {arch_name} on composites scenes (positives share an object); "
           f"output in {args.out}")
     _, log = train_shared_object(arch_name, config, n_distractors=args.distractors)
@@ -256,6 +260,70 @@ def attach_removal_drops(model_path: Path, n_pairs: int = 200, seed: int = 1) ->
     state.setdefault("meta", {}).update(out)
     _atomic_torch_save(state, model_path)
     return out
+
+
+def train_config(args: argparse.Namespace):
+    """The :class:`~pairlens.training.simclr.TrainConfig` of the common training options."""
+    from pairlens.training.simclr import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, temperature=args.temperature,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        out=args.out, resume=args.resume, device=args.device, progress=not args.quiet,
+        data=args.data, image_size=args.image_size,
+    )
+
+
+def run_cross_entropy(args: argparse.Namespace) -> int:
+    import torch
+
+    from pairlens.cli.excon import default_arch, load_labelled_data
+    from pairlens.models.bundled import get_architecture
+    from pairlens.training.augment import AugmentConfig
+    from pairlens.training.classify import supervised_augment, train_cross_entropy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    arch_name = args.arch or default_arch(args.data)
+    arch = get_architecture(arch_name)
+    load_size = args.image_size or round(arch.input_size[0] / 0.7)
+    if args.data == "photos":  # instance classification: one class per training photo
+        from pairlens.data import bundled
+
+        images, labels, _ = load_training_data("photos", load_size)
+        # the held-out stereo view of motorcycle_left is the only unseen image of a class
+        val_images = bundled.photos_tensor(load_size, ("motorcycle_right",))[0]
+        val_labels = torch.tensor([bundled.TRAIN_PHOTOS.index("motorcycle_left")])
+        test_images, test_labels = val_images, val_labels
+    else:
+        images, labels = load_labelled_data(args.data, "train", args.data_seed, load_size)
+        val_images, val_labels = load_labelled_data(args.data, "val", args.data_seed, load_size)
+        test_images, test_labels = load_labelled_data(args.data, "test", args.data_seed,
+                                                      load_size)
+    digits_like = args.data in ("digits", "cluttered-digits")
+    config = train_config(args)
+    print(f"training {arch_name} with cross-entropy on {args.data} ({len(images)} train, "
+          f"{len(val_images)} val images); output in {args.out}")
+    net, classifier, log = train_cross_entropy(
+        _float01(images), labels, _float01(val_images), val_labels, arch_name, config,
+        augment=supervised_augment(AugmentConfig.digits() if digits_like
+                                   else AugmentConfig.photos()),
+    )
+    from pairlens.training.classify import ClassifierNet, accuracy
+
+    test_acc = accuracy(ClassifierNet(net.backbone, classifier), _float01(test_images),
+                        test_labels, arch.mean, arch.std, size=arch.input_size)
+    print(json.dumps({"epochs": len(log), "final_loss": log[-1]["loss"] if log else None,
+                      "val_accuracy": log[-1].get("val_accuracy") if log else None,
+                      "test_accuracy": test_acc}, indent=2))
+    return 0
+
+
+def _float01(images):
+    import torch
+
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
 
 
 def bad_files(args: argparse.Namespace):

@@ -115,16 +115,17 @@ def by_pairs(
 
 @torch.no_grad()
 def pair_embeddings(
-    model, x1: Tensor, x2: Tensor, batch_size: int | None = None
+    model, x1: Tensor, x2: Tensor, batch_size: int | None = None, check: bool = True
 ) -> tuple[Tensor, Tensor]:
     """Embeddings z1, z2 (B, D) of the unaltered pairs, at most ``batch_size`` images per forward
     pass (image 1 through tower 1, image 2 through tower 2; None: the device-aware default).
-    Raises like :meth:`~pairlens.models.similarity.SimilarityModel.embed_pair` for a non-finite
-    or all-zero embedding."""
+    With ``check``, raises like :meth:`~pairlens.models.similarity.SimilarityModel.embed_pair`
+    for a non-finite or all-zero embedding."""
     per = max(1, resolve_batch_size(batch_size, x1) // 2)
     if per >= len(x1):
-        return model.embed_pair(x1, x2)
-    parts = [model.embed_pair(x1[i : i + per], x2[i : i + per]) for i in range(0, len(x1), per)]
+        return model.embed_pair(x1, x2, check=check)
+    parts = [model.embed_pair(x1[i : i + per], x2[i : i + per], check=check)
+             for i in range(0, len(x1), per)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 

@@ -50,7 +50,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from pairlens.methods.common import as_grid, check_grid_fits, pair_generators, regrid, upsample
+from pairlens.methods.common import (
+    as_grid,
+    check_grid_fits,
+    pair_embeddings,
+    pair_generators,
+    regrid,
+    upsample,
+)
 from pairlens.methods.registry import NotApplicableError, PairRelevance, register_method
 from pairlens.models.similarity import COSINE_EPS, SimilarityModel, check_embeddings
 from pairlens.runtime import resolve_batch_size
@@ -293,29 +300,37 @@ def feature_grid(
     for sl in _chunks(b, batch_size, 2):
         xs = (x1[sl].detach(), x2[sl].detach())
         n = xs[0].shape[0]
-        zr = []
+        # a one-tower model takes both images of the chunk in one pass (forward and backward)
+        one = not model.two_towers and xs[0].shape[1:] == xs[1].shape[1:]
+        runs = [(torch.cat(xs), 1)] if one else list(zip(xs, (1, 2), strict=True))
         with torch.no_grad():
-            for t, x in zip((1, 2), xs, strict=True):
+            zr = []
+            for x, t in runs:
                 tw = model.tower(t)
                 with replaced_output(tw.encoder.get_submodule(tw.feature_layer), torch.zeros_like):
                     zr.append(model.embed(x, t))
+            zr = list(zr[0].split(n)) if one else zr
+        rows = torch.arange(n, device=x1.device)
         with torch.enable_grad():
-            graphs = []
-            for t, x in zip((1, 2), xs, strict=True):
-                graphs.append(model.embed_with_features(x.requires_grad_(True) if frozen else x, t))
-            z1, z2 = graphs[0][0].detach(), graphs[1][0].detach()
+            graphs = [model.embed_with_features(x.requires_grad_(True) if frozen else x, t)
+                      for x, t in runs]
+            zs = graphs[0][0].detach().split(n) if one else [g[0].detach() for g in graphs]
+            z1, z2 = zs[0], zs[1]
             check_embeddings(z1, "image 1", model.name, z2)
             c = bilinear_scale(model, z1, z2)
             u, w = embedding_directions(z1 - zr[0], z2 - zr[1], k, gens[sl] if gens else [])
-            rows = torch.arange(n, device=x1.device)
             es = []
-            for t, (z, a) in zip((1, 2), graphs, strict=True):
+            for (z, a), (_, t) in zip(graphs, runs, strict=True):
                 act = model.to_grid(a.detach(), size, t)
-                e = torch.empty(n, w.shape[1], *act.shape[-2:], device=x1.device)
-                for m0, g in directional_grads(z, a, u, rows, batch_size):
+                e = torch.empty(len(z), w.shape[1], *act.shape[-2:], device=x1.device)
+                # directions of pair i for image i of either view; as many images per backward
+                # pass as with one view per pass
+                own = rows.repeat(len(z) // n)
+                for m0, g in directional_grads(z, a, u, own, max(1, batch_size * n // len(z))):
                     grid_g = model.to_grid(g.flatten(0, 1), size, t).unflatten(0, g.shape[:2])
                     e[:, m0 : m0 + len(g)] = (grid_g * act).sum(2).transpose(0, 1)
                 es.append(e)
+            es = list(es[0].split(n)) if one else es
         natives = (tuple(es[0].shape[-2:]), tuple(es[1].shape[-2:]))
         grids = (as_grid(grid) or natives[0], as_grid(grid) or natives[1])
         rel, (m1, m2) = assemble(es[0], es[1], w, c, grids, size)
@@ -391,7 +406,7 @@ def bilrp(
     batch_size = resolve_batch_size(batch_size, x1, grad=True)
     gens = pair_generators(seed, x1, x2) if k is not None else []
     with torch.no_grad():
-        z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
+        z1, z2 = pair_embeddings(model, x1, x2, batch_size)  # checked; batch_size images a pass
     s = model.embedding_similarity(z1, z2)
     c = bilinear_scale(model, z1, z2)
     u, w = embedding_directions(z1, z2, k, gens)
@@ -491,8 +506,9 @@ def integrated_jacobians(
     xs = (x1.detach(), x2.detach())
     refs = tuple(reference_image(model, x, reference, t) for t, x in zip((1, 2), xs, strict=True))
     with torch.no_grad():
-        z1, z2 = model.embed_pair(x1, x2)  # checked: non-finite or zero embeddings raise
-        zr1, zr2 = model.embed_pair(refs[0], refs[1], check=False)
+        # checked: non-finite or zero embeddings raise; at most batch_size images per pass
+        z1, z2 = pair_embeddings(model, x1, x2, batch_size)
+        zr1, zr2 = pair_embeddings(model, refs[0], refs[1], batch_size, check=False)
     s = model.embedding_similarity(z1, z2)
     c = bilinear_scale(model, z1, z2)
     a1, a2 = z1 - zr1, z2 - zr2

@@ -63,6 +63,12 @@ class PairRelevance(NamedTuple):
 
 MethodFn = Callable[..., PairMaps | PairRelevance]
 
+#: parameters that change speed and peak memory, never a result: ``batch_size`` (images per
+#: forward pass; pairs are independent and their random draws come from per-pair generators).
+#: ``tests/test_performance.py`` checks this for every method that takes one; a method whose
+#: result did depend on one would register with ``execution_params=()``.
+EXECUTION_PARAMS = ("batch_size",)
+
 
 @dataclass(frozen=True)
 class MethodInfo:
@@ -75,6 +81,7 @@ class MethodInfo:
     family: str
     deterministic: bool
     pairs_only: bool = False  # needs two images: no explanation against a fixed target
+    execution_params: tuple[str, ...] = EXECUTION_PARAMS  # no effect on results (see above)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -96,6 +103,14 @@ class MethodInfo:
         ``ValueError``) naming the method, the parameter and its valid values."""
         return validate_call(self.specs, given, f"method {self.name}")
 
+    def result_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with every execution parameter (:data:`EXECUTION_PARAMS`) set back to its
+        default: what identifies a result (the results store's key), so that the same pair
+        explained at another ``batch_size`` is the same stored result."""
+        defaults = self.params
+        return {k: (defaults[k] if k in self.execution_params and k in defaults else v)
+                for k, v in params.items()}
+
 
 @functools.cache
 def _specs(fn: MethodFn) -> dict[str, Spec]:
@@ -113,14 +128,17 @@ def register_method(
     family: str,
     deterministic: bool = True,
     pairs_only: bool = False,
+    execution_params: tuple[str, ...] = EXECUTION_PARAMS,
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator registering a pair explanation method under ``name``. ``pairs_only``: the
-    method needs two images and cannot explain an image against a fixed target embedding."""
+    method needs two images and cannot explain an image against a fixed target embedding.
+    ``execution_params``: its parameters that never change a result (:data:`EXECUTION_PARAMS`)."""
 
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic, pairs_only)
+        _METHODS[name] = MethodInfo(name, fn, section, summary, family, deterministic, pairs_only,
+                                    tuple(execution_params))
         return fn
 
     return wrap

@@ -19,6 +19,10 @@ the embedding is chosen with ``embedding=``:
   the invariances the projection head encodes);
 * ``"backbone"``: ``head`` = identity, the similarity is the cosine of h.
 
+``digits-supervised`` is the ``digits`` architecture trained with plain cross-entropy
+(``pairlens train cross-entropy``, :mod:`pairlens.training.classify`): the supervised twin used to
+compare feature inversions of a contrastive and a supervised model (seed 000, appendix).
+
 The ``digits`` model also carries ``model.classifier``, a linear probe (10 logits) fitted on the
 pooled **backbone** features h of the training split. It takes (B, 128) backbone features: use
 :func:`backbone_features` (works for either embedding), or load with ``embedding="backbone"`` and
@@ -253,7 +257,7 @@ def backbone_features(model: SimilarityModel, x: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- weights files
 def weights_path(name: str) -> Path:
-    """Path of a bundled weights file (``digits.pt`` / ``photos.pt``) inside the package."""
+    """Path of a bundled weights file (``digits.pt``, ``photos.pt``, ...) inside the package."""
     return Path(str(resources.files(WEIGHTS_PACKAGE).joinpath("weights", f"{name}.pt")))
 
 
@@ -287,7 +291,7 @@ def bundle_state(
 
 #: the architecture of each bundled model name (a checkpoint loaded under the name must match)
 BUNDLED_ARCHITECTURES = {"digits": "digits-cnn", "photos": "resnet-mini",
-                         "composites": "resnet-mini-64"}
+                         "digits-supervised": "digits-cnn", "composites": "resnet-mini-64"}
 
 
 def load_bundle(
@@ -352,6 +356,10 @@ def _build_bundled(name: str, checkpoint: str | Path | None, embedding: str) -> 
             f"bundled weights {path.name} are missing from this installation of pairlens"
         )
     net, arch, classifier, meta = load_bundle(path, BUNDLED_ARCHITECTURES[name], name)
+    offered = meta.get("embeddings")  # a cross-entropy model: its projector is untrained
+    if offered and embedding not in offered:
+        raise ValueError(f"{path}: offers only the {', '.join(offered)} embedding (its projector "
+                         f"was not trained); pass embedding='{offered[0]}'")
     model = similarity_model_from_net(net, arch, embedding=embedding, name=name)
     model.classifier = classifier
     model.meta = meta
@@ -375,6 +383,30 @@ def digits(checkpoint: str | Path | None = None, embedding: str = "projector") -
     """Bundled ``digits`` model (see ``models/weights/digits.md``); ``model.classifier`` is the
     linear probe on backbone features (:func:`backbone_features`)."""
     return _build_bundled("digits", checkpoint, embedding)
+
+
+@register_model(
+    "digits-supervised",
+    bundled=True,
+    summary="the digits model's supervised twin: same CNN trained with cross-entropy (crop-only "
+    "views), with its classifier; for feature-inversion comparisons",
+    architecture=ARCHITECTURES["digits-cnn"].summary,
+    input_size=(32, 32),
+    normalization=f"digits mean {DIGITS_MEAN[0]} / std {DIGITS_STD[0]}",
+    embeddings=("backbone",),
+    default_embedding="backbone",
+    feature_layer="block2",
+    checkpoint_format=WEIGHTS_FORMAT,
+    checkpoint_name="digits-supervised.pt",
+)
+def digits_supervised(
+    checkpoint: str | Path | None = None, embedding: str = "backbone"
+) -> SimilarityModel:
+    """Bundled ``digits-supervised`` (see ``models/weights/digits-supervised.md``): the
+    ``digits-cnn`` backbone and a linear classifier trained together with cross-entropy by
+    ``pairlens train cross-entropy``. Its projection head is untrained, so the only embedding is
+    the pooled backbone (``model.classifier`` takes it)."""
+    return _build_bundled("digits-supervised", checkpoint, embedding)
 
 
 @register_model(

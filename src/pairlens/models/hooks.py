@@ -58,6 +58,41 @@ def guided_relus() -> Iterator[None]:
         yield
 
 
+def capture_outputs(module: torch.nn.Module, x: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """Run ``module(x)`` once and return the outputs of its submodules ``names`` (dotted paths;
+    ``"input"`` is ``x`` itself). A tuple output is reduced to its first element, a Hugging Face
+    model output to its ``last_hidden_state``.
+
+    Raises:
+        ValueError: a name that is not a submodule of ``module``.
+    """
+    out: dict[str, Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            if name == "input":
+                out[name] = x
+                continue
+            try:
+                sub = module.get_submodule(name)
+            except AttributeError:
+                kind = type(module).__name__
+                raise ValueError(f"{name!r} is not a submodule of {kind}") from None
+
+            def hook(_m, _inp, o, name=name):
+                if hasattr(o, "last_hidden_state"):  # a Hugging Face model output
+                    o = o.last_hidden_state
+                out[name] = o[0] if isinstance(o, (tuple, list)) else o
+
+            handles.append(sub.register_forward_hook(hook))
+        if len(out) < len(names):
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 @contextmanager
 def replaced_output(module: torch.nn.Module, fn) -> Iterator[None]:
     """Within this context the output of ``module`` is replaced by ``fn(output)`` (a tuple output

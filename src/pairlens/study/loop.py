@@ -50,10 +50,20 @@ class MethodSpec:
         return {**get_method(self.name).params, **self.given}
 
     @property
+    def result_params(self) -> dict[str, Any]:
+        """:attr:`params` with the execution parameters (``batch_size``) at their defaults: the
+        store key, so a pair explained at another batch size finds its stored row
+        (:meth:`~pairlens.methods.registry.MethodInfo.result_params`)."""
+        return get_method(self.name).result_params(self.params)
+
+    @property
     def label(self) -> str:
-        """``name`` or ``name[key=value,...]`` with the parameters differing from the defaults."""
-        defaults = get_method(self.name).params
-        diff = {k: v for k, v in self.given.items() if defaults.get(k, object()) != v}
+        """``name`` or ``name[key=value,...]`` with the parameters differing from the defaults
+        (execution parameters such as ``batch_size`` left out: they change no result)."""
+        info = get_method(self.name)
+        defaults = info.params
+        diff = {k: v for k, v in self.given.items()
+                if defaults.get(k, object()) != v and k not in info.execution_params}
         if not diff:
             return self.name
         return f"{self.name}[{','.join(f'{k}={_show(v)}' for k, v in sorted(diff.items()))}]"
@@ -110,12 +120,15 @@ def parse_methods(text: str, overrides: Sequence[str] = ()) -> list[MethodSpec]:
         name = get_method(method).name
         by_method.setdefault(name, {}).update(parse_assignments([kv]))
     out: list[MethodSpec] = []
+    seen: set[tuple[str, str]] = set()
     for name, given in specs:
         info = get_method(name)
         params = validate_call(info.specs, {**by_method.get(name, {}), **given},
                                f"method {name}", defaults=False)
         spec = MethodSpec(name, params)
-        if spec not in out:
+        key = (name, canonical_params(spec.result_params))
+        if key not in seen:  # (variants differing only in batch_size are one result)
+            seen.add(key)
             out.append(spec)
     unused = sorted(set(by_method) - {s.name for s in out})
     if unused:
@@ -231,7 +244,7 @@ def run_evaluation(
     summary = RunSummary()
     n = len(pairs)
     for spec in specs:
-        params_key = canonical_params(spec.params)
+        params_key = canonical_params(spec.result_params)
         present = store.present(model_key, setting, spec.name, params_key)
         for j, start in enumerate(range(0, n, pairs_per_batch)):
             if j % shard.world != shard.rank:

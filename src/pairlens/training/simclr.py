@@ -465,7 +465,11 @@ def load_trained(path: str | Path, embedding: str = "projector", device: str = "
         load_strict(net, state["model"], path, f"a {name} network")
         classifier = None
     else:
-        net, arch, classifier, _ = load_bundle(path)
+        net, arch, classifier, meta = load_bundle(path)
+        offered = meta.get("embeddings")  # e.g. ["backbone"] for pairlens train cross-entropy
+        if offered and embedding not in offered:
+            raise ValueError(f"{path}: offers only the {', '.join(offered)} embedding (its "
+                             f"projector was not trained); got embedding={embedding!r}")
     model = similarity_model_from_net(net.eval(), arch, embedding=embedding, name=path.stem)
     model.classifier = classifier
     return model.to(resolve_device(device)).eval()
