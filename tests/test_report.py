@@ -136,3 +136,33 @@ def test_a_method_no_better_than_random_is_not_called_better(tmp_path):
     (comp,) = compare_with_baseline(build_studies(read_tables([db]))[0])
     assert comp.p_value > 0.05 and comp.better is None
     assert comp.diff_ci[0] < 0 < comp.diff_ci[1]
+
+
+def test_ground_truth_table_lists_every_method_next_to_random(tmp_path):
+    from pairlens.report.render import ground_truth_table
+
+    db = tmp_path / "gt.db"
+    pg = {"grad-cam": [1.0, 1.0, 0.5, 1.0], "input-x-gradient": [0.0, 0.5, 0.0, 0.0],
+          "random": [0.0, 0.0, 0.5, 0.0]}
+    epg = {"grad-cam": [0.6, 0.5, 0.4, 0.7], "input-x-gradient": [0.1, 0.2, 0.1, math.nan],
+           "random": [0.05, 0.06, 0.04, 0.05]}
+    fill(db, "composites", {lab: [{"PG": pg[lab][i], "EPG": epg[lab][i], "SI": 0.5}
+                                  for i in range(4)] for lab in pg})
+    study = build_studies(read_tables([db]))[0]
+    header, rows, bold = ground_truth_table(study)
+    assert header[:3] == ["method", "PG ↑ [95 % CI]", "random PG"]
+    assert [r[0] for r in rows] == ["grad-cam", "input-x-gradient", "random"]
+    from scipy import stats
+
+    values = np.array(pg["grad-cam"])
+    half = stats.t.ppf(0.975, 3) * values.std(ddof=1) / 2
+    assert rows[0][1] == f"{values.mean():.3f} [{values.mean() - half:.3f}, " \
+                         f"{values.mean() + half:.3f}]"
+    assert rows[0][2] == "0.125"
+    assert not bold[1][1]  # input-x-gradient is not better than random
+    assert rows[1][3].startswith("0.133") and rows[1][5] == "4"  # EPG over 3 pairs, NaN skipped
+    write_report([db], tmp_path / "rep", formats=["md"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Ground truth (pointing game, energy pointing game): composites (set)" in md
+    main_table = md.split("## Metrics: composites (set)")[1].split("##")[0]
+    assert "PG" not in main_table  # the ground-truth metrics have their own table

@@ -42,6 +42,7 @@ EVALUATE_EXAMPLES = """examples:
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db --yes
       # 5.5 min of CPU time (16 min wall on this 2-core machine while shared; its own
       # estimate after the first 8 pairs said 12 min)
+  pairlens evaluate --data composites --pairs 200 --methods all --store composites.db --yes
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda --yes
       # a GPU job: on this 2-core CPU one pair with one method (grad-cam) took 3 min of CPU time
@@ -71,20 +72,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "resumes; under torchrun the pairs are sharded across processes.",
         EVALUATE_EXAMPLES,
     )
-    add_model_options(p, default_help="digits for --data digits, else photos", execution=True)
+    add_model_options(p, default_help="digits for --data digits, composites for --data "
+                      "composites, else photos", execution=True)
     d = p.add_argument_group("pairs")
     d.add_argument("--data", default="digits",
-                   help="digits[:split] | photos | image folder | list file (default: digits)")
+                   help="digits[:split] | photos | composites (pairs with ground truth) | "
+                   "image folder | list file (default: digits)")
     d.add_argument("--pairs", type=argtype("int", 1), default=None, metavar="N",
-                   help="number of pairs (default: every image once / every listed pair)")
-    d.add_argument("--pair-mode", default="augmented", choices=("augmented", "same-class", "list"),
-                   help="(default: %(default)s)")
+                   help="number of pairs (default: every image once / every listed pair / 200 "
+                   "composites pairs)")
+    d.add_argument("--pair-mode", default=None,
+                   choices=("augmented", "same-class", "list", "shared-object"),
+                   help="(default: shared-object for composites, augmented otherwise)")
     add_method_options(p, default="all")
     m = p.add_argument_group("metrics")
-    m.add_argument("--metrics", default="SI,SD,CI,CD,SAD,CAD",
+    m.add_argument("--metrics", default=None,
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS; region games "
                    "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF; region-pair (correspondence) "
-                   "PI,PD (default: %(default)s)")
+                   "PI,PD; with ground truth (composites) PG,EPG (default: SI,SD,CI,CD,SAD,CAD, "
+                   "plus PG,EPG for composites)")
     m.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     m.add_argument("--ms-samples", type=argtype("int", 1), default=10, metavar="N",
@@ -120,6 +126,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
+    from pairlens.metrics import GROUND_TRUTH_METRICS
     from pairlens.study.loop import (
         MethodSpec,
         Shard,
@@ -127,12 +134,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
         parse_metrics,
         run_evaluation,
     )
-    from pairlens.study.pairs import PairSet
+    from pairlens.study.pairs import PairSet, default_pair_mode, is_composites
     from pairlens.study.store import ResultStore
 
     out = Output(args, "evaluate")
     specs = [MethodSpec(name, given) for name, given in method_list(args)]
-    metrics = usage(parse_metrics, args.metrics)
+    composites = is_composites(args.data)
+    default_metrics = "SI,SD,CI,CD,SAD,CAD" + (",PG,EPG" if composites else "")
+    metrics = usage(parse_metrics, args.metrics or default_metrics)
+    ground_truth = [m for m in metrics if m in GROUND_TRUTH_METRICS]
+    if ground_truth and not composites:  # found from --data alone, before loading anything
+        raise UsageError(f"metric(s) {', '.join(ground_truth)} need ground-truth masks; --data "
+                         f"{args.data} has none (use --data composites)")
+    args.pair_mode = args.pair_mode or default_pair_mode(args.data)
     apply_threads(args)
     store_path = store_of(args)
     shard = Shard.from_env()

@@ -384,11 +384,13 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 def model_name(args: argparse.Namespace, data: str | None = None) -> str:
     """``--model``, or the bundled model matching the data (``digits`` for the digits data
-    sets, else :data:`DEFAULT_MODEL`)."""
+    sets, ``composites`` for the composites benchmark, else :data:`DEFAULT_MODEL`)."""
     if args.model:
         return args.model
     if data is not None and data.split(":", 1)[0] in ("digits", "cluttered-digits"):
         return "digits"
+    if data == "composites" and not Path(data).exists():  # the ground-truth benchmark
+        return "composites"
     return DEFAULT_MODEL
 
 

@@ -100,5 +100,9 @@ def load_labelled_data(data: str, split: str, data_seed: int = 0, load_size: int
 
 def default_arch(data: str) -> str:
     """The bundled architecture suiting ``data``: ``digits-cnn`` for the digits data sets,
-    ``resnet-mini`` otherwise."""
-    return "digits-cnn" if data.split(":", 1)[0] in DIGITS_LIKE else "resnet-mini"
+    ``resnet-mini-64`` for the composites benchmark, ``resnet-mini`` otherwise."""
+    if data.split(":", 1)[0] in DIGITS_LIKE:
+        return "digits-cnn"
+    if data == "composites" and not Path(data).exists():
+        return "resnet-mini-64"
+    return "resnet-mini"

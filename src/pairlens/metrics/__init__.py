@@ -3,12 +3,13 @@
 Metric names: ``SI``, ``SD``, ``CI``, ``CD`` (insertion / deletion AUC, simultaneous and
 conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increase rates), ``MS``
 (maximum sensitivity, which needs the method), the region games ``RSI``, ``RSD``, ``RCI``, ``RCD``
-(:mod:`pairlens.metrics.regions`) and ROAD ``SMoRF``, ``SLeRF``, ``CMoRF``, ``CLeRF``
-(:mod:`pairlens.metrics.road`; names are matched case-insensitively) and the correspondence
-(region-pair) metrics ``PI`` / ``PD``, each reported with its ``-marginal`` and ``-random``
-reference orders (:mod:`pairlens.metrics.correspondence`). :data:`HIGHER_IS_BETTER` gives each
-metric's direction. A metric never knows which method made the maps, except MS, which
-recomputes the explanation of noisy inputs.
+(:mod:`pairlens.metrics.regions`), ROAD ``SMoRF``, ``SLeRF``, ``CMoRF``, ``CLeRF``
+(:mod:`pairlens.metrics.road`), the correspondence (region-pair) metrics ``PI`` / ``PD``, each
+reported with its ``-marginal`` and ``-random`` reference orders
+(:mod:`pairlens.metrics.correspondence`), and the pointing game ``PG`` and energy-based pointing
+game ``EPG`` against ground-truth masks (:mod:`pairlens.metrics.ground_truth`); names are matched
+case-insensitively. :data:`HIGHER_IS_BETTER` gives each metric's direction. A metric never knows
+which method made the maps, except MS, which recomputes the explanation of noisy inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from pairlens.metrics.faithfulness import (
     n_steps,
     pixel_ranks,
 )
+from pairlens.metrics.ground_truth import (
+    GROUND_TRUTH_METRICS,
+    energy_pointing_game,
+    ground_truth_scores,
+    pointing_game,
+)
 from pairlens.metrics.regions import (
     REGION_METRICS,
     Regions,
@@ -44,12 +51,13 @@ from pairlens.runtime import resolve_batch_size
 
 ROAD_METRICS = ("SMoRF", "SLeRF", "CMoRF", "CLeRF")
 ALL_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD", "SAI", "CAI", "MS", *REGION_METRICS,
-               *ROAD_METRICS, *PAIR_METRICS)
+               *ROAD_METRICS, *PAIR_METRICS, *GROUND_TRUTH_METRICS)
 DEFAULT_METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": False,
                     "CAD": False, "SAI": True, "CAI": True, "MS": False,
                     "RSI": True, "RSD": False, "RCI": True, "RCD": False,
-                    "SMoRF": False, "SLeRF": True, "CMoRF": False, "CLeRF": True}
+                    "SMoRF": False, "SLeRF": True, "CMoRF": False, "CLeRF": True,
+                    "PG": True, "EPG": True}
 for _name, _higher in (("PI", True), ("PD", False)):
     for _suffix in ("", *(f"-{r}" for r in REFERENCES)):
         HIGHER_IS_BETTER[_name + _suffix] = _higher
@@ -91,6 +99,7 @@ def evaluate(
     road_noise: float = ROAD_NOISE,
     pair_grid: int = 7,
     pair_fill: str = "blur",
+    masks: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Evaluate pair explanations of the pairs ``(x1[i], x2[i])`` (seed 000, §IV-B).
 
@@ -125,6 +134,8 @@ def evaluate(
             ``PD``. Their explanation order is the pair relevance's for a
             :class:`~pairlens.PairCorrespondence`, the maps' own (marginal) order otherwise; the
             seed draws their random pairing.
+        masks: ground-truth ``(mask1, mask2)``, each (B, H, W) bool, needed by ``PG`` / ``EPG``
+            only (e.g. from :func:`pairlens.data.composites.pair_batch`).
 
     Returns:
         ``{name: (B,) float tensor}`` on the model's device (ROAD values are the mean similarity
@@ -132,7 +143,8 @@ def evaluate(
         ``"SMoRF_curve"`` etc.). ``SAD`` / ``CAD`` are NaN for pairs whose unaltered similarity
         is <= 0 (skipped, as the definition divides by it; ``neg-l2``: = 0); count them with
         ``torch.isnan``. ``MS`` is NaN for pairs with an all-zero map. ``PI`` / ``PD`` add their
-        ``-marginal`` and ``-random`` references.
+        ``-marginal`` and ``-random`` references. ``PG`` / ``EPG`` are NaN for an empty mask
+        (``EPG`` also for a constant map).
 
     Conventions are those of :mod:`pairlens.metrics.faithfulness` and
     :mod:`pairlens.metrics.robustness`. Runs without autograd except inside the method for MS.
@@ -157,6 +169,15 @@ def evaluate(
         if tuple(m.shape) != expected:
             raise ValueError(f"map {which} has shape {tuple(m.shape)}; expected {expected}")
     map1, map2 = map1.to(x1.device), map2.to(x1.device)
+    gt_masks = None
+    if any(m in GROUND_TRUTH_METRICS for m in wanted):
+        if masks is None:
+            raise ValueError("metrics PG / EPG need ground-truth masks: pass masks=(mask1, mask2) "
+                             "(the composites data provides them)")
+        gt_masks = tuple(torch.as_tensor(m).to(map1.device).bool() for m in masks)
+        for m, which in zip(gt_masks, (1, 2), strict=True):
+            if tuple(m.shape) != expected:
+                raise ValueError(f"mask {which} has shape {tuple(m.shape)}; expected {expected}")
 
     out: dict[str, Tensor] = {}
     with evaluating(model):
@@ -219,6 +240,9 @@ def evaluate(
                     out[name + suffix] = pairs[name + suffix]
                 if return_curves:
                     out[f"{name}_curve"] = pairs[f"{name}_curve"]
+        if gt_masks is not None:
+            gt = ground_truth_scores(map1, map2, *gt_masks)
+            out.update({m: gt[m] for m in wanted if m in GROUND_TRUTH_METRICS})
         if "MS" in wanted:
             if method is None:
                 raise ValueError("metric MS needs the method: pass method=... (and method_params)")
@@ -247,6 +271,7 @@ _REAL_INT = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, tor
 __all__ = [
     "ALL_METRICS",
     "DEFAULT_METRICS",
+    "GROUND_TRUTH_METRICS",
     "HIGHER_IS_BETTER",
     "REGION_METRICS",
     "ROAD_METRICS",
@@ -258,8 +283,10 @@ __all__ = [
     "auc",
     "average_drop_increase",
     "default_step",
+    "energy_pointing_game",
     "evaluate",
     "gaussian_blur",
+    "ground_truth_scores",
     "insertion_deletion_curves",
     "map_ssim",
     "max_sensitivity",
@@ -267,6 +294,7 @@ __all__ = [
     "n_steps",
     "pair_removal_curves",
     "pixel_ranks",
+    "pointing_game",
     "sanity_check",
     "spearman",
 ]

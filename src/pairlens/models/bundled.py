@@ -1,8 +1,11 @@
-"""Bundled models ``digits`` and ``photos``, and the architectures PairLens's trainer builds.
+"""Bundled models ``digits``, ``photos`` and ``composites``, and the architectures PairLens's
+trainer builds.
 
-Both bundled models were trained by ``pairlens train simclr`` (NT-Xent, :mod:`pairlens.training`)
-on data that ships inside scikit-learn / scikit-image, and their weights ship in
-``pairlens/models/weights`` next to a model card (``digits.md``, ``photos.md``) with the exact
+The bundled models were trained by ``pairlens train simclr`` (NT-Xent, :mod:`pairlens.training`;
+``composites`` with ``--data composites``, whose positives are two scenes sharing an object) on
+data that ships inside scikit-learn / scikit-image, and their weights ship in
+``pairlens/models/weights`` next to a model card (``digits.md``, ``photos.md``,
+``composites.md``) with the exact
 command, seed and measured numbers. Loading never touches the network:
 ``torch.load(..., weights_only=True)`` of a file found with :mod:`importlib.resources`.
 
@@ -210,6 +213,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             "feature map, 256-d backbone, 128-d projector",
         ),
         Architecture(
+            "resnet-mini-64", lambda: MiniResNet((32, 64, 128), blocks=1), 128, 128, 64,
+            "layer3", (64, 64), IMAGENET_MEAN, IMAGENET_STD, 1.0,
+            "ResNet-8-style (3 stages of 1 basic block, widths 32-128), 64 px input, 8x8x128 "
+            "feature map, 128-d backbone, 64-d projector",
+        ),
+        Architecture(
             "resnet18", TorchvisionResNet18, 512, 512, 128, "layer4", (224, 224),
             IMAGENET_MEAN, IMAGENET_STD, 0.875,
             "torchvision ResNet-18 (random init), 224 px input, 7x7x512 feature map",
@@ -282,7 +291,7 @@ def bundle_state(
 
 #: the architecture of each bundled model name (a checkpoint loaded under the name must match)
 BUNDLED_ARCHITECTURES = {"digits": "digits-cnn", "photos": "resnet-mini",
-                         "digits-supervised": "digits-cnn"}
+                         "digits-supervised": "digits-cnn", "composites": "resnet-mini-64"}
 
 
 def load_bundle(
@@ -417,3 +426,24 @@ def digits_supervised(
 def photos(checkpoint: str | Path | None = None, embedding: str = "projector") -> SimilarityModel:
     """Bundled ``photos`` model (see ``models/weights/photos.md``)."""
     return _build_bundled("photos", checkpoint, embedding)
+
+
+@register_model(
+    "composites",
+    bundled=True,
+    summary="ResNet-style encoder trained on composites scenes (64 px) so that two scenes are "
+    "similar when they share an object: the ground-truth benchmark's model",
+    architecture=ARCHITECTURES["resnet-mini-64"].summary,
+    input_size=(64, 64),
+    normalization="ImageNet mean/std",
+    embeddings=EMBEDDINGS,
+    default_embedding="projector",
+    feature_layer="layer3",
+    checkpoint_format=WEIGHTS_FORMAT,
+    checkpoint_name="composites.pt",
+)
+def composites(
+    checkpoint: str | Path | None = None, embedding: str = "projector"
+) -> SimilarityModel:
+    """Bundled ``composites`` model (see ``models/weights/composites.md``)."""
+    return _build_bundled("composites", checkpoint, embedding)

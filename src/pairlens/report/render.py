@@ -11,6 +11,8 @@ Files written to ``out``:
   and a Wilcoxon signed-rank p-value across pairs
   (:func:`~pairlens.report.tables.compare_with_baseline`);
   every table compares methods only on the pairs they all have;
+* for stores with ground truth (``--data composites``) a ground-truth table: every method's
+  pointing game (PG) and energy pointing game (EPG) with 95 % intervals next to ``random``'s;
 * ``metrics.csv`` (study, method, metric, mean, std, n, skipped), ``comparison.csv``,
   ``timings.csv``, ``heatmap.csv``, ``downstream.csv`` (with ``downstream``);
 * ``heatmap.png``, ``curves-<k>.png`` (one per study), ``downstream.png``.
@@ -30,13 +32,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pairlens.io import atomic_write
-from pairlens.metrics import HIGHER_IS_BETTER
+from pairlens.metrics import GROUND_TRUTH_METRICS, HIGHER_IS_BETTER
 from pairlens.report.tables import (
     CURVE_METRICS,
     GROUPS,
     Study,
+    baseline_label,
     build_studies,
     compare_with_baseline,
+    mean_interval,
     pearson,
 )
 from pairlens.study.store import read_tables
@@ -60,7 +64,9 @@ def _atomic_write(path: Path, data: bytes | str) -> Path:
 # ------------------------------------------------------------------------------ tables
 def metric_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     """Header, rows and bold flags of the Tables I-IV table of a study (MS excluded)."""
-    metrics = [m for m in study.metrics() if m != "MS"]
+    metrics = [m for m in study.metrics() if m != "MS" and m not in GROUND_TRUTH_METRICS]
+    if not metrics:  # e.g. a store of PG / EPG only: they have their own table
+        return [], [], []
     header = ["method"] + [f"{m} {_arrow(m)}" for m in metrics] + ["pairs", "skipped (SAD/CAD)"]
     best = {m: study.best(m) for m in metrics}
     rows, bold = [], []
@@ -107,6 +113,37 @@ def left_out_note(study: Study) -> str:
         return ""
     return ("Methods are compared only on the pairs stored for all of them; pairs left out "
             "(computed for some methods only): " + ", ".join(parts) + ".")
+
+
+def ground_truth_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Every method's PG and EPG (mean [95 % t-interval] over the pairs all methods have) next to
+    ``random``'s mean, the baseline last; empty when the study has no ground-truth metric. Bold:
+    significantly better than random (:func:`~pairlens.report.tables.compare_with_baseline`)."""
+    import numpy as np
+
+    metrics = [m for m in GROUND_TRUTH_METRICS if any(mm == m for _, mm in study.cells)]
+    if not metrics:
+        return [], [], []
+    base = baseline_label(study)
+    better = {(c.label, c.metric): c.better for c in compare_with_baseline(study)
+              if c.metric in metrics}
+    header = ["method"]
+    for m in metrics:
+        header += [f"{m} ↑ [95 % CI]", f"random {m}"]
+    header.append("pairs")
+    rows, bold = [], []
+    for label in [lab for lab in study.methods if lab != base] + ([base] if base else []):
+        row, flags, n = [label], [False], 0
+        for m in metrics:
+            vals = np.array([v for v in study.values.get((label, m), {}).values()
+                             if not math.isnan(v)])
+            n = max(n, len(study.values.get((label, m), {})))
+            row += [_interval(*mean_interval(vals)),
+                    "–" if label == base or base is None else _fmt(study.value(base, m))]
+            flags += [better.get((label, m)) is True, False]
+        rows.append(row + [str(n)])
+        bold.append(flags + [False])
+    return header, rows, bold
 
 
 def sensitivity_table(studies: Sequence[Study]) -> tuple[list[str], list[list[str]], list]:
@@ -402,14 +439,19 @@ def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tup
     out: list[tuple] = []
     for k, study in enumerate(studies):
         header, rows, bold = metric_table(study)
-        out.append((f"Metrics: {study.title}", "table", (header, rows, bold),
-                    f"curves-{k}.png" if study.curves else None))
+        if rows:
+            out.append((f"Metrics: {study.title}", "table", (header, rows, bold),
+                        f"curves-{k}.png" if study.curves else None))
         note = left_out_note(study)
         if note:
             out.append((f"Pairs compared: {study.title}", "text", note, None))
         header, rows, bold = comparison_table(study)
         if rows:
             out.append((f"Against random, 95 % intervals and paired Wilcoxon test: {study.title}",
+                        "table", (header, rows, bold), None))
+        header, rows, bold = ground_truth_table(study)
+        if rows:
+            out.append((f"Ground truth (pointing game, energy pointing game): {study.title}",
                         "table", (header, rows, bold), None))
     header, rows, bold = sensitivity_table(studies)
     if rows:

@@ -29,7 +29,7 @@ import torch
 from pairlens.io import BadFiles
 from pairlens.methods.registry import get_method
 from pairlens.methods.registry import parse_methods as parse_method_variants
-from pairlens.metrics import ALL_METRICS, canonical_metrics, evaluate
+from pairlens.metrics import ALL_METRICS, GROUND_TRUTH_METRICS, canonical_metrics, evaluate
 from pairlens.models.similarity import SimilarityModel
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
@@ -175,6 +175,10 @@ def run_evaluation(
     if pairs_per_batch < 1 or (batch_size is not None and batch_size < 1) or ms_samples < 1:
         raise ValueError("pairs_per_batch, batch_size and ms_samples must be >= 1")
     metrics = list(dict.fromkeys(canonical_metrics(metrics)))
+    ground_truth = [m for m in metrics if m in GROUND_TRUTH_METRICS]
+    if ground_truth and not pairs.has_masks:
+        raise ValueError(f"metric(s) {', '.join(ground_truth)} need ground-truth masks; "
+                         f"--data {pairs.data} has none (use --data composites)")
     bad = bad_files or BadFiles("stop")
     fingerprint, detail = model_fingerprint(model)
     store.claim("model", model_key, fingerprint, detail, explain_model_difference)
@@ -216,9 +220,11 @@ def run_evaluation(
             t0 = time.perf_counter()
             exp = _explain(model, x1, x2, spec, batch_size)
             t1 = time.perf_counter()
+            needs_masks = any(m in GROUND_TRUTH_METRICS for m in wanted)
+            masks = pairs.masks(kept) if needs_masks else None
             scores = evaluate(model, x1, x2, exp, metrics=wanted, step=step,
                               batch_size=batch_size, return_curves=True,
-                              ms_samples=ms_samples, seed=0)
+                              ms_samples=ms_samples, seed=0, masks=masks)
             t2 = time.perf_counter()
             k = len(kept)
             results = []

@@ -11,7 +11,10 @@ Image sources (``--data``):
   :data:`pairlens.io.IMAGE_SUFFIXES`, directories never taken for images), sorted by relative
   path;
 * a text file listing one image path per line, optionally followed by whitespace and a label
-  (relative paths are relative to the list file; ``#`` starts a comment).
+  (relative paths are relative to the list file; ``#`` starts a comment);
+* ``composites``: the ground-truth benchmark (:mod:`pairlens.data.composites`): its pairs are
+  two scenes sharing one object, rendered at the model's (square) input size, and each pair
+  carries the shared object's masks (:meth:`PairSet.masks`) for the PG / EPG metrics.
 
 Every source has a :meth:`PairSet.fingerprint`: what the pairs are made of (the bundled tensors'
 bytes; for folders and lists, every file's relative path, size and modification time), so that a
@@ -28,7 +31,9 @@ Pair modes (``--pair-mode``):
   image of the same label, drawn with a seeded generator (images whose label has no other image are
   skipped);
 * ``list``: ``--data`` is a file of pairs, one ``path1 path2`` per line (whitespace or a comma in
-  between), used in file order.
+  between), used in file order;
+* ``shared-object``: the pairs of ``--data composites`` (the only mode of that data), pair ``i``
+  being :func:`pairlens.data.composites.composite_pair` ``(i, seed)``; 200 pairs by default.
 
 Pair ``i`` never depends on how many pairs are requested (asking for more pairs later extends the
 list), nor on which process or batch materialises it.
@@ -51,7 +56,18 @@ from torch import Tensor
 from pairlens.io import BadFiles, ImageError, is_image_name, scan_images
 from pairlens.models.similarity import SimilarityModel
 
-PAIR_MODES = ("augmented", "same-class", "list")
+PAIR_MODES = ("augmented", "same-class", "list", "shared-object")
+COMPOSITES_DEFAULT_PAIRS = 200
+
+
+def is_composites(data: str) -> bool:
+    """Whether ``--data`` names the composites benchmark (not a file or folder of that name)."""
+    return data == "composites" and not Path(data).exists()
+
+
+def default_pair_mode(data: str) -> str:
+    """``shared-object`` for composites, ``augmented`` otherwise."""
+    return "shared-object" if is_composites(data) else "augmented"
 
 
 @dataclass(frozen=True)
@@ -208,8 +224,8 @@ class PairSet:
     Args:
         model: the model whose ``preprocess`` / ``input_size`` the images are prepared for.
         data: the image source (see the module docstring); the pair list file for ``list``.
-        mode: ``augmented``, ``same-class`` or ``list``.
-        n: number of pairs (None: all images once, or all listed pairs).
+        mode: ``augmented``, ``same-class``, ``list`` or ``shared-object`` (composites only).
+        n: number of pairs (None: all images once, all listed pairs, or 200 composites pairs).
         seed: selects the images and the augmentations.
     """
 
@@ -220,6 +236,19 @@ class PairSet:
         self.model, self.data, self.mode, self.seed = model, data, mode, int(seed)
         self.preset = "photos"
         self._fingerprint: tuple[str, dict[str, Any]] | None = None
+        if (mode == "shared-object") != is_composites(data):
+            raise ValueError("pair mode 'shared-object' goes with --data composites, and "
+                             f"composites only with it (got data {data!r}, mode {mode!r})")
+        if mode == "shared-object":
+            h, w = model.input_size
+            if h != w:
+                raise ValueError(f"composites scenes are square; model {model.name!r} takes "
+                                 f"{h}x{w} inputs")
+            self.n = COMPOSITES_DEFAULT_PAIRS if n is None else int(n)
+            if self.n < 1:
+                raise ValueError("the number of pairs must be >= 1")
+            self._items, self._index, self._pairs = [], [], []
+            return
         if mode == "list":
             path = Path(data).expanduser()
             if not path.is_file():
@@ -272,8 +301,41 @@ class PairSet:
         """Identity of the pair list (data, mode, seed) used as part of the results key."""
         return f"{self.data}|{self.mode}|seed={self.seed}"
 
+    @property
+    def has_masks(self) -> bool:
+        """Whether the pairs carry ground-truth masks (:meth:`masks`)."""
+        return self.mode == "shared-object"
+
+    def masks(self, ids: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """Ground-truth masks (len(ids), H, W) bool of the shared object in each image (composites
+        only; raises ``ValueError`` otherwise)."""
+        if not self.has_masks:
+            raise ValueError(f"{self.data}: these pairs have no ground-truth masks; the PG / EPG "
+                             "metrics need --data composites")
+        _, _, m1, m2 = self._composites(ids)
+        return m1.to(self.model.device), m2.to(self.model.device)
+
+    def _composites(self, ids: Sequence[int]):
+        from pairlens.data.composites import pair_batch
+
+        key = tuple(int(i) for i in ids)
+        if getattr(self, "_last", (None,))[0] != key:  # batch() and masks() of one unit render once
+            for pid in key:
+                if not 0 <= pid < self.n:
+                    raise IndexError(f"pair id {pid} out of range 0..{self.n - 1}")
+            self._last = (key, pair_batch(key, seed=self.seed, size=self.model.input_size[0]))
+        return self._last[1]
+
     def describe(self, pair_id: int) -> tuple[str, str]:
         """Names of the two images of pair ``pair_id``."""
+        if self.mode == "shared-object":
+            from pairlens.data.composites import composite_pair, object_library
+
+            pair = composite_pair(pair_id, self.seed, self.model.input_size[0])
+            names = [o.name for o in object_library()]
+            return tuple(  # type: ignore[return-value]
+                f"composites:{pair_id}:{k} ({names[pair.shared]} + "
+                f"{', '.join(names[d] for d in pair.distractors(k))})" for k in (1, 2))
         if self.mode == "list":
             return self._pairs[pair_id]  # type: ignore[return-value]
         a, b = self._index[pair_id]
@@ -302,6 +364,11 @@ class PairSet:
         """The pairs ``ids`` as model-input tensors, following ``bad`` (default: stop) for
         unreadable images: under ``skip`` a pair using a bad file is left out (and the file
         reported once). Returns the ids kept and their (k, 3, H, W) batches (None when k = 0)."""
+        if self.mode == "shared-object":  # generated: nothing can be unreadable
+            x1, x2, _, _ = self._composites(ids)
+            dev = self.model.device
+            return (list(ids), self.model.normalize(x1.to(dev)),
+                    self.model.normalize(x2.to(dev)))
         bad = bad or BadFiles("stop")
         kept, firsts, seconds = [], [], []
         for pid in ids:
@@ -345,6 +412,12 @@ class PairSet:
         is the sha256 of the manifest, so any added, removed, resized or touched file changes
         it (a file copied with a new modification time does too: identical content is not
         assumed)."""
+        if self._fingerprint is None and self.mode == "shared-object":
+            from pairlens.data.composites import fingerprint
+
+            manifest = {"composites": fingerprint()}
+            text = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+            self._fingerprint = (hashlib.sha256(text.encode()).hexdigest(), manifest)
         if self._fingerprint is None:
             manifest: dict[str, Any] = {}
             if self.mode == "list" or Path(self.data).expanduser().is_file():

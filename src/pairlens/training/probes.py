@@ -70,3 +70,23 @@ def attach_view_cosines(model_path: Path, images, augment, max_images: int = 64)
     state.setdefault("meta", {}).update(out)
     _atomic_torch_save(state, model_path)
     return out
+
+
+def attach_removal_drops(model_path: Path, n_pairs: int = 200, seed: int = 1) -> dict[str, Any]:
+    """Similarity drops when the shared object / a distractor is removed
+    (:func:`pairlens.training.composites.removal_drops`, benchmark pairs of seed 1, never used in
+    training), for both embeddings, stored in the ``meta`` of ``model_path``."""
+    from pairlens.models.checkpoint import read_checkpoint
+    from pairlens.training.composites import removal_drops
+    from pairlens.training.simclr import _atomic_torch_save, load_trained
+
+    out: dict[str, Any] = {}
+    for embedding in ("projector", "backbone"):
+        r = removal_drops(load_trained(model_path, embedding), n_pairs=n_pairs, seed=seed)
+        r.pop("per_pair")
+        out.update({f"{k}_{embedding}": v for k, v in r.items() if k not in ("n_pairs", "seed")})
+    out.update(removal_pairs=n_pairs, removal_seed=seed)
+    state = read_checkpoint(model_path, "model.pt of pairlens train")
+    state.setdefault("meta", {}).update(out)
+    _atomic_torch_save(state, model_path)
+    return out

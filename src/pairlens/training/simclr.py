@@ -425,15 +425,22 @@ def train_simclr(
     trainer = ContrastiveTrainer(
         net, images, labels, config, loss, mean=spec.mean, std=spec.std, hooks=hooks
     )
+    return net, fit_and_bundle(trainer, arch)
+
+
+def fit_and_bundle(trainer: ContrastiveTrainer, arch: str) -> list[dict[str, Any]]:
+    """Run ``trainer.fit()``, leave the network in eval mode and, with an output folder, write
+    ``model.pt`` (bundled format, the config in its meta); returns the log rows."""
     log = trainer.fit()
-    net.eval()
+    net = trainer.net.eval()
     if trainer.out is not None:
         _atomic_torch_save(
-            bundle_state(net.cpu(), arch, config=config.to_dict(), epochs_done=trainer.epoch),
+            bundle_state(net.cpu(), arch, config=trainer.config.to_dict(),
+                         epochs_done=trainer.epoch),
             trainer.out / "model.pt",
         )
         net.to(trainer.device)
-    return net, log
+    return log
 
 
 def load_trained(path: str | Path, embedding: str = "projector", device: str = "cpu"):

@@ -1,0 +1,85 @@
+"""Ground-truth metrics: does a pair explanation point at the region the similarity depends on?
+
+On data whose right answer is known (the ``composites`` benchmark, :mod:`pairlens.data.composites`:
+two scenes sharing exactly one object, the shared object's mask in each scene), each map of a pair
+is scored against its image's mask, and the two scores are averaged:
+
+* **pointing game** ``PG`` (Zhang et al., *Top-down neural attention by excitation backprop*,
+  ECCV 2016 / IJCV 2018): 1 if the map's maximum lies inside the mask, else 0. We use no
+  tolerance margin (Zhang et al. allow 15 px at 224 px; our objects are small and exact). When the
+  maximum is attained at several pixels, the score is the **fraction of those maxima inside the
+  mask** (Quantus' ``PointingGame`` counts a hit if *any* of them is inside, which gives a constant
+  map a hit whenever the mask is not empty; here a constant map scores the mask's area fraction,
+  i.e. chance);
+* **energy-based pointing game** ``EPG`` (Wang et al., *Score-CAM*, CVPRW 2020): the fraction of
+  the map's total mass inside the mask, ``Σ_{mask} m / Σ m``. Score-CAM scores non-negative CAM
+  maps; PairLens maps may have any offset or sign, so each map is first min-max normalised to
+  [0, 1] (:func:`pairlens.metrics.faithfulness.minmax`, our choice: an offset is not energy). A
+  constant map (no energy after normalisation) gives NaN (skipped).
+
+Chance level: a map that ignores the image scores the mask's area fraction on average in both
+metrics (a few per cent on composites), which is what the ``random`` baseline measures.
+
+Both metrics are NaN for an empty mask. Pair scores are the mean of the two images' scores
+(``PG`` is then 0, 0.5 or 1 for maps with a single maximum); ``PG1``/``PG2``/``EPG1``/``EPG2`` are
+the per-image values. No model is run: these metrics cost nothing beyond the explanation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pairlens.metrics.faithfulness import minmax
+
+GROUND_TRUTH_METRICS = ("PG", "EPG")
+
+
+def _check(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    maps = torch.as_tensor(maps).float()
+    masks = torch.as_tensor(masks).to(maps.device).bool()
+    if maps.dim() != 3 or tuple(masks.shape) != tuple(maps.shape):
+        raise ValueError(f"maps and masks must both be (B, H, W); got {tuple(maps.shape)} and "
+                         f"{tuple(masks.shape)}")
+    if not bool(torch.isfinite(maps).all()):
+        raise ValueError("a map contains NaN or infinite values")
+    return maps.flatten(1), masks.flatten(1)
+
+
+def pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """Pointing game of (B, H, W) maps against (B, H, W) boolean masks: (B,) float in [0, 1].
+
+    1 when the maximum of the map is inside the mask, 0 when outside; with several maximal pixels,
+    the fraction of them inside. NaN for an empty mask. Raises ``ValueError`` on shape mismatch or
+    non-finite maps.
+    """
+    flat, inside = _check(maps, masks)
+    at_max = flat == flat.amax(dim=1, keepdim=True)
+    hits = (at_max & inside).sum(1).float() / at_max.sum(1).float()
+    return torch.where(inside.any(1), hits, torch.full_like(hits, math.nan))
+
+
+def energy_pointing_game(maps: Tensor, masks: Tensor) -> Tensor:
+    """Energy-based pointing game: (B,) fraction of the min-max normalised map's mass inside the
+    mask, in [0, 1]. NaN for an empty mask or a constant map. Raises like :func:`pointing_game`."""
+    flat, inside = _check(maps, masks)
+    energy = minmax(flat)
+    total = energy.sum(1)
+    frac = (energy * inside).sum(1) / total.clamp_min(torch.finfo(total.dtype).tiny)
+    ok = inside.any(1) & (total > 0)
+    return torch.where(ok, frac, torch.full_like(frac, math.nan))
+
+
+def ground_truth_scores(map1: Tensor, map2: Tensor, mask1: Tensor, mask2: Tensor
+                        ) -> dict[str, Tensor]:
+    """``PG``, ``EPG`` (means over the two images) and the per-image ``PG1``, ``PG2``, ``EPG1``,
+    ``EPG2`` of a batch of pairs, each (B,)."""
+    out = {
+        "PG1": pointing_game(map1, mask1), "PG2": pointing_game(map2, mask2),
+        "EPG1": energy_pointing_game(map1, mask1), "EPG2": energy_pointing_game(map2, mask2),
+    }
+    out["PG"] = (out["PG1"] + out["PG2"]) / 2
+    out["EPG"] = (out["EPG1"] + out["EPG2"]) / 2
+    return out
