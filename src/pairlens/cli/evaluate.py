@@ -43,14 +43,16 @@ EVALUATE_EXAMPLES = """examples:
       # 5.5 min of CPU time (16 min wall on this 2-core machine while shared; its own
       # estimate after the first 8 pairs said 12 min)
   pairlens evaluate --data composites --pairs 200 --methods all --store composites.db --yes
+      # about 37 min of CPU time (from its first 8 pairs, 90 CPU-s; its own estimate said
+      # 21 min wall here)
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda --yes
       # a GPU job: on this 2-core CPU one pair with one method (grad-cam) took 3 min of CPU time
   torchrun --standalone --nproc_per_node 2 -m pairlens evaluate --model digits --data digits \\
       --pairs 20 --methods grad-cam,interaction-cam --store digits.db     # pairs are sharded
 
-Re-running the same command resumes: finished pairs are skipped. The first batch of pairs is
-evaluated (and kept) with every method to estimate the total time; runs estimated over 15 min
+Re-running the same command resumes: finished pairs are skipped. The first unit of pairs
+(--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs estimated over 15 min
 stop there unless --yes is given. Times: user + system CPU time measured on this project's
 2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same time.
 """
