@@ -52,9 +52,10 @@ EVALUATE_EXAMPLES = """examples:
       --pairs 20 --methods grad-cam,interaction-cam --store digits.db     # pairs are sharded
 
 Re-running the same command resumes: finished pairs are skipped. The first unit of pairs
-(--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs estimated over 15 min
-stop there unless --yes is given. Times: user + system CPU time measured on this project's
-2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same time.
+(--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs
+estimated over 15 min stop there unless --yes is given. Times: user + system CPU time measured
+on this project's 2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same
+time.
 """
 
 REPORT_EXAMPLES = """examples:
