@@ -12,7 +12,11 @@ from torch import nn
 import pairlens
 from pairlens.data import composites as C
 from pairlens.metrics import evaluate
-from pairlens.metrics.ground_truth import energy_pointing_game, pointing_game
+from pairlens.metrics.ground_truth import (
+    energy_pointing_game,
+    pair_energy_pointing_game,
+    pointing_game,
+)
 from pairlens.models.similarity import IMAGENET_MEAN, IMAGENET_STD, SimilarityModel
 
 
@@ -323,3 +327,103 @@ def test_removal_drops_match_a_plain_loop():
         if others:
             aucs.append(sum(float(sims[i, i] > sims[i, j]) for j in others) / len(others))
     assert res["partner_auc"] == pytest.approx(sum(aucs) / len(aucs), abs=1e-6)
+
+
+# ------------------------------------------------------------ pair energy pointing game (PEPG)
+def _region_fractions_by_loop(mask: torch.Tensor, g: int) -> list[float]:
+    h = mask.shape[0] // g
+    return [float(mask[r * h:(r + 1) * h, c * h:(c + 1) * h].float().mean())
+            for r in range(g) for c in range(g)]
+
+
+def test_pair_energy_pointing_game_matches_a_plain_loop():
+    g, size = 7, 28
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(3, size, size, generator=gen) < 0.3,
+             torch.rand(3, size, size, generator=gen) < 0.2)
+    rel = torch.randn(3, g * g, g * g, generator=gen)
+    got = pair_energy_pointing_game(masks, relevance=rel, grids=((g, g), (g, g)), grid=g)
+    for b in range(3):
+        f1 = _region_fractions_by_loop(masks[0][b], g)
+        f2 = _region_fractions_by_loop(masks[1][b], g)
+        num = den = 0.0
+        for i in range(g * g):
+            for j in range(g * g):
+                r = max(float(rel[b, i, j]), 0.0)
+                num += f1[i] * f2[j] * r
+                den += r
+        assert math.isclose(float(got[b]), num / den, rel_tol=1e-5)
+
+
+def test_pair_energy_pointing_game_known_answers():
+    g, size = 4, 16  # 4 x 4 regions of 4 px
+    m1 = torch.zeros(1, size, size, dtype=torch.bool)
+    m2 = torch.zeros(1, size, size, dtype=torch.bool)
+    m1[0, :4, :4] = True    # region 0 of image 1
+    m2[0, 12:, 12:] = True  # region 15 of image 2
+    grids = ((g, g), (g, g))
+    on_block = torch.zeros(1, 16, 16)
+    on_block[0, 0, 15] = 2.0
+    on_block[0, 3, 3] = -5.0  # negative relevance is not energy
+    off_block = torch.zeros(1, 16, 16)
+    off_block[0, 0, 14] = 1.0  # the object of image 1 matched with the wrong region of image 2
+    uniform = torch.ones(1, 16, 16)
+
+    def score(r):
+        return float(pair_energy_pointing_game((m1, m2), relevance=r, grids=grids, grid=g))
+
+    assert score(on_block) == pytest.approx(1.0)
+    assert score(off_block) == 0.0
+    assert score(uniform) == pytest.approx((1 / 16) ** 2)  # chance: product of area fractions
+    # an explanation on a coarser native grid is re-binned (sums conserved) onto the common grid
+    coarse = torch.zeros(1, 4, 4)
+    coarse[0, 0, 3] = 1.0  # 2 x 2 grid: top-left quarter of 1 with bottom-right quarter of 2
+    # (spread evenly over its 4 x 4 sub-region pairs, of which one is the object block)
+    assert float(pair_energy_pointing_game((m1, m2), relevance=coarse, grids=((2, 2), (2, 2)),
+                                           grid=g)) == pytest.approx(1 / 16)
+    assert math.isnan(score(torch.zeros(1, 16, 16)))  # no positive relevance
+    assert math.isnan(float(pair_energy_pointing_game(
+        (torch.zeros_like(m1), m2), relevance=on_block, grids=grids, grid=g)))
+    with pytest.raises(ValueError, match="relevance"):
+        pair_energy_pointing_game((m1, m2), relevance=torch.zeros(2, 16, 16), grids=grids, grid=g)
+    with pytest.raises(ValueError, match="finer"):
+        pair_energy_pointing_game((m1, m2), relevance=on_block, grids=grids, grid=32)
+
+
+def test_pair_energy_pointing_game_of_two_maps_is_the_product_of_region_energies():
+    g, size = 4, 16
+    gen = torch.Generator().manual_seed(1)
+    maps = (torch.rand(2, size, size, generator=gen), torch.rand(2, size, size, generator=gen))
+    masks = (torch.rand(2, size, size, generator=gen) < 0.4,
+             torch.rand(2, size, size, generator=gen) < 0.4)
+    got = pair_energy_pointing_game(masks, maps=maps, grid=g)
+    for b in range(2):
+        parts = []
+        for m, mk in zip(maps, masks, strict=True):
+            e = (m[b] - m[b].min()) / (m[b].max() - m[b].min())
+            sums = [float(e[r * 4:(r + 1) * 4, c * 4:(c + 1) * 4].sum())
+                    for r in range(g) for c in range(g)]
+            f = _region_fractions_by_loop(mk[b], g)
+            parts.append(sum(s * fi for s, fi in zip(sums, f, strict=True)) / sum(sums))
+        assert math.isclose(float(got[b]), parts[0] * parts[1], rel_tol=1e-5)
+
+
+def test_pair_energy_pointing_game_of_a_correspondence_on_the_ground_truth_encoder():
+    torch.manual_seed(1)
+    model = SimilarityModel(KeyRegionEncoder(), head=nn.Linear(16, 8), feature_layer="features",
+                            input_size=(64, 64), crop_fraction=1.0, name="key-region")
+    a, b, m1, m2 = key_painted_pairs(4)
+    x1, x2 = model.normalize(a), model.normalize(b)
+    corr = pairlens.correspond(model, x1, x2, method="feature-grid")
+    rand = pairlens.explain(model, x1, x2, method="random")
+    got = {name: evaluate(model, x1, x2, exp, metrics=("PEPG",), masks=(m1, m2), pair_grid=16)
+           ["PEPG"] for name, exp in (("feature-grid", corr), ("random", rand))}
+    direct = pair_energy_pointing_game((m1, m2), relevance=corr.relevance, grids=corr.grids,
+                                       grid=16)
+    torch.testing.assert_close(got["feature-grid"], direct)
+    # the relevance lies on the object pair only; the score is below 1 only through the regions
+    # the object's outline cuts (their fractions f < 1); random maps stay near chance (the product
+    # of the two area fractions, below 0.01 here)
+    chance = m1.float().mean((1, 2)) * m2.float().mean((1, 2))
+    assert bool((got["feature-grid"] > 0.4).all())
+    assert bool((got["random"] < 3 * chance).all())

@@ -163,6 +163,6 @@ def test_ground_truth_table_lists_every_method_next_to_random(tmp_path):
     assert rows[1][3].startswith("0.133") and rows[1][5] == "4"  # EPG over 3 pairs, NaN skipped
     write_report([db], tmp_path / "rep", formats=["md"])
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Ground truth (pointing game, energy pointing game): composites (set)" in md
+    assert "## Ground truth (pointing games): composites (set)" in md
     main_table = md.split("## Metrics: composites (set)")[1].split("##")[0]
     assert "PG" not in main_table  # the ground-truth metrics have their own table

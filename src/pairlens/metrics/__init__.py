@@ -7,7 +7,8 @@ conditional), ``SAD``, ``CAD`` (average drop), ``SAI``, ``CAI`` (average increas
 (:mod:`pairlens.metrics.road`), the correspondence (region-pair) metrics ``PI`` / ``PD``, each
 reported with its ``-marginal`` and ``-random`` reference orders
 (:mod:`pairlens.metrics.correspondence`), and the pointing game ``PG`` and energy-based pointing
-game ``EPG`` against ground-truth masks (:mod:`pairlens.metrics.ground_truth`); names are matched
+game ``EPG`` (and the pair energy pointing game ``PEPG`` of correspondences) against ground-truth
+masks (:mod:`pairlens.metrics.ground_truth`); names are matched
 case-insensitively. :data:`HIGHER_IS_BETTER` gives each metric's direction. A metric never knows
 which method made the maps, except MS, which recomputes the explanation of noisy inputs.
 """
@@ -35,6 +36,7 @@ from pairlens.metrics.ground_truth import (
     GROUND_TRUTH_METRICS,
     energy_pointing_game,
     ground_truth_scores,
+    pair_energy_pointing_game,
     pointing_game,
 )
 from pairlens.metrics.regions import (
@@ -57,7 +59,7 @@ HIGHER_IS_BETTER = {"SI": True, "SD": False, "CI": True, "CD": False, "SAD": Fal
                     "CAD": False, "SAI": True, "CAI": True, "MS": False,
                     "RSI": True, "RSD": False, "RCI": True, "RCD": False,
                     "SMoRF": False, "SLeRF": True, "CMoRF": False, "CLeRF": True,
-                    "PG": True, "EPG": True}
+                    "PG": True, "EPG": True, "PEPG": True}
 for _name, _higher in (("PI", True), ("PD", False)):
     for _suffix in ("", *(f"-{r}" for r in REFERENCES)):
         HIGHER_IS_BETTER[_name + _suffix] = _higher
@@ -242,7 +244,12 @@ def evaluate(
                     out[f"{name}_curve"] = pairs[f"{name}_curve"]
         if gt_masks is not None:
             gt = ground_truth_scores(map1, map2, *gt_masks)
-            out.update({m: gt[m] for m in wanted if m in GROUND_TRUTH_METRICS})
+            out.update({m: gt[m] for m in wanted if m in ("PG", "EPG")})
+            if "PEPG" in wanted:
+                out["PEPG"] = pair_energy_pointing_game(
+                    gt_masks, relevance=getattr(explanation_or_maps, "relevance", None),
+                    grids=getattr(explanation_or_maps, "grids", None), maps=(map1, map2),
+                    grid=pair_grid)
         if "MS" in wanted:
             if method is None:
                 raise ValueError("metric MS needs the method: pass method=... (and method_params)")
@@ -272,6 +279,7 @@ __all__ = [
     "ALL_METRICS",
     "DEFAULT_METRICS",
     "GROUND_TRUTH_METRICS",
+    "pair_energy_pointing_game",
     "HIGHER_IS_BETTER",
     "REGION_METRICS",
     "ROAD_METRICS",

@@ -116,9 +116,10 @@ def left_out_note(study: Study) -> str:
 
 
 def ground_truth_table(study: Study) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """Every method's PG and EPG (mean [95 % t-interval] over the pairs all methods have) next to
-    ``random``'s mean, the baseline last; empty when the study has no ground-truth metric. Bold:
-    significantly better than random (:func:`~pairlens.report.tables.compare_with_baseline`)."""
+    """Every method's stored PG, EPG and PEPG (mean [95 % t-interval] over the pairs all methods
+    have) next to ``random``'s mean, the baseline last; empty when the study has no ground-truth
+    metric. Bold: significantly better than random
+    (:func:`~pairlens.report.tables.compare_with_baseline`)."""
     import numpy as np
 
     metrics = [m for m in GROUND_TRUTH_METRICS if any(mm == m for _, mm in study.cells)]
@@ -451,7 +452,7 @@ def _sections(studies: Sequence[Study], downstream_rows: list[list]) -> list[tup
                         "table", (header, rows, bold), None))
         header, rows, bold = ground_truth_table(study)
         if rows:
-            out.append((f"Ground truth (pointing game, energy pointing game): {study.title}",
+            out.append((f"Ground truth (pointing games): {study.title}",
                         "table", (header, rows, bold), None))
     header, rows, bold = sensitivity_table(studies)
     if rows:
