@@ -92,8 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--metrics", default=None,
                    help="comma-separated: SI,SD,CI,CD,SAD,CAD,SAI,CAI,MS; region games "
                    "RSI,RSD,RCI,RCD; ROAD SMoRF,SLeRF,CMoRF,CLeRF; region-pair (correspondence) "
-                   "PI,PD; with ground truth (composites) PG,EPG,PEPG (default: SI,SD,CI,CD,SAD,CAD, "
-                   "plus PG,EPG for composites)")
+                   "PI,PD; with ground truth (composites) PG,EPG,PEPG (default: "
+                   "SI,SD,CI,CD,SAD,CAD, plus PG,EPG for composites)")
     m.add_argument("--step", type=argtype("int", 1), default=None, metavar="L",
                    help="pixels per insertion/deletion step (default: round(H*W/224))")
     m.add_argument("--ms-samples", type=argtype("int", 1), default=10, metavar="N",
