@@ -59,6 +59,13 @@ _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 
 
+def add_clock_option(ap) -> None:
+    """``--clock wall|cpu`` on an ``argparse`` parser; pass its value to :func:`set_clock`."""
+    ap.add_argument("--clock", choices=tuple(_CLOCKS), default="wall",
+                    help="wall time, or this process's CPU time (for one-thread runs on a loaded "
+                    "machine)")
+
+
 def set_clock(name: str) -> None:
     """``wall`` (default) or ``cpu``: this process's CPU time (all its threads). On a loaded
     machine the CPU time of a one-thread run measures the work done, where wall time also counts

@@ -33,7 +33,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import load_benchmark_model, machine_line, set_clock, timed  # noqa: E402
+from common import (  # noqa: E402
+    add_clock_option,
+    load_benchmark_model,
+    machine_line,
+    set_clock,
+    timed,
+)
 
 import pairlens  # noqa: E402
 from pairlens.methods.registry import get_method  # noqa: E402
@@ -102,9 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="embedding directions of bilrp / integrated-jacobians (default: theirs)")
     ap.add_argument("--steps", type=int, default=None, help="integrated-jacobians path steps")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall time, or this process's CPU time (one-thread runs on a loaded "
-                    "machine)")
+    add_clock_option(ap)
     args = ap.parse_args(argv)
     set_clock(args.clock)
     torch.set_num_threads(args.threads)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference_impl as ref  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
+    add_clock_option,
     load_benchmark_model,
     machine_line,
     pair,
@@ -192,9 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--amp", default=None, choices=("bf16", "fp16"))
     ap.add_argument("--step", type=int, default=None,
                     help="metrics: pixels per insertion/deletion step (default: round(H*W/224))")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall time, or this process's CPU time (for one-thread runs on a loaded "
-                    "machine)")
+    add_clock_option(ap)
     args = ap.parse_args(argv)
     set_clock(args.clock)
     applied = {} if args.no_tune else tune_cpu_runtime()

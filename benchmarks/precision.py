@@ -20,7 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import device_check  # noqa: E402
 import torch  # noqa: E402
-from common import load_benchmark_model, machine_line, set_clock  # noqa: E402
+from common import (  # noqa: E402
+    add_clock_option,
+    load_benchmark_model,
+    machine_line,
+    set_clock,
+)
 
 from pairlens.runtime import tune_cpu_runtime  # noqa: E402
 
@@ -45,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="all")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall time, or this process's CPU time (for one-thread runs on a loaded "
-                    "machine)")
+    add_clock_option(ap)
     args = ap.parse_args(argv)
     set_clock(args.clock)
     tune_cpu_runtime()

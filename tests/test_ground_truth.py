@@ -161,6 +161,13 @@ class KeyRegionEncoder(nn.Module):
         return self.features(F.avg_pool2d(h, 2))
 
 
+def key_region_model() -> SimilarityModel:
+    """The :class:`KeyRegionEncoder` with a linear head (exact case of feature-grid)."""
+    torch.manual_seed(1)
+    return SimilarityModel(KeyRegionEncoder(), head=nn.Linear(16, 8), feature_layer="features",
+                           input_size=(64, 64), crop_fraction=1.0, name="key-region")
+
+
 def key_painted_pairs(n: int, size: int = 64):
     x1, x2, m1, m2 = C.pair_batch(range(n), seed=0, size=size)
     key = torch.tensor(KEY).view(1, 3, 1, 1)
@@ -175,9 +182,7 @@ def key_painted_pairs(n: int, size: int = 64):
 
 
 def test_ground_truth_region_encoder_gives_pointing_game_one():
-    torch.manual_seed(1)
-    model = SimilarityModel(KeyRegionEncoder(), head=nn.Linear(16, 8), feature_layer="features",
-                            input_size=(64, 64), crop_fraction=1.0, name="key-region")
+    model = key_region_model()
     x01_1, x01_2, m1, m2 = key_painted_pairs(6)
     x1, x2 = model.normalize(x01_1), model.normalize(x01_2)
     # the encoder's region is exactly the ground truth
@@ -409,9 +414,7 @@ def test_pair_energy_pointing_game_of_two_maps_is_the_product_of_region_energies
 
 
 def test_pair_energy_pointing_game_of_a_correspondence_on_the_ground_truth_encoder():
-    torch.manual_seed(1)
-    model = SimilarityModel(KeyRegionEncoder(), head=nn.Linear(16, 8), feature_layer="features",
-                            input_size=(64, 64), crop_fraction=1.0, name="key-region")
+    model = key_region_model()
     a, b, m1, m2 = key_painted_pairs(4)
     x1, x2 = model.normalize(a), model.normalize(b)
     corr = pairlens.correspond(model, x1, x2, method="feature-grid")

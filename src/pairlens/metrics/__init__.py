@@ -243,8 +243,9 @@ def evaluate(
                 if return_curves:
                     out[f"{name}_curve"] = pairs[f"{name}_curve"]
         if gt_masks is not None:
-            gt = ground_truth_scores(map1, map2, *gt_masks)
-            out.update({m: gt[m] for m in wanted if m in ("PG", "EPG")})
+            if "PG" in wanted or "EPG" in wanted:
+                gt = ground_truth_scores(map1, map2, *gt_masks)
+                out.update({m: gt[m] for m in wanted if m in ("PG", "EPG")})
             if "PEPG" in wanted:
                 out["PEPG"] = pair_energy_pointing_game(
                     gt_masks, relevance=getattr(explanation_or_maps, "relevance", None),
