@@ -5,6 +5,8 @@
 * :func:`tune_cpu_runtime`: on Linux with glibc, keep freed activation buffers in the process
   (``mallopt``) and make idle OpenMP threads sleep instead of spinning. The command line calls it
   at start-up; library users may call it once themselves. See ``docs/performance.md``.
+* :func:`usable_cores` and :func:`auto_workers`: how many local worker processes
+  ``pairlens evaluate --workers auto`` starts (processes beat threads on small inputs).
 
 Importing this module does not import torch (the CLI calls it before torch is loaded).
 """
@@ -117,3 +119,68 @@ def tune_cpu_runtime() -> dict[str, str]:
     if ok:
         applied["malloc"] = "mmap_max=0,trim_threshold=2GiB"
     return applied
+
+
+#: ``--workers auto`` starts several processes only for model inputs of at most this many pixels
+#: (H x W): measured in docs/performance.md ("Local worker processes"), two processes of one
+#: thread beat one process of two threads on the 32 px digits CNN and on 64 px composites, and
+#: lose on 224 px photos, where PyTorch's intra-op threads already keep the cores busy.
+PROCESS_MAX_PIXELS = 64 * 64
+#: at most this many workers (each holds the model, its activations and a Python)
+MAX_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask on Linux, else ``os.cpu_count()``),
+    at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(
+    device_type: str,
+    image_hw: tuple[int, int],
+    pending_units: int,
+    threads: int | None = None,
+    distributed: bool = False,
+) -> int:
+    """The number of local worker processes ``pairlens evaluate --workers auto`` uses.
+
+    1 on CUDA / MPS (one device), under ``torchrun`` (``distributed``), with ``threads == 1``,
+    with fewer than 2 pending units of work, or for inputs larger than
+    :data:`PROCESS_MAX_PIXELS` (there one process's threads use the cores as well as processes
+    would, at a fraction of the memory). Otherwise one worker per core of the CPU budget
+    (``threads``, default :func:`usable_cores`), at most :data:`MAX_WORKERS` and at most
+    ``pending_units``.
+
+    Args:
+        device_type: ``"cpu"``, ``"cuda"``, ``"mps"``, ...
+        image_hw: (H, W) of the model input.
+        pending_units: units of work (a method variant on ``--pairs-per-unit`` pairs) left to do.
+        threads: the CPU threads the run may use (``--threads``), None for every usable core.
+        distributed: whether the process runs under ``torchrun``.
+
+    Returns:
+        An integer >= 1.
+    """
+    budget = usable_cores() if threads is None else int(threads)
+    if (device_type != "cpu" or distributed or budget <= 1 or pending_units < 2
+            or image_hw[0] * image_hw[1] > PROCESS_MAX_PIXELS):
+        return 1
+    return max(1, min(budget, MAX_WORKERS, pending_units))
+
+
+def release_free_memory() -> None:
+    """Return the heap's free memory to the OS (glibc ``malloc_trim(0)``; nothing elsewhere):
+    the parent of ``evaluate --workers`` calls it before its workers start, since
+    :func:`tune_cpu_runtime` otherwise keeps its peak heap for the whole run."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass

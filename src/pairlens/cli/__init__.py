@@ -74,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # evaluate --workers re-runs it
         if not getattr(args, "func", None):
             parser.print_help()
             return EXIT_OK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from pairlens.cli.options import (
@@ -48,12 +49,17 @@ EVALUATE_EXAMPLES = """examples:
   pairlens evaluate --model simclr-v2-r50-1x --checkpoint r50_1x_sk0_ema.pth \\
       --data /data/imagenet/val --pairs 2000 --methods all --store imagenet.db --device cuda --yes
       # a GPU job: on this 2-core CPU one pair with one method (grad-cam) took 3 min of CPU time
+  pairlens evaluate --model digits --data digits --pairs 20 --methods grad-cam,smoothgrad \\
+      --store digits.db --workers 1        # one process (with its --threads) instead of auto
   torchrun --standalone --nproc_per_node 2 -m pairlens evaluate --model digits --data digits \\
       --pairs 20 --methods grad-cam,interaction-cam --store digits.db     # pairs are sharded
 
 Re-running the same command resumes: finished pairs are skipped. The first unit of pairs
 (--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs
-estimated over 15 min stop there unless --yes is given. Times: user + system CPU time measured
+estimated over 15 min stop there unless --yes is given. On a CPU, small inputs (digits,
+composites: at most 64 x 64 pixels) are then evaluated by one local worker process per core
+(--workers auto), which beats one process with several threads there; use torchrun for several
+machines or GPUs. Times: user + system CPU time measured
 on this project's 2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same
 time.
 """
@@ -72,7 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Run explanation methods on N image pairs, score them with the pair metrics of seed 000 "
         "§IV (SI, SD, CI, CD, SAD, CAD, the increase rates SAI/CAI and max sensitivity MS) and "
         "store every result in an SQLite file as it is produced. Re-running the same command "
-        "resumes; under torchrun the pairs are sharded across processes.",
+        "resumes. The work is shared by local worker processes (--workers) or, under torchrun, "
+        "by its ranks.",
         EVALUATE_EXAMPLES,
     )
     add_model_options(p, default_help="digits for --data digits, composites for --data "
@@ -105,6 +112,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: chosen from the device and image size)")
     g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",
                    help="pairs explained, scored and stored together (default: %(default)s)")
+    g.add_argument("--workers", type=_workers_arg, default="auto", metavar="N|auto",
+                   help="local worker processes sharing the pairs, each with --threads / N "
+                   "threads; results are identical for any N. auto: one per core on a CPU for "
+                   "inputs up to 64 x 64 pixels (there processes beat threads), else 1; always 1 "
+                   "on a GPU, under torchrun or with --threads 1 (default: %(default)s)")
     add_on_error_option(g, "the pairs using it (recorded in the store)")
     add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=argtype("int", 1))
     p.set_defaults(func=run_evaluate)
@@ -126,6 +138,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_report)
 
 
+def _workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {text!r}")
+    return value
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -133,6 +157,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pairlens.study.loop import (
         MethodSpec,
         Shard,
+        claim_identities,
         model_label,
         parse_metrics,
         run_evaluation,
@@ -152,7 +177,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     args.pair_mode = args.pair_mode or default_pair_mode(args.data)
     apply_threads(args)
     store_path = store_of(args)
-    shard = Shard.from_env()
+    shard = usage(Shard.from_env)
     dist = _init_distributed(shard)
     device = args.device
     if shard.world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
@@ -166,22 +191,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
     _barrier(dist)
     options = dict(step=args.step, pairs_per_batch=args.pairs_per_unit,
                    batch_size=args.batch_size, ms_samples=args.ms_samples, bad_files=bad)
+    workers, rss = 1, []
     try:
         with ResultStore(store_path) as store:
             probed = 0
-            if shard.world == 1 and len(pairs) > args.pairs_per_unit:
-                probed = _estimate(args, model, model_key, pairs, specs, metrics, store, options)
-            summary = run_evaluation(model, model_key, pairs, specs, metrics, store,
-                                     shard=shard, progress=not args.quiet, **options)
+            if shard.world == 1:
+                claim_identities(model, model_key, pairs, store)
+                if len(pairs) > args.pairs_per_unit:
+                    probed = _estimate(args, model, model_key, pairs, specs, metrics, store,
+                                       options)
+                workers = _workers(args, model, model_key, pairs, specs, metrics, store)
+            if workers > 1:
+                from pairlens.cli.workers import WorkerFailed, run_workers
+
+                try:
+                    summary, rss = run_workers(args, workers, _pending_pairs(
+                        args, model_key, pairs, specs, metrics, store), specs)
+                except WorkerFailed as err:  # one line, the worker's exit code
+                    print(f"pairlens: error: {err}", file=sys.stderr, flush=True)
+                    return err.code
+            else:
+                progress = not args.quiet and shard.launcher != "workers"
+                summary = run_evaluation(model, model_key, pairs, specs, metrics, store,
+                                         shard=shard, progress=progress, on_unit=_progress_pipe(),
+                                         **options)
             summary.computed_pairs += probed
             summary.skipped_pairs -= probed
         _barrier(dist)
     finally:
         if dist:
             torch.distributed.destroy_process_group()
-    who = f"rank {shard.rank}/{shard.world}: " if shard.world > 1 else ""
+    who = f"rank {shard.rank}/{shard.world}: " if shard.launcher == "torchrun" else ""
     computed = ", ".join(m for m in metrics if m in summary.missing_metrics) or "nothing new"
-    lines = [f"{who}{summary.computed_pairs} pair evaluations computed ({computed}), "
+    by = f" by {workers} worker processes" if workers > 1 else ""
+    lines = [f"{who}{summary.computed_pairs} pair evaluations computed{by} ({computed}), "
              f"{summary.skipped_pairs} already complete in {store_path}; "
              f"{summary.seconds:.1f} s"]
     if summary.skipped_files:
@@ -190,14 +233,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
               for label, seconds in summary.per_method.items()]
     if summary.computed_pairs:
         lines.append(f"{who}  stages: " + ", ".join(f"{k} {v:.1f} s"
-                                                    for k, v in summary.stages.items()))
+                                                    for k, v in summary.stages.items())
+                     + (" (summed over the workers)" if workers > 1 else ""))
     if shard.rank == 0:
         lines.append(f"next: pairlens report --store {store_path} --out pairlens-report")
     out.wrote(store_path, f"results store ({summary.computed_pairs} pair evaluations computed)")
     out.add(computed=summary.computed_pairs, already_complete=summary.skipped_pairs,
             metrics_computed=sorted(summary.missing_metrics), skipped_files=summary.skipped_files,
             explain_seconds=summary.per_method, stage_seconds=summary.stages,
-            store=str(store_path), rank=shard.rank, world=shard.world)
+            store=str(store_path), rank=shard.rank, world=shard.world, workers=workers,
+            wall_seconds=round(summary.seconds, 3))
+    if rss:
+        out.add(worker_peak_rss_mb=rss)
     return out.finish("\n".join(lines))
 
 
@@ -237,9 +284,49 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> 
     return computed
 
 
+def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
+    """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``), at most the
+    number of pending units of work."""
+    from pairlens.runtime import auto_workers
+
+    units = len({(spec.label, ids[0] // args.pairs_per_unit)
+                 for spec, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store)})
+    if args.workers == "auto":
+        return auto_workers(model.device.type, model.input_size, units, args.threads)
+    return max(1, min(int(args.workers), units))
+
+
+def _plan(args, model_key, pairs, specs, metrics, store):
+    from pairlens.study.loop import plan_units, setting_key
+
+    setting = setting_key(pairs, args.step, args.ms_samples)
+    return plan_units(store, model_key, setting, len(pairs), specs, metrics, args.pairs_per_unit)
+
+
+def _pending_pairs(args, model_key, pairs, specs, metrics, store) -> int:
+    """(pair, method) evaluations left to do: the total of the workers' overall bar."""
+    return sum(len(ids) for _, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store))
+
+
+def _progress_pipe():
+    """In a local worker, a callback writing the number of pairs of each finished unit to the
+    parent's progress pipe (``PAIRLENS_PROGRESS_FD``); else None."""
+    fd = os.environ.get("PAIRLENS_PROGRESS_FD")
+    if not fd:
+        return None
+
+    def on_unit(label: str, kept: list[int]) -> None:
+        try:
+            os.write(int(fd), f"{len(kept)}\n".encode())
+        except OSError:
+            pass  # the parent is gone or stopped listening: the work itself goes on
+
+    return on_unit
+
+
 def _init_distributed(shard) -> bool:
     """Join the torchrun process group (gloo on CPU, nccl on CUDA) when there are several ranks."""
-    if shard.world <= 1:
+    if shard.launcher != "torchrun":
         return False
     import torch
     import torch.distributed as dist

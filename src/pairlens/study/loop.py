@@ -5,9 +5,13 @@ the data's (:meth:`ResultStore.claim`): a store built from other weights or othe
 the same labels is refused with a line naming the difference.
 
 Work is cut into *units*: the pairs ``[j*B, (j+1)*B)`` (``B`` = pairs per batch) for one method
-variant. Unit ``j`` belongs to rank ``j mod world_size``, so a ``torchrun`` run computes exactly
-the same batches as a single process, and a resumed run computes the same batches as an
-uninterrupted one (a unit is stored in one transaction, so it is either complete or absent).
+variant. Unit ``j`` of the ``m``-th method variant belongs to rank ``(m*U + j) mod world_size``
+(``U`` units per method, :meth:`Shard.owns`): a static rule, the same for ``torchrun`` ranks and
+the local workers of ``pairlens evaluate --workers``, that never depends on what the store holds,
+so processes started at slightly different times never skip or duplicate a unit, and an odd
+number of units per method alternates between ranks. Every rank computes exactly the batches a
+single process would, and a resumed run computes the same batches as an uninterrupted one (a unit
+is stored in one transaction, so it is either complete or absent).
 Within a unit only the (pair, metric) values missing from the store are computed: pairs lacking
 the same metrics are explained and scored together. Per unit: the explanation (timed),
 :func:`pairlens.evaluate` with the curves, one store transaction. Pairs whose images cannot be
@@ -90,17 +94,45 @@ def parse_metrics(text: str) -> list[str]:
     return canonical_metrics(names)
 
 
+#: environment variable naming a local worker's shard, ``"i/N"`` (set by ``evaluate --workers``)
+WORKER_ENV = "PAIRLENS_WORKER"
+
+
 @dataclass(frozen=True)
 class Shard:
-    """This process's share of the work: rank ``rank`` of ``world`` processes."""
+    """This process's share of the work: rank ``rank`` of ``world`` processes. ``launcher`` is
+    ``"torchrun"`` (ranks join a process group), ``"workers"`` (local worker processes of
+    ``pairlens evaluate --workers``, no process group) or ``None`` (one process)."""
 
     rank: int = 0
     world: int = 1
+    launcher: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise ValueError(f"bad shard: rank {self.rank} of {self.world} processes")
 
     @classmethod
     def from_env(cls) -> Shard:
-        """Rank and world size from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``)."""
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        """The shard of a local worker (``PAIRLENS_WORKER=i/N``), else rank and world size from
+        ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``), else one process. Raises
+        ValueError for a malformed ``PAIRLENS_WORKER``."""
+        worker = os.environ.get(WORKER_ENV)
+        if worker:
+            try:
+                rank, world = (int(v) for v in worker.split("/"))
+            except ValueError:
+                raise ValueError(f"{WORKER_ENV}={worker!r}: expected RANK/WORLD, e.g. 0/2") \
+                    from None
+            return cls(rank, world, "workers")
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        return cls(int(os.environ.get("RANK", 0)), world, "torchrun" if world > 1 else None)
+
+    def owns(self, method_index: int, unit: int, units_per_method: int) -> bool:
+        """Whether unit ``unit`` (pairs ``[unit*B, (unit+1)*B)``) of the ``method_index``-th
+        method variant is this rank's: ``(method_index * units_per_method + unit) mod world ==
+        rank``. Static (independent of the store), so every unit has exactly one owner."""
+        return (method_index * units_per_method + unit) % self.world == self.rank
 
 
 @dataclass
@@ -166,12 +198,6 @@ def run_evaluation(
     """
     from tqdm.auto import tqdm
 
-    from pairlens.study.identity import (
-        explain_data_difference,
-        explain_model_difference,
-        model_fingerprint,
-    )
-
     if pairs_per_batch < 1 or (batch_size is not None and batch_size < 1) or ms_samples < 1:
         raise ValueError("pairs_per_batch, batch_size and ms_samples must be >= 1")
     metrics = list(dict.fromkeys(canonical_metrics(metrics)))
@@ -180,29 +206,11 @@ def run_evaluation(
         raise ValueError(f"metric(s) {', '.join(ground_truth)} need ground-truth masks; "
                          f"--data {pairs.data} has none (use --data composites)")
     bad = bad_files or BadFiles("stop")
-    fingerprint, detail = model_fingerprint(model)
-    store.claim("model", model_key, fingerprint, detail, explain_model_difference)
-    data_fp, manifest = pairs.fingerprint()
-    store.claim("data", pairs.data, data_fp, manifest, explain_data_difference)
+    claim_identities(model, model_key, pairs, store)
     setting = setting_key(pairs, step, ms_samples)
-    units: list[tuple[MethodSpec, str, list[int], list[str]]] = []
     summary = RunSummary()
-    n = len(pairs)
-    for spec in specs:
-        params_key = canonical_params(spec.result_params)
-        present = store.present(model_key, setting, spec.name, params_key)
-        for j, start in enumerate(range(0, n, pairs_per_batch)):
-            if j % shard.world != shard.rank:
-                continue
-            groups: dict[tuple[str, ...], list[int]] = {}
-            for pid in range(start, min(start + pairs_per_batch, n)):
-                missing = tuple(m for m in metrics if m not in present.get(pid, ()))
-                if missing:
-                    groups.setdefault(missing, []).append(pid)
-                else:
-                    summary.skipped_pairs += 1
-            for missing, ids in groups.items():
-                units.append((spec, params_key, ids, list(missing)))
+    units = plan_units(store, model_key, setting, len(pairs), specs, metrics, pairs_per_batch,
+                       shard, summary)
     total = sum(len(ids) for _, _, ids, _ in units)
     bar = tqdm(total=total, disable=not progress, unit="pair", dynamic_ncols=True,
                desc=f"rank {shard.rank}" if shard.world > 1 else "evaluate",
@@ -259,6 +267,58 @@ def run_evaluation(
     stages["other"] = summary.seconds - sum(stages.values())
     summary.stages = stages
     return summary
+
+
+def claim_identities(model: SimilarityModel, model_key: str, pairs: PairSet,
+                     store: ResultStore) -> None:
+    """Bind ``model_key`` to the model's fingerprint and the data label to the files' in
+    ``store``; raises :class:`~pairlens.study.identity.IdentityMismatch` if either label is
+    already bound to something else (:meth:`ResultStore.claim`)."""
+    from pairlens.study.identity import (
+        explain_data_difference,
+        explain_model_difference,
+        model_fingerprint,
+    )
+
+    fingerprint, detail = model_fingerprint(model)
+    store.claim("model", model_key, fingerprint, detail, explain_model_difference)
+    data_fp, manifest = pairs.fingerprint()
+    store.claim("data", pairs.data, data_fp, manifest, explain_data_difference)
+
+
+def plan_units(
+    store: ResultStore,
+    model_key: str,
+    setting: str,
+    n: int,
+    specs: Sequence[MethodSpec],
+    metrics: Sequence[str],
+    pairs_per_batch: int,
+    shard: Shard = Shard(),
+    summary: RunSummary | None = None,
+) -> list[tuple[MethodSpec, str, list[int], list[str]]]:
+    """The work of ``shard`` among ``n`` pairs: ``(spec, params key, pair ids, missing
+    metrics)`` for each group of pairs of one of its units (:meth:`Shard.owns`) that lack the
+    same metrics in ``store``. Pairs already complete are counted in ``summary.skipped_pairs``.
+    Only what is computed within a unit depends on the store, never which rank owns it."""
+    units: list[tuple[MethodSpec, str, list[int], list[str]]] = []
+    per_method = -(-n // pairs_per_batch)
+    for m, spec in enumerate(specs):
+        params_key = canonical_params(spec.result_params)
+        present = store.present(model_key, setting, spec.name, params_key)
+        for j, start in enumerate(range(0, n, pairs_per_batch)):
+            if not shard.owns(m, j, per_method):
+                continue
+            groups: dict[tuple[str, ...], list[int]] = {}
+            for pid in range(start, min(start + pairs_per_batch, n)):
+                missing = tuple(mt for mt in metrics if mt not in present.get(pid, ()))
+                if missing:
+                    groups.setdefault(missing, []).append(pid)
+                elif summary is not None:
+                    summary.skipped_pairs += 1
+            for missing, ids in groups.items():
+                units.append((spec, params_key, ids, list(missing)))
+    return units
 
 
 def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec, batch_size: int | None):
