@@ -288,11 +288,13 @@ def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
     """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``), at most the
     number of pending units of work."""
     from pairlens.runtime import auto_workers
+    from pairlens.study.loop import under_torchrun
 
     units = len({(spec.label, ids[0] // args.pairs_per_unit)
                  for spec, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store)})
     if args.workers == "auto":
-        return auto_workers(model.device.type, model.input_size, units, args.threads)
+        return auto_workers(model.device.type, model.input_size, units, args.threads,
+                            distributed=under_torchrun())
     return max(1, min(int(args.workers), units))
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +96,13 @@ def parse_metrics(text: str) -> list[str]:
 
 #: environment variable naming a local worker's shard, ``"i/N"`` (set by ``evaluate --workers``)
 WORKER_ENV = "PAIRLENS_WORKER"
+
+
+def under_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the process was started by ``torchrun`` (or another launcher setting ``RANK``),
+    even with one process."""
+    env = os.environ if env is None else env
+    return "RANK" in env or "TORCHELASTIC_RUN_ID" in env
 
 
 @dataclass(frozen=True)

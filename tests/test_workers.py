@@ -1,0 +1,177 @@
+"""``pairlens evaluate --workers``: local worker processes give exactly a single process's store,
+one summary, one error line on failure; the ``auto`` rule; the static unit assignment."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pairlens.cli import main
+from pairlens.runtime import PROCESS_MAX_PIXELS, auto_workers
+from pairlens.study.loop import MethodSpec, Shard, plan_units
+from pairlens.study.store import ResultStore
+
+FAST = ["--model", "digits", "--methods", "grad-cam,input-x-gradient", "--metrics", "SI,SD,CI,CD",
+        "--step", "32", "--pairs-per-unit", "2", "--device", "cpu", "--quiet"]
+
+
+def rows(db) -> dict[str, list[tuple]]:
+    conn = sqlite3.connect(db)
+    try:
+        return {
+            "results": conn.execute("SELECT model, setting, method, params, pair_id, metric, value "
+                                    "FROM results ORDER BY 1,2,3,4,5,6").fetchall(),
+            "curves": conn.execute("SELECT model, setting, method, params, pair_id, metric, curve "
+                                   "FROM curves ORDER BY 1,2,3,4,5,6").fetchall(),
+            "done": conn.execute("SELECT method, pair_id FROM pairs_done").fetchall(),
+            "ranks": conn.execute("SELECT DISTINCT rank FROM pairs_done").fetchall(),
+        }
+    finally:
+        conn.close()
+
+
+def evaluate(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_two_workers_store_exactly_what_one_process_stores(tmp_path, capsys):
+    common = [*FAST, "--data", "digits", "--pairs", "6", "--json"]
+    code, out, _ = evaluate(capsys, *common, "--workers", "1", "--threads", "1",
+                            "--store", str(tmp_path / "one.db"))
+    assert code == 0
+    single = json.loads(out)
+    code, out, _ = evaluate(capsys, *common, "--workers", "2", "--threads", "2",
+                            "--store", str(tmp_path / "two.db"))
+    assert code == 0
+    multi = json.loads(out)  # one JSON object, not one per worker
+    assert single["workers"] == 1 and multi["workers"] == 2
+    assert multi["computed"] == single["computed"] == 12  # 6 pairs x 2 methods
+    assert multi["already_complete"] == single["already_complete"] == 0
+    assert set(multi["explain_seconds"]) == set(single["explain_seconds"])
+    assert len(multi["worker_peak_rss_mb"]) == 2
+    one, two = rows(tmp_path / "one.db"), rows(tmp_path / "two.db")
+    assert len(one["results"]) == 6 * 2 * 4
+    assert one["results"] == two["results"]  # bit-identical values (floats compared exactly)
+    assert one["curves"] == two["curves"]  # and curves (float32 bytes)
+    assert sorted(two["done"]) == sorted({(m, p) for m in ("grad-cam", "input-x-gradient")
+                                          for p in range(6)})  # every row exactly once
+    assert {r for (r,) in two["ranks"]} == {0, 1}  # both workers did work
+    code, out, _ = evaluate(capsys, *common, "--workers", "2", "--store", str(tmp_path / "two.db"))
+    again = json.loads(out)
+    assert code == 0 and again["computed"] == 0 and again["already_complete"] == 12
+
+
+def test_a_failing_worker_gives_one_line_keeps_its_units_and_a_rerun_completes(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    # pair 5 (the third unit of each method) uses the broken file; the estimate's first units
+    # run in the parent, the rest in the workers, both of which meet it
+    lines = [f"{i}.png {(i + 1) % 8}.png" for i in range(8)]
+    lines[5] = "broken.png 6.png"
+    (tmp_path / "pairs.txt").write_text("\n".join(lines))
+    store = tmp_path / "s.db"
+    args = [*FAST, "--data", str(tmp_path / "pairs.txt"), "--pair-mode", "list",
+            "--store", str(store), "--workers", "2", "--threads", "2"]
+    code, out, err = evaluate(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1
+    assert len(lines) == 1 and lines[0].startswith("pairlens: error: ") and "broken.png" in lines[0]
+    assert "Traceback" not in err
+    kept = rows(store)["done"]
+    assert kept and all(pid != 5 for _, pid in kept)  # completed units stay, none with pair 5
+    code, out, err = evaluate(capsys, *args, "--on-error", "skip", "--json", "--workers", "1")
+    assert code == 0
+    done = {(m, p) for m, p in rows(store)["done"]}
+    assert done == {(m, p) for m in ("grad-cam", "input-x-gradient") for p in range(8) if p != 5}
+    report = json.loads(out)
+    assert any("broken.png" in f for f in report["skipped_files"])
+
+
+def test_auto_workers_rule(monkeypatch):
+    small, big = (32, 32), (224, 224)
+    assert auto_workers("cpu", small, pending_units=50, threads=2) == 2  # processes beat threads
+    assert auto_workers("cpu", small, pending_units=50, threads=64) == 8  # at most 8
+    assert auto_workers("cpu", small, pending_units=3, threads=4) == 3  # at most the units
+    assert auto_workers("cpu", small, pending_units=1, threads=2) == 1  # too little work
+    assert auto_workers("cpu", small, pending_units=50, threads=1) == 1  # --threads 1
+    assert auto_workers("cuda", small, pending_units=50, threads=2) == 1  # one device
+    assert auto_workers("mps", small, pending_units=50, threads=2) == 1
+    assert auto_workers("cpu", small, pending_units=50, threads=2, distributed=True) == 1
+    assert auto_workers("cpu", big, pending_units=50, threads=2) == 1  # threads do as well
+    side = int(PROCESS_MAX_PIXELS ** 0.5)
+    assert auto_workers("cpu", (side, side), 50, threads=2) == 2
+    assert auto_workers("cpu", (side + 1, side + 1), 50, threads=2) == 1
+    monkeypatch.setattr("pairlens.runtime.usable_cores", lambda: 4)
+    assert auto_workers("cpu", small, pending_units=50) == 4  # default: every usable core
+
+
+def test_auto_is_one_under_torchrun_and_on_cuda(tmp_path, capsys, monkeypatch):
+    from pairlens.cli import evaluate as cli
+
+    seen = []
+    monkeypatch.setattr("pairlens.runtime.auto_workers",
+                        lambda *a, **k: seen.append((a, k)) or 1)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, out, _ = evaluate(capsys, *FAST, "--data", "digits", "--pairs", "4", "--threads", "2",
+                            "--json", "--store", str(tmp_path / "t.db"))
+    assert code == 0 and json.loads(out)["workers"] == 1
+    assert seen and seen[0][1]["distributed"] is True
+    monkeypatch.undo()
+
+    class Cuda:
+        device = type("D", (), {"type": "cuda"})()
+        input_size = (32, 32)
+
+    args = type("A", (), {"workers": "auto", "threads": 2, "pairs_per_unit": 2, "step": None,
+                          "ms_samples": 10})()
+    with ResultStore(tmp_path / "c.db") as store:
+        from pairlens.study.pairs import PairSet
+
+        specs = [MethodSpec("grad-cam")]
+        pairs = PairSet.__new__(PairSet)  # only len() and key are used by the plan
+        monkeypatch.setattr(PairSet, "__len__", lambda self: 8)
+        monkeypatch.setattr(PairSet, "key", "digits|test", raising=False)
+        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store) == 1
+        Cuda.device = type("D", (), {"type": "cpu"})()
+        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store) == 2
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_every_unit_has_exactly_one_rank_and_ranks_are_balanced(world, tmp_path):
+    for methods, units in ((1, 1), (3, 25), (12, 25), (2, 7), (5, 4)):
+        owners = {(m, j): [r for r in range(world) if Shard(r, world).owns(m, j, units)]
+                  for m in range(methods) for j in range(units)}
+        assert all(len(o) == 1 for o in owners.values())
+        counts = [sum(o == [r] for o in owners.values()) for r in range(world)]
+        assert max(counts) - min(counts) <= 1  # odd unit counts alternate across methods
+    specs = [MethodSpec("grad-cam"), MethodSpec("random"), MethodSpec("input-x-gradient")]
+    with ResultStore(tmp_path / f"{world}.db") as store:
+        plans = [plan_units(store, "m", "s", 11, specs, ["SI"], 2, Shard(r, world, "workers"))
+                 for r in range(world)]
+        whole = plan_units(store, "m", "s", 11, specs, ["SI"], 2)
+    key = [(spec.name, tuple(ids)) for plan in plans for spec, _, ids, _ in plan]
+    assert sorted(key) == sorted((spec.name, tuple(ids)) for spec, _, ids, _ in whole)
+    assert len(key) == len(set(key))
+
+
+def test_shard_from_the_worker_environment(monkeypatch):
+    monkeypatch.setenv("PAIRLENS_WORKER", "1/3")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the worker variable wins
+    assert Shard.from_env() == Shard(1, 3, "workers")
+    for bad in ("1", "a/b", "3/3", "0/0"):
+        monkeypatch.setenv("PAIRLENS_WORKER", bad)
+        with pytest.raises(ValueError):
+            Shard.from_env()
+    monkeypatch.delenv("PAIRLENS_WORKER")
+    monkeypatch.setenv("RANK", "1")
+    assert Shard.from_env() == Shard(1, 2, "torchrun")
