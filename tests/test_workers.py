@@ -110,6 +110,14 @@ def test_auto_workers_rule(monkeypatch):
     side = int(PROCESS_MAX_PIXELS ** 0.5)
     assert auto_workers("cpu", (side, side), 50, threads=2) == 2
     assert auto_workers("cpu", (side + 1, side + 1), 50, threads=2) == 1
+    # a busy machine: only the cores other work leaves idle (processes gain nothing there)
+    assert auto_workers("cpu", small, 50, threads=2, idle=1.8) == 2
+    assert auto_workers("cpu", small, 50, threads=2, idle=0.9) == 1
+    assert auto_workers("cpu", small, 50, threads=2, idle=-3.0) == 1
+    # memory: as many workers as fit in 80 % of the available memory
+    gib = 1 << 30
+    assert auto_workers("cpu", small, 50, threads=8, worker_bytes=gib, available=4 * gib) == 3
+    assert auto_workers("cpu", small, 50, threads=8, worker_bytes=gib, available=gib) == 1
     monkeypatch.setattr("pairlens.runtime.usable_cores", lambda: 4)
     assert auto_workers("cpu", small, pending_units=50) == 4  # default: every usable core
 

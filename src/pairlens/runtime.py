@@ -123,11 +123,13 @@ def tune_cpu_runtime() -> dict[str, str]:
 
 #: ``--workers auto`` starts several processes only for model inputs of at most this many pixels
 #: (H x W): measured in docs/performance.md ("Local worker processes"), two processes of one
-#: thread beat one process of two threads on the 32 px digits CNN and on 64 px composites, and
-#: lose on 224 px photos, where PyTorch's intra-op threads already keep the cores busy.
+#: thread beat one process of two threads on small inputs (the 32 px digits CNN) only; on larger
+#: ones PyTorch's intra-op threads already keep the cores busy.
 PROCESS_MAX_PIXELS = 64 * 64
 #: at most this many workers (each holds the model, its activations and a Python)
 MAX_WORKERS = 8
+#: share of the available memory the workers may fill together
+MEMORY_SHARE = 0.8
 
 
 def usable_cores() -> int:
@@ -139,12 +141,45 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def idle_cores() -> float:
+    """Usable cores minus the 1-minute load average (how many cores other work leaves free;
+    :func:`usable_cores` where the load average is unknown)."""
+    try:
+        return usable_cores() - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return float(usable_cores())
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (``MemAvailable`` of /proc/meminfo), None
+    where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_memory() -> int:
+    """Peak resident memory of this process so far, in bytes."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
 def auto_workers(
     device_type: str,
     image_hw: tuple[int, int],
     pending_units: int,
     threads: int | None = None,
     distributed: bool = False,
+    idle: float | None = None,
+    worker_bytes: int | None = None,
+    available: int | None = None,
 ) -> int:
     """The number of local worker processes ``pairlens evaluate --workers auto`` uses.
 
@@ -152,8 +187,11 @@ def auto_workers(
     with fewer than 2 pending units of work, or for inputs larger than
     :data:`PROCESS_MAX_PIXELS` (there one process's threads use the cores as well as processes
     would, at a fraction of the memory). Otherwise one worker per core of the CPU budget
-    (``threads``, default :func:`usable_cores`), at most :data:`MAX_WORKERS` and at most
-    ``pending_units``.
+    (``threads``, default :func:`usable_cores`), at most :data:`MAX_WORKERS`, at most
+    ``pending_units``, at most the cores other work leaves idle (``idle``, rounded; on a busy
+    machine processes gain nothing and pay their start-up, measured in docs/performance.md), and
+    at most as many as fit in :data:`MEMORY_SHARE` of ``available`` memory at ``worker_bytes``
+    each.
 
     Args:
         device_type: ``"cpu"``, ``"cuda"``, ``"mps"``, ...
@@ -161,6 +199,11 @@ def auto_workers(
         pending_units: units of work (a method variant on ``--pairs-per-unit`` pairs) left to do.
         threads: the CPU threads the run may use (``--threads``), None for every usable core.
         distributed: whether the process runs under ``torchrun``.
+        idle: cores left idle by other work (:func:`idle_cores` taken before the command's own
+            work), None to ignore the load.
+        worker_bytes: the expected peak memory of one worker (the parent's peak after the
+            estimate step, :func:`peak_memory`), None to ignore memory.
+        available: available memory in bytes (:func:`available_memory`), None to ignore memory.
 
     Returns:
         An integer >= 1.
@@ -169,7 +212,12 @@ def auto_workers(
     if (device_type != "cpu" or distributed or budget <= 1 or pending_units < 2
             or image_hw[0] * image_hw[1] > PROCESS_MAX_PIXELS):
         return 1
-    return max(1, min(budget, MAX_WORKERS, pending_units))
+    n = min(budget, MAX_WORKERS, pending_units)
+    if idle is not None:
+        n = min(n, int(idle + 0.5))
+    if worker_bytes and available:
+        n = min(n, int(available * MEMORY_SHARE // worker_bytes))
+    return max(1, n)
 
 
 def release_free_memory() -> None:
