@@ -4,7 +4,11 @@ one summary, one error line on failure; the ``auto`` rule; the static unit assig
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +187,20 @@ def test_shard_from_the_worker_environment(monkeypatch):
     monkeypatch.delenv("PAIRLENS_WORKER")
     monkeypatch.setenv("RANK", "1")
     assert Shard.from_env() == Shard(1, 2, "torchrun")
+
+
+@pytest.mark.slow
+def test_workers_benchmark_prints_both_sides_and_the_memory():
+    """benchmarks/workers.py makes the table of docs/performance.md; keep it working."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "src"),
+                                                        os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "workers.py"), "--cases",
+                          "digits", "--pairs", "3", "--pairs-per-unit", "1", "--methods",
+                          "grad-cam", "--metrics", "SI"], capture_output=True, text=True,
+                         env=env, check=True, timeout=600).stdout
+    row = next(line for line in out.splitlines() if line.startswith("| digits |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "32 px" and all(float(v) > 0 for v in cells[2:6])
+    assert len(cells[6].split(",")) == 2  # one peak per worker

@@ -57,7 +57,7 @@ EVALUATE_EXAMPLES = """examples:
 Re-running the same command resumes: finished pairs are skipped. The first unit of pairs
 (--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs
 estimated over 15 min stop there unless --yes is given. On a CPU, small inputs (digits,
-composites: at most 64 x 64 pixels) are then evaluated by one local worker process per core
+composites: at most 64 x 64 pixels) are then evaluated by one local worker process per idle core
 (--workers auto), which beats one process with several threads there; use torchrun for several
 machines or GPUs. Times: user + system CPU time measured
 on this project's 2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same
@@ -114,9 +114,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="pairs explained, scored and stored together (default: %(default)s)")
     g.add_argument("--workers", type=_workers_arg, default="auto", metavar="N|auto",
                    help="local worker processes sharing the pairs, each with --threads / N "
-                   "threads; results are identical for any N. auto: one per core on a CPU for "
-                   "inputs up to 64 x 64 pixels (there processes beat threads), else 1; always 1 "
-                   "on a GPU, under torchrun or with --threads 1 (default: %(default)s)")
+                   "threads; results are identical for any N. auto: on a CPU, for inputs up to "
+                   "64 x 64 pixels (there processes beat threads), one per core left idle by "
+                   "other work and fitting in memory; else 1, and always 1 on a GPU, under "
+                   "torchrun or with --threads 1 (default: %(default)s)")
     add_on_error_option(g, "the pairs using it (recorded in the store)")
     add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=argtype("int", 1))
     p.set_defaults(func=run_evaluate)
@@ -209,6 +210,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 try:
                     summary, rss = run_workers(args, workers, _pending_pairs(
                         args, model_key, pairs, specs, metrics, store), specs)
+                    summary.skipped_files = {**bad.skipped, **summary.skipped_files}
                 except WorkerFailed as err:  # one line, the worker's exit code
                     print(f"pairlens: error: {err}", file=sys.stderr, flush=True)
                     return err.code
