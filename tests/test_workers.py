@@ -155,6 +155,7 @@ def test_auto_is_one_under_torchrun_and_on_cuda(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(PairSet, "key", "digits|test", raising=False)
         assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store) == 1
         Cuda.device = type("D", (), {"type": "cpu"})()
+        monkeypatch.setattr("pairlens.runtime.idle_cores", lambda: 2.0)  # an idle machine
         assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store) == 2
 
 

@@ -18,6 +18,7 @@ import ctypes.util
 import functools
 import os
 import sys
+import time
 from typing import Any
 
 #: Images per forward pass on a CPU for a 224 x 224 input, without and with autograd: forward +
@@ -141,13 +142,55 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def idle_cores() -> float:
-    """Usable cores minus the 1-minute load average (how many cores other work leaves free;
-    :func:`usable_cores` where the load average is unknown)."""
+def idle_cores(interval: float = 0.5) -> float:
+    """How many of the usable cores other work leaves idle, measured now: the idle share of
+    each usable core over ``interval`` seconds (``/proc/stat``, Linux; the caller should itself
+    be idle meanwhile), else usable cores minus the 1-minute load average, else
+    :func:`usable_cores`. The load average lags by minutes (a run that just ended still counts),
+    hence the sample."""
+    cores = _usable_set()
+    first = _cpu_times(cores)
+    if first is not None:
+        time.sleep(interval)
+        second = _cpu_times(cores)
+        if second is not None:
+            idle = sum(second[c][0] - first[c][0] for c in second if c in first)
+            total = sum(second[c][1] - first[c][1] for c in second if c in first)
+            if total > 0:
+                return len(second) * idle / total
     try:
         return usable_cores() - os.getloadavg()[0]
     except (AttributeError, OSError):
         return float(usable_cores())
+
+
+def _usable_set() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_times(cores: set[int] | None) -> dict[int, tuple[int, int]] | None:
+    """(idle + iowait, total) clock ticks of each CPU in ``cores`` (all if None) from
+    /proc/stat, None where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    out = {}
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        try:
+            cpu, ticks = int(name[3:]), [int(v) for v in fields[:8]]
+        except ValueError:
+            continue
+        if cores is None or cpu in cores:
+            out[cpu] = (ticks[3] + ticks[4], sum(ticks))
+    return out or None
 
 
 def available_memory() -> int | None:
@@ -199,8 +242,7 @@ def auto_workers(
         pending_units: units of work (a method variant on ``--pairs-per-unit`` pairs) left to do.
         threads: the CPU threads the run may use (``--threads``), None for every usable core.
         distributed: whether the process runs under ``torchrun``.
-        idle: cores left idle by other work (:func:`idle_cores` taken before the command's own
-            work), None to ignore the load.
+        idle: cores left idle by other work (:func:`idle_cores`), None to ignore the load.
         worker_bytes: the expected peak memory of one worker (the parent's peak after the
             estimate step, :func:`peak_memory`), None to ignore memory.
         available: available memory in bytes (:func:`available_memory`), None to ignore memory.

@@ -155,7 +155,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from pairlens.metrics import GROUND_TRUTH_METRICS
-    from pairlens.runtime import idle_cores
     from pairlens.study.loop import (
         MethodSpec,
         Shard,
@@ -167,7 +166,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from pairlens.study.pairs import PairSet, default_pair_mode, is_composites
     from pairlens.study.store import ResultStore
 
-    idle = idle_cores()  # before this command's own work raises the load
     out = Output(args, "evaluate")
     specs = [MethodSpec(name, given) for name, given in method_list(args)]
     composites = is_composites(args.data)
@@ -203,7 +201,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 if len(pairs) > args.pairs_per_unit:
                     probed = _estimate(args, model, model_key, pairs, specs, metrics, store,
                                        options)
-                workers = _workers(args, model, model_key, pairs, specs, metrics, store, idle)
+                workers = _workers(args, model, model_key, pairs, specs, metrics, store)
             if workers > 1:
                 from pairlens.cli.workers import WorkerFailed, run_workers
 
@@ -288,18 +286,23 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> 
     return computed
 
 
-def _workers(args, model, model_key, pairs, specs, metrics, store, idle=None) -> int:
-    """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``, with the
-    cores ``idle`` when the command started), at most the number of pending units of work."""
-    from pairlens.runtime import auto_workers, available_memory, peak_memory
+def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
+    """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``), at most the
+    number of pending units of work."""
+    from pairlens.runtime import auto_workers, available_memory, idle_cores, peak_memory
     from pairlens.study.loop import under_torchrun
 
     units = len({(spec.label, ids[0] // args.pairs_per_unit)
                  for spec, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store)})
     if args.workers == "auto":
-        return auto_workers(model.device.type, model.input_size, units, args.threads,
-                            distributed=under_torchrun(), idle=idle, worker_bytes=peak_memory(),
-                            available=available_memory())
+        n = auto_workers(model.device.type, model.input_size, units, args.threads,
+                         distributed=under_torchrun(), worker_bytes=peak_memory(),
+                         available=available_memory())
+        if n > 1:  # only then is the load worth sampling (half a second)
+            n = auto_workers(model.device.type, model.input_size, units, args.threads,
+                             distributed=under_torchrun(), idle=idle_cores(),
+                             worker_bytes=peak_memory(), available=available_memory())
+        return n
     return max(1, min(int(args.workers), units))
 
 
