@@ -10,6 +10,10 @@ the breakdown the command reports: data (pair materialisation), explain (all met
 explanation time of every method. The store is a temporary file, deleted afterwards.
 
 Usage:  python benchmarks/study.py [--pairs 200] [--threads 2] [-- extra evaluate options]
+
+The command's own choice of local worker processes applies (``--workers auto``: the first output
+line says "by N worker processes" when it started several); pass ``-- --workers 1`` for one
+process with ``--threads`` threads, ``-- --workers 2`` to force two.
 """
 
 from __future__ import annotations
