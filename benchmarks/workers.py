@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: case -> (model, data, input pixels per side)
 CASES = {"digits": ("digits", "digits", 32), "composites": ("composites", "composites", 64),
          "photos": ("photos", "photos", 112)}
-DEFAULT_METHODS = "grad-cam,input-x-gradient,smoothgrad,pairwise-occlusion,integrated-jacobians"
+DEFAULT_METHODS = "grad-cam,input-x-gradient,smoothgrad,pairwise-occlusion"
 
 
 def run(case: str, pairs: int, methods: str, unit: int, workers: int, threads: int,
