@@ -145,7 +145,7 @@ def test_auto_is_one_under_torchrun_and_on_cuda(tmp_path, capsys, monkeypatch):
         input_size = (32, 32)
 
     args = type("A", (), {"workers": "auto", "threads": 2, "pairs_per_unit": 2, "step": None,
-                          "ms_samples": 10})()
+                          "ms_samples": 10, "model": None})()
     with ResultStore(tmp_path / "c.db") as store:
         from pairlens.study.pairs import PairSet
 
@@ -205,3 +205,25 @@ def test_workers_benchmark_prints_both_sides_and_the_memory():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "32 px" and all(float(v) > 0 for v in cells[2:6])
     assert len(cells[6].split(",")) == 2  # one peak per worker
+
+
+def test_a_model_registered_in_this_process_runs_in_one_process(monkeypatch):
+    """Workers re-run ``python -m pairlens``, which knows only pairlens's own registrations."""
+    from pairlens.cli import evaluate as cli
+    from pairlens.cli.options import UsageError
+    from pairlens.models import registry
+
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))  # restored afterwards
+    registry.register_model("here-only", summary="toy", input_size=(32, 32))(lambda **kw: None)
+    specs = [MethodSpec("grad-cam")]
+    args = type("A", (), {"model": "here-only", "workers": "auto"})()
+    assert cli._registered_here(args, specs) == "model here-only"
+    args.model = "digits"
+    assert cli._registered_here(args, specs) is None
+    args.model, args.workers, args.threads, args.pairs_per_unit = "here-only", 2, 2, 2
+    monkeypatch.setattr(cli, "_plan", lambda *a: [(specs[0], "", [0, 1], ["SI"]),
+                                                  (specs[0], "", [2, 3], ["SI"])])
+    with pytest.raises(UsageError, match="--workers 1"):
+        cli._workers(args, None, "m", None, specs, ["SI"], None)
+    args.workers = "auto"
+    assert cli._workers(args, None, "m", None, specs, ["SI"], None) == 1

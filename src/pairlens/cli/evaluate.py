@@ -294,16 +294,49 @@ def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
 
     units = len({(spec.label, ids[0] // args.pairs_per_unit)
                  for spec, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store)})
+    foreign = _registered_here(args, specs)
+    if foreign:  # a fresh `python -m pairlens` would not know it
+        if args.workers != "auto" and int(args.workers) > 1 and units > 1:
+            raise UsageError(f"--workers {args.workers}: {foreign} was registered in this Python "
+                             "process, which worker processes cannot see; use --workers 1")
+        return 1
+    threads = args.threads or _omp_threads()
     if args.workers == "auto":
-        n = auto_workers(model.device.type, model.input_size, units, args.threads,
+        n = auto_workers(model.device.type, model.input_size, units, threads,
                          distributed=under_torchrun(), worker_bytes=peak_memory(),
                          available=available_memory())
         if n > 1:  # only then is the load worth sampling (half a second)
-            n = auto_workers(model.device.type, model.input_size, units, args.threads,
+            n = auto_workers(model.device.type, model.input_size, units, threads,
                              distributed=under_torchrun(), idle=idle_cores(),
                              worker_bytes=peak_memory(), available=available_memory())
         return n
     return max(1, min(int(args.workers), units))
+
+
+def _omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` when set to a positive integer (the user's thread budget when
+    ``--threads`` is not given), else None."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
+def _registered_here(args, specs) -> str | None:
+    """``"model NAME"`` / ``"method NAME"`` if the model or a method was registered by code
+    outside pairlens (in this process only), else None."""
+    from pairlens.methods.registry import get_method
+    from pairlens.models.registry import model_info
+
+    if args.model is not None:
+        builder = usage(model_info, args.model).builder
+        if not getattr(builder, "__module__", "").startswith("pairlens."):
+            return f"model {args.model}"
+    for spec in specs:
+        if not getattr(get_method(spec.name).fn, "__module__", "").startswith("pairlens."):
+            return f"method {spec.name}"
+    return None
 
 
 def _plan(args, model_key, pairs, specs, metrics, store):

@@ -68,10 +68,11 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     """
     from tqdm.auto import tqdm
 
+    from pairlens.cli.evaluate import _omp_threads
     from pairlens.runtime import release_free_memory, usable_cores
     from pairlens.study.loop import WORKER_ENV, RunSummary
 
-    budget = args.threads or usable_cores()
+    budget = args.threads or _omp_threads() or usable_cores()
     threads = max(1, budget // n)
     src = str(Path(__file__).resolve().parents[2])  # the pairlens this process runs
     env = dict(os.environ)
