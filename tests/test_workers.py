@@ -124,6 +124,12 @@ def test_auto_workers_rule(monkeypatch):
     assert auto_workers("cpu", small, 50, threads=8, worker_bytes=gib, available=gib) == 1
     monkeypatch.setattr("pairlens.runtime.usable_cores", lambda: 4)
     assert auto_workers("cpu", small, pending_units=50) == 4  # default: every usable core
+    from pairlens.runtime import thread_budget
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's budget when --threads is not given
+    assert thread_budget() == 1 and thread_budget(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert thread_budget() == 4
 
 
 def test_auto_is_one_under_torchrun_and_on_cuda(tmp_path, capsys, monkeypatch):

@@ -142,6 +142,18 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def thread_budget(threads: int | None = None) -> int:
+    """The CPU threads a command may use: ``threads`` (``--threads``) if given, else
+    ``OMP_NUM_THREADS`` when set to a positive integer, else :func:`usable_cores`."""
+    if threads:
+        return int(threads)
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        value = 0
+    return value if value >= 1 else usable_cores()
+
+
 def idle_cores(interval: float = 0.5) -> float:
     """How many of the usable cores other work leaves idle, measured now: the idle share of
     each usable core over ``interval`` seconds (``/proc/stat``, Linux; the caller should itself

@@ -289,7 +289,13 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> 
 def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
     """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``), at most the
     number of pending units of work."""
-    from pairlens.runtime import auto_workers, available_memory, idle_cores, peak_memory
+    from pairlens.runtime import (
+        auto_workers,
+        available_memory,
+        idle_cores,
+        peak_memory,
+        thread_budget,
+    )
     from pairlens.study.loop import under_torchrun
 
     units = len({(spec.label, ids[0] // args.pairs_per_unit)
@@ -300,7 +306,7 @@ def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
             raise UsageError(f"--workers {args.workers}: {foreign} was registered in this Python "
                              "process, which worker processes cannot see; use --workers 1")
         return 1
-    threads = args.threads or _omp_threads()
+    threads = thread_budget(args.threads)
     if args.workers == "auto":
         n = auto_workers(model.device.type, model.input_size, units, threads,
                          distributed=under_torchrun(), worker_bytes=peak_memory(),
@@ -311,16 +317,6 @@ def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
                              worker_bytes=peak_memory(), available=available_memory())
         return n
     return max(1, min(int(args.workers), units))
-
-
-def _omp_threads() -> int | None:
-    """``OMP_NUM_THREADS`` when set to a positive integer (the user's thread budget when
-    ``--threads`` is not given), else None."""
-    try:
-        value = int(os.environ.get("OMP_NUM_THREADS", ""))
-    except ValueError:
-        return None
-    return value if value >= 1 else None
 
 
 def _registered_here(args, specs) -> str | None:

@@ -68,11 +68,10 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     """
     from tqdm.auto import tqdm
 
-    from pairlens.cli.evaluate import _omp_threads
-    from pairlens.runtime import release_free_memory, usable_cores
+    from pairlens.runtime import release_free_memory, thread_budget
     from pairlens.study.loop import WORKER_ENV, RunSummary
 
-    budget = args.threads or _omp_threads() or usable_cores()
+    budget = thread_budget(args.threads)
     threads = max(1, budget // n)
     src = str(Path(__file__).resolve().parents[2])  # the pairlens this process runs
     env = dict(os.environ)
