@@ -5,8 +5,9 @@ stores, as one process with ``--threads T`` (``--workers 1``) and as ``N`` worke
 ``T / N`` threads each (``--workers N --threads T``), alternating the two ``--repeats`` times so a
 change of load hits both alike, and prints a Markdown table: end-to-end wall seconds (start-up,
 model and data loading and the estimate step included: what a user waits), their ratio
-(processes / threads, < 1: processes win), and the peak resident memory of the single process and
-of each worker::
+(processes / threads, < 1: processes win), the same for the work phase the command reports (after
+its serial estimate step, the workers' start-up included), and the peak resident memory of the
+single process and of each worker::
 
     pairlens evaluate --model M --data D --pairs P --methods LIST --pairs-per-unit U \\
         --store S --quiet --json --yes --workers 1|N --threads T
@@ -34,9 +35,10 @@ DEFAULT_METHODS = "grad-cam,input-x-gradient,smoothgrad,pairwise-occlusion"
 
 
 def run(case: str, pairs: int, methods: str, unit: int, workers: int, threads: int,
-        metrics: str | None) -> tuple[float, float, list[float]]:
-    """(wall seconds, peak RSS in MB of the command's process (with workers: the largest of it
-    and its workers), peak RSS of each worker in MB) of one ``pairlens evaluate`` run."""
+        metrics: str | None) -> tuple[float, float, float, list[float]]:
+    """(wall seconds, the command's work-phase seconds (after its estimate step; with workers
+    their start-up included), peak RSS in MB of the command's process (with workers: the largest
+    of it and its workers), peak RSS of each worker in MB) of one ``pairlens evaluate`` run."""
     model, data, _ = CASES[case]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pairlens", "evaluate", "--model", model, "--data", data,
@@ -62,7 +64,8 @@ def run(case: str, pairs: int, methods: str, unit: int, workers: int, threads: i
     report = json.loads(stdout.strip().splitlines()[-1])
     if report.get("workers", 1) != workers:
         raise SystemExit(f"asked for {workers} workers, the command used {report.get('workers')}")
-    return wall, usage.ru_maxrss / 1024, report.get("worker_peak_rss_mb", [])
+    return (wall, float(report["wall_seconds"]), usage.ru_maxrss / 1024,
+            report.get("worker_peak_rss_mb", []))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,21 +84,24 @@ def main(argv: list[str] | None = None) -> None:
           f"1 process x {args.threads} threads against {args.workers} processes x "
           f"{max(1, args.threads // args.workers)} thread(s); min of {args.repeats}")
     print()
-    print("| case | input | 1 process s | workers s | workers / 1 process | peak RSS 1 process "
-          "MB | peak RSS per worker MB |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| case | input | 1 process s | workers s | workers / 1 process | work phase: 1 "
+          "process s | workers s | ratio | peak RSS 1 process MB | peak RSS per worker MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in args.cases.split(","):
-        one, many, rss_many = [], [], []
+        one, many, work_one, work_many, rss_many = [], [], [], [], []
         for _ in range(args.repeats):
-            wall, rss_one, _ = run(case, args.pairs, args.methods, args.pairs_per_unit, 1,
-                                   args.threads, args.metrics)
+            wall, work, rss_one, _ = run(case, args.pairs, args.methods, args.pairs_per_unit, 1,
+                                         args.threads, args.metrics)
             one.append(wall)
-            wall, _, rss_many = run(case, args.pairs, args.methods, args.pairs_per_unit,
-                                    args.workers, args.threads, args.metrics)
+            work_one.append(work)
+            wall, work, _, rss_many = run(case, args.pairs, args.methods, args.pairs_per_unit,
+                                          args.workers, args.threads, args.metrics)
             many.append(wall)
+            work_many.append(work)
         side = CASES[case][2]
         print(f"| {case} | {side} px | {min(one):.1f} | {min(many):.1f} | "
-              f"{min(many) / min(one):.2f} | {rss_one:.0f} | "
+              f"{min(many) / min(one):.2f} | {min(work_one):.1f} | {min(work_many):.1f} | "
+              f"{min(work_many) / min(work_one):.2f} | {rss_one:.0f} | "
               f"{', '.join(f'{r:.0f}' for r in rss_many)} |", flush=True)
     print()
     print(f"1-min load at start {load:.2f}, at end {os.getloadavg()[0]:.2f}, "

@@ -209,8 +209,8 @@ def test_workers_benchmark_prints_both_sides_and_the_memory():
                          env=env, check=True, timeout=600).stdout
     row = next(line for line in out.splitlines() if line.startswith("| digits |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "32 px" and all(float(v) > 0 for v in cells[2:6])
-    assert len(cells[6].split(",")) == 2  # one peak per worker
+    assert cells[1] == "32 px" and all(float(v) > 0 for v in cells[2:9])
+    assert len(cells[9].split(",")) == 2  # one peak per worker
 
 
 def test_a_model_registered_in_this_process_runs_in_one_process(monkeypatch):
