@@ -114,6 +114,9 @@ def test_auto_workers_rule(monkeypatch):
     side = int(PROCESS_MAX_PIXELS ** 0.5)
     assert auto_workers("cpu", (side, side), 50, threads=2) == 2
     assert auto_workers("cpu", (side + 1, side + 1), 50, threads=2) == 1
+    # too little work: the workers' start-up would cost more than they save
+    assert auto_workers("cpu", small, 50, threads=2, seconds=30.0) == 1
+    assert auto_workers("cpu", small, 50, threads=2, seconds=600.0) == 2
     # a busy machine: only the cores other work leaves idle (processes gain nothing there)
     assert auto_workers("cpu", small, 50, threads=2, idle=1.8) == 2
     assert auto_workers("cpu", small, 50, threads=2, idle=0.9) == 1
@@ -159,10 +162,10 @@ def test_auto_is_one_under_torchrun_and_on_cuda(tmp_path, capsys, monkeypatch):
         pairs = PairSet.__new__(PairSet)  # only len() and key are used by the plan
         monkeypatch.setattr(PairSet, "__len__", lambda self: 8)
         monkeypatch.setattr(PairSet, "key", "digits|test", raising=False)
-        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store) == 1
+        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store, 600.0) == 1
         Cuda.device = type("D", (), {"type": "cpu"})()
         monkeypatch.setattr("pairlens.runtime.idle_cores", lambda: 2.0)  # an idle machine
-        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store) == 2
+        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store, 600.0) == 2
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])

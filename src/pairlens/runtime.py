@@ -131,6 +131,10 @@ PROCESS_MAX_PIXELS = 64 * 64
 MAX_WORKERS = 8
 #: share of the available memory the workers may fill together
 MEMORY_SHARE = 0.8
+#: ``--workers auto`` starts workers only for work estimated at least this long (one process's
+#: seconds): each worker's start-up costs about 4 s of wall time here and processes save 5-16 %
+#: of the work, so shorter runs lose (docs/performance.md)
+MIN_WORKER_SECONDS = 60.0
 
 
 def usable_cores() -> int:
@@ -235,6 +239,7 @@ def auto_workers(
     idle: float | None = None,
     worker_bytes: int | None = None,
     available: int | None = None,
+    seconds: float | None = None,
 ) -> int:
     """The number of local worker processes ``pairlens evaluate --workers auto`` uses.
 
@@ -246,7 +251,7 @@ def auto_workers(
     ``pending_units``, at most the cores other work leaves idle (``idle``, rounded; on a busy
     machine processes gain nothing and pay their start-up, measured in docs/performance.md), and
     at most as many as fit in :data:`MEMORY_SHARE` of ``available`` memory at ``worker_bytes``
-    each.
+    each; 1 when the work left is estimated under :data:`MIN_WORKER_SECONDS` (``seconds``).
 
     Args:
         device_type: ``"cpu"``, ``"cuda"``, ``"mps"``, ...
@@ -258,13 +263,16 @@ def auto_workers(
         worker_bytes: the expected peak memory of one worker (the parent's peak after the
             estimate step, :func:`peak_memory`), None to ignore memory.
         available: available memory in bytes (:func:`available_memory`), None to ignore memory.
+        seconds: the estimated seconds of the work left in one process (0 when nothing was
+            estimated: at most one unit per method), None to ignore it.
 
     Returns:
         An integer >= 1.
     """
     budget = usable_cores() if threads is None else int(threads)
     if (device_type != "cpu" or distributed or budget <= 1 or pending_units < 2
-            or image_hw[0] * image_hw[1] > PROCESS_MAX_PIXELS):
+            or image_hw[0] * image_hw[1] > PROCESS_MAX_PIXELS
+            or (seconds is not None and seconds < MIN_WORKER_SECONDS)):
         return 1
     n = min(budget, MAX_WORKERS, pending_units)
     if idle is not None:

@@ -115,9 +115,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--workers", type=_workers_arg, default="auto", metavar="N|auto",
                    help="local worker processes sharing the pairs, each with --threads / N "
                    "threads; results are identical for any N. auto: on a CPU, for inputs up to "
-                   "64 x 64 pixels (there processes beat threads), one per core left idle by "
-                   "other work and fitting in memory; else 1, and always 1 on a GPU, under "
-                   "torchrun or with --threads 1 (default: %(default)s)")
+                   "64 x 64 pixels (there processes beat threads) and work estimated over "
+                   "1 min, one per core left idle by other work and fitting in memory; else 1, "
+                   "and always 1 on a GPU, under torchrun or with --threads 1 "
+                   "(default: %(default)s)")
     add_on_error_option(g, "the pairs using it (recorded in the store)")
     add_deprecated(p, "--forward-batch", "--batch-size", dest="batch_size", type=argtype("int", 1))
     p.set_defaults(func=run_evaluate)
@@ -195,13 +196,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     workers, rss = 1, []
     try:
         with ResultStore(store_path) as store:
-            probed = 0
+            probed, remaining = 0, 0.0
             if shard.world == 1:
                 claim_identities(model, model_key, pairs, store)
                 if len(pairs) > args.pairs_per_unit:
-                    probed = _estimate(args, model, model_key, pairs, specs, metrics, store,
-                                       options)
-                workers = _workers(args, model, model_key, pairs, specs, metrics, store)
+                    probed, remaining = _estimate(args, model, model_key, pairs, specs, metrics,
+                                                  store, options)
+                workers = _workers(args, model, model_key, pairs, specs, metrics, store,
+                                   remaining)
             if workers > 1:
                 from pairlens.cli.workers import WorkerFailed, run_workers
 
@@ -250,7 +252,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return out.finish("\n".join(lines))
 
 
-def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> int:
+def _estimate(args, model, model_key, pairs, specs, metrics, store,
+              options) -> tuple[int, float]:
     """Time each method on its first unit of pairs with missing results (``--pairs-per-unit``
     pairs, exactly a unit of the full run, so results never depend on it; stored, so never
     wasted), scale to its missing pairs after that batch and announce the estimated total; stop
@@ -283,12 +286,12 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store, options) -> 
             total += per_pair * sum(1 for i in missing if i >= end)
     if computed:
         confirm_long_run(args, total, f"evaluating {n} pairs x {len(specs)} methods")
-    return computed
+    return computed, total
 
 
-def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
-    """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``), at most the
-    number of pending units of work."""
+def _workers(args, model, model_key, pairs, specs, metrics, store, seconds=0.0) -> int:
+    """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``, given the
+    estimated ``seconds`` of the work left), at most the number of pending units of work."""
     from pairlens.runtime import (
         auto_workers,
         available_memory,
@@ -310,11 +313,12 @@ def _workers(args, model, model_key, pairs, specs, metrics, store) -> int:
     if args.workers == "auto":
         n = auto_workers(model.device.type, model.input_size, units, threads,
                          distributed=under_torchrun(), worker_bytes=peak_memory(),
-                         available=available_memory())
+                         available=available_memory(), seconds=seconds)
         if n > 1:  # only then is the load worth sampling (half a second)
             n = auto_workers(model.device.type, model.input_size, units, threads,
                              distributed=under_torchrun(), idle=idle_cores(),
-                             worker_bytes=peak_memory(), available=available_memory())
+                             worker_bytes=peak_memory(), available=available_memory(),
+                             seconds=seconds)
         return n
     return max(1, min(int(args.workers), units))
 
