@@ -56,10 +56,10 @@ EVALUATE_EXAMPLES = """examples:
 
 Re-running the same command resumes: finished pairs are skipped. The first unit of pairs
 (--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs
-estimated over 15 min stop there unless --yes is given. On a CPU, small inputs (digits,
-composites: at most 64 x 64 pixels) are then evaluated by one local worker process per idle core
-(--workers auto), which beats one process with several threads there; use torchrun for several
-machines or GPUs. Times: user + system CPU time measured
+estimated over 15 min stop there unless --yes is given. On a CPU, runs over a minute on small
+inputs (digits, composites: at most 64 x 64 pixels) then continue in one local worker process per
+idle core (--workers auto), which beats one process with several threads there; use torchrun for
+several machines or GPUs. Times: user + system CPU time measured
 on this project's 2-core CPU (PyTorch uses both cores); "shared" means other jobs ran at the same
 time.
 """
