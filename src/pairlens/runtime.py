@@ -132,9 +132,9 @@ MAX_WORKERS = 8
 #: share of the available memory the workers may fill together
 MEMORY_SHARE = 0.8
 #: ``--workers auto`` starts workers only for work estimated at least this long (one process's
-#: seconds): each worker's start-up costs about 4 s of wall time here and processes save 5-16 %
-#: of the work, so shorter runs lose (docs/performance.md)
-MIN_WORKER_SECONDS = 60.0
+#: seconds): each worker's start-up costs about 4 s of wall time here and processes save 10-16 %
+#: of the work on small inputs, so shorter runs lose (docs/performance.md)
+MIN_WORKER_SECONDS = 40.0
 
 
 def usable_cores() -> int:

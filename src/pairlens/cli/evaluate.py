@@ -56,7 +56,7 @@ EVALUATE_EXAMPLES = """examples:
 
 Re-running the same command resumes: finished pairs are skipped. The first unit of pairs
 (--pairs-per-unit) is evaluated (and kept) with every method to estimate the total time; runs
-estimated over 15 min stop there unless --yes is given. On a CPU, runs over a minute on small
+estimated over 15 min stop there unless --yes is given. On a CPU, runs over 40 s on small
 inputs (digits, composites: at most 64 x 64 pixels) then continue in one local worker process per
 idle core (--workers auto), which beats one process with several threads there; use torchrun for
 several machines or GPUs. Times: user + system CPU time measured
@@ -116,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="local worker processes sharing the pairs, each with --threads / N "
                    "threads; results are identical for any N. auto: on a CPU, for inputs up to "
                    "64 x 64 pixels (there processes beat threads) and work estimated over "
-                   "1 min, one per core left idle by other work and fitting in memory; else 1, "
+                   "40 s, one per core left idle by other work and fitting in memory; else 1, "
                    "and always 1 on a GPU, under torchrun or with --threads 1 "
                    "(default: %(default)s)")
     add_on_error_option(g, "the pairs using it (recorded in the store)")
