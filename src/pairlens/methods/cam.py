@@ -14,8 +14,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.linalg import vector_norm
 
-from pairlens.methods.common import by_pairs, upsample
+from pairlens.methods.common import by_pairs, upsample_pair
 from pairlens.methods.registry import NotApplicableError, PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, similarity_feature_gradients
 from pairlens.validation import Annotated, Range
@@ -45,7 +46,7 @@ def grad_cam(
         size = tuple(a.shape[-2:])
         e1 = (g1.clamp(min=0) * a1).sum(1)
         e2 = (g2.clamp(min=0) * a2).sum(1)
-        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+        return PairMaps(*upsample_pair(e1, e2, size), s)
 
     return by_pairs(run, x1, x2, batch_size, grad=True)
 
@@ -135,7 +136,7 @@ def interaction_cam(
         size = tuple(x1.shape[-2:])
         e1 = ((j * w1).clamp(min=0) * a1).sum(1)
         e2 = ((j * w2).clamp(min=0) * a2).sum(1)
-        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+        return PairMaps(*upsample_pair(e1, e2, size), s)
 
     return by_pairs(run, x1, x2, batch_size, grad=True)
 
@@ -176,12 +177,15 @@ def deep_similarity(
         a1, a2 = model.to_grid(r1, size, 1).float(), model.to_grid(r2, size, 2).float()
         same_channels(model, a1, a2, "deep-similarity")
         f1, f2 = a1.mean(dim=(2, 3)), a2.mean(dim=(2, 3))
-        norms = torch.ones(len(f1), 1, 1, device=a1.device)
+        n1, n2 = a1.shape[2] * a1.shape[3], a2.shape[2] * a2.shape[3]
         if model.similarity_name == "cosine":
-            norms = (f1.norm(dim=1) * f2.norm(dim=1)).clamp(min=1e-8)[:, None, None]
-        e1 = torch.einsum("bchw,bc->bhw", a1, f2) / (norms * a1.shape[2] * a1.shape[3])
-        e2 = torch.einsum("bchw,bc->bhw", a2, f1) / (norms * a2.shape[2] * a2.shape[3])
+            norms = (vector_norm(f1, dim=1) * vector_norm(f2, dim=1)).clamp(min=1e-8)[:, None, None]
+            d1, d2 = norms * n1, norms * n2
+        else:
+            d1, d2 = float(n1), float(n2)
+        e1 = torch.einsum("bchw,bc->bhw", a1, f2) / d1
+        e2 = torch.einsum("bchw,bc->bhw", a2, f1) / d2
         s = model.embedding_similarity(z1, z2)
-        return PairMaps(upsample(e1, size), upsample(e2, size), s)
+        return PairMaps(*upsample_pair(e1, e2, size), s)
 
     return by_pairs(run, x1, x2, batch_size, grad=False)

@@ -27,6 +27,15 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def upsample_pair(e1: Tensor, e2: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """:func:`upsample` of the maps of images 1 and 2 (B, h, w) each; one interpolation for
+    both when their grids agree (the same values: every map is interpolated on its own)."""
+    if e1.shape != e2.shape or tuple(e1.shape[-2:]) == tuple(size):
+        return upsample(e1, size), upsample(e2, size)
+    up = upsample(torch.cat([e1, e2]), size)
+    return up[: len(e1)], up[len(e1) :]
+
+
 def scaled(value: int, side: int, reference: int = 224) -> int:
     """A pixel size defined for 224-px inputs, scaled to an image side of ``side`` pixels."""
     return max(1, round(value * side / reference))
