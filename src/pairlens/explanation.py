@@ -462,7 +462,14 @@ def _run(
         (map1, f"the {info.name} map of image 1"),
         (map2, f"the {info.name} map of image 2"),
     )
-    return map1.detach().float(), map2.detach().float(), score.detach().float(), relevance
+    return _plain(map1), _plain(map2), _plain(score), relevance
+
+
+def _plain(t: Tensor) -> Tensor:
+    """``t.detach().float()`` without the ops when ``t`` is a float32 tensor without a graph."""
+    if t.requires_grad:
+        t = t.detach()
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _explain_target(

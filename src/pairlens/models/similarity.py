@@ -136,10 +136,11 @@ def all_finite(*tensors: Tensor) -> bool:
     decides. This costs one reduction per tensor where ``torch.isfinite(t).all()`` costs four
     elementwise passes and a reduction (it matters for small models, where these checks run on
     every call)."""
-    sums = [t.detach().sum().float() for t in tensors if t.numel()]
-    if not sums:
-        return True
-    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+    with torch.no_grad():  # (no graph, and no detach op per tensor)
+        sums = [t.sum().float() for t in tensors if t.numel()]
+        if not sums:
+            return True
+        total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
     if math.isfinite(float(total)):
         return True
     return all(bool(torch.isfinite(t).all()) for t in tensors)
@@ -168,10 +169,13 @@ def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = 
     A zero embedding (for example after a broken checkpoint conversion) would give a similarity
     of 0 and blank maps with every method: :class:`ZeroEmbeddingError` instead.
     """
-    r = z.abs().sum(dim=-1)
+    norm = torch.linalg.vector_norm
+    r = norm(z.detach(), dim=-1)
     if z2 is not None:
-        r = torch.cat([r, z2.abs().sum(dim=-1)])
-    if bool(((r > 0) & (r < math.inf)).all()):  # (a NaN fails both comparisons)
+        r = torch.cat([r, norm(z2.detach(), dim=-1)])
+    # fast test: every norm in (0, inf) <=> every log is finite (log 0 = -inf, log NaN = NaN);
+    # a norm that overflows a finite row only sends us to the exact tests below
+    if math.isfinite(float(r.log().sum())):
         return
     of = f" of model {model!r}" if model else ""
     for t, name in ((z, what), (z2, "image 2")):
@@ -418,7 +422,8 @@ class SimilarityModel(nn.Module):
             )
             self.register_buffer("std2", _channel_vector(std2 if std2 is not None else std, "std2"))
         self._probes: dict[tuple, GridProbe] = {}  # (tower, layer, H, W) -> what a pass revealed
-        self._fixed_sizes: dict[int, tuple[int, int] | None] = {}  # tower -> only input size
+        # tower -> (its encoder, the only input size it accepts or None)
+        self._fixed_sizes: dict[int, tuple[nn.Module, tuple[int, int] | None]] = {}
         self.amp: str | None = None
         self.channels_last = False
         self.eval()
@@ -544,7 +549,8 @@ class SimilarityModel(nn.Module):
         """:meth:`check_input` of image batch 1 (tower 1) and image batch 2 (tower 2), with one
         finiteness test (one device sync) for both; raises ``ValueError`` unless the two batches
         have the same shape."""
-        x1, x2 = self._input(x1, "image 1", 1), self._input(x2, "image 2", 2)
+        device = self.device
+        x1, x2 = self._input(x1, "image 1", 1, device), self._input(x2, "image 2", 2, device)
         check_all_finite((x1, "image 1"), (x2, "image 2"))
         if x1.shape != x2.shape:
             raise ValueError(
@@ -553,9 +559,11 @@ class SimilarityModel(nn.Module):
             )
         return x1, x2
 
-    def _input(self, x: Tensor, what: str, tower: int) -> Tensor:
-        """:meth:`check_input` without the finiteness test."""
-        c = int(self.tower(tower).mean.shape[1])
+    def _input(self, x: Tensor, what: str, tower: int,
+               device: torch.device | None = None) -> Tensor:
+        """:meth:`check_input` without the finiteness test (``device``: the model's, if known)."""
+        t = self.tower(tower)
+        c = int(t.mean.shape[1])
         if not isinstance(x, Tensor):
             raise TypeError(
                 f"{what} must be a tensor of shape (B, {c}, H, W); got {type(x).__name__}"
@@ -568,16 +576,18 @@ class SimilarityModel(nn.Module):
                 f"({c}-channel input); got {tuple(x.shape)}"
             )
         if x.dtype == torch.uint8:
-            x = self.normalize(x.to(self.device, torch.float32) / 255.0, tower)
+            x = self.normalize(x.to(device or self.device, torch.float32) / 255.0, tower)
         elif not x.is_floating_point():
             raise TypeError(
                 f"{what} has dtype {x.dtype}; give float images in model-input space "
                 "(model.preprocess) or uint8 pixels in 0..255"
             )
         index = self._index(tower)
-        if index not in self._fixed_sizes:
-            self._fixed_sizes[index] = _fixed_input_size(self.tower(tower).encoder)
-        fixed = self._fixed_sizes[index]
+        encoder = t.encoder
+        known = self._fixed_sizes.get(index)
+        if known is None or known[0] is not encoder:  # (a replaced encoder is read again)
+            known = self._fixed_sizes[index] = (encoder, _fixed_input_size(encoder))
+        fixed = known[1]
         if fixed is not None and tuple(x.shape[-2:]) != fixed:
             raise ValueError(
                 f"model {self.name!r} runs at {fixed[0]}x{fixed[1]} only (its position "
@@ -585,7 +595,7 @@ class SimilarityModel(nn.Module):
                 "(model.preprocess does), or build the model for this size (timm: "
                 "dynamic_img_size=True)"
             )
-        return x.to(self.device, torch.float32)
+        return x.to(device or self.device, torch.float32)
 
     # ------------------------------------------------------------------ embeddings
     def forward(self, x: Tensor) -> Tensor:
@@ -823,19 +833,35 @@ class SimilarityModel(nn.Module):
         out = {
             "name": self.name,
             "input_size": list(self.input_size),
-            "mean": [round(v, 6) for v in self.mean.flatten().tolist()],
-            "std": [round(v, 6) for v in self.std.flatten().tolist()],
+            "mean": _rounded(self.mean),
+            "std": _rounded(self.std),
             "feature_layer": self.feature_layer,
             "similarity": self.similarity_name,
             **({"amp": self.amp} if self.amp else {}),
         }
         if self.two_towers:
             out["tower2"] = {
-                "mean": [round(v, 6) for v in self.mean2.flatten().tolist()],
-                "std": [round(v, 6) for v in self.std2.flatten().tolist()],
+                "mean": _rounded(self.mean2),
+                "std": _rounded(self.std2),
                 "feature_layer": self.feature_layer2,
             }
         return out
+
+
+_ROUNDED: dict[int, tuple[Tensor, int, list[float]]] = {}
+
+
+def _rounded(t: Tensor) -> list[float]:
+    """``t``'s values rounded to 6 decimals, as a new list; cached per tensor object and version
+    (:meth:`SimilarityModel.describe` runs on every explanation; an in-place change of ``t``
+    bumps its version)."""
+    hit = _ROUNDED.get(id(t))
+    if hit is None or hit[0] is not t or hit[1] != t._version:
+        if len(_ROUNDED) > 256:
+            _ROUNDED.clear()
+        hit = (t, t._version, [round(v, 6) for v in t.flatten().tolist()])
+        _ROUNDED[id(t)] = hit
+    return list(hit[2])
 
 
 def _channel_vector(values: Sequence[float], what: str) -> Tensor:
