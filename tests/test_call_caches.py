@@ -235,3 +235,18 @@ def test_rewritten_map_arithmetic_equals_the_plain_formulas():
     small = torch.randn(2, 1, 1, generator=g)  # grids of different sizes (a fixed target)
     got = upsample_pair(e1, small, (16, 24))
     assert torch.equal(got[1], upsample(small, (16, 24)))
+
+
+@pytest.mark.parametrize("method", ["grad-cam", "deep-similarity", "interaction-cam"])
+def test_one_tower_joint_maps_equal_the_two_tower_path(method):
+    # the one-tower fast paths compute both images' maps in one batch; the same encoder declared
+    # as two towers (head2 given) runs the per-image path
+    x1, x2 = images((16, 16))
+    enc = Dropper()
+    one = pairlens.SimilarityModel(enc, feature_layer="features", input_size=(16, 16))
+    two = pairlens.SimilarityModel(enc, feature_layer="features", input_size=(16, 16),
+                                   head2=nn.Identity())
+    assert two.two_towers and not one.two_towers
+    a, b = (pairlens.explain(m, x1, x2, method=method) for m in (one, two))
+    for got, want in zip((*a.maps, a.score), (*b.maps, b.score), strict=True):
+        torch.testing.assert_close(got, want)

@@ -71,6 +71,7 @@ __all__ = [
     "dot",
     "evaluating",
     "first_parameter",
+    "joint_feature_gradients",
     "neg_l2",
     "pool_features",
     "resolve_device",
@@ -164,9 +165,12 @@ def check_all_finite(*named: tuple[Tensor, str]) -> None:
         check_finite(t, what)
 
 
-def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = None) -> None:
+def check_embeddings(
+    z: Tensor, what: str, model: str = "", z2: Tensor | None = None, split: int | None = None
+) -> None:
     """Raise if an embedding (a row of ``z``, (B, D), or of ``z2``: image 2's) is non-finite or
-    exactly zero; one device sync when all is well.
+    exactly zero; one device sync when all is well. ``split``: ``z`` holds images 1 (rows
+    ``< split``) then images 2 (one tower's batch), and ``z2`` is not given.
 
     A zero embedding (for example after a broken checkpoint conversion) would give a similarity
     of 0 and blank maps with every method: :class:`ZeroEmbeddingError` instead.
@@ -179,6 +183,8 @@ def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = 
     # a norm that overflows a finite row only sends us to the exact tests below
     if math.isfinite(float(r.log().sum())):
         return
+    if split is not None:
+        z, z2 = z[:split], z[split:]
     of = f" of model {model!r}" if model else ""
     for t, name in ((z, what), (z2, "image 2")):
         if t is None:
@@ -1016,28 +1022,16 @@ def similarity_feature_gradients(
     """
     b = x1.shape[0]
     hw = (x1.shape[2], x1.shape[3])
-    with torch.enable_grad():
-        if not model.two_towers:
-            z, a = model.embed_with_features(torch.cat([x1, x2]), grad_from_features=True)
-            s = model.embedding_similarity(z[:b], z[b:])
-            _check_reaches(model, s)
-            g, dz = torch.autograd.grad(s.sum(), (a, z), materialize_grads=True)
-        else:
-            z1, a1 = model.embed_with_features(x1, 1, grad_from_features=True)
-            z2, a2 = model.embed_with_features(x2, 2, grad_from_features=True)
-            s = model.embedding_similarity(z1, z2)
-            _check_reaches(model, s)
-            g1, g2, dz1, dz2 = torch.autograd.grad(
-                s.sum(), (a1, a2, z1, z2), materialize_grads=True
-            )
-    s = s.detach()
-    if not model.two_towers:  # both images through tower 1: one grid conversion for the batch
-        a, g = model.to_grid(a.detach(), hw, 1).float(), model.to_grid(g, hw, 1).float()
-        # on the grids: a class token's own gradient does not make a map
-        if not _all_clear(s, z.detach(), dz, g):
-            _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
-                          (g[:b], g[b:]), "features")
+    if not model.two_towers:
+        s, a, g = joint_feature_gradients(model, x1, x2)
         return s, a[:b], a[b:], g[:b], g[b:]
+    with torch.enable_grad():
+        z1, a1 = model.embed_with_features(x1, 1, grad_from_features=True)
+        z2, a2 = model.embed_with_features(x2, 2, grad_from_features=True)
+        s = model.embedding_similarity(z1, z2)
+        _check_reaches(model, s)
+        g1, g2, dz1, dz2 = torch.autograd.grad(s.sum(), (a1, a2, z1, z2), materialize_grads=True)
+    s = s.detach()
     grids = [
         model.to_grid(t, hw, tower).float()
         for t, tower in ((a1.detach(), 1), (a2.detach(), 2), (g1, 1), (g2, 2))
@@ -1045,6 +1039,31 @@ def similarity_feature_gradients(
     _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (grids[2], grids[3]),
                   "features")
     return s, grids[0], grids[1], grids[2], grids[3]
+
+
+def joint_feature_gradients(
+    model: SimilarityModel, x1: Tensor, x2: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`similarity_feature_gradients` of a one-tower model with both images' grids in one
+    batch: similarity (B,), A and dS/dA (2B, C, h, w), rows ``< B`` image 1, then image 2 (a
+    method can then compute both maps with one set of tensor operations). Raises ``ValueError``
+    for a two-tower model, and like :func:`similarity_feature_gradients`."""
+    if model.two_towers:
+        raise ValueError("joint_feature_gradients needs a one-tower model")
+    b = x1.shape[0]
+    hw = (x1.shape[2], x1.shape[3])
+    with torch.enable_grad():
+        z, a = model.embed_with_features(torch.cat([x1, x2]), grad_from_features=True)
+        s = model.embedding_similarity(z[:b], z[b:])
+        _check_reaches(model, s)
+        g, dz = torch.autograd.grad(s.sum(), (a, z), materialize_grads=True)
+    s = s.detach()
+    a, g = model.to_grid(a.detach(), hw, 1).float(), model.to_grid(g, hw, 1).float()
+    # on the grids: a class token's own gradient does not make a map
+    if not _all_clear(s, z.detach(), dz, g):
+        _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
+                      (g[:b], g[b:]), "features")
+    return s, a, g
 
 
 def _check_reaches(model: SimilarityModel, s: Tensor) -> None:
