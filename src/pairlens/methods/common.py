@@ -88,16 +88,21 @@ def noise_sigma(x: Tensor, level: float, scale: NoiseScale = "divide") -> Tensor
     models of the paper take). For mean/std-normalised inputs (range about 4 to 5) ``"divide"``
     gives a noise level of ``level / (max - min)**2``, about 15 to 25 times weaker.
     """
+    check_noise_scale(scale)
     flat = x.flatten(1)
     span = flat.amax(1) - flat.amin(1)
     if scale == "divide":
         sigma = level / span.clamp_min(torch.finfo(flat.dtype).tiny)
         sigma = torch.where(span > 0, sigma, torch.zeros_like(sigma))
-    elif scale == "multiply":
-        sigma = level * span
     else:
-        raise ValueError(f"noise_scale must be 'divide' or 'multiply', got {scale!r}")
+        sigma = level * span
     return sigma.view(-1, 1, 1, 1)
+
+
+def check_noise_scale(scale: str) -> None:
+    """Raise ``ValueError`` unless ``scale`` is ``"divide"`` or ``"multiply"``."""
+    if scale not in ("divide", "multiply"):
+        raise ValueError(f"noise_scale must be 'divide' or 'multiply', got {scale!r}")
 
 
 def by_pairs(

@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, saliency
+from pairlens.methods.common import (
+    NoiseScale,
+    check_noise_scale,
+    noise_sigma,
+    pair_generators,
+    saliency,
+)
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, check_embeddings
 from pairlens.progress import track
@@ -112,7 +118,7 @@ def hue_rotate(x: Tensor, turns: Tensor) -> Tensor:
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1).view(-1, 3, 3)
     m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.device, x.dtype)
-    return torch.einsum("nij,njhw->nihw", m, x)
+    return torch.bmm(m, x.flatten(2)).view(x.shape)  # einsum "nij,njhw->nihw", lowered
 
 
 def color_jitter(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
@@ -326,7 +332,7 @@ def averaged_transforms(
             f"{model.name!r} takes {x2.shape[1]}-channel images (use solarize, gaussian-blur, "
             "rotation, horizontal-flip or resized-crop)"
         )
-    noise_sigma(x1[:1], noise_level, noise_scale)  # validates noise_scale early
+    check_noise_scale(noise_scale)
     lo, hi = strength_range(transform, strength)
     b = x1.shape[0]
     n_views = steps - 1 if paper else steps
@@ -334,7 +340,7 @@ def averaged_transforms(
     gens = pair_generators(seed, x1, x2)
     u = torch.stack([torch.rand(8, generator=g) for g in gens]).to(x1.device, x1.dtype)
     image1 = x1 if model.fixed_tower != 1 else x2  # against a fixed target: the image itself
-    sigma = noise_sigma(image1 if paper else x2, noise_level, noise_scale)
+    sigma = noise_sigma(image1 if paper else x2, noise_level, noise_scale) if noise else None
     rho = paper_weights(steps).to(x1.device, x1.dtype).view(-1, 1, 1, 1, 1)
     map1_parts, map2_parts, score_parts = [], [], []  # per chunk of pairs
     per_chunk = min(b, bs)  # pairs whose image 1 goes through the model together
