@@ -250,3 +250,16 @@ def test_one_tower_joint_maps_equal_the_two_tower_path(method):
     a, b = (pairlens.explain(m, x1, x2, method=method) for m in (one, two))
     for got, want in zip((*a.maps, a.score), (*b.maps, b.score), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_explanations_pickle_with_their_display_images():
+    import copy
+    import pickle
+
+    model = pairlens.SimilarityModel(Dropper(), feature_layer="features", input_size=(16, 16))
+    x1, x2 = images((16, 16))
+    x1.mul_(1.0)  # an input whose version counter is not 0 (it would be after unpickling)
+    exp = pairlens.explain(model, x1, x2, method="grad-cam")
+    for other in (pickle.loads(pickle.dumps(exp)), copy.deepcopy(exp)):
+        for got, want in zip(other.images, exp.images, strict=True):
+            assert torch.equal(got, want)

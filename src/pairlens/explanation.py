@@ -70,6 +70,11 @@ class DisplayImages(Sequence):
     def __repr__(self) -> str:
         return f"DisplayImages({len(self)} batches)"
 
+    def __reduce__(self):
+        # pickled (torch.save, worker processes, deepcopy) as the plain tuple of computed images:
+        # the version counters of the inputs do not survive a round trip
+        return tuple, (tuple(self),)
+
 
 @dataclass(frozen=True)
 class PairExplanation:
