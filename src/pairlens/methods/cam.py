@@ -128,7 +128,23 @@ def interaction_cam(
     ``batch_size``: images per forward pass (None: :func:`pairlens.runtime.default_batch_size`).
     """
 
+    def joint(x1: Tensor, x2: Tensor) -> PairMaps:
+        """One-tower models: both images' maps with one set of operations (same values)."""
+        s, a, g = joint_feature_gradients(model, x1, x2)
+        b = len(x1)
+        r = reduce_activation(a, reduction)
+        j = r[:b] * r[b:]
+        if grad_interaction:
+            gram = g[:b].flatten(2) @ g[b:].flatten(2).transpose(1, 2)  # (B, C, C)
+            w = torch.cat([j * gram.amax(dim=2), j * gram.amax(dim=1)])[:, :, None, None]
+        else:
+            w = torch.cat([j, j])[:, :, None, None] * g
+        e = upsample((w.clamp(min=0) * a).sum(1), tuple(x1.shape[-2:]))
+        return PairMaps(e[:b], e[b:], s)
+
     def run(x1: Tensor, x2: Tensor) -> PairMaps:
+        if not model.two_towers:
+            return joint(x1, x2)
         s, a1, a2, g1, g2 = similarity_feature_gradients(model, x1, x2)
         same_channels(model, a1, a2, "interaction-cam")
         j = (reduce_activation(a1, reduction) * reduce_activation(a2, reduction))[:, :, None, None]
