@@ -237,7 +237,8 @@ def test_rewritten_map_arithmetic_equals_the_plain_formulas():
     assert torch.equal(got[1], upsample(small, (16, 24)))
 
 
-@pytest.mark.parametrize("method", ["grad-cam", "deep-similarity", "interaction-cam"])
+@pytest.mark.parametrize("method", ["grad-cam", "deep-similarity", "interaction-cam",
+                                    "input-x-gradient"])
 def test_one_tower_joint_maps_equal_the_two_tower_path(method):
     # the one-tower fast paths compute both images' maps in one batch; the same encoder declared
     # as two towers (head2 given) runs the per-image path

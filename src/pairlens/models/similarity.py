@@ -72,6 +72,7 @@ __all__ = [
     "evaluating",
     "first_parameter",
     "joint_feature_gradients",
+    "joint_input_gradients",
     "neg_l2",
     "pool_features",
     "resolve_device",
@@ -989,17 +990,10 @@ def similarity_input_gradients(
     is stationary (identical embeddings: its gradient, and so every map, is zero).
     """
     b = x1.shape[0]
+    if not model.two_towers:
+        s, _, g = joint_input_gradients(model, x1, x2, guided)
+        return s, g[:b], g[b:]
     with torch.enable_grad(), model.guided(guided):
-        if not model.two_towers:
-            x = torch.cat([x1, x2]).detach().requires_grad_(True)
-            z = model.embed(x)
-            s = model.embedding_similarity(z[:b], z[b:])
-            g, dz = torch.autograd.grad(s.sum(), (x, z), materialize_grads=True)
-            s = s.detach()
-            if not _all_clear(s, z.detach(), dz, g):
-                _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
-                              (g[:b], g[b:]), "input")
-            return s, g[:b].float(), g[b:].float()
         a = x1.detach().requires_grad_(True)
         c = x2.detach().requires_grad_(True)
         z1, z2 = model.embed(a, 1), model.embed(c, 2)
@@ -1007,6 +1001,27 @@ def similarity_input_gradients(
         g1, g2, dz1, dz2 = torch.autograd.grad(s.sum(), (a, c, z1, z2), materialize_grads=True)
     _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (g1, g2), "input")
     return s.detach(), g1.float(), g2.float()
+
+
+def joint_input_gradients(
+    model: SimilarityModel, x1: Tensor, x2: Tensor, guided: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`similarity_input_gradients` of a one-tower model with both images in one batch:
+    similarity (B,), the images ``x = cat([x1, x2])`` (2B, C, H, W; a leaf requiring grad) and
+    dS/dx (2B, C, H, W, float32). Raises ``ValueError`` for a two-tower model."""
+    if model.two_towers:
+        raise ValueError("joint_input_gradients needs a one-tower model")
+    b = x1.shape[0]
+    with torch.enable_grad(), model.guided(guided):
+        x = torch.cat([x1, x2]).detach().requires_grad_(True)
+        z = model.embed(x)
+        s = model.embedding_similarity(z[:b], z[b:])
+        g, dz = torch.autograd.grad(s.sum(), (x, z), materialize_grads=True)
+    s = s.detach()
+    if not _all_clear(s, z.detach(), dz, g):
+        _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
+                      (g[:b], g[b:]), "input")
+    return s, x, g.float()
 
 
 def similarity_feature_gradients(
