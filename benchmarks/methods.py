@@ -10,7 +10,9 @@ reference code, all measured in one run (so machine load affects every side alik
   backward are part of every gradient method's work: on the digits model the cosine's forward
   and backward cost about 0.06 ms of a 1.2 ms call.)
 * **reference**: ``benchmarks/reference_impl.py``, the paper's code re-written as plain batch-1
-  loops (see its docstring for where each loop comes from).
+  loops (see its docstring for where each loop comes from). It always runs in float32 with the
+  default memory layout, as the paper's code does: with ``--amp`` / ``--channels-last`` (applied
+  to PairLens and the floor) "/ reference" is the option's whole gain over the paper's code.
 
 The three sides of a row are timed in interleaved blocks of calls (``common.timed_together``),
 so that a change of machine load during the run affects them alike. The metrics are timed on a
@@ -25,6 +27,7 @@ Usage:  python benchmarks/methods.py [--models digits,resnet50] [--repeats 3] [-
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 from pathlib import Path
@@ -137,7 +140,12 @@ def check_metrics(model, x1, x2, maps, step) -> None:
 
 def bench_model(model_name: str, names: list[str], repeats: int, execution: dict,
                 step: int | None = None) -> list[str]:
-    model = load_benchmark_model(model_name).set_execution(**execution)
+    model = load_benchmark_model(model_name)
+    # The paper's code has no autocast and no channels-last: with --amp / --channels-last the
+    # reference loops keep a float32, contiguous copy of the same weights, so "/ reference" is
+    # PairLens-with-the-option against the paper's code as it runs (the floor uses the option).
+    reference_model = copy.deepcopy(model) if any(execution.values()) else model
+    model.set_execution(**execution)
     x1, x2 = pair(model, 1)
     h, w = model.input_size
     rows = []
@@ -154,7 +162,7 @@ def bench_model(model_name: str, names: list[str], repeats: int, execution: dict
                 pairlens.evaluate(model, x1, x2, maps, metrics=METRICS, step=step)
 
             def theirs(maps=maps, step=step):
-                ref.six_metrics(model, x1, x2, *maps, step)
+                ref.six_metrics(reference_model, x1, x2, *maps, step)
 
             label = "six metrics"
         else:
@@ -167,7 +175,7 @@ def bench_model(model_name: str, names: list[str], repeats: int, execution: dict
                 pairlens.explain(model, x1, x2, method=name)
 
             def theirs(name=name, kw=kw):
-                ref.METHODS[name](model, x1, x2, **kw)
+                ref.METHODS[name](reference_model, x1, x2, **kw)
 
             label = name
         # interleaved (ours, floor, reference, ours, ...): load changes hit all three alike

@@ -175,7 +175,8 @@ def test_explain_many_pairs_from_a_list_and_a_folder(tmp_path, capsys):
                        f"{paths[1]} {paths[2]}\n")
     out = tmp_path / "out"
     args = ["explain", "--pairs", listing, "--model", "digits", "--methods",
-            "grad-cam,interaction-cam", "--batch-size", "2", "--out", out, "--quiet"]
+            "grad-cam,interaction-cam", "--pairs-per-unit", "1", "--batch-size", "2", "--out",
+            out, "--quiet"]
     code, _, err = run(args, capsys)
     assert code == 1 and "broken.png" in err and "--on-error skip" in err
     assert err.count("\n") == 1 and "0001_digit-3a_digit-3b" in (out / "index.csv").read_text()

@@ -342,6 +342,52 @@ def test_study_benchmark_reports_the_stages():
         assert stage in stages
 
 
+
+def _occlusion_bound():
+    sys.path.insert(0, str(BENCH))
+    import occlusion_bound
+
+    return occlusion_bound
+
+
+def test_occlusion_bound_counts_exactly_the_macs_that_depend_on_the_occluder():
+    """A 1x1 convolution, global pooling and a linear layer: the convolution outputs that depend
+    on a 4x4 occluder are its 16 pixels (one pixel: 1), the linear layer depends on all; a 3x3
+    convolution spreads one pixel to 9 outputs, a second one to 25."""
+    from torch import nn
+
+    bound = _occlusion_bound()
+    torch.manual_seed(0)
+    pointwise = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(4, 2))
+    model = pairlens.SimilarityModel(pointwise, feature_layer="0", input_size=(8, 8))
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[0, 2:6, 2:6] = True
+    masks[1, 0, 0] = True
+    share = bound.recompute_share(model, torch.rand(1, 3, 8, 8), masks, batch=1)
+    conv, linear = 3 * 4, 4 * 2  # MACs per conv output position, per linear output row
+    expected = [(16 * conv + linear) / (64 * conv + linear), (conv + linear) / (64 * conv + linear)]
+    torch.testing.assert_close(share, torch.tensor(expected, dtype=torch.float64))
+
+    spatial = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = pairlens.SimilarityModel(spatial, feature_layer="1", input_size=(10, 10))
+    mask = torch.zeros(1, 10, 10, dtype=torch.bool)
+    mask[0, 4, 4] = True
+    share = bound.recompute_share(model, torch.rand(1, 3, 10, 10), mask)
+    c1, c2 = 3 * 9 * 4, 4 * 9 * 4
+    assert float(share) == pytest.approx((9 * c1 + 25 * c2) / (100 * (c1 + c2)))
+
+
+def test_occlusion_bound_benchmark_runs_on_digits():
+    out = _bench("occlusion_bound.py", "--models", "digits", "--threads", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| digits |")]
+    assert len(rows) == 2  # conditional and pairwise occlusion
+    for row in rows:
+        mean, low, high = (float(v) for v in row.strip("|").split("|")[2:])
+        assert 0 < low <= mean <= high <= 1
+
+
 # ---------------------------------------------------------------- with issue 10's towers / layouts
 def _toy(layout: str = "first", two: bool = False) -> pairlens.SimilarityModel:
     from regions import REGION1, REGION2, SIZE, ToyEncoder

@@ -85,9 +85,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s; 100 = no clip)")
     g = add_run_options(
         p, batch_size=None,
-        batch_help="images per forward pass (default: chosen from the device and image size); "
-        "with --pairs, N/2 pairs are explained together (default: 8 pairs)",
+        batch_help="images per forward pass; changes speed and memory, never results (default: "
+        "chosen from the device and image size)",
     )
+    g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",
+                   help="with --pairs: pairs loaded, explained and written together (default: "
+                   "%(default)s)")
     add_on_error_option(g, "the pairs using it (--pairs)")
     p.set_defaults(func=run_explain)
 
@@ -210,7 +213,7 @@ def _explain_pairs(model, pairs, variants, root: Path, args, out: Output) -> int
     from pairlens.progress import overall
 
     bad = bad_files(args, hint="pass --on-error skip to skip the pairs using it")
-    pairs_per_batch = max(1, (args.batch_size or 16) // 2)
+    pairs_per_batch = args.pairs_per_unit
     folders = [root / _pair_folder(i, a, b) for i, (a, b) in enumerate(pairs)]
     rows: list[dict[str, Any]] = []
     try:
