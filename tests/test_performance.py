@@ -243,6 +243,16 @@ def test_methods_benchmark_checks_metrics_against_the_reference_loops():
     assert "peak RSS" in out
 
 
+def test_overhead_benchmark_counts_operations_of_pairlens_and_the_floor():
+    out = _bench("overhead.py", "--methods", "grad-cam,deep-similarity", "--repeats", "1")
+    rows = [line.strip("|").split("|") for line in out.splitlines()
+            if line.startswith(("| grad-cam", "| deep-similarity"))]
+    assert [r[0].strip() for r in rows] == ["grad-cam", "deep-similarity"]
+    for r in rows:  # times and ratio positive; PairLens runs at least the floor's operations
+        assert all(float(v) > 0 for v in (r[1], r[2], r[3]))
+        assert int(r[5]) >= int(r[6]) > 10
+
+
 def test_reference_metrics_loops_agree_with_pairlens(square):
     sys.path.insert(0, str(BENCH))
     import reference_impl as ref
