@@ -241,6 +241,12 @@ def test_methods_benchmark_checks_metrics_against_the_reference_loops():
     for row in rows:  # PairLens, floor, reference, two ratios: all positive numbers
         assert all(float(v) > 0 for v in row.strip("|").split("|")[2:])
     assert "peak RSS" in out
+    out = _bench("methods.py", "--models", "digits", "--methods", "deep-similarity",
+                 "--repeats", "1", "--threads", "1", "--pairs-per-call", "3")
+    assert "3 pair(s) per call" in out and "| digits | deep-similarity |" in out
+    proc = subprocess.run([sys.executable, str(BENCH / "methods.py"), "--methods", "smoothgrad",
+                           "--pairs-per-call", "2"], capture_output=True, text=True, env=_env())
+    assert proc.returncode != 0 and "--pairs-per-call > 1 needs" in proc.stderr
 
 
 def test_overhead_benchmark_counts_operations_of_pairlens_and_the_floor():
