@@ -5,10 +5,11 @@ reference code, all measured in one run (so machine load affects every side alik
   device), and ``pairlens.evaluate`` with the six metrics SI, SD, CI, CD, SAD, CAD (default step).
 * **floor**: plain PyTorch code doing only the passes the method needs, with the same images per
   forward pass: forward + backward of the model's similarity to the input (saliency methods) or
-  to the feature layer (CAM methods), or no-grad forwards (occlusion, Deep Similarity, metrics),
-  plus the unaltered pair's similarity where the method returns it. (The similarity and its
-  backward are part of every gradient method's work: on the digits model the cosine's forward
-  and backward cost about 0.06 ms of a 1.2 ms call.)
+  to the feature layer (CAM methods), or no-grad forwards (occlusion, metrics; Deep Similarity's
+  capture the feature-layer maps it decomposes, as the CAM methods' do), plus the unaltered
+  pair's similarity where the method returns it. (The similarity and its backward are part
+  of every gradient method's work: on the digits model the cosine's forward and backward cost
+  about 0.06 ms of a 1.2 ms call.)
 * **reference**: ``benchmarks/reference_impl.py``, the paper's code re-written as plain batch-1
   loops (see its docstring for where each loop comes from). It always runs in float32 with the
   default memory layout, as the paper's code does: with ``--amp`` / ``--channels-last`` (applied
@@ -20,8 +21,12 @@ random (tie-free) map, and PairLens's six values are checked against the referen
 agree to 1e-3). Peak RSS is that of the whole process at the end of each
 model (the methods run in the order printed).
 
+``--pairs-per-call B`` times calls of B pairs (as ``pairlens evaluate`` explains its units of
+``--pairs-per-unit`` pairs) and prints seconds per pair: the fixed cost of a call is shared by
+B pairs; the reference code still explains one pair at a time.
+
 Usage:  python benchmarks/methods.py [--models digits,resnet50] [--repeats 3] [--threads 2]
-        [--methods all] [--no-tune] [--channels-last] [--amp bf16]
+        [--methods all] [--no-tune] [--channels-last] [--amp bf16] [--pairs-per-call 1]
 """
 
 from __future__ import annotations
@@ -53,11 +58,15 @@ from pairlens.metrics.faithfulness import default_step, n_steps  # noqa: E402
 from pairlens.runtime import default_batch_size, tune_cpu_runtime  # noqa: E402
 
 METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
+# methods whose floor is written for several pairs per call (--pairs-per-call)
+BATCHABLE = ("grad-cam", "interaction-cam", "deep-similarity", "input-x-gradient")
 
 
 def floor_fn(model, name: str, params: dict, x1, x2, step: int | None = None):
-    """A plain-PyTorch function doing exactly the passes the method needs (one pair)."""
+    """A plain-PyTorch function doing exactly the passes the method needs (one pair; the
+    methods of :data:`BATCHABLE` also ``b`` pairs at once)."""
     h, w = x1.shape[-2:]
+    b = len(x1)
     grad_bs = default_batch_size(x1.device, (h, w), grad=True)
     bs = default_batch_size(x1.device, (h, w), grad=False)
 
@@ -111,15 +120,15 @@ def floor_fn(model, name: str, params: dict, x1, x2, step: int | None = None):
 
         def run():
             z, a = model.embed_with_features(torch.cat([x1, x2]).requires_grad_(True))
-            torch.autograd.grad(model.embedding_similarity(z[:1], z[1:]).sum(), a)
+            torch.autograd.grad(model.embedding_similarity(z[:b], z[b:]).sum(), a)
 
         return run
     if name == "deep-similarity":
 
         @torch.no_grad()
-        def run():
-            z = model.embed(torch.cat([x1, x2]))
-            model.embedding_similarity(z[:1], z[1:])
+        def run():  # the method decomposes the feature-layer maps: the pass must capture them
+            z, _ = model.embed_with_features(torch.cat([x1, x2]))
+            model.embedding_similarity(z[:b], z[b:])
 
         return run
     if name == "metrics":
@@ -139,14 +148,14 @@ def check_metrics(model, x1, x2, maps, step) -> None:
 
 
 def bench_model(model_name: str, names: list[str], repeats: int, execution: dict,
-                step: int | None = None) -> list[str]:
+                step: int | None = None, pairs_per_call: int = 1) -> list[str]:
     model = load_benchmark_model(model_name)
     # The paper's code has no autocast and no channels-last: with --amp / --channels-last the
     # reference loops keep a float32, contiguous copy of the same weights, so "/ reference" is
     # PairLens-with-the-option against the paper's code as it runs (the floor uses the option).
     reference_model = copy.deepcopy(model) if any(execution.values()) else model
     model.set_execution(**execution)
-    x1, x2 = pair(model, 1)
+    x1, x2 = pair(model, pairs_per_call)
     h, w = model.input_size
     rows = []
     for name in names:
@@ -174,13 +183,14 @@ def bench_model(model_name: str, names: list[str], repeats: int, execution: dict
             def ours(name=name):
                 pairlens.explain(model, x1, x2, method=name)
 
-            def theirs(name=name, kw=kw):
-                ref.METHODS[name](reference_model, x1, x2, **kw)
+            def theirs(name=name, kw=kw):  # the paper's code: one pair at a time
+                for i in range(pairs_per_call):
+                    ref.METHODS[name](reference_model, x1[i:i + 1], x2[i:i + 1], **kw)
 
             label = name
         # interleaved (ours, floor, reference, ours, ...): load changes hit all three alike
-        t_ours, t_floor, t_ref = timed_together(
-            [ours, floor_fn(model, name, params, x1, x2, step), theirs], repeats)
+        t_ours, t_floor, t_ref = (t / pairs_per_call for t in timed_together(
+            [ours, floor_fn(model, name, params, x1, x2, step), theirs], repeats))
         row = (f"| {model_name} | {label} | {t_ours:.4f} | {t_floor:.4f} | {t_ref:.4f} | "
                f"{t_ours / t_floor:.2f} | {t_ours / t_ref:.2f} |")
         print(row, flush=True)
@@ -201,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--amp", default=None, choices=("bf16", "fp16"))
     ap.add_argument("--step", type=int, default=None,
                     help="metrics: pixels per insertion/deletion step (default: round(H*W/224))")
+    ap.add_argument("--pairs-per-call", type=int, default=1,
+                    help=f"pairs per explain call (times are per pair); >1 only for "
+                    f"{', '.join(BATCHABLE)}")
     add_clock_option(ap)
     args = ap.parse_args(argv)
     set_clock(args.clock)
@@ -210,14 +223,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.methods != "all":
         names = args.methods.split(",")
     execution = {"amp": args.amp, "channels_last": args.channels_last}
+    if args.pairs_per_call > 1 and set(names) - set(BATCHABLE):
+        raise SystemExit(f"--pairs-per-call > 1 needs --methods from {', '.join(BATCHABLE)}")
     print(machine_line())
     print(f"runtime tuning: {applied or 'none'}; execution: {execution}; best of "
-          f"{args.repeats}; clock: {args.clock}")
+          f"{args.repeats}; clock: {args.clock}; {args.pairs_per_call} pair(s) per call")
     print("| model | method | PairLens s/pair | floor s/pair | reference s/pair | / floor "
           "| / reference |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for model_name in args.models.split(","):
-        bench_model(model_name, names, args.repeats, execution, args.step)
+        bench_model(model_name, names, args.repeats, execution, args.step, args.pairs_per_call)
     print(machine_line())
 
 

@@ -241,6 +241,22 @@ def test_methods_benchmark_checks_metrics_against_the_reference_loops():
     for row in rows:  # PairLens, floor, reference, two ratios: all positive numbers
         assert all(float(v) > 0 for v in row.strip("|").split("|")[2:])
     assert "peak RSS" in out
+    out = _bench("methods.py", "--models", "digits", "--methods", "deep-similarity",
+                 "--repeats", "1", "--threads", "1", "--pairs-per-call", "3")
+    assert "3 pair(s) per call" in out and "| digits | deep-similarity |" in out
+    proc = subprocess.run([sys.executable, str(BENCH / "methods.py"), "--methods", "smoothgrad",
+                           "--pairs-per-call", "2"], capture_output=True, text=True, env=_env())
+    assert proc.returncode != 0 and "--pairs-per-call > 1 needs" in proc.stderr
+
+
+def test_overhead_benchmark_counts_operations_of_pairlens_and_the_floor():
+    out = _bench("overhead.py", "--methods", "grad-cam,deep-similarity", "--repeats", "1")
+    rows = [line.strip("|").split("|") for line in out.splitlines()
+            if line.startswith(("| grad-cam", "| deep-similarity"))]
+    assert [r[0].strip() for r in rows] == ["grad-cam", "deep-similarity"]
+    for r in rows:  # times and ratio positive; PairLens runs at least the floor's operations
+        assert all(float(v) > 0 for v in (r[1], r[2], r[3]))
+        assert int(r[5]) >= int(r[6]) > 10
 
 
 def test_reference_metrics_loops_agree_with_pairlens(square):

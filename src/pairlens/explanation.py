@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,49 @@ from pairlens.models.similarity import (
 )
 
 
+class DisplayImages(Sequence):
+    """The images of an explanation in [0, 1] pixel space, (B, C, H, W) each (None for a missing
+    image 2), computed from the model-input batches the first time they are read.
+
+    Most calls (studies, benchmarks, metrics) never display their images, so :func:`explain`
+    keeps references to its inputs and the model's mean / std instead of de-normalising them on
+    every call. An input modified in place after the call (a reused buffer) would give the wrong
+    picture: its version counter is recorded and such a read raises ``RuntimeError``.
+    """
+
+    def __init__(self, *images: tuple[Tensor, Tensor, Tensor] | None) -> None:
+        self._sources = images  # (x in model-input space, mean, std) or None per image
+        self._versions = tuple(None if i is None else i[0]._version for i in images)
+        self._done: list[Tensor | None] = [None] * len(images)
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(len(self))[index])
+        if self._sources[index] is None:
+            return None
+        if self._done[index] is None:
+            x, mean, std = self._sources[index]
+            if x._version != self._versions[index]:
+                raise RuntimeError(
+                    f"image batch {index + 1} was modified in place after the explanation was "
+                    "computed, so its display image is lost; explain a copy (x.clone()) when "
+                    "reusing an input buffer"
+                )
+            self._done[index] = (x * std + mean).clamp(0, 1).detach()
+        return self._done[index]
+
+    def __repr__(self) -> str:
+        return f"DisplayImages({len(self)} batches)"
+
+    def __reduce__(self):
+        # pickled (torch.save, worker processes, deepcopy) as the plain tuple of computed images:
+        # the version counters of the inputs do not survive a round trip
+        return tuple, (tuple(self),)
+
+
 @dataclass(frozen=True)
 class PairExplanation:
     """Two importance maps explaining the similarity of a batch of image pairs.
@@ -45,7 +89,8 @@ class PairExplanation:
         method: registered method name.
         params: the method's parameters as used (defaults filled in).
         images: the two input batches in [0, 1] pixel space (B, C, H, W), for display (image 2
-            None against a fixed target).
+            None against a fixed target); from :func:`explain` a :class:`DisplayImages`,
+            computed when first read.
         model: a JSON-friendly description of the model.
         sources: where the images came from (paths or descriptions), if known.
         seconds: wall time of the explanation.
@@ -57,7 +102,7 @@ class PairExplanation:
     score: Tensor
     method: str
     params: dict[str, Any]
-    images: tuple[Tensor, Tensor | None] | None = None
+    images: Sequence[Tensor | None] | None = None
     model: dict[str, Any] = field(default_factory=dict)
     sources: tuple[str, str] | None = None
     seconds: float = math.nan
@@ -356,12 +401,7 @@ def explain(
         return _explain_target(model, x1, target, info, used, sources)
     if x2 is None:
         raise ValueError("explain needs a second image batch x2, or target= (an embedding)")
-    x1 = model.check_input(x1, "image 1", 1)
-    x2 = model.check_input(x2, "image 2", 2)
-    if x1.shape != x2.shape:
-        raise ValueError(
-            f"the two batches must have the same shape; got {tuple(x1.shape)} and {tuple(x2.shape)}"
-        )
+    x1, x2 = model.check_pair(x1, x2)
     start = time.perf_counter()
     with evaluating(model):
         map1, map2, score, relevance = _run(info, model, x1, x2, used)
@@ -371,10 +411,7 @@ def explain(
         score=score,
         method=info.name,
         params=used,
-        images=(
-            model.denormalize(x1, 1).clamp(0, 1).detach(),
-            model.denormalize(x2, 2).clamp(0, 1).detach(),
-        ),
+        images=DisplayImages(_display_source(model, x1, 1), _display_source(model, x2, 2)),
         model=model.describe(),
         sources=sources,
         seconds=seconds,
@@ -387,6 +424,13 @@ def explain(
         grids=(tuple(relevance.grids[0]), tuple(relevance.grids[1])),
         extras={k: v.detach().float() for k, v in (relevance.extras or {}).items()},
     )
+
+
+def _display_source(model: SimilarityModel, x: Tensor, tower: int
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """What :class:`DisplayImages` needs to show ``x``: the batch and ``tower``'s mean / std."""
+    t = model.tower(tower)
+    return x, t.mean, t.std
 
 
 def _run(
@@ -423,7 +467,14 @@ def _run(
         (map1, f"the {info.name} map of image 1"),
         (map2, f"the {info.name} map of image 2"),
     )
-    return map1.detach().float(), map2.detach().float(), score.detach().float(), relevance
+    return _plain(map1), _plain(map2), _plain(score), relevance
+
+
+def _plain(t: Tensor) -> Tensor:
+    """``t.detach().float()`` without the ops when ``t`` is a float32 tensor without a graph."""
+    if t.requires_grad:
+        t = t.detach()
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _explain_target(
@@ -476,7 +527,7 @@ def _explain_target(
         score=torch.cat(scores),
         method=info.name,
         params=used,
-        images=(model.denormalize(x1, 1).clamp(0, 1).detach(), None),
+        images=DisplayImages(_display_source(model, x1, 1), None),
         model=model.describe(),
         sources=(sources[0] if sources else "image", str(label)),
         seconds=seconds,

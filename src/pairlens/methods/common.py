@@ -27,6 +27,15 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
+def upsample_pair(e1: Tensor, e2: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """:func:`upsample` of the maps of images 1 and 2 (B, h, w) each; one interpolation for
+    both when their grids agree (the same values: every map is interpolated on its own)."""
+    if e1.shape != e2.shape or tuple(e1.shape[-2:]) == tuple(size):
+        return upsample(e1, size), upsample(e2, size)
+    up = upsample(torch.cat([e1, e2]), size)
+    return up[: len(e1)], up[len(e1) :]
+
+
 def scaled(value: int, side: int, reference: int = 224) -> int:
     """A pixel size defined for 224-px inputs, scaled to an image side of ``side`` pixels."""
     return max(1, round(value * side / reference))
@@ -79,16 +88,21 @@ def noise_sigma(x: Tensor, level: float, scale: NoiseScale = "divide") -> Tensor
     models of the paper take). For mean/std-normalised inputs (range about 4 to 5) ``"divide"``
     gives a noise level of ``level / (max - min)**2``, about 15 to 25 times weaker.
     """
+    check_noise_scale(scale)
     flat = x.flatten(1)
     span = flat.amax(1) - flat.amin(1)
     if scale == "divide":
         sigma = level / span.clamp_min(torch.finfo(flat.dtype).tiny)
         sigma = torch.where(span > 0, sigma, torch.zeros_like(sigma))
-    elif scale == "multiply":
-        sigma = level * span
     else:
-        raise ValueError(f"noise_scale must be 'divide' or 'multiply', got {scale!r}")
+        sigma = level * span
     return sigma.view(-1, 1, 1, 1)
+
+
+def check_noise_scale(scale: str) -> None:
+    """Raise ``ValueError`` unless ``scale`` is ``"divide"`` or ``"multiply"``."""
+    if scale not in ("divide", "multiply"):
+        raise ValueError(f"noise_scale must be 'divide' or 'multiply', got {scale!r}")
 
 
 def by_pairs(

@@ -21,7 +21,11 @@ from pairlens.methods.common import (
     saliency,
 )
 from pairlens.methods.registry import PairMaps, register_method
-from pairlens.models.similarity import SimilarityModel, similarity_input_gradients
+from pairlens.models.similarity import (
+    SimilarityModel,
+    joint_input_gradients,
+    similarity_input_gradients,
+)
 from pairlens.progress import track
 from pairlens.runtime import resolve_batch_size
 from pairlens.validation import Annotated, Range
@@ -45,6 +49,11 @@ def input_x_gradient(
     ``batch_size`` images (None: :func:`pairlens.runtime.default_batch_size`)."""
 
     def run(a: Tensor, c: Tensor) -> PairMaps:
+        if not model.two_towers:  # both images' maps with one set of operations
+            s, x, g = joint_input_gradients(model, a, c, guided=guided)
+            with torch.no_grad():
+                m = saliency(x, g)
+            return PairMaps(m[: len(a)], m[len(a) :], s)
         s, g1, g2 = similarity_input_gradients(model, a, c, guided=guided)
         return PairMaps(saliency(a, g1), saliency(c, g2), s)
 

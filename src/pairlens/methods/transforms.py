@@ -34,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pairlens.methods.common import NoiseScale, noise_sigma, pair_generators, saliency
+from pairlens.methods.common import (
+    NoiseScale,
+    check_noise_scale,
+    noise_sigma,
+    pair_generators,
+    saliency,
+)
 from pairlens.methods.registry import PairMaps, register_method
 from pairlens.models.similarity import SimilarityModel, check_embeddings
 from pairlens.progress import track
@@ -108,12 +114,11 @@ def hue_rotate(x: Tensor, turns: Tensor) -> Tensor:
     shift); one 3 x 3 colour matrix per image. Not clamped. Used by the ``color-jitter``
     transform and the SimCLR augmentation."""
     angle = turns.detach().to("cpu", torch.float64).reshape(-1) * 2 * math.pi
-    rot = torch.zeros(len(angle), 3, 3, dtype=torch.float64)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = angle.cos(), -angle.sin()
-    rot[:, 2, 1], rot[:, 2, 2] = angle.sin(), angle.cos()
+    cos, sin = angle.cos(), angle.sin()
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1).view(-1, 3, 3)
     m = (_YIQ2RGB @ rot @ _RGB2YIQ).to(x.device, x.dtype)
-    return torch.einsum("nij,njhw->nihw", m, x)
+    return torch.bmm(m, x.flatten(2)).view(x.shape)  # einsum "nij,njhw->nihw", lowered
 
 
 def color_jitter(x: Tensor, s: Tensor, u: Tensor) -> Tensor:
@@ -327,7 +332,7 @@ def averaged_transforms(
             f"{model.name!r} takes {x2.shape[1]}-channel images (use solarize, gaussian-blur, "
             "rotation, horizontal-flip or resized-crop)"
         )
-    noise_sigma(x1[:1], noise_level, noise_scale)  # validates noise_scale early
+    check_noise_scale(noise_scale)
     lo, hi = strength_range(transform, strength)
     b = x1.shape[0]
     n_views = steps - 1 if paper else steps
@@ -335,11 +340,9 @@ def averaged_transforms(
     gens = pair_generators(seed, x1, x2)
     u = torch.stack([torch.rand(8, generator=g) for g in gens]).to(x1.device, x1.dtype)
     image1 = x1 if model.fixed_tower != 1 else x2  # against a fixed target: the image itself
-    sigma = noise_sigma(image1 if paper else x2, noise_level, noise_scale)
+    sigma = noise_sigma(image1 if paper else x2, noise_level, noise_scale) if noise else None
     rho = paper_weights(steps).to(x1.device, x1.dtype).view(-1, 1, 1, 1, 1)
-    g1_total, g2_total = torch.zeros_like(x1), torch.zeros_like(x2)
-    scores = torch.empty(b, device=x1.device)
-    last_view = torch.empty_like(x2) if paper else x2
+    map1_parts, map2_parts, score_parts = [], [], []  # per chunk of pairs
     per_chunk = min(b, bs)  # pairs whose image 1 goes through the model together
     for start in track(range(0, b, per_chunk), desc="averaged-transforms"):
         sl = slice(start, start + per_chunk)
@@ -356,7 +359,7 @@ def averaged_transforms(
                     full = torch.full((n,), hi, device=x1.device, dtype=x1.dtype)
                     strong = model.normalize(fn(model.denormalize(x2[sl], 2), full, u[sl]), 2)
                     views = rho * _start(model, x1[sl], x2[sl]) + (1 - rho) * strong
-                    last_view[sl] = views[-1]
+                    last_view = views[-1]  # (read before the noise, which spares it)
                     if eps is not None:
                         views[:-1] += eps * sigma[sl]
             else:
@@ -391,10 +394,15 @@ def averaged_transforms(
         with torch.no_grad():  # the score of the unaltered pair: only image 2 is new
             z1, z2 = z1.detach(), model.embed(x2[sl], 2)
             check_embeddings(z1, "image 1", model.name, z2)
-            scores[sl] = model.embedding_similarity(z1, z2)
-        g1_total[sl] = g1
-        g2_total[sl] = g2
-    return PairMaps(saliency(x1, g1_total), saliency(last_view, g2_total), scores)
+            score_parts.append(model.embedding_similarity(z1, z2))
+        map1_parts.append(saliency(x1[sl], g1))
+        map2_parts.append(saliency(last_view if paper else x2[sl], g2))
+    return PairMaps(_cat(map1_parts), _cat(map2_parts), _cat(score_parts))
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    """The chunks' results as one batch (no copy for a single chunk)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _start(model: SimilarityModel, x1: Tensor, x2: Tensor) -> Tensor:

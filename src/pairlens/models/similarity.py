@@ -70,6 +70,9 @@ __all__ = [
     "cosine",
     "dot",
     "evaluating",
+    "first_parameter",
+    "joint_feature_gradients",
+    "joint_input_gradients",
     "neg_l2",
     "pool_features",
     "resolve_device",
@@ -135,10 +138,13 @@ def all_finite(*tensors: Tensor) -> bool:
     decides. This costs one reduction per tensor where ``torch.isfinite(t).all()`` costs four
     elementwise passes and a reduction (it matters for small models, where these checks run on
     every call)."""
-    sums = [t.detach().sum().float() for t in tensors if t.numel()]
-    if not sums:
-        return True
-    total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
+    with torch.no_grad():  # (no graph, and no detach op per tensor)
+        sums = [t.sum().float() for t in tensors if t.numel()]
+        if not sums:
+            return True
+        total = sums[0]
+        for t in sums[1:]:  # (one op per tensor; stack and sum would be two for any number)
+            total = total + t
     if math.isfinite(float(total)):
         return True
     return all(bool(torch.isfinite(t).all()) for t in tensors)
@@ -160,18 +166,26 @@ def check_all_finite(*named: tuple[Tensor, str]) -> None:
         check_finite(t, what)
 
 
-def check_embeddings(z: Tensor, what: str, model: str = "", z2: Tensor | None = None) -> None:
+def check_embeddings(
+    z: Tensor, what: str, model: str = "", z2: Tensor | None = None, split: int | None = None
+) -> None:
     """Raise if an embedding (a row of ``z``, (B, D), or of ``z2``: image 2's) is non-finite or
-    exactly zero; one device sync when all is well.
+    exactly zero; one device sync when all is well. ``split``: ``z`` holds images 1 (rows
+    ``< split``) then images 2 (one tower's batch), and ``z2`` is not given.
 
     A zero embedding (for example after a broken checkpoint conversion) would give a similarity
     of 0 and blank maps with every method: :class:`ZeroEmbeddingError` instead.
     """
-    r = z.abs().sum(dim=-1)
+    norm = torch.linalg.vector_norm
+    r = norm(z.detach(), dim=-1)
     if z2 is not None:
-        r = torch.cat([r, z2.abs().sum(dim=-1)])
-    if bool(((r > 0) & (r < math.inf)).all()):  # (a NaN fails both comparisons)
+        r = torch.cat([r, norm(z2.detach(), dim=-1)])
+    # fast test: every norm in (0, inf) <=> every log is finite (log 0 = -inf, log NaN = NaN);
+    # a norm that overflows a finite row only sends us to the exact tests below
+    if math.isfinite(float(r.log().sum())):
         return
+    if split is not None:
+        z, z2 = z[:split], z[split:]
     of = f" of model {model!r}" if model else ""
     for t, name in ((z, what), (z2, "image 2")):
         if t is None:
@@ -218,9 +232,11 @@ def evaluating(*modules: nn.Module | None) -> Iterator[None]:
     training, stack = [], list(mods)
     while stack:  # every submodule (a plain walk: Module.modules() costs more per call)
         m = stack.pop()
+        if m is None:  # (a submodule slot set to None)
+            continue
         if m.training:
             training.append(m)
-        stack.extend(c for c in m._modules.values() if c is not None)
+        stack.extend(m._modules.values())
     try:
         if training:  # (in eval mode already, the common case, there is nothing to do)
             for mod in mods:
@@ -229,6 +245,19 @@ def evaluating(*modules: nn.Module | None) -> Iterator[None]:
     finally:
         for m in training:
             m.training = True
+
+
+def first_parameter(module: nn.Module) -> nn.Parameter | None:
+    """``next(module.parameters(), None)`` without building ``parameters()``'s generators (a hot
+    path: the device and dtype of a model are read on every call): the same pre-order walk."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        for p in m._parameters.values():
+            if p is not None:
+                return p
+        stack.extend(reversed([c for c in m._modules.values() if c is not None]))
+    return None
 
 
 def _get_submodule(root: nn.Module, dotted: str, what: str = "feature_layer") -> nn.Module:
@@ -402,7 +431,8 @@ class SimilarityModel(nn.Module):
             )
             self.register_buffer("std2", _channel_vector(std2 if std2 is not None else std, "std2"))
         self._probes: dict[tuple, GridProbe] = {}  # (tower, layer, H, W) -> what a pass revealed
-        self._fixed_sizes: dict[int, tuple[int, int] | None] = {}  # tower -> only input size
+        # tower -> (its encoder, the only input size it accepts or None)
+        self._fixed_sizes: dict[int, tuple[nn.Module, tuple[int, int] | None]] = {}
         self.amp: str | None = None
         self.channels_last = False
         self.eval()
@@ -460,9 +490,9 @@ class SimilarityModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        return self.mean.device
+        """The device of the first parameter (of the buffer ``mean`` when there is none)."""
+        p = first_parameter(self)
+        return self.mean.device if p is None else p.device
 
     @property
     def in_channels(self) -> int:
@@ -522,7 +552,27 @@ class SimilarityModel(nn.Module):
         a wrong shape or channel count, or a size the encoder cannot run at (a ViT with a fixed
         position embedding).
         """
-        c = int(self.tower(tower).mean.shape[1])
+        return check_finite(self._input(x, what, tower), what)
+
+    def check_pair(self, x1: Tensor, x2: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`check_input` of image batch 1 (tower 1) and image batch 2 (tower 2), with one
+        finiteness test (one device sync) for both; raises ``ValueError`` unless the two batches
+        have the same shape."""
+        device = self.device
+        x1, x2 = self._input(x1, "image 1", 1, device), self._input(x2, "image 2", 2, device)
+        check_all_finite((x1, "image 1"), (x2, "image 2"))
+        if x1.shape != x2.shape:
+            raise ValueError(
+                "the two batches must have the same shape; "
+                f"got {tuple(x1.shape)} and {tuple(x2.shape)}"
+            )
+        return x1, x2
+
+    def _input(self, x: Tensor, what: str, tower: int,
+               device: torch.device | None = None) -> Tensor:
+        """:meth:`check_input` without the finiteness test (``device``: the model's, if known)."""
+        t = self.tower(tower)
+        c = int(t.mean.shape[1])
         if not isinstance(x, Tensor):
             raise TypeError(
                 f"{what} must be a tensor of shape (B, {c}, H, W); got {type(x).__name__}"
@@ -535,17 +585,18 @@ class SimilarityModel(nn.Module):
                 f"({c}-channel input); got {tuple(x.shape)}"
             )
         if x.dtype == torch.uint8:
-            x = self.normalize(x.to(self.device, torch.float32) / 255.0, tower)
+            x = self.normalize(x.to(device or self.device, torch.float32) / 255.0, tower)
         elif not x.is_floating_point():
             raise TypeError(
                 f"{what} has dtype {x.dtype}; give float images in model-input space "
                 "(model.preprocess) or uint8 pixels in 0..255"
             )
-        check_finite(x, what)
         index = self._index(tower)
-        if index not in self._fixed_sizes:
-            self._fixed_sizes[index] = _fixed_input_size(self.tower(tower).encoder)
-        fixed = self._fixed_sizes[index]
+        encoder = t.encoder
+        known = self._fixed_sizes.get(index)
+        if known is None or known[0] is not encoder:  # (a replaced encoder is read again)
+            known = self._fixed_sizes[index] = (encoder, _fixed_input_size(encoder))
+        fixed = known[1]
         if fixed is not None and tuple(x.shape[-2:]) != fixed:
             raise ValueError(
                 f"model {self.name!r} runs at {fixed[0]}x{fixed[1]} only (its position "
@@ -553,7 +604,7 @@ class SimilarityModel(nn.Module):
                 "(model.preprocess does), or build the model for this size (timm: "
                 "dynamic_img_size=True)"
             )
-        return x.to(self.device, torch.float32)
+        return x.to(device or self.device, torch.float32)
 
     # ------------------------------------------------------------------ embeddings
     def forward(self, x: Tensor) -> Tensor:
@@ -565,7 +616,7 @@ class SimilarityModel(nn.Module):
         Images are cast to the encoder's dtype (half-precision weights run) and run in the
         memory layout and precision set by :meth:`set_execution`."""
         t = self.tower(tower)
-        p = next(t.encoder.parameters(), None)
+        p = first_parameter(t.encoder)
         if p is not None and p.is_floating_point() and x.dtype != p.dtype:
             x = x.to(p.dtype)
         if self.channels_last and x.dim() == 4:
@@ -791,19 +842,35 @@ class SimilarityModel(nn.Module):
         out = {
             "name": self.name,
             "input_size": list(self.input_size),
-            "mean": [round(v, 6) for v in self.mean.flatten().tolist()],
-            "std": [round(v, 6) for v in self.std.flatten().tolist()],
+            "mean": _rounded(self.mean),
+            "std": _rounded(self.std),
             "feature_layer": self.feature_layer,
             "similarity": self.similarity_name,
             **({"amp": self.amp} if self.amp else {}),
         }
         if self.two_towers:
             out["tower2"] = {
-                "mean": [round(v, 6) for v in self.mean2.flatten().tolist()],
-                "std": [round(v, 6) for v in self.std2.flatten().tolist()],
+                "mean": _rounded(self.mean2),
+                "std": _rounded(self.std2),
                 "feature_layer": self.feature_layer2,
             }
         return out
+
+
+_ROUNDED: dict[int, tuple[Tensor, int, list[float]]] = {}
+
+
+def _rounded(t: Tensor) -> list[float]:
+    """``t``'s values rounded to 6 decimals, as a new list; cached per tensor object and version
+    (:meth:`SimilarityModel.describe` runs on every explanation; an in-place change of ``t``
+    bumps its version)."""
+    hit = _ROUNDED.get(id(t))
+    if hit is None or hit[0] is not t or hit[1] != t._version:
+        if len(_ROUNDED) > 256:
+            _ROUNDED.clear()
+        hit = (t, t._version, [round(v, 6) for v in t.flatten().tolist()])
+        _ROUNDED[id(t)] = hit
+    return list(hit[2])
 
 
 def _channel_vector(values: Sequence[float], what: str) -> Tensor:
@@ -846,10 +913,16 @@ def _all_clear(s: Tensor, z: Tensor, dz: Tensor, grads: Tensor) -> bool:
     rows (images 1 then images 2): every embedding norm, every |dS/dz| |z| - tol and every
     max |gradient| is positive and finite. Fewer tensor operations and one device sync; when
     it is False, :func:`_blank_checks` decides (and raises)."""
-    n = z.norm(dim=1)
-    tol = STATIONARY_TOL * s.abs().clamp_min(1e-12).repeat(2)
-    v = torch.stack([n, dz.norm(dim=1) * n - tol, grads.flatten(1).abs().amax(dim=1)])
-    return bool(((v > 0) & (v < math.inf)).all())
+    norm = torch.linalg.vector_norm
+    n = norm(z, dim=1)
+    # |dS/dz| |z| - tol |S| for pair i's two rows, i and B + i
+    r = torch.add((norm(dz, dim=1) * n).view(2, -1), s.abs().clamp_min(1e-12),
+                  alpha=-STATIONARY_TOL)
+    # max |gradient| per row (not norm(ord=inf): 10x slower on CPU)
+    v = torch.cat([n, r.view(-1), grads.abs().amax(dim=tuple(range(1, grads.dim())))])
+    # 0 < v < inf everywhere <=> every log(v) is finite (log 0 = -inf, log of a negative or NaN
+    # is NaN); their sum (|log v| < 104 in float32) cannot overflow
+    return math.isfinite(float(v.log().sum()))
 
 
 def _blank_checks(
@@ -917,17 +990,10 @@ def similarity_input_gradients(
     is stationary (identical embeddings: its gradient, and so every map, is zero).
     """
     b = x1.shape[0]
+    if not model.two_towers:
+        s, _, g = joint_input_gradients(model, x1, x2, guided)
+        return s, g[:b], g[b:]
     with torch.enable_grad(), model.guided(guided):
-        if not model.two_towers:
-            x = torch.cat([x1, x2]).detach().requires_grad_(True)
-            z = model.embed(x)
-            s = model.embedding_similarity(z[:b], z[b:])
-            g, dz = torch.autograd.grad(s.sum(), (x, z), materialize_grads=True)
-            s = s.detach()
-            if not _all_clear(s, z.detach(), dz, g):
-                _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
-                              (g[:b], g[b:]), "input")
-            return s, g[:b].float(), g[b:].float()
         a = x1.detach().requires_grad_(True)
         c = x2.detach().requires_grad_(True)
         z1, z2 = model.embed(a, 1), model.embed(c, 2)
@@ -935,6 +1001,27 @@ def similarity_input_gradients(
         g1, g2, dz1, dz2 = torch.autograd.grad(s.sum(), (a, c, z1, z2), materialize_grads=True)
     _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (g1, g2), "input")
     return s.detach(), g1.float(), g2.float()
+
+
+def joint_input_gradients(
+    model: SimilarityModel, x1: Tensor, x2: Tensor, guided: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`similarity_input_gradients` of a one-tower model with both images in one batch:
+    similarity (B,), the images ``x = cat([x1, x2])`` (2B, C, H, W; a leaf requiring grad) and
+    dS/dx (2B, C, H, W, float32). Raises ``ValueError`` for a two-tower model."""
+    if model.two_towers:
+        raise ValueError("joint_input_gradients needs a one-tower model")
+    b = x1.shape[0]
+    with torch.enable_grad(), model.guided(guided):
+        x = torch.cat([x1, x2]).detach().requires_grad_(True)
+        z = model.embed(x)
+        s = model.embedding_similarity(z[:b], z[b:])
+        g, dz = torch.autograd.grad(s.sum(), (x, z), materialize_grads=True)
+    s = s.detach()
+    if not _all_clear(s, z.detach(), dz, g):
+        _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
+                      (g[:b], g[b:]), "input")
+    return s, x, g.float()
 
 
 def similarity_feature_gradients(
@@ -950,28 +1037,16 @@ def similarity_feature_gradients(
     """
     b = x1.shape[0]
     hw = (x1.shape[2], x1.shape[3])
-    with torch.enable_grad():
-        if not model.two_towers:
-            z, a = model.embed_with_features(torch.cat([x1, x2]), grad_from_features=True)
-            s = model.embedding_similarity(z[:b], z[b:])
-            _check_reaches(model, s)
-            g, dz = torch.autograd.grad(s.sum(), (a, z), materialize_grads=True)
-        else:
-            z1, a1 = model.embed_with_features(x1, 1, grad_from_features=True)
-            z2, a2 = model.embed_with_features(x2, 2, grad_from_features=True)
-            s = model.embedding_similarity(z1, z2)
-            _check_reaches(model, s)
-            g1, g2, dz1, dz2 = torch.autograd.grad(
-                s.sum(), (a1, a2, z1, z2), materialize_grads=True
-            )
-    s = s.detach()
-    if not model.two_towers:  # both images through tower 1: one grid conversion for the batch
-        a, g = model.to_grid(a.detach(), hw, 1).float(), model.to_grid(g, hw, 1).float()
-        # on the grids: a class token's own gradient does not make a map
-        if not _all_clear(s, z.detach(), dz, g):
-            _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
-                          (g[:b], g[b:]), "features")
+    if not model.two_towers:
+        s, a, g = joint_feature_gradients(model, x1, x2)
         return s, a[:b], a[b:], g[:b], g[b:]
+    with torch.enable_grad():
+        z1, a1 = model.embed_with_features(x1, 1, grad_from_features=True)
+        z2, a2 = model.embed_with_features(x2, 2, grad_from_features=True)
+        s = model.embedding_similarity(z1, z2)
+        _check_reaches(model, s)
+        g1, g2, dz1, dz2 = torch.autograd.grad(s.sum(), (a1, a2, z1, z2), materialize_grads=True)
+    s = s.detach()
     grids = [
         model.to_grid(t, hw, tower).float()
         for t, tower in ((a1.detach(), 1), (a2.detach(), 2), (g1, 1), (g2, 2))
@@ -979,6 +1054,31 @@ def similarity_feature_gradients(
     _blank_checks(model, s, (z1.detach(), z2.detach()), (dz1, dz2), (grids[2], grids[3]),
                   "features")
     return s, grids[0], grids[1], grids[2], grids[3]
+
+
+def joint_feature_gradients(
+    model: SimilarityModel, x1: Tensor, x2: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`similarity_feature_gradients` of a one-tower model with both images' grids in one
+    batch: similarity (B,), A and dS/dA (2B, C, h, w), rows ``< B`` image 1, then image 2 (a
+    method can then compute both maps with one set of tensor operations). Raises ``ValueError``
+    for a two-tower model, and like :func:`similarity_feature_gradients`."""
+    if model.two_towers:
+        raise ValueError("joint_feature_gradients needs a one-tower model")
+    b = x1.shape[0]
+    hw = (x1.shape[2], x1.shape[3])
+    with torch.enable_grad():
+        z, a = model.embed_with_features(torch.cat([x1, x2]), grad_from_features=True)
+        s = model.embedding_similarity(z[:b], z[b:])
+        _check_reaches(model, s)
+        g, dz = torch.autograd.grad(s.sum(), (a, z), materialize_grads=True)
+    s = s.detach()
+    a, g = model.to_grid(a.detach(), hw, 1).float(), model.to_grid(g, hw, 1).float()
+    # on the grids: a class token's own gradient does not make a map
+    if not _all_clear(s, z.detach(), dz, g):
+        _blank_checks(model, s, (z[:b].detach(), z[b:].detach()), (dz[:b], dz[b:]),
+                      (g[:b], g[b:]), "features")
+    return s, a, g
 
 
 def _check_reaches(model: SimilarityModel, s: Tensor) -> None:
