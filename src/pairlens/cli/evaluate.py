@@ -36,8 +36,7 @@ EVALUATE_EXAMPLES = """examples:
       --store digits.db
       # 17 s of CPU time (55 s wall on this 2-core machine while shared)
   pairlens evaluate --model digits --data digits --pairs 200 --methods all --store digits.db --yes
-      # about 18 min of CPU time (from its first 8 pairs; its own estimate said 43 min wall here
-      # while shared)
+      # 9.5 min wall on this idle 2-core machine (two worker processes, 18 min of CPU time)
   pairlens evaluate --model photos --data photos --pairs 34 --methods \\
       "input-x-gradient,input-x-gradient[guided=true],interaction-cam[reduction=max]" \\
       --metrics SI,SD,CI,CD,SAD,CAD,MS --store photos.db --yes
