@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from common import load_benchmark_model, machine_line, now, pair, sync  # noqa: E402
 
 import pairlens  # noqa: E402
-from pairlens.methods.registry import method_infos  # noqa: E402
+from pairlens.methods.registry import NotApplicableError, method_infos  # noqa: E402
 from pairlens.metrics.sanity import spearman  # noqa: E402
 
 METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
@@ -141,12 +141,17 @@ def _check_model(model_name, base, dev, ref_dev, batches, methods, execution, ti
         return f"rank corr. {rho:.4f}", rho >= min_rank_correlation  # NaN fails
 
     for name in methods:
-        failures += row(
-            name,
-            lambda b, name=name: pairlens.explain(model, x1[:b], x2[:b], method=name),
-            lambda name=name: pairlens.explain(reference, r1, r2, method=name),
-            compare_maps,
-        )
+        try:
+            failures += row(
+                name,
+                lambda b, name=name: pairlens.explain(model, x1[:b], x2[:b], method=name),
+                lambda name=name: pairlens.explain(reference, r1, r2, method=name),
+                compare_maps,
+            )
+        except NotApplicableError as err:  # e.g. BiLRP on a ViT: a row saying so, no failure
+            dashes = " | ".join("-" for _ in range(len(batches) + 2 * time_reference))
+            out(f"| {model_name} | {name} | {dashes} | - | not applicable: "
+                f"{str(err).split(';')[0]} | n/a |")
     maps = pairlens.explain(reference, r1, r2, method="grad-cam").maps
 
     def compare_metrics(ours, theirs) -> tuple[str, bool]:

@@ -58,7 +58,8 @@ def test_every_method_except_the_random_baseline_has_the_batch_size_knob():
 
 CASES = [("square", name) for name in BATCHED] + [
     ("vit", name) if name in ("grad-cam", "input-x-gradient", "averaged-transforms")
-    else pytest.param("vit", name, marks=pytest.mark.slow) for name in BATCHED]
+    else pytest.param("vit", name, marks=pytest.mark.slow) for name in BATCHED
+    if name != "bilrp"]  # LRP has no rules for transformers: refused (test_correspondence.py)
 
 
 @pytest.mark.parametrize("model_name,name", CASES)
@@ -309,7 +310,13 @@ def test_device_check_runs_every_method_and_the_metrics(model_name, tiny_vit, mo
     assert failures == 0, "\n".join(lines)
     rows = [line for line in lines if line.startswith(f"| {model_name} |")]
     assert len(rows) == len(device_check.method_names()) + 1
-    assert all(row.rstrip().endswith("| yes |") for row in rows)
+    # every method that applies to the model agrees; one that does not (BiLRP on a ViT) gets a
+    # row saying so instead of stopping the check
+    refused = {"bilrp"} if model_name == "vit" else set()
+    for row in rows:
+        name = row.split("|")[2].strip()
+        expected = "| n/a |" if name in refused else "| yes |"
+        assert row.rstrip().endswith(expected), row
 
 
 def test_device_check_flags_a_disagreement(monkeypatch):
