@@ -31,11 +31,12 @@ timeout, so several processes (``torchrun`` ranks) can write to one file on a lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,11 @@ class StoreError(ValueError):
     """The file is not a results store this version of PairLens can extend."""
 
 
+def _reason(err: BaseException) -> str:
+    """The cause of an OS or SQLite error without the path (the message names it once)."""
+    return getattr(err, "strerror", None) or str(err)
+
+
 def canonical_params(params: Mapping[str, Any]) -> str:
     """Canonical JSON of method parameters (sorted keys; tuples become lists)."""
     return json.dumps(_plain(dict(params)), sort_keys=True, separators=(",", ":"))
@@ -107,6 +113,20 @@ class ResultStore:
 
     def __init__(self, path: str | Path, timeout: float = 600.0) -> None:
         self.path = Path(path)
+        try:
+            self._open(timeout)
+        except (OSError, sqlite3.Error) as err:  # e.g. /proc/x.db, a parent that is a file
+            conn = getattr(self, "conn", None)
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"cannot open results store {self.path}: {_reason(err)}") from None
+
+    def _open(self, timeout: float) -> None:
+        for folder in (self.path.parent, *self.path.parent.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise NotADirectoryError(0, f"{folder} is a file, not a folder")
+                break
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory, not a results store")
@@ -149,15 +169,16 @@ class ResultStore:
         from pairlens.study.identity import IdentityMismatch
 
         text = json.dumps(_plain(dict(detail)), sort_keys=True)
-        for attempt in range(20):
-            try:
-                self.conn.execute("INSERT OR IGNORE INTO identities VALUES (?,?,?,?)",
-                                  (kind, label, fingerprint, text))
-                break
-            except sqlite3.OperationalError as err:  # pragma: no cover - contention only
-                if "locked" not in str(err) or attempt == 19:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        with self._writing():
+            for attempt in range(20):
+                try:
+                    self.conn.execute("INSERT OR IGNORE INTO identities VALUES (?,?,?,?)",
+                                      (kind, label, fingerprint, text))
+                    break
+                except sqlite3.OperationalError as err:  # pragma: no cover - contention only
+                    if "locked" not in str(err) or attempt == 19:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
         stored_fp, stored_detail = self.conn.execute(
             "SELECT fingerprint, detail FROM identities WHERE kind=? AND label=?", (kind, label)
         ).fetchone()
@@ -170,7 +191,7 @@ class ResultStore:
         now = time.time()
         rows = [(data, f, r, now) for f, r in skipped.items()]
         if rows:
-            with self.conn:
+            with self._writing(), self.conn:
                 self.conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?,?,?,?)", rows)
 
     def close(self) -> None:
@@ -181,6 +202,18 @@ class ResultStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Turn a failed write (a read-only or immutable file, a full disk) into a
+        :class:`StoreError` naming the store; a lock held too long stays an OperationalError."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err):
+                raise
+            raise StoreError(f"cannot write results store {self.path}: {_reason(err)}") \
+                from None
 
     def _write(self, sql: str, script: bool = False) -> None:
         for attempt in range(20):
@@ -229,6 +262,10 @@ class ResultStore:
             for name, curve in r.curves.items():
                 curve_rows.append(key + (name, np.asarray(curve, dtype="<f4").tobytes()))
             done_rows.append(key + (label, r.explain_seconds, r.metric_seconds, rank, now))
+        with self._writing():
+            self._add_rows(rows, curve_rows, done_rows)
+
+    def _add_rows(self, rows: list, curve_rows: list, done_rows: list) -> None:
         cur = self.conn.cursor()
         for attempt in range(20):
             try:
