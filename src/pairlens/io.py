@@ -336,13 +336,30 @@ class BadFiles:
         self.policy = policy
         self.log = log or (lambda line: None)
         self.hint = hint
-        self.skipped: dict[str, str] = {}  # file -> reason, in the order met
+        self.skipped: dict[str, str] = {}  # file (or pair) -> reason, in the order met
+        self.pairs: list[str] = []  # the entries of skipped that are pairs (pair_failed)
 
     def failed(self, name: str, err: BaseException) -> None:
         """Record that ``name`` could not be read: raise under ``stop``, log once under ``skip``."""
         reason = _one_line(err)
         if self.policy == "stop":
             raise ImageError(f"{reason}; {self.hint}") from None
+        self._skip(name, reason)
+
+    def pair_failed(self, first: str, second: str, err: Exception) -> None:
+        """Record that the pair of images ``first`` and ``second`` could be read but not explained
+        (a per-pair guard of :mod:`pairlens.models`, e.g. identical embeddings): under ``stop``
+        raise ``err``'s class with a message naming the two files, under ``skip`` log it once and
+        remember it in :attr:`skipped` as ``"FIRST + SECOND"``."""
+        name = pair_name(first, second)
+        reason = _one_line(err)
+        if self.policy == "stop":
+            raise type(err)(f"pair {name}: {reason}; {self.hint}") from None
+        if name not in self.skipped:
+            self.pairs.append(name)
+        self._skip(name, reason)
+
+    def _skip(self, name: str, reason: str) -> None:
         if name not in self.skipped:
             self.skipped[name] = reason
             self.log(f"skipped {name}: {reason}")
@@ -359,6 +376,17 @@ class BadFiles:
         """One line listing the skipped files (empty when none)."""
         if not self.skipped:
             return ""
-        names = list(self.skipped)
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        return f"skipped {len(names)} unreadable file{'s' * (len(names) > 1)}: {shown}"
+        parts = []
+        for names, what in (([n for n in self.skipped if n not in self.pairs], "unreadable file"),
+                            (self.pairs, "pair that could not be explained")):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                                                if len(names) > 5 else "")
+                plural = what.replace("file", "files").replace("pair ", "pairs ")
+                parts.append(f"{len(names)} {plural if len(names) > 1 else what}: {shown}")
+        return "skipped " + "; ".join(parts)
+
+
+def pair_name(first: str, second: str) -> str:
+    """How a pair is named in messages and in the skipped lists: ``"FIRST + SECOND"``."""
+    return f"{first} + {second}"

@@ -206,10 +206,14 @@ def _without_pairs_only(variants: list[tuple[str, dict]], every: bool) -> list[t
 
 def _explain_pairs(model, pairs, variants, root: Path, args, out: Output) -> int:
     """``--pairs``: batches of pairs through every method, one folder per pair, an index. An
-    unreadable image follows ``--on-error``: stop (the index of what was done is still written)
-    or skip the pair (listed in the index with the reason)."""
+    unreadable image, or a pair the model refuses (two identical images:
+    :func:`~pairlens.models.similarity.is_pair_error`; its batch is explained again one pair at a
+    time so that the other pairs are written), follows ``--on-error``: stop (the index of what
+    was done is still written) or skip the pair (listed in the index with the reason)."""
     import torch
 
+    from pairlens.io import pair_name
+    from pairlens.models.similarity import is_pair_error
     from pairlens.progress import overall
 
     bad = bad_files(args, hint="pass --on-error skip to skip the pairs using it")
@@ -234,10 +238,28 @@ def _explain_pairs(model, pairs, variants, root: Path, args, out: Output) -> int
                     x2s.append(model.preprocess(images[1]))
                     good.append(i)
                 if good:
-                    rows += _explain_batch(model, torch.cat(x1s), torch.cat(x2s),
-                                           [pairs[i] for i in good], variants,
-                                           [folders[i] for i in good], args, bar, out,
-                                           numbers=[i + 1 for i in good])
+                    try:
+                        rows += _explain_batch(model, torch.cat(x1s), torch.cat(x2s),
+                                               [pairs[i] for i in good], variants,
+                                               [folders[i] for i in good], args, bar, out,
+                                               numbers=[i + 1 for i in good])
+                    except Exception as err:
+                        if not is_pair_error(err):
+                            raise
+                        # a pair the model refuses (two identical images): one pair at a time,
+                        # the others are written, the offending ones stop or are skipped
+                        for i, x1, x2 in zip(good, x1s, x2s, strict=True):
+                            try:
+                                rows += _explain_batch(model, x1, x2, [pairs[i]], variants,
+                                                       [folders[i]], args, bar, out,
+                                                       numbers=[i + 1])
+                            except Exception as one:
+                                if not is_pair_error(one):
+                                    raise
+                                a, b = (str(p) for p in pairs[i])
+                                bad.pair_failed(a, b, one)
+                                rows.append({"pair": i + 1, "image1": a, "image2": b,
+                                             "error": bad.skipped[pair_name(a, b)]})
     finally:  # stopped or not, the index lists what was done
         rows.sort(key=lambda r: r["pair"])
         if rows:
@@ -308,7 +330,7 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
             one = _with_sources(one, sources[k])
             files = one.save(folder, stem=stem, smooth=args.smooth, clip=args.clip)
             for path in files:
-                if len(folders) == 1:
+                if numbers is None:  # one pair (not --pairs): list every file
                     out.wrote(path, _what(path))
             per_pair[k].append(one)
             records[k]["results"].append({
@@ -317,7 +339,7 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
                 "figure": str(folder / f"{stem}.png"), "maps": str(folder / f"{stem}.npz"),
                 "metadata": str(folder / f"{stem}.json"),
             })
-            if len(folders) == 1:
+            if numbers is None:
                 out.say(f"{stem:28s} similarity {float(one.score[0]):.4f}  {exp.seconds:7.2f} s")
         bar.update(len(folders))
     if len(per_pair[0]) > 1:
@@ -328,7 +350,7 @@ def _explain_batch(model, x1, x2, sources, variants, folders, args, bar, out, nu
             path = atomic_write(folder / "grid.png",
                                 lambda f, fig=fig: fig.savefig(f, format="png", dpi=DPI))
             records[k]["grid"] = str(path)
-            if len(folders) == 1:
+            if numbers is None:
                 out.wrote(path, "all the methods side by side")
     return records
 

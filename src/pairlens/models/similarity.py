@@ -58,6 +58,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BlankGradientError",
+    "FeatureLayerError",
     "FixedEmbedding",
     "LayoutError",
     "NonFiniteError",
@@ -71,6 +72,7 @@ __all__ = [
     "dot",
     "evaluating",
     "first_parameter",
+    "is_pair_error",
     "joint_feature_gradients",
     "joint_input_gradients",
     "neg_l2",
@@ -93,6 +95,20 @@ class ZeroEmbeddingError(ValueError):
 class BlankGradientError(ValueError):
     """Raised when a gradient method would return a blank map: the similarity's gradient at the
     explained layer is exactly zero, or the similarity is stationary (identical embeddings)."""
+
+
+class FeatureLayerError(BlankGradientError):
+    """Raised when the explained feature layer does not reach the embedding: every pair's map
+    would be blank (the model's configuration, not a property of a pair)."""
+
+
+def is_pair_error(err: BaseException) -> bool:
+    """Whether ``err`` is a guard that a pair's own images trigger (identical embeddings, a zero
+    or non-finite embedding, a zero gradient with respect to an image), so that the other pairs
+    of its batch can still be explained; False for :class:`FeatureLayerError` and every other
+    error."""
+    return (isinstance(err, (BlankGradientError, ZeroEmbeddingError, NonFiniteError))
+            and not isinstance(err, FeatureLayerError))
 
 
 def cosine(z1: Tensor, z2: Tensor) -> Tensor:
@@ -949,10 +965,11 @@ def _blank_checks(
     for i in sides:
         if bool(stationary[i].any()):
             rows = torch.nonzero(stationary[i]).flatten().tolist()
+            where = f" for batch row(s) {rows[:5]}" if s.numel() > 1 else ""
             raise BlankGradientError(
-                f"the {model.similarity_name} similarity of pair(s) {rows[:5]} is stationary "
-                "(the two embeddings are identical), so its gradient is zero and gradient maps "
-                "would be blank; explain two different images, or use an occlusion method"
+                f"the {model.similarity_name} similarity is stationary{where} (the two "
+                "embeddings are identical), so its gradient is zero and gradient maps would be "
+                "blank; explain two different images, or use an occlusion method"
             )
     for i in sides:
         if bool(blank[i].any()):
@@ -970,7 +987,7 @@ def _blank_checks(
                 if better and better != layer
                 else "choose a layer whose output reaches the embedding"
             )
-            raise BlankGradientError(
+            raise FeatureLayerError(
                 f"the similarity's gradient at feature layer {layer!r} is exactly zero for "
                 f"pair(s) {rows}: its output does not "
                 "reach the embedding (a ViT's class token never sees the last block's output "
@@ -1087,7 +1104,7 @@ def _check_reaches(model: SimilarityModel, s: Tensor) -> None:
     if s.requires_grad:
         return
     better = suggest_feature_layer(model.encoder)
-    raise BlankGradientError(
+    raise FeatureLayerError(
         f"the similarity of model {model.name!r} does not depend on feature layer "
         f"{model.feature_layer!r}: every CAM map would be blank; "
         + (f"use feature_layer={better!r}" if better and better != model.feature_layer

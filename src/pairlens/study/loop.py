@@ -15,7 +15,10 @@ is stored in one transaction, so it is either complete or absent).
 Within a unit only the (pair, metric) values missing from the store are computed: pairs lacking
 the same metrics are explained and scored together. Per unit: the explanation (timed),
 :func:`pairlens.evaluate` with the curves, one store transaction. Pairs whose images cannot be
-read are stopped at or skipped according to a :class:`~pairlens.io.BadFiles` policy.
+read are stopped at or skipped according to a :class:`~pairlens.io.BadFiles` policy, and so are
+pairs that a per-pair guard of the model refuses (two identical images: a stationary similarity,
+a zero embedding; :func:`~pairlens.models.similarity.is_pair_error`): a unit that fails with one
+is scored again pair by pair to find them, and its other pairs are stored as usual.
 ``batch_size`` (images per forward pass) is passed to every method that takes one and to the
 metrics; it changes speed and memory, never a result.
 """
@@ -34,7 +37,7 @@ from pairlens.io import BadFiles
 from pairlens.methods.registry import get_method
 from pairlens.methods.registry import parse_methods as parse_method_variants
 from pairlens.metrics import ALL_METRICS, GROUND_TRUTH_METRICS, canonical_metrics, evaluate
-from pairlens.models.similarity import SimilarityModel
+from pairlens.models.similarity import SimilarityModel, is_pair_error
 from pairlens.study.pairs import PairSet
 from pairlens.study.store import PairResult, ResultStore, canonical_params
 
@@ -201,7 +204,8 @@ def run_evaluation(
 
     Raises :class:`~pairlens.study.identity.IdentityMismatch` if ``store`` holds results of
     another model under ``model_key`` or of other files under the data label, and
-    :class:`~pairlens.io.ImageError` for an unreadable image under the ``stop`` policy.
+    :class:`~pairlens.io.ImageError` for an unreadable image, and the per-pair guard error (its
+    message naming the pair's files) for a pair the model refuses, under the ``stop`` policy.
     """
     from tqdm.auto import tqdm
 
@@ -233,13 +237,27 @@ def run_evaluation(
                 bar.update(len(ids))
                 continue
             t0 = time.perf_counter()
-            exp = _explain(model, x1, x2, spec, batch_size)
-            t1 = time.perf_counter()
-            needs_masks = any(m in GROUND_TRUTH_METRICS for m in wanted)
-            masks = pairs.masks(kept) if needs_masks else None
-            scores = evaluate(model, x1, x2, exp, metrics=wanted, step=step,
-                              batch_size=batch_size, return_curves=True,
-                              ms_samples=ms_samples, seed=0, masks=masks)
+
+            def score(ids: list[int], x1, x2, spec=spec, wanted=wanted):
+                exp = _explain(model, x1, x2, spec, batch_size)
+                t = time.perf_counter()
+                needs_masks = any(m in GROUND_TRUTH_METRICS for m in wanted)
+                masks = pairs.masks(ids) if needs_masks else None
+                return t, evaluate(model, x1, x2, exp, metrics=wanted, step=step,
+                                   batch_size=batch_size, return_curves=True,
+                                   ms_samples=ms_samples, seed=0, masks=masks)
+
+            try:
+                t1, scores = score(kept, x1, x2)
+            except Exception as err:
+                if not is_pair_error(err):
+                    raise
+                kept, x1, x2 = _drop_failing_pairs(pairs, kept, x1, x2, score, err, bad)
+                if not kept:
+                    bar.update(len(ids))
+                    continue
+                t0 = time.perf_counter()
+                t1, scores = score(kept, x1, x2)
             t2 = time.perf_counter()
             k = len(kept)
             results = []
@@ -326,6 +344,32 @@ def plan_units(
             for missing, ids in groups.items():
                 units.append((spec, params_key, ids, list(missing)))
     return units
+
+
+def _drop_failing_pairs(pairs: PairSet, kept: list[int], x1, x2, score, err: Exception,
+                        bad: BadFiles):
+    """A unit failed with a per-pair guard error (:func:`~pairlens.models.similarity.
+    is_pair_error`): find its offending pairs by scoring the pairs one at a time and hand each
+    to ``bad`` (``stop`` raises naming the pair's files, ``skip`` records it). Returns the
+    other pairs ``(ids, x1, x2)`` (ids empty and tensors None when none is left). Any other
+    error of a single pair propagates."""
+    failing: dict[int, Exception] = {}
+    if len(kept) == 1:
+        failing[0] = err
+    else:
+        for row in range(len(kept)):
+            try:
+                score(kept[row:row + 1], x1[row:row + 1], x2[row:row + 1])
+            except Exception as one:
+                if not is_pair_error(one):
+                    raise
+                failing[row] = one
+    for row, one in failing.items():
+        bad.pair_failed(*pairs.describe(kept[row]), one)
+    rows = [r for r in range(len(kept)) if r not in failing]
+    if not rows:
+        return [], None, None
+    return [kept[r] for r in rows], x1[rows], x2[rows]
 
 
 def _explain(model: SimilarityModel, x1, x2, spec: MethodSpec, batch_size: int | None):
