@@ -379,3 +379,92 @@ def test_store_written_with_identities_cannot_mix_models(tmp_path):
         with pytest.raises(IdentityMismatch, match="input_size"):
             run_evaluation(other, "square", PairSet(other, "digits", n=2), specs, ["SI"],
                            store, step=128, progress=False)
+
+
+# ---------------------------------------------------------------- issue 16: pairs the model refuses
+def identical_pair_list(root: Path) -> tuple[Path, Path]:
+    """Six pairs of distinct random images, the fifth of which is one file twice (its cosine
+    similarity is stationary: every gradient map would be blank), and the same list without it."""
+    image_folder(root, 6)
+    lines = [(0, 1), (2, 3), (4, 5), (1, 2), (1, 1), (3, 4)]
+    text = [f"{root / f'img{a}.png'} {root / f'img{b}.png'}" for a, b in lines]
+    with_bad, without = root / "pairs6.txt", root / "pairs5.txt"
+    with_bad.write_text("\n".join(text) + "\n")
+    without.write_text("\n".join(text[:4] + text[5:]) + "\n")
+    return with_bad, without
+
+
+def test_evaluate_names_a_refused_pair_and_skip_scores_the_rest_of_its_unit(tmp_path, capsys):
+    with_bad, without = identical_pair_list(tmp_path / "imgs")
+    bad = f"{tmp_path / 'imgs' / 'img1.png'} + {tmp_path / 'imgs' / 'img1.png'}"
+    args = ["evaluate", "--model", "digits", "--pair-mode", "list", "--methods", "grad-cam",
+            "--metrics", "SI", "--step", "128", "--device", "cpu", "--quiet", "--workers", "1",
+            "--pairs-per-unit", "3"]  # units: pairs 0-2, then 3-5 with the refused pair 4
+    db = tmp_path / "r.db"
+    code, _, err = cli(capsys, *args, "--data", str(with_bad), "--store", str(db))
+    assert code != 0 and err.count("\n") == 1 and bad in err and "stationary" in err
+    assert "--on-error skip" in err and "batch row" not in err  # no index relative to a unit
+    assert rows(db, "SELECT DISTINCT pair_id FROM results ORDER BY 1") == [(0,), (1,), (2,)]
+    for _ in range(2):  # and a re-run does not fail forever
+        code, out, err = cli(capsys, *args, "--data", str(with_bad), "--store", str(db),
+                             "--on-error", "skip")
+        assert code == 0 and bad in err and "skipped 1 pair that could not be explained" in out
+    assert [r[0] for r in rows(db, "SELECT file FROM skipped")] == [bad]
+    ref = tmp_path / "ref.db"
+    assert cli(capsys, *args, "--data", str(without), "--store", str(ref))[0] == 0
+    got = rows(db, "SELECT pair_id, value FROM results ORDER BY pair_id")
+    want = rows(ref, "SELECT pair_id, value FROM results ORDER BY pair_id")
+    assert [p for p, _ in got] == [0, 1, 2, 3, 5]
+    assert [v for _, v in got] == [v for _, v in want]  # the good pairs, as without the bad one
+
+
+def test_explain_pairs_writes_the_good_pairs_of_a_unit_with_a_refused_pair(tmp_path, capsys):
+    with_bad, _ = identical_pair_list(tmp_path / "imgs")
+    args = ["explain", "--model", "digits", "--pairs", str(with_bad), "--methods", "grad-cam",
+            "--device", "cpu", "--quiet", "--pairs-per-unit", "3"]
+    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "stop"))
+    assert code != 0 and "img1.png + " in err and "stationary" in err and err.count("\n") == 1
+    done = sorted(p.name[:4] for p in (tmp_path / "stop").glob("000*"))
+    assert done == ["0001", "0002", "0003", "0004"]  # pair 4 shares the failing unit
+    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "skip"), "--on-error", "skip")
+    assert code == 0
+    index = (tmp_path / "skip" / "index.csv").read_text().splitlines()
+    assert len(index) == 7 and "stationary" in index[5] and "grad-cam.npz" in index[6]
+    assert all("grad-cam.npz" in line for line in index[1:5])
+
+
+@pytest.mark.parametrize("raised", ["feature-layer", "other"])
+def test_only_per_pair_guards_are_skipped(tmp_path, monkeypatch, raised):
+    from pairlens.models.similarity import FeatureLayerError, is_pair_error
+    from pairlens.study import loop
+
+    err = FeatureLayerError("layer") if raised == "feature-layer" else RuntimeError("boom")
+    assert not is_pair_error(err)
+
+    def explain(*a, **k):
+        raise err
+
+    monkeypatch.setattr(loop, "_explain", explain)
+    model = square_model()
+    with ResultStore(tmp_path / "o.db") as store, pytest.raises(type(err)):
+        run_evaluation(model, "square", PairSet(model, "digits", n=2), parse_methods("grad-cam"),
+                       ["SI"], store, step=128, progress=False, bad_files=BadFiles("skip"))
+
+
+def test_a_store_that_cannot_be_opened_or_written_is_named(tmp_path, capsys, monkeypatch):
+    from pairlens.study import store as store_module
+
+    (tmp_path / "file").write_text("x")
+    args = [*EVAL, "--pairs", "2", "--metrics", "SI", "--workers", "1"]
+    code, _, err = cli(capsys, *args, "--store", str(tmp_path / "file" / "s.db"))
+    assert code != 0 and err.count("\n") == 1
+    assert f"cannot open results store {tmp_path / 'file' / 's.db'}: " in err
+    assert "is a file, not a folder" in err
+    db = tmp_path / "ro.db"
+    ResultStore(db).close()
+    connect = sqlite3.connect  # a read-only database (chmod does not stop root; mode=ro does)
+    monkeypatch.setattr(store_module.sqlite3, "connect",
+                        lambda p, **kw: connect(f"file:{p}?mode=ro", uri=True, **kw))
+    code, _, err = cli(capsys, *args, "--store", str(db))
+    assert code != 0 and err.count("\n") == 1
+    assert f"results store {db}: attempt to write a readonly database" in err
