@@ -236,3 +236,65 @@ def test_a_model_registered_in_this_process_runs_in_one_process(monkeypatch):
         cli._workers(args, None, "m", None, specs, ["SI"], None)
     args.workers = "auto"
     assert cli._workers(args, None, "m", None, specs, ["SI"], None) == 1
+
+
+def _children(pid: int) -> list[int]:
+    """Live (non-zombie) processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == pid and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_workers_end_with_their_parent_however_it_ends(tmp_path, sig):
+    """kill (SIGTERM) or kill -9 of the parent: no worker is left running (a tester found them
+    orphaned and still writing to the store)."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "pairlens", "evaluate", "--model", "digits", "--data", "digits",
+           "--pairs", "400", "--methods", "grad-cam,random", "--metrics", "SI", "--step", "32",
+           "--pairs-per-unit", "2", "--device", "cpu", "--workers", "2", "--threads", "2",
+           "--quiet", "--yes", "--store", str(tmp_path / "s.db")]
+    parent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+            workers = _children(parent.pid)
+        assert len(workers) == 2, parent.stderr.read().decode() if parent.poll() else "no workers"
+        time.sleep(1.0)  # let them start their work
+        parent.send_signal(getattr(signal, sig))
+        code = parent.wait(timeout=60)
+        assert code == (143 if sig == "SIGTERM" else -9)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(w) for w in workers), "a worker outlived its parent"
+    finally:  # never leave processes behind, even when the test fails
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)

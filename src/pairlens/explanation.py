@@ -35,17 +35,18 @@ from pairlens.models.similarity import (
 
 class DisplayImages(Sequence):
     """The images of an explanation in [0, 1] pixel space, (B, C, H, W) each (None for a missing
-    image 2), computed from the model-input batches the first time they are read.
+    image 2), de-normalised the first time they are read.
 
     Most calls (studies, benchmarks, metrics) never display their images, so :func:`explain`
-    keeps references to its inputs and the model's mean / std instead of de-normalising them on
-    every call. An input modified in place after the call (a reused buffer) would give the wrong
-    picture: its version counter is recorded and such a read raises ``RuntimeError``.
+    keeps a copy of its inputs and of the model's mean / std (one memory copy each) and does the
+    de-normalisation only on a read. The copies are taken at call time: an input buffer reused
+    afterwards (in place, through ``.data``, or through a NumPy array sharing its memory), or a
+    model whose mean / std is changed later, never changes an explanation's pictures.
     """
 
     def __init__(self, *images: tuple[Tensor, Tensor, Tensor] | None) -> None:
-        self._sources = images  # (x in model-input space, mean, std) or None per image
-        self._versions = tuple(None if i is None else i[0]._version for i in images)
+        self._sources = tuple(None if i is None else tuple(t.detach().clone() for t in i)
+                              for i in images)  # (x in model-input space, mean, std) per image
         self._done: list[Tensor | None] = [None] * len(images)
 
     def __len__(self) -> int:
@@ -58,21 +59,14 @@ class DisplayImages(Sequence):
             return None
         if self._done[index] is None:
             x, mean, std = self._sources[index]
-            if x._version != self._versions[index]:
-                raise RuntimeError(
-                    f"image batch {index + 1} was modified in place after the explanation was "
-                    "computed, so its display image is lost; explain a copy (x.clone()) when "
-                    "reusing an input buffer"
-                )
-            self._done[index] = (x * std + mean).clamp(0, 1).detach()
+            self._done[index] = (x * std + mean).clamp(0, 1)
         return self._done[index]
 
     def __repr__(self) -> str:
         return f"DisplayImages({len(self)} batches)"
 
     def __reduce__(self):
-        # pickled (torch.save, worker processes, deepcopy) as the plain tuple of computed images:
-        # the version counters of the inputs do not survive a round trip
+        # pickled (torch.save, worker processes, deepcopy) as the plain tuple of computed images
         return tuple, (tuple(self),)
 
 

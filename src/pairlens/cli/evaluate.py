@@ -152,6 +152,9 @@ def _workers_arg(text: str) -> int | str:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from pairlens.cli.workers import bind_to_parent
+
+    bind_to_parent()  # a worker process ends with its parent, however the parent ends
     import torch
 
     from pairlens.metrics import GROUND_TRUTH_METRICS

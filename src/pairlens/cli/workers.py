@@ -30,6 +30,32 @@ from pathlib import Path
 from typing import Any
 
 ERROR_PREFIX = "pairlens: error: "
+PARENT_ENV = "PAIRLENS_PARENT_PID"
+
+
+def bind_to_parent() -> None:
+    """In a worker (``PAIRLENS_PARENT_PID`` set): end with the parent process. On Linux the
+    kernel sends SIGTERM when the parent dies, however it dies (``PR_SET_PDEATHSIG``; SIGKILL
+    included); if it already died while this process started, exit now. Elsewhere only the
+    start-up check is made. A no-op outside workers."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if str(os.getppid()) != parent:
+        raise SystemExit(1)  # orphaned before the death signal was armed
+
+
+def _raise_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
 
 
 class WorkerFailed(Exception):
@@ -92,13 +118,21 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     bar = tqdm(total=total_pairs, disable=bool(args.quiet), unit="pair", dynamic_ncols=True,
                desc=f"evaluate ({n} workers)")
     start = time.perf_counter()
+    # SIGTERM / SIGHUP (kill, a closed terminal, a scheduler) end the run like Ctrl-C: the
+    # workers are terminated before the parent exits (128 + signal number)
+    import signal
+
+    handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+               if s is not None]
+    previous = {s: signal.signal(s, _raise_on_signal) for s in handled}
     try:
         for i in range(n):
             read_fd, write_fd = os.pipe()
             proc = subprocess.Popen(
                 worker_command(args.argv, threads), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,),
-                env={**env, WORKER_ENV: f"{i}/{n}", "PAIRLENS_PROGRESS_FD": str(write_fd)})
+                env={**env, WORKER_ENV: f"{i}/{n}", "PAIRLENS_PROGRESS_FD": str(write_fd),
+                     PARENT_ENV: str(os.getpid())})
             os.close(write_fd)
             procs.append(proc)
             sel.register(proc.stdout, selectors.EVENT_READ, (i, "out"))
@@ -143,6 +177,8 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
                 proc.wait()
         raise
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         bar.close()
         for key in list(sel.get_map().values()):
             key.fileobj.close()
