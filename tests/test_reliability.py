@@ -416,6 +416,12 @@ def test_evaluate_names_a_refused_pair_and_skip_scores_the_rest_of_its_unit(tmp_
     want = rows(ref, "SELECT pair_id, value FROM results ORDER BY pair_id")
     assert [p for p, _ in got] == [0, 1, 2, 3, 5]
     assert [v for _, v in got] == [v for _, v in want]  # the good pairs, as without the bad one
+    # worker processes report what they skipped to the parent, which names the pair as a pair
+    args[args.index("--workers") + 1] = "2"
+    code, out, err = cli(capsys, *args, "--data", str(with_bad), "--store", str(tmp_path / "w.db"),
+                         "--on-error", "skip")
+    assert code == 0 and f"skipped 1 pair that could not be explained: {bad}" in out
+    assert rows(tmp_path / "w.db", "SELECT pair_id, value FROM results ORDER BY 1") == got
 
 
 def test_explain_pairs_writes_the_good_pairs_of_a_unit_with_a_refused_pair(tmp_path, capsys):

@@ -25,7 +25,7 @@ import re
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -374,17 +374,23 @@ class BadFiles:
 
     def summary(self) -> str:
         """One line listing the skipped files (empty when none)."""
-        if not self.skipped:
-            return ""
-        parts = []
-        for names, what in (([n for n in self.skipped if n not in self.pairs], "unreadable file"),
-                            (self.pairs, "pair that could not be explained")):
-            if names:
-                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
-                                                if len(names) > 5 else "")
-                plural = what.replace("file", "files").replace("pair ", "pairs ")
-                parts.append(f"{len(names)} {plural if len(names) > 1 else what}: {shown}")
-        return "skipped " + "; ".join(parts)
+        return skipped_summary(self.skipped, self.pairs)
+
+
+def skipped_summary(skipped: Mapping[str, str], pairs: Collection[str]) -> str:
+    """One line listing skipped files and pairs (:attr:`BadFiles.skipped`; ``pairs``: which of
+    its entries are pairs); empty when none."""
+    if not skipped:
+        return ""
+    parts = []
+    for names, what in (([n for n in skipped if n not in pairs], "unreadable file"),
+                        ([n for n in skipped if n in pairs], "pair that could not be explained")):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more"
+                                            if len(names) > 5 else "")
+            plural = what.replace("file", "files").replace("pair ", "pairs ")
+            parts.append(f"{len(names)} {plural if len(names) > 1 else what}: {shown}")
+    return "skipped " + "; ".join(parts)
 
 
 def pair_name(first: str, second: str) -> str:

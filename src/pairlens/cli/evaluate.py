@@ -234,7 +234,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
              f"{summary.skipped_pairs} already complete in {store_path}; "
              f"{summary.seconds:.1f} s"]
     if summary.skipped_files:
-        lines.append(f"{who}{bad.summary()} (recorded in {store_path})")
+        from pairlens.io import skipped_summary
+
+        # worker processes report their skipped entries by name only: a pair is "A + B"
+        pairs = [n for n in summary.skipped_files if n in bad.pairs or " + " in n]
+        lines.append(f"{who}{skipped_summary(summary.skipped_files, pairs)} "
+                     f"(recorded in {store_path})")
     lines += [f"{who}  {label:40s} explanation {seconds:8.2f} s"
               for label, seconds in summary.per_method.items()]
     if summary.computed_pairs:
