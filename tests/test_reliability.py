@@ -403,7 +403,7 @@ def test_evaluate_names_a_refused_pair_and_skip_scores_the_rest_of_its_unit(tmp_
     db = tmp_path / "r.db"
     code, _, err = cli(capsys, *args, "--data", str(with_bad), "--store", str(db))
     assert code != 0 and err.count("\n") == 1 and bad in err and "stationary" in err
-    assert "--on-error skip" in err and "batch row" not in err  # no index relative to a unit
+    assert "--on-error skip" in err and "pair(s)" not in err  # no index relative to a unit
     assert rows(db, "SELECT DISTINCT pair_id FROM results ORDER BY 1") == [(0,), (1,), (2,)]
     for _ in range(2):  # and a re-run does not fail forever
         code, out, err = cli(capsys, *args, "--data", str(with_bad), "--store", str(db),

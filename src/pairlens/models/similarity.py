@@ -965,7 +965,7 @@ def _blank_checks(
     for i in sides:
         if bool(stationary[i].any()):
             rows = torch.nonzero(stationary[i]).flatten().tolist()
-            where = f" for batch row(s) {rows[:5]}" if s.numel() > 1 else ""
+            where = f" for pair(s) {rows[:5]}" if s.numel() > 1 else ""
             raise BlankGradientError(
                 f"the {model.similarity_name} similarity is stationary{where} (the two "
                 "embeddings are identical), so its gradient is zero and gradient maps would be "
