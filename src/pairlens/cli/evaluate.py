@@ -92,7 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "composites pairs)")
     d.add_argument("--pair-mode", default=None,
                    choices=("augmented", "same-class", "list", "shared-object"),
-                   help="(default: shared-object for composites, augmented otherwise)")
+                   help="(default: shared-object for composites, list for a list file of image "
+                   "pairs 'a.jpg b.jpg', augmented otherwise)")
     add_method_options(p, default="all")
     m = p.add_argument_group("metrics")
     m.add_argument("--metrics", default=None,
