@@ -214,6 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     summary, rss = run_workers(args, workers, _pending_pairs(
                         args, model_key, pairs, specs, metrics, store), specs)
                     summary.skipped_files = {**bad.skipped, **summary.skipped_files}
+                    bad.skipped.update(summary.skipped_files)  # the workers' in the summary line
                 except WorkerFailed as err:  # one line, the worker's exit code
                     print(f"pairlens: error: {err}", file=sys.stderr, flush=True)
                     return err.code
