@@ -143,6 +143,23 @@ def test_list_pairs_and_image_list_source(tmp_path):
         PairSet(model, str(tmp_path / "pairs.txt"), "list", n=5)
 
 
+def test_a_pair_list_is_never_read_as_images_with_labels(tmp_path):
+    """A tester's list of pairs ('a.png b.png') was read as images with labels in the default
+    augmented mode: the second image silently ignored. Such a file defaults to the list mode, and
+    asking for an image mode with it is refused in one line."""
+    from pairlens.study.pairs import default_pair_mode
+
+    for k in range(2):
+        Image.fromarray(np.full((10, 10, 3), 40 * k, np.uint8)).save(tmp_path / f"{k}.png")
+    (tmp_path / "pairs.txt").write_text("# pairs\n0.png 1.png\n1.png,0.png\n")
+    (tmp_path / "images.txt").write_text("0.png cat\n1.png dog\n")
+    assert default_pair_mode(str(tmp_path / "pairs.txt")) == "list"
+    assert default_pair_mode(str(tmp_path / "images.txt")) == "augmented"
+    assert default_pair_mode("digits") == "augmented"
+    with pytest.raises(ValueError, match="names two images, a pair.*--pair-mode list"):
+        PairSet(toy_model(), str(tmp_path / "pairs.txt"), "augmented", n=2)
+
+
 def test_parse_methods_variants_and_params():
     specs = parse_methods("input-x-gradient,input-x-gradient[guided=true],interaction-cam",
                           ["interaction-cam.reduction=max"])

@@ -98,6 +98,11 @@ def test_a_failing_worker_gives_one_line_keeps_its_units_and_a_rerun_completes(t
     assert done == {(m, p) for m in ("grad-cam", "input-x-gradient") for p in range(8) if p != 5}
     report = json.loads(out)
     assert any("broken.png" in f for f in report["skipped_files"])
+    # skipping inside the workers: the summary names the file (it lost its start once)
+    fresh = [a if a != str(store) else str(tmp_path / "fresh.db") for a in args]
+    code, out, err = evaluate(capsys, *fresh, "--on-error", "skip")
+    line = next(x for x in out.splitlines() if "(recorded in" in x)
+    assert code == 0 and line.startswith("skipped 1 unreadable file: ") and "broken.png" in line
 
 
 def test_auto_workers_rule(monkeypatch):

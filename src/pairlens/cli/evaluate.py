@@ -92,7 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "composites pairs)")
     d.add_argument("--pair-mode", default=None,
                    choices=("augmented", "same-class", "list", "shared-object"),
-                   help="(default: shared-object for composites, augmented otherwise)")
+                   help="(default: shared-object for composites, list for a list file of image "
+                   "pairs 'a.jpg b.jpg', augmented otherwise)")
     add_method_options(p, default="all")
     m = p.add_argument_group("metrics")
     m.add_argument("--metrics", default=None,
@@ -213,6 +214,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                     summary, rss = run_workers(args, workers, _pending_pairs(
                         args, model_key, pairs, specs, metrics, store), specs)
                     summary.skipped_files = {**bad.skipped, **summary.skipped_files}
+                    bad.skipped.update(summary.skipped_files)  # the workers' in the summary line
                 except WorkerFailed as err:  # one line, the worker's exit code
                     print(f"pairlens: error: {err}", file=sys.stderr, flush=True)
                     return err.code

@@ -66,8 +66,27 @@ def is_composites(data: str) -> bool:
 
 
 def default_pair_mode(data: str) -> str:
-    """``shared-object`` for composites, ``augmented`` otherwise."""
-    return "shared-object" if is_composites(data) else "augmented"
+    """``shared-object`` for composites, ``list`` for a list file whose lines name two images
+    (``a.jpg b.jpg``: a pair list), ``augmented`` otherwise."""
+    if is_composites(data):
+        return "shared-object"
+    path = Path(data).expanduser()
+    return "list" if path.is_file() and _is_pair_list(path) else "augmented"
+
+
+def _is_pair_list(path: Path) -> bool:
+    """Whether the first line of list file ``path`` names two images (not an image and a label)."""
+    try:
+        lines = _lines(path)
+    except ValueError:
+        return False  # not a readable list: the loader says why
+    return bool(lines) and _is_pair_line(lines[0])
+
+
+def _is_pair_line(line: str) -> bool:
+    """``a.jpg b.jpg`` or ``a.jpg,b.jpg`` (as :func:`read_pairs` reads a line): two images."""
+    parts = line.replace(",", " ").split()
+    return len(parts) == 2 and all(is_image_name(Path(part)) for part in parts)
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,10 @@ def load_images(data: str) -> tuple[list[ImageItem], str]:
         items = []
         for line in _lines(path):
             parts = line.split(maxsplit=1)
+            if _is_pair_line(line):
+                raise ValueError(f"{path}: the line {line!r} names two images, a pair, where one "
+                                 "image and an optional label are expected; use --pair-mode "
+                                 "list (the default for such files)")
             img = _resolve(parts[0], path.parent)
             items.append(ImageItem(str(img), parts[1].strip() if len(parts) > 1 else None,
                                    parts[0]))
