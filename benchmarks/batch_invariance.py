@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import machine_line  # noqa: E402
+from common import machine_line, positive_int  # noqa: E402
 
 import pairlens  # noqa: E402
 from pairlens.study.pairs import PairSet  # noqa: E402
@@ -29,19 +29,12 @@ from pairlens.study.pairs import PairSet  # noqa: E402
 METRICS = ("SI", "SD", "CI", "CD", "SAD", "CAD")
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="digits")
-    ap.add_argument("--pairs", type=positive, default=8)
+    ap.add_argument("--pairs", type=positive_int, default=8)
     ap.add_argument("--methods", default="grad-cam,input-x-gradient")
-    ap.add_argument("--threads", type=positive, default=1)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = pairlens.load_model(args.model, device="cpu")
