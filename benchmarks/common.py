@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,12 +40,27 @@ def vit_b16_model() -> pairlens.SimilarityModel:
 
 
 def load_benchmark_model(name: str) -> pairlens.SimilarityModel:
-    """``resnet50``, ``vit-b16`` (random weights) or a registered model name (``digits``...)."""
+    """``resnet50``, ``vit-b16`` (random weights) or a registered model name (``digits``...);
+    an unknown name ends the script with one line."""
     if name == "resnet50":
         return resnet50_model()
     if name == "vit-b16":
         return vit_b16_model()
-    return pairlens.load_model(name, device="cpu")
+    try:
+        return pairlens.load_model(name, device="cpu")
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: model {name!r}: {err}") from None
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer >= 1 (one usage line otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def pair(model: pairlens.SimilarityModel, b: int = 1, seed: int = 0):

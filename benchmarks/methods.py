@@ -47,6 +47,7 @@ from common import (  # noqa: E402
     machine_line,
     pair,
     peak_rss_mb,
+    positive_int,
     set_clock,
     timed_together,
 )
@@ -203,15 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="digits,resnet50")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--methods", default="all", help="comma list; 'metrics' = the six metrics")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--no-tune", action="store_true", help="skip pairlens.runtime.tune_cpu_runtime")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--amp", default=None, choices=("bf16", "fp16"))
     ap.add_argument("--step", type=int, default=None,
                     help="metrics: pixels per insertion/deletion step (default: round(H*W/224))")
-    ap.add_argument("--pairs-per-call", type=int, default=1,
+    ap.add_argument("--pairs-per-call", type=positive_int, default=1,
                     help=f"pairs per explain call (times are per pair); >1 only for "
                     f"{', '.join(BATCHABLE)}")
     add_clock_option(ap)
@@ -223,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.methods != "all":
         names = args.methods.split(",")
     execution = {"amp": args.amp, "channels_last": args.channels_last}
+    known = {i.name for i in method_infos() if i.name in ref.METHODS} | {"metrics"}
+    if set(names) - known:
+        raise SystemExit(f"methods.py: unknown --methods {', '.join(sorted(set(names) - known))}; "
+                         f"choose from {', '.join(sorted(known))}")
     if args.pairs_per_call > 1 and set(names) - set(BATCHABLE):
         raise SystemExit(f"--pairs-per-call > 1 needs --methods from {', '.join(BATCHABLE)}")
     print(machine_line())

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import load_benchmark_model, machine_line, pair  # noqa: E402
+from common import load_benchmark_model, machine_line, pair, positive_int  # noqa: E402
 
 from pairlens.methods.common import pair_generators, scaled  # noqa: E402
 from pairlens.methods.perturbation import _windows, box_masks, random_rectangles  # noqa: E402
@@ -110,8 +110,8 @@ def occlusion_masks(model, x1, x2) -> dict[str, torch.Tensor]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="digits,resnet50,vit-b16")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=positive_int, default=32)
+    ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(machine_line())

@@ -364,3 +364,14 @@ def test_execution_options_reach_the_model(tmp_path, capsys):
     code, out, _ = run(["explain", "--model", "digits", "--amp", "bf16", "--device", "cpu",
                         "--out", tmp_path, "--json", "--quiet"], capsys)
     assert code == 0 and json.loads(out)["pairs"][0]["results"][0]["similarity"] > -1
+
+
+def test_progress_notes_go_to_stderr_even_under_an_overall_bar(capsys):
+    """`study excon --json` once printed its '[study]' notes into the JSON on stdout: tqdm's
+    write() defaults to stdout."""
+    from pairlens.progress import note, overall, progress_bars
+
+    with progress_bars(True), overall(2, "work"):
+        note("[study] a note")
+    out, err = capsys.readouterr()
+    assert "a note" not in out and "[study] a note" in err

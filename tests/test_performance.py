@@ -402,6 +402,15 @@ def test_occlusion_bound_counts_exactly_the_macs_that_depend_on_the_occluder():
     assert float(share) == pytest.approx((9 * c1 + 25 * c2) / (100 * (c1 + c2)))
 
 
+
+def test_batch_invariance_benchmark_separates_map_rounding_from_metric_passes():
+    out = _bench("batch_invariance.py", "--pairs", "2", "--methods", "grad-cam")
+    row = next(line for line in out.splitlines() if line.startswith("| digits | grad-cam |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[3]) < 1e-5  # the maps agree to float rounding
+    assert float(cells[5]) < 1e-5  # the metric passes alone: rounding only
+    assert all(k in cells[6] for k in ("SI", "SD", "CI", "CD", "SAD", "CAD"))
+
 def test_occlusion_bound_benchmark_runs_on_digits():
     out = _bench("occlusion_bound.py", "--models", "digits", "--threads", "1")
     rows = [line for line in out.splitlines() if line.startswith("| digits |")]

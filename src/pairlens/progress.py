@@ -78,14 +78,14 @@ def active_bar() -> Any:
 
 def note(message: str) -> None:
     """A progress message on stderr (above the bar, if one is shown); silent when bars are off."""
+    import sys
+
     if not _enabled.get():
         return
     bar = _outer.get()
     if bar is not None:
-        bar.write(message)
+        bar.write(message, file=sys.stderr)  # tqdm.write's default is stdout (--json's)
     else:
-        import sys
-
         print(message, file=sys.stderr, flush=True)
 
 

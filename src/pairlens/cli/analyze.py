@@ -253,7 +253,8 @@ def _common(a: argparse.ArgumentParser, name: str) -> None:
     add_output_options(a, f"pairlens-{name}")
     g = add_run_options(
         a, batch_size=None if name != "invert" else False,  # inversion: one batch, no chunks
-        batch_help="images per forward pass; changes speed and memory, never results "
+        batch_help="images per forward pass; changes speed and memory, results only by "
+        "float rounding "
         "(default: chosen from the device and image size)")
     g.add_argument("--resume", action="store_true",
                    help="continue the results in --out (settings must match)")

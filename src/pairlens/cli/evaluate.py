@@ -108,7 +108,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_store_option(p)
     add_output_options(p, None, out=False)
     g = add_run_options(p, batch_size=None, yes=True, batch_help="images per forward pass in "
-                        "the methods and metrics; changes speed and memory, never results "
+                        "the methods and metrics; changes speed and memory, results only by "
+                        "float rounding "
                         "(default: chosen from the device and image size)")
     g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",
                    help="pairs explained, scored and stored together (default: %(default)s)")

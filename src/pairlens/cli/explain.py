@@ -85,7 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s; 100 = no clip)")
     g = add_run_options(
         p, batch_size=None,
-        batch_help="images per forward pass; changes speed and memory, never results (default: "
+        batch_help="images per forward pass; changes speed and memory, results only by float "
+        "rounding (default: "
         "chosen from the device and image size)",
     )
     g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",

@@ -37,7 +37,7 @@ TRAIN_EXAMPLES = """examples:
   pairlens train supcon --data digits --epochs 6 --batch-size 32 --out runs/supcon
       # 3.6 min of CPU time (11 min wall on this 2-core machine while shared)
   pairlens train exconb --data my_classes/ --arch resnet-mini --epochs 100 --device cuda \\
-      --out runs/mine                                                   # a GPU job
+      --out runs/mine-exconb                                            # a GPU job
   pairlens train simclr --data composites --epochs 40 --steps-per-epoch 100 --batch-size 24 \\
       --distractors 1 --out runs/composites     # positives: two scenes sharing an object
       # the bundled composites model (with --lr 2e-3 --temperature 0.1): 74 min wall, shared
