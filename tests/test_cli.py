@@ -375,3 +375,8 @@ def test_progress_notes_go_to_stderr_even_under_an_overall_bar(capsys):
         note("[study] a note")
     out, err = capsys.readouterr()
     assert "a note" not in out and "[study] a note" in err
+
+
+def test_pairs_per_unit_without_pairs_is_a_usage_error(capsys):
+    code, _, err = run(["explain", "--pairs-per-unit", "3", "--model", "digits"], capsys)
+    assert code == 2 and "--pairs-per-unit goes with --pairs" in err

@@ -303,3 +303,11 @@ def test_workers_end_with_their_parent_however_it_ends(tmp_path, sig):
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_a_worker_ended_by_a_signal_is_named_by_it():
+    from pairlens.cli.workers import _ended
+
+    assert _ended(0, 2, -9).startswith("worker 0/2 was killed by SIGKILL")
+    assert _ended(1, 2, 3).startswith("worker 1/2 exited with code 3")
+    assert "re-run to resume" in _ended(1, 2, -15)

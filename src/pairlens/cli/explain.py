@@ -89,9 +89,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rounding (default: "
         "chosen from the device and image size)",
     )
-    g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=8, metavar="P",
-                   help="with --pairs: pairs loaded, explained and written together (default: "
-                   "%(default)s)")
+    g.add_argument("--pairs-per-unit", type=argtype("int", 1), default=None, metavar="P",
+                   help="with --pairs: pairs loaded, explained and written together (default: 8)")
     add_on_error_option(g, "the pairs using it (--pairs)")
     p.set_defaults(func=run_explain)
 
@@ -152,6 +151,8 @@ def run_explain(args: argparse.Namespace) -> int:
     if text is not None and (len(args.images) != 1 or not text):
         raise UsageError("--text explains one image against a caption: give one image and a "
                          "non-empty --text")
+    if args.pairs_per_unit is not None and not args.pairs:
+        raise UsageError("--pairs-per-unit goes with --pairs (many pairs); one pair is one unit")
     if text is None and len(args.images) not in (0, 2):
         raise UsageError(f"explain takes two images or none; got {len(args.images)}")
     variants = method_list(args)
@@ -218,7 +219,7 @@ def _explain_pairs(model, pairs, variants, root: Path, args, out: Output) -> int
     from pairlens.progress import overall
 
     bad = bad_files(args, hint="pass --on-error skip to skip the pairs using it")
-    pairs_per_batch = args.pairs_per_unit
+    pairs_per_batch = args.pairs_per_unit or 8
     folders = [root / _pair_folder(i, a, b) for i, (a, b) in enumerate(pairs)]
     rows: list[dict[str, Any]] = []
     try:

@@ -187,8 +187,7 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     if failures:
         i = failures[0]  # the first to fail; the others were terminated (or failed alike)
         line = next((e for e in errors[i] if e.startswith(ERROR_PREFIX)), None)
-        message = line[len(ERROR_PREFIX):] if line else \
-            f"worker {i}/{n} exited with code {codes[i]}"
+        message = line[len(ERROR_PREFIX):] if line else _ended(i, n, codes[i])
         raise WorkerFailed(codes[i] if codes[i] > 0 else 1, message)
     summary = RunSummary(seconds=wall, stages={})
     per_method: dict[str, float] = {}
@@ -206,6 +205,19 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     summary.per_method = {label: per_method[label] for label in
                           sorted(per_method, key=lambda x: order.index(x) if x in order else 0)}
     return summary, [round(rss[i], 1) for i in sorted(rss)]
+
+
+def _ended(i: int, n: int, code: int) -> str:
+    """How worker ``i`` of ``n`` ended without an error line of its own."""
+    if code < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker {i}/{n} was killed by {name} (finished units are stored; re-run to resume)"
+    return f"worker {i}/{n} exited with code {code} (finished units are stored; re-run to resume)"
 
 
 def _print_err(line: str, file: Any = None) -> None:
