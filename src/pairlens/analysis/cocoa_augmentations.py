@@ -179,7 +179,7 @@ def cocoa_augmentations(
         n_masks: RISE masks per explicand (the paper's 5000).
         seed: seed of the augmentations and of the RISE masks.
         batch_size: masked images per forward pass of RISE (None: the device-aware default);
-            never changes a result.
+            changes results only by float rounding.
         out: output folder (``config.json``, ``records.jsonl``, ``maps.npz``, ``table.md``,
             ``table.csv``, ``cocoa-augmentations.png``).
         resume: continue an interrupted run.

@@ -159,7 +159,7 @@ def harmful_probe(
         proxy: fraction of the clean map's pixels standing in for the subject without masks.
         pairs_per_unit: pairs per resumable unit.
         batch_size: images per forward pass of the methods that take one (None: the
-            device-aware default); never changes a result.
+            device-aware default); changes results only by float rounding.
         out: output folder (``config.json``, ``records.jsonl``, ``table.md``, ``table.csv``,
             ``harmful.png``).
         resume: continue an interrupted run.

@@ -181,7 +181,7 @@ def texture_probe(
             patch exceeds this.
         pairs_per_unit: pairs per resumable unit.
         batch_size: images per forward pass of the methods that take one (None: the
-            device-aware default); never changes a result.
+            device-aware default); changes results only by float rounding.
         out: output folder (``config.json``, ``records.jsonl``, ``table.md``, ``table.csv``,
             ``texture.png``).
         resume: continue an interrupted run.

@@ -63,10 +63,10 @@ class PairRelevance(NamedTuple):
 
 MethodFn = Callable[..., PairMaps | PairRelevance]
 
-#: parameters that change speed and peak memory, never a result: ``batch_size`` (images per
-#: forward pass; pairs are independent and their random draws come from per-pair generators).
-#: ``tests/test_performance.py`` checks this for every method that takes one; a method whose
-#: result did depend on one would register with ``execution_params=()``.
+#: parameters that change speed and peak memory, results only by float rounding: ``batch_size``
+#: (images per forward pass; pairs are independent and their random draws come from per-pair
+#: generators). ``tests/test_performance.py`` checks this for every method that takes one; a
+#: method whose result did depend on one would register with ``execution_params=()``.
 EXECUTION_PARAMS = ("batch_size",)
 
 
@@ -132,7 +132,8 @@ def register_method(
 ) -> Callable[[MethodFn], MethodFn]:
     """Decorator registering a pair explanation method under ``name``. ``pairs_only``: the
     method needs two images and cannot explain an image against a fixed target embedding.
-    ``execution_params``: its parameters that never change a result (:data:`EXECUTION_PARAMS`)."""
+    ``execution_params``: its parameters that change results only by float rounding
+    (:data:`EXECUTION_PARAMS`)."""
 
     def wrap(fn: MethodFn) -> MethodFn:
         if name in _METHODS:

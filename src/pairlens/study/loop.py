@@ -20,7 +20,7 @@ pairs that a per-pair guard of the model refuses (two identical images: a statio
 a zero embedding; :func:`~pairlens.models.similarity.is_pair_error`): a unit that fails with one
 is scored again pair by pair to find them, and its other pairs are stored as usual.
 ``batch_size`` (images per forward pass) is passed to every method that takes one and to the
-metrics; it changes speed and memory, never a result.
+metrics; it changes speed and memory, and results only by float rounding (docs/performance.md).
 """
 
 from __future__ import annotations

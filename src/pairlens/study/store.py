@@ -18,9 +18,10 @@ Layout (one row per fact, every table keyed so that a fact can be stored only on
 The key of a value is therefore: the model (label, bound to its weights), ``setting`` (data label
 bound to its files, pair mode, pair seed, insertion/deletion step, max-sensitivity samples), the
 method, ``params`` (the canonical JSON of *every* parameter of the method after defaults,
-validated, seeds included; execution parameters that never change a result, ``batch_size``, at
-their defaults), the pair and the metric. Work is resumed, and metrics, pairs or
-methods added to a store are computed, by asking which (pair, metric) values are missing
+validated, seeds included; execution parameters that change results only by float
+rounding, ``batch_size``, at their defaults), the pair and the metric. Work is resumed, and
+metrics, pairs or methods added to a store are computed, by asking which (pair, metric) values
+are missing
 (:meth:`ResultStore.present`).
 
 All rows of a batch of pairs are written in **one transaction**, so a process killed at any moment
