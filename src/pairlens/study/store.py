@@ -21,8 +21,7 @@ method, ``params`` (the canonical JSON of *every* parameter of the method after 
 validated, seeds included; execution parameters that change results only by float
 rounding, ``batch_size``, at their defaults), the pair and the metric. Work is resumed, and
 metrics, pairs or methods added to a store are computed, by asking which (pair, metric) values
-are missing
-(:meth:`ResultStore.present`).
+are missing (:meth:`ResultStore.present`).
 
 All rows of a batch of pairs are written in **one transaction**, so a process killed at any moment
 (SIGKILL included) leaves either the whole batch or none of it. Inserts use ``INSERT OR IGNORE`` on
