@@ -514,6 +514,31 @@ def _claim(d: Path, kind: str, first: dict, second: dict) -> Any:
 error("store: written by an older PairLens", r"old\.db: written by an older PairLens")(
     _old_store)
 error("store: another schema version", r"future\.db: results store schema 9")(_schema_9)
+
+
+def _foreign_database(d: Path, table: str) -> Any:
+    """Somebody else's SQLite file: refused, and left exactly as it was (a tester's store was
+    silently extended with PairLens's tables)."""
+    path = d / f"foreign-{table.split('(')[0]}.db"
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE {table}")
+    conn.close()
+    try:
+        return _store(path)
+    finally:
+        conn = sqlite3.connect(path)
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        conn.close()
+        assert tables == {table.split("(")[0]} and mode == "delete", (tables, mode)
+
+
+error("store: somebody else's database", r"foreign-foo\.db: an SQLite database that is not a "
+      r"PairLens results store \(its table\(s\) foo\)")(lambda d: _foreign_database(d, "foo(x)"))
+error("store: a foreign table named results",
+      r"foreign-results\.db: an SQLite database that is not a PairLens results store")(
+    lambda d: _foreign_database(d, "results(a, b)"))
 error("store: not a database", r"notes\.jpg: not a PairLens results store")(
     lambda d: _store(d / "notes.jpg"))
 error("store: model label with other preprocessing",

@@ -293,6 +293,8 @@ def test_workers_end_with_their_parent_however_it_ends(tmp_path, sig):
         parent.send_signal(getattr(signal, sig))
         code = parent.wait(timeout=60)
         assert code == (143 if sig == "SIGTERM" else -9)
+        if sig == "SIGTERM":
+            assert "stopped by SIGTERM" in parent.stderr.read().decode()
         deadline = time.monotonic() + 30
         while any(_alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)

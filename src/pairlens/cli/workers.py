@@ -55,6 +55,10 @@ def bind_to_parent() -> None:
 
 
 def _raise_on_signal(signum, _frame):
+    import signal
+
+    print(f"pairlens: stopped by {signal.Signals(signum).name}; finished units are stored, "
+          "re-run to resume", file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
 

@@ -133,6 +133,11 @@ class ResultStore:
         self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         try:
+            self._check_version()  # before anything is written, even the journal mode
+        except BaseException:
+            self.conn.close()
+            raise
+        try:
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.DatabaseError as err:
             self.conn.close()
@@ -140,7 +145,6 @@ class ResultStore:
         if str(mode).lower() != "wal":
             raise RuntimeError(f"{self.path}: could not switch the database to WAL mode")
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self._check_version()
         self._write("".join(SCHEMA), script=True)
         self._write(f"INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}')")
 
@@ -150,6 +154,18 @@ class ResultStore:
                 "SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as err:
             raise StoreError(f"{self.path}: not a PairLens results store ({err})") from None
+        known = {"results", "pairs_done", "curves", "identities", "skipped", "meta"}
+        foreign = sorted(tables - known)
+        if not foreign and "results" in tables:
+            columns = {r[1] for r in self.conn.execute("PRAGMA table_info(results)")}
+            foreign = [] if "model" in columns else ["results"]
+        if not foreign and "meta" in tables:
+            columns = {r[1] for r in self.conn.execute("PRAGMA table_info(meta)")}
+            foreign = [] if {"key", "value"} <= columns else ["meta"]
+        if foreign:  # never write PairLens's tables into somebody else's database
+            raise StoreError(
+                f"{self.path}: an SQLite database that is not a PairLens results store (its "
+                f"table(s) {', '.join(foreign[:5])}); use another --store")
         if "results" in tables and "meta" not in tables:
             raise StoreError(
                 f"{self.path}: written by an older PairLens whose keys did not hold the model's "
