@@ -424,6 +424,21 @@ def test_evaluate_names_a_refused_pair_and_skip_scores_the_rest_of_its_unit(tmp_
     assert rows(tmp_path / "w.db", "SELECT pair_id, value FROM results ORDER BY 1") == got
 
 
+
+def test_evaluate_fails_when_every_pair_is_skipped(tmp_path, capsys):
+    """A list of refused pairs only, under --on-error skip: the run says nothing could be
+    evaluated and exits 1 (it once exited 0 and suggested a report with nothing in it)."""
+    image_folder(tmp_path / "imgs", 2)
+    listing = tmp_path / "same.txt"
+    listing.write_text("".join(f"{tmp_path / 'imgs' / f'img{k}.png'} "
+                               f"{tmp_path / 'imgs' / f'img{k}.png'}\n" for k in range(2)))
+    args = ["evaluate", "--model", "digits", "--data", str(listing), "--methods", "grad-cam",
+            "--metrics", "SI", "--step", "128", "--device", "cpu", "--quiet", "--workers", "1",
+            "--store", str(tmp_path / "s.db"), "--on-error", "skip"]
+    code, out, err = cli(capsys, *args)
+    assert code == 1 and "nothing could be evaluated: every pair was skipped" in err
+    assert "skipped 2 pairs" in out and "next: pairlens report" not in out
+
 def test_explain_pairs_writes_the_good_pairs_of_a_unit_with_a_refused_pair(tmp_path, capsys):
     with_bad, _ = identical_pair_list(tmp_path / "imgs")
     args = ["explain", "--model", "digits", "--pairs", str(with_bad), "--methods", "grad-cam",

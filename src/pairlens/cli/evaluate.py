@@ -249,7 +249,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"{who}  stages: " + ", ".join(f"{k} {v:.1f} s"
                                                     for k, v in summary.stages.items())
                      + (" (summed over the workers)" if workers > 1 else ""))
-    if shard.rank == 0:
+    # every pair skipped and nothing in the store before: say so and fail (a script must notice)
+    nothing = (not summary.computed_pairs and not summary.skipped_pairs
+               and bool(summary.skipped_files) and shard.launcher != "torchrun")
+    if shard.rank == 0 and not nothing:
         lines.append(f"next: pairlens report --store {store_path} --out pairlens-report")
     out.wrote(store_path, f"results store ({summary.computed_pairs} pair evaluations computed)")
     out.add(computed=summary.computed_pairs, already_complete=summary.skipped_pairs,
@@ -259,7 +262,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             wall_seconds=round(summary.seconds, 3))
     if rss:
         out.add(worker_peak_rss_mb=rss)
-    return out.finish("\n".join(lines))
+    code = out.finish("\n".join(lines))
+    if nothing:
+        print("pairlens: error: nothing could be evaluated: every pair was skipped (listed "
+              f"above and in {store_path})", file=sys.stderr, flush=True)
+        return 1
+    return code
 
 
 def _estimate(args, model, model_key, pairs, specs, metrics, store,
