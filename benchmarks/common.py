@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -162,21 +161,11 @@ def timed_together(fns, repeats: int, min_total: float = 1.0,
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB.
+    """Peak resident memory of this process so far, in MiB (:func:`pairlens.runtime.peak_memory`:
+    ``VmHWM`` on Linux, not the ``ru_maxrss`` a subprocess inherits from its parent)."""
+    from pairlens.runtime import peak_memory
 
-    Linux: ``VmHWM`` of ``/proc/self/status``. ``ru_maxrss`` is not used there: a process started
-    with ``subprocess`` (vfork + exec) inherits its parent's peak in ``ru_maxrss``, so a
-    benchmark run from a large process (a test session) would report the parent's memory.
-    Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+    return peak_memory() / 2**20
 
 
 def machine_line() -> str:

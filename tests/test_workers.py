@@ -59,6 +59,7 @@ def test_two_workers_store_exactly_what_one_process_stores(tmp_path, capsys):
     assert multi["already_complete"] == single["already_complete"] == 0
     assert set(multi["explain_seconds"]) == set(single["explain_seconds"])
     assert len(multi["worker_peak_rss_mb"]) == 2
+    assert all(50 < mb < 8192 for mb in multi["worker_peak_rss_mb"])  # a torch process's own
     one, two = rows(tmp_path / "one.db"), rows(tmp_path / "two.db")
     assert len(one["results"]) == 6 * 2 * 4
     assert one["results"] == two["results"]  # bit-identical values (floats compared exactly)

@@ -140,10 +140,8 @@ MIN_WORKER_SECONDS = 40.0
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask on Linux, else ``os.cpu_count()``),
     at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+    cores = _usable_set()
+    return max(1, len(cores) if cores else os.cpu_count() or 1)
 
 
 def thread_budget(threads: int | None = None) -> int:
@@ -223,7 +221,19 @@ def available_memory() -> int | None:
 
 
 def peak_memory() -> int:
-    """Peak resident memory of this process so far, in bytes."""
+    """Peak resident memory of this process so far, in bytes.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``. ``ru_maxrss`` is not used there: a process started
+    with ``subprocess`` (vfork + exec) inherits its parent's peak in ``ru_maxrss``, so a command
+    run from a large process (a test session, a notebook) would report the parent's memory.
+    Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -260,6 +260,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             explain_seconds=summary.per_method, stage_seconds=summary.stages,
             store=str(store_path), rank=shard.rank, world=shard.world, workers=workers,
             wall_seconds=round(summary.seconds, 3))
+    if shard.launcher == "workers":  # the parent lists its workers' peaks
+        from pairlens.runtime import peak_memory
+
+        out.add(peak_rss_mb=round(peak_memory() / 2**20, 1))
     if rss:
         out.add(worker_peak_rss_mb=rss)
     code = out.finish("\n".join(lines))

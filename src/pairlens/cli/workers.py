@@ -90,7 +90,7 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     Returns:
         ``(summary, peak_rss_mb)``: a :class:`~pairlens.study.loop.RunSummary` adding up the
         workers' (``seconds`` is the wall time of the workers), and each worker's peak resident
-        memory in MB (Linux; else empty).
+        memory in MB as it reports it (:func:`pairlens.runtime.peak_memory`).
 
     Raises:
         WorkerFailed: a worker exited non-zero (the others were terminated).
@@ -118,7 +118,6 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
     seen: set[str] = set()
     codes: dict[int, int] = {}
     failures: list[int] = []  # workers that exited non-zero, in the order they did
-    rss: dict[int, float] = {}
     bar = tqdm(total=total_pairs, disable=bool(args.quiet), unit="pair", dynamic_ncols=True,
                desc=f"evaluate ({n} workers)")
     start = time.perf_counter()
@@ -168,7 +167,7 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
                         (bar.write if not args.quiet else _print_err)(line, file=sys.stderr)
             for i, proc in enumerate(procs):
                 if i not in codes:
-                    code = _reap(proc, rss, i)
+                    code = proc.poll()
                     if code is not None:
                         codes[i] = code
                         if code != 0 and not failures:
@@ -195,6 +194,7 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
         raise WorkerFailed(codes[i] if codes[i] > 0 else 1, message)
     summary = RunSummary(seconds=wall, stages={})
     per_method: dict[str, float] = {}
+    rss: list[float] = []
     for i in range(n):
         report = _last_json(outputs[i])
         summary.computed_pairs += int(report.get("computed", 0))
@@ -205,10 +205,12 @@ def run_workers(args: argparse.Namespace, n: int, total_pairs: int, specs: Seque
             per_method[label] = per_method.get(label, 0.0) + float(seconds)
         for stage, seconds in report.get("stage_seconds", {}).items():
             summary.stages[stage] = summary.stages.get(stage, 0.0) + float(seconds)
+        if "peak_rss_mb" in report:  # the worker's own (VmHWM), see runtime.peak_memory
+            rss.append(float(report["peak_rss_mb"]))
     order = [spec.label for spec in specs]
     summary.per_method = {label: per_method[label] for label in
                           sorted(per_method, key=lambda x: order.index(x) if x in order else 0)}
-    return summary, [round(rss[i], 1) for i in sorted(rss)]
+    return summary, rss
 
 
 def _ended(i: int, n: int, code: int) -> str:
@@ -226,21 +228,6 @@ def _ended(i: int, n: int, code: int) -> str:
 
 def _print_err(line: str, file: Any = None) -> None:
     print(line, file=file or sys.stderr, flush=True)
-
-
-def _reap(proc: subprocess.Popen, rss: dict[int, float], i: int) -> int | None:
-    """The exit code of ``proc`` if it has ended (recording its peak RSS in MB), else None."""
-    if hasattr(os, "wait4"):
-        try:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            return proc.poll()
-        if pid == 0:
-            return None
-        rss[i] = usage.ru_maxrss / (1024 if sys.platform.startswith("linux") else 1024 * 1024)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode
-    return proc.poll()
 
 
 def _terminate(procs: list[subprocess.Popen], codes: dict[int, int]) -> None:
