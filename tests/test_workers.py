@@ -168,10 +168,11 @@ def test_auto_is_one_under_torchrun_and_on_cuda(tmp_path, capsys, monkeypatch):
         pairs = PairSet.__new__(PairSet)  # only len() and key are used by the plan
         monkeypatch.setattr(PairSet, "__len__", lambda self: 8)
         monkeypatch.setattr(PairSet, "key", "digits|test", raising=False)
-        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store, 600.0) == 1
+        plan = cli._plan(args, "m", pairs, specs, ["SI"], store)
+        assert cli._workers(args, Cuda(), specs, plan, 600.0) == 1
         Cuda.device = type("D", (), {"type": "cpu"})()
         monkeypatch.setattr("pairlens.runtime.idle_cores", lambda: 2.0)  # an idle machine
-        assert cli._workers(args, Cuda(), "m", pairs, specs, ["SI"], store, 600.0) == 2
+        assert cli._workers(args, Cuda(), specs, plan, 600.0) == 2
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -236,12 +237,11 @@ def test_a_model_registered_in_this_process_runs_in_one_process(monkeypatch):
     args.model = "digits"
     assert cli._registered_here(args, specs) is None
     args.model, args.workers, args.threads, args.pairs_per_unit = "here-only", 2, 2, 2
-    monkeypatch.setattr(cli, "_plan", lambda *a: [(specs[0], "", [0, 1], ["SI"]),
-                                                  (specs[0], "", [2, 3], ["SI"])])
+    plan = [(specs[0], "", [0, 1], ["SI"]), (specs[0], "", [2, 3], ["SI"])]  # two units
     with pytest.raises(UsageError, match="--workers 1"):
-        cli._workers(args, None, "m", None, specs, ["SI"], None)
+        cli._workers(args, None, specs, plan)
     args.workers = "auto"
-    assert cli._workers(args, None, "m", None, specs, ["SI"], None) == 1
+    assert cli._workers(args, None, specs, plan) == 1
 
 
 def _children(pid: int) -> list[int]:

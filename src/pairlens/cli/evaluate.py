@@ -206,14 +206,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 if len(pairs) > args.pairs_per_unit:
                     probed, remaining = _estimate(args, model, model_key, pairs, specs, metrics,
                                                   store, options)
-                workers = _workers(args, model, model_key, pairs, specs, metrics, store,
-                                   remaining)
+                plan = _plan(args, model_key, pairs, specs, metrics, store)
+                workers = _workers(args, model, specs, plan, remaining)
             if workers > 1:
                 from pairlens.cli.workers import WorkerFailed, run_workers
 
-                try:
-                    summary, rss = run_workers(args, workers, _pending_pairs(
-                        args, model_key, pairs, specs, metrics, store), specs)
+                try:  # the overall bar counts the (pair, method) evaluations left
+                    summary, rss = run_workers(args, workers,
+                                               sum(len(ids) for _, _, ids, _ in plan), specs)
                     summary.skipped_files = {**bad.skipped, **summary.skipped_files}
                     bad.skipped.update(summary.skipped_files)  # the workers' in the summary line
                 except WorkerFailed as err:  # one line, the worker's exit code
@@ -311,9 +311,10 @@ def _estimate(args, model, model_key, pairs, specs, metrics, store,
     return computed, total
 
 
-def _workers(args, model, model_key, pairs, specs, metrics, store, seconds=0.0) -> int:
+def _workers(args, model, specs, plan, seconds=0.0) -> int:
     """``--workers`` resolved (:func:`pairlens.runtime.auto_workers` for ``auto``, given the
-    estimated ``seconds`` of the work left), at most the number of pending units of work."""
+    estimated ``seconds`` of the work left), at most the number of pending units of work in
+    ``plan`` (:func:`_plan`)."""
     from pairlens.runtime import (
         auto_workers,
         available_memory,
@@ -323,8 +324,7 @@ def _workers(args, model, model_key, pairs, specs, metrics, store, seconds=0.0) 
     )
     from pairlens.study.loop import under_torchrun
 
-    units = len({(spec.label, ids[0] // args.pairs_per_unit)
-                 for spec, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store)})
+    units = len({(spec.label, ids[0] // args.pairs_per_unit) for spec, _, ids, _ in plan})
     foreign = _registered_here(args, specs)
     if foreign:  # a fresh `python -m pairlens` would not know it
         if args.workers != "auto" and int(args.workers) > 1 and units > 1:
@@ -362,15 +362,12 @@ def _registered_here(args, specs) -> str | None:
 
 
 def _plan(args, model_key, pairs, specs, metrics, store):
+    """The whole run's units of work left in ``store`` (:func:`pairlens.study.loop.plan_units`,
+    one process)."""
     from pairlens.study.loop import plan_units, setting_key
 
     setting = setting_key(pairs, args.step, args.ms_samples)
     return plan_units(store, model_key, setting, len(pairs), specs, metrics, args.pairs_per_unit)
-
-
-def _pending_pairs(args, model_key, pairs, specs, metrics, store) -> int:
-    """(pair, method) evaluations left to do: the total of the workers' overall bar."""
-    return sum(len(ids) for _, _, ids, _ in _plan(args, model_key, pairs, specs, metrics, store))
 
 
 def _progress_pipe():
