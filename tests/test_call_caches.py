@@ -188,6 +188,9 @@ def test_the_model_description_follows_changes_of_the_model():
     second = pairlens.explain(model, x1, x2, method="grad-cam").model
     assert second["name"] == "renamed"
     assert second["mean"] == [round(v * 0.5, 6) for v in (0.485, 0.456, 0.406)]
+    model.std.data.fill_(0.25)  # a write that no version counter sees
+    third = pairlens.explain(model, x1, x2, method="grad-cam").model
+    assert third["std"] == [0.25, 0.25, 0.25]
 
 
 def _exact_clear(s, z, dz, g):

@@ -873,20 +873,10 @@ class SimilarityModel(nn.Module):
         return out
 
 
-_ROUNDED: dict[int, tuple[Tensor, int, list[float]]] = {}
-
-
 def _rounded(t: Tensor) -> list[float]:
-    """``t``'s values rounded to 6 decimals, as a new list; cached per tensor object and version
-    (:meth:`SimilarityModel.describe` runs on every explanation; an in-place change of ``t``
-    bumps its version)."""
-    hit = _ROUNDED.get(id(t))
-    if hit is None or hit[0] is not t or hit[1] != t._version:
-        if len(_ROUNDED) > 256:
-            _ROUNDED.clear()
-        hit = (t, t._version, [round(v, 6) for v in t.flatten().tolist()])
-        _ROUNDED[id(t)] = hit
-    return list(hit[2])
+    """``t``'s values rounded to 6 decimals, read now (a cache keyed on the tensor's version
+    missed writes through ``.data``)."""
+    return [round(v, 6) for v in t.flatten().tolist()]
 
 
 def _channel_vector(values: Sequence[float], what: str) -> Tensor:
