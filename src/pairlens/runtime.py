@@ -207,17 +207,23 @@ def _cpu_times(cores: set[int] | None) -> dict[int, tuple[int, int]] | None:
     return out or None
 
 
-def available_memory() -> int | None:
-    """Bytes of memory available to new processes (``MemAvailable`` of /proc/meminfo), None
-    where unknown."""
+def _proc_bytes(path: str, field: str) -> int | None:
+    """The ``FIELD:  N kB`` line of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in
+    bytes, None where the file or the field is missing (not Linux)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (``MemAvailable`` of /proc/meminfo), None
+    where unknown."""
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def peak_memory() -> int:
@@ -227,13 +233,9 @@ def peak_memory() -> int:
     with ``subprocess`` (vfork + exec) inherits its parent's peak in ``ru_maxrss``, so a command
     run from a large process (a test session, a notebook) would report the parent's memory.
     Elsewhere ``ru_maxrss`` (KiB on Linux and BSD, bytes on macOS)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _proc_bytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
